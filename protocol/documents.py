@@ -1,0 +1,107 @@
+"""Signed JSON documents: how policy, trust keys and the register travel to gates.
+
+A retained MQTT message can be written by anyone who can publish to the
+broker, so a gate accepts a document only when it is signed by a key it
+already trusts (provisioned offline by `menwei gate init`) and is newer than
+the one it holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.errors import MessageError
+from protocol.passes import TrustKey
+
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+
+
+def canonical_json(body: object) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class SignedDocument:
+    kind: str  # "config" or "register"
+    site: str
+    version: int
+    issued_at: str  # ISO-8601 UTC, server time
+    body: dict[str, Any]
+    key_id: int
+    signature: bytes
+
+    def signed_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "kind": self.kind,
+                "site": self.site,
+                "version": self.version,
+                "issued_at": self.issued_at,
+                "body": self.body,
+            }
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "site": self.site,
+            "version": self.version,
+            "issued_at": self.issued_at,
+            "body": self.body,
+            "key_id": self.key_id,
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), ensure_ascii=False).encode()
+
+
+def sign_document(
+    kind: str,
+    site: str,
+    version: int,
+    issued_at: str,
+    body: dict[str, Any],
+    key_id: int,
+    private_key: Ed25519PrivateKey,
+) -> SignedDocument:
+    unsigned = SignedDocument(kind, site, version, issued_at, body, key_id, b"")
+    sig = private_key.sign(unsigned.signed_bytes())
+    return SignedDocument(kind, site, version, issued_at, body, key_id, sig)
+
+
+def decode_document(
+    raw: bytes, *, kind: str, site: str, trust_keys: dict[int, TrustKey]
+) -> SignedDocument:
+    """Parse and verify a signed document. Raises MessageError with a clear reason."""
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise MessageError(f"{kind} document of {len(raw)} bytes is too large")
+    try:
+        data = json.loads(raw)
+        doc = SignedDocument(
+            kind=str(data["kind"]),
+            site=str(data["site"]),
+            version=int(data["version"]),
+            issued_at=str(data["issued_at"]),
+            body=dict(data["body"]),
+            key_id=int(data["key_id"]),
+            signature=base64.b64decode(data["signature"], validate=True),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"{kind} document is malformed: {exc}") from None
+    if doc.kind != kind or doc.site != site:
+        raise MessageError(f"document is {doc.kind!r} for site {doc.site!r}, expected {kind!r}")
+    key = trust_keys.get(doc.key_id)
+    if key is None:
+        raise MessageError(f"{kind} document signed by untrusted key {doc.key_id}")
+    try:
+        key.verifier().verify(doc.signature, doc.signed_bytes())
+    except InvalidSignature:
+        raise MessageError(f"{kind} document signature does not verify") from None
+    return doc

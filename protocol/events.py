@@ -1,0 +1,215 @@
+"""Events (gate → collector), their batches, acknowledgements and gate status.
+
+Every event carries (gate, seq) — the collector's idempotency key — and a
+UUID, the wall time and whether the gate's clock was trusted, the decision and
+reason code, the temperature, pass and household ids, and the data versions
+the decision used. No names or phone numbers (DESIGN.md, privacy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from protocol.errors import MessageError
+
+SCHEMA = 1
+MAX_BATCH_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 500
+
+KINDS = frozenset({"decision", "exit_request", "passed", "alert", "override", "device"})
+DECISIONS = frozenset({"allow", "deny"})
+DIRECTIONS = frozenset({"in", "out"})
+
+
+@dataclass(frozen=True)
+class Event:
+    site: str
+    gate: str
+    seq: int
+    uuid: str
+    at: str  # ISO-8601 with offset, the gate's wall time when it decided
+    clock_trusted: bool
+    kind: str
+    decision: str | None
+    reason: str
+    direction: str | None
+    temperature_c: float | None
+    pass_id: int | None
+    household: str | None
+    role: str | None
+    versions: dict[str, int] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> Event:
+        """Strictly validated: a field of the wrong type is a MessageError, never a crash."""
+        if not isinstance(data, Mapping):
+            raise MessageError("event must be a JSON object")
+        try:
+            event = cls(
+                site=_str(data, "site"),
+                gate=_str(data, "gate"),
+                seq=_int(data, "seq"),
+                uuid=_str(data, "uuid"),
+                at=_str(data, "at"),
+                clock_trusted=_bool(data, "clock_trusted"),
+                kind=_str(data, "kind"),
+                decision=_opt(data, "decision", str),
+                reason=_str(data, "reason"),
+                direction=_opt(data, "direction", str),
+                temperature_c=_opt_float(data, "temperature_c"),
+                pass_id=_opt(data, "pass_id", int),
+                household=_opt(data, "household", str),
+                role=_opt(data, "role", str),
+                versions={str(k): int(v) for k, v in dict(data.get("versions", {})).items()},
+                detail=dict(data.get("detail", {})),
+                schema=_int(data, "schema"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise MessageError(f"bad event: {exc}") from None
+        if event.schema != SCHEMA:
+            raise MessageError(f"unsupported event schema {event.schema}")
+        if event.seq < 1:
+            raise MessageError("event seq must be >= 1")
+        if event.kind not in KINDS:
+            raise MessageError(f"unknown event kind {event.kind!r}")
+        if event.decision is not None and event.decision not in DECISIONS:
+            raise MessageError(f"unknown decision {event.decision!r}")
+        if event.direction is not None and event.direction not in DIRECTIONS:
+            raise MessageError(f"unknown direction {event.direction!r}")
+        return event
+
+
+def _get(data: Mapping[str, Any], key: str) -> Any:
+    if key not in data:
+        raise ValueError(f"missing field {key!r}")
+    return data[key]
+
+
+def _str(data: Mapping[str, Any], key: str) -> str:
+    value = _get(data, key)
+    if not isinstance(value, str) or len(value) > 200:
+        raise ValueError(f"field {key!r} must be a string")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = _get(data, key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be an integer")
+    return value
+
+
+def _bool(data: Mapping[str, Any], key: str) -> bool:
+    value = _get(data, key)
+    if not isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be true or false")
+    return value
+
+
+def _opt(data: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be {kind.__name__} or null")
+    return value
+
+
+def _opt_float(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be a number or null")
+    return float(value)
+
+
+def encode_batch(gate: str, events: list[Event]) -> bytes:
+    return json.dumps(
+        {"schema": SCHEMA, "gate": gate, "events": [e.to_json() for e in events]},
+        ensure_ascii=False,
+    ).encode()
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    events: list[Event]
+    rejected: list[tuple[int, str]]  # (index in batch, reason) of events that failed validation
+
+
+def decode_batch(raw: bytes, *, site: str, gate: str) -> DecodedBatch:
+    """Parse a batch from topic menwei/{site}/{gate}/events.
+
+    A batch that is not JSON at all raises MessageError; single bad events are
+    returned in `rejected` so the good ones are still stored. An event whose
+    site/gate differs from the topic it came on is rejected (no cross-gate writes).
+    """
+    if len(raw) > MAX_BATCH_BYTES:
+        raise MessageError(f"batch of {len(raw)} bytes exceeds {MAX_BATCH_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"batch is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+        raise MessageError("batch must be an object with an 'events' list")
+    if data.get("schema") != SCHEMA:
+        raise MessageError(f"unsupported batch schema {data.get('schema')!r}")
+    if len(data["events"]) > MAX_BATCH_EVENTS:
+        raise MessageError(f"batch of {len(data['events'])} events exceeds {MAX_BATCH_EVENTS}")
+    events: list[Event] = []
+    rejected: list[tuple[int, str]] = []
+    for i, item in enumerate(data["events"]):
+        try:
+            event = Event.from_json(item)
+        except MessageError as exc:
+            rejected.append((i, str(exc)))
+            continue
+        if event.site != site or event.gate != gate:
+            rejected.append((i, f"event of {event.site}/{event.gate} sent on {site}/{gate}"))
+            continue
+        events.append(event)
+    return DecodedBatch(events, rejected)
+
+
+@dataclass(frozen=True)
+class Ack:
+    gate: str
+    acked_seq: int  # every seq <= this is committed at the collector
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"schema": SCHEMA, "gate": self.gate, "acked_seq": self.acked_seq}
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Ack:
+        try:
+            data = json.loads(raw)
+            ack = cls(gate=str(data["gate"]), acked_seq=int(data["acked_seq"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MessageError(f"bad ack: {exc}") from None
+        if ack.acked_seq < 0:
+            raise MessageError("acked_seq must be >= 0")
+        return ack
+
+
+def encode_status(status: Mapping[str, Any]) -> bytes:
+    return json.dumps({"schema": SCHEMA, **status}, ensure_ascii=False).encode()
+
+
+def decode_status(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"status is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("state") not in ("online", "offline"):
+        raise MessageError("status must be an object with state online|offline")
+    return data

@@ -1,0 +1,57 @@
+"""Reason codes of gate decisions, each with a human message in zh-CN and en.
+
+A reason code is a stable, machine-readable contract: operators' scripts,
+reports and alert rules match on it. Add codes; never rename or drop one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Message:
+    zh: str
+    en: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"zh": self.zh, "en": self.en}
+
+
+MESSAGES: dict[str, Message] = {
+    "ok": Message("请通行", "Please pass"),
+    "malformed": Message(
+        "无法识别的通行码，请出示有效通行证", "Unrecognised code: show a valid pass"
+    ),
+    "bad_signature": Message(
+        "通行证无效（签名不符），请联系门卫", "Invalid pass (signature mismatch): see the guard"
+    ),
+    "unknown_key": Message(
+        "通行证非本小区签发，请联系门卫", "Pass signed by an unknown key: see the guard"
+    ),
+    "wrong_site": Message("该通行证不属于本小区", "This pass is for another site"),
+    "not_yet_valid": Message("通行证尚未生效", "Pass is not valid yet"),
+    "expired": Message(
+        "通行证已过期，请到居委会换证", "Pass expired: renew it at the community office"
+    ),
+    "revoked": Message("通行证已注销，请联系居委会", "Pass revoked: contact the community office"),
+    "fever": Message("体温异常，请前往发热门诊", "High temperature: please go to the fever clinic"),
+    "fever_recheck": Message("体温偏高，请稍候重新测温", "Temperature high: please measure again"),
+    "no_temperature": Message(
+        "未能测得体温，请门卫人工核验", "No temperature reading: the guard will check you"
+    ),
+    "no_qr": Message("未识别到二维码", "No QR code found"),
+    "multiple_codes": Message("请一次只出示一张通行证", "Show one pass at a time"),
+    "unreadable_image": Message("图像无法读取", "Image could not be read"),
+    "measure_temperature": Message("请测温", "Please measure your temperature"),
+    "guard_confirm": Message("请门卫人工核验", "The guard will confirm this passage"),
+    "exit_request": Message("出门按钮开门", "Opened by the exit button"),
+    "guard_override": Message("门卫人工放行", "Opened by the guard"),
+}
+
+ALLOW_REASONS = frozenset({"ok", "exit_request", "guard_override"})
+
+
+def message(reason: str) -> Message:
+    """The human message for a reason code (a neutral one for codes this version does not know)."""
+    return MESSAGES.get(reason, Message(f"拒绝（{reason}）", f"Refused ({reason})"))

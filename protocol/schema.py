@@ -1,0 +1,89 @@
+"""Strict conversion of plain mappings (TOML tables, JSON objects) into frozen dataclasses.
+
+Used for every configuration file and for the policy document: unknown keys
+are errors, every value is type-checked against the field's annotation, and
+the message names the file/table and key so an operator can fix it. Supports
+the field types configuration needs: str, int, float, bool, Literal[...],
+``X | None`` and ``list[str]`` / ``tuple[str, ...]``, and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from protocol.errors import ProtocolError
+
+T = TypeVar("T")
+
+
+class SchemaError(ProtocolError):
+    """A configuration value or key does not fit its schema."""
+
+
+def from_mapping(cls: type[T], data: object, where: str) -> T:
+    """Build dataclass `cls` from `data`; `where` names the table for messages."""
+    if not isinstance(data, Mapping):
+        raise SchemaError(f"{where}: expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SchemaError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    values = {name: _convert(hints[name], value, f"{where} {name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{where}: {exc}") from None
+
+
+def _convert(tp: Any, value: object, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where)  # type: ignore[arg-type]
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except SchemaError as exc:
+                errors.append(str(exc))
+        raise SchemaError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise SchemaError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise SchemaError(f"{where}: expected a list")
+        (item,) = typing.get_args(tp)[:1]
+        converted = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(converted) if origin is tuple else converted
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SchemaError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SchemaError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise SchemaError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise SchemaError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise SchemaError(f"{where}: unsupported field type {tp!r}")  # a bug in our schema, not input

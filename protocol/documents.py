@@ -105,3 +105,24 @@ def decode_document(
     except InvalidSignature:
         raise MessageError(f"{kind} document signature does not verify") from None
     return doc
+
+
+# The provisioning bundle: what `menwei gate init` reads from a server directory (or a USB
+# stick with a copy of it). The trust file is the gate's trust anchor.
+BUNDLE_DIR = "bundle"
+TRUST_FILE = "trust.json"
+CONFIG_FILE = "config.json"
+REGISTER_FILE = "register.json"
+
+
+def encode_trust(site: str, keys: list[TrustKey]) -> bytes:
+    return json.dumps({"site": site, "trust_keys": [k.to_json() for k in keys]}, indent=1).encode()
+
+
+def decode_trust(raw: bytes) -> tuple[str, dict[int, TrustKey]]:
+    try:
+        data = json.loads(raw)
+        keys = {k.key_id: k for k in map(TrustKey.from_json, data["trust_keys"])}
+        return str(data["site"]), keys
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"trust file is malformed: {exc}") from None

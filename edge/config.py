@@ -1,0 +1,156 @@
+"""The gate's configuration file (`gate.toml`): one strict model, documented defaults.
+
+Unknown keys and wrong types are errors that name the table and key
+(`menwei gate check-config` prints them). Paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from protocol.errors import ProtocolError
+from protocol.passes import check_slug
+from protocol.schema import SchemaError, from_mapping
+
+
+class ConfigError(ProtocolError):
+    """gate.toml cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class GateSection:
+    site: str
+    """Site slug, as issued by the server (`menwei server init --site`)."""
+    id: str
+    """This gate's slug, unique within the site."""
+    direction: Literal["in", "out", "both"] = "in"
+    """Lane direction; `both` means the direction is chosen per scan (two cameras or a switch)."""
+    data_dir: str = "."
+    """Folder of gate.db and the provisioned documents, relative to gate.toml."""
+    language: Literal["zh", "en"] = "zh"
+
+    def __post_init__(self) -> None:
+        check_slug(self.site, "site")
+        check_slug(self.id, "gate id")
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    broker: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    batch_size: int = 50
+    """Events per published batch (the collector accepts at most 500)."""
+    window: int = 500
+    """Events sent but not yet acknowledged, at most (bounds paho's in-memory queue)."""
+    resend_after_s: float = 10.0
+    """Send unacknowledged events again when no acknowledgement advanced for this long."""
+    status_interval_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 500:
+            raise ValueError("batch_size must be 1..500")
+        if self.window < self.batch_size:
+            raise ValueError("window must be at least batch_size")
+        if self.resend_after_s <= 0 or self.status_interval_s <= 0:
+            raise ValueError("resend_after_s and status_interval_s must be positive")
+
+
+@dataclass(frozen=True)
+class ClockSection:
+    trust: Literal["timesyncd", "assume", "never"] = "timesyncd"
+    """How the gate knows its clock is right: systemd-timesyncd's flag file, assume it is
+    (a gate with an RTC, tests, demo), or never (time-dependent checks go to the guard)."""
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    source: str = "device:0"
+    """device:N, /dev/videoN, gst:PIPELINE, video:FILE, folder:DIR or watch:DIR (simulation)."""
+    width: int = 640
+    height: int = 480
+    fps: int = 15
+    scan_holdoff_s: float = 3.0
+    """The same code seen again within this many seconds is the same scan."""
+
+
+@dataclass(frozen=True)
+class ThermometerSection:
+    backend: Literal["mlx90614", "simulated", "none"] = "mlx90614"
+    i2c_bus: int = 1
+    address: int = 0x5A
+    check_pec: bool = True
+    samples: int = 3
+    """Consecutive readings that must agree before a temperature counts."""
+    tolerance_c: float = 0.3
+    timeout_s: float = 3.0
+    offset_c: float = 2.0
+    """Skin (forehead) to body estimate at 25 °C ambient; `menwei gate calibrate` sets it."""
+    offset_per_ambient_c: float = -0.05
+    """Change of the offset per °C ambient above 25 °C (cold air cools the skin more)."""
+
+
+@dataclass(frozen=True)
+class GpioSection:
+    backend: Literal["rpi", "simulated"] = "rpi"
+    relay_pin: int = 17
+    relay_active_low: bool = False
+    relay_pulse_s: float = 3.0
+    fail_secure: bool = True
+    """On exit or crash: fail-secure keeps the gate locked; fail-safe releases it."""
+    green_pin: int = 22
+    red_pin: int = 27
+    buzzer_pin: int = 23
+    exit_button_pin: int | None = 24
+    door_pin: int | None = 25
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    gate: GateSection
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    clock: ClockSection = field(default_factory=ClockSection)
+    camera: CameraSection = field(default_factory=CameraSection)
+    thermometer: ThermometerSection = field(default_factory=ThermometerSection)
+    gpio: GpioSection = field(default_factory=GpioSection)
+    path: Path = Path("gate.toml")
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.path.parent / self.gate.data_dir).resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gate.db"
+
+    def resolve(self, relative: str) -> Path:
+        return (self.path.parent / relative).resolve()
+
+
+def load_config(path: Path) -> GateConfig:
+    """Read and validate gate.toml. Raises ConfigError with a message naming table and key."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "path" in data:
+        raise ConfigError(f"{path}: unknown table [path]")
+    try:
+        config = from_mapping(GateConfig, data, str(path))
+    except (SchemaError, ProtocolError) as exc:
+        raise ConfigError(str(exc)) from None
+    return GateConfig(
+        config.gate,
+        config.mqtt,
+        config.clock,
+        config.camera,
+        config.thermometer,
+        config.gpio,
+        path.resolve(),
+    )

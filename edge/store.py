@@ -1,0 +1,182 @@
+"""The gate's local store: the decision log, its outbox, state and provisioned documents.
+
+The log is the truth; the network is best effort (DESIGN.md, principle 3). A
+decision, its outbox entry, the gate state after it and the clock floor are
+written in one SQLite transaction with `synchronous=FULL` (WAL) before the
+relay moves, so a power cut loses nothing that was acted on. The outbox holds
+the sequence numbers the collector has not acknowledged; an acknowledgement
+deletes them. paho's in-memory queue is never relied on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from protocol.events import Event
+
+migrations = Migrations("menwei-gate")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            decision TEXT,
+            reason TEXT NOT NULL,
+            body TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY REFERENCES events(seq))")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        """CREATE TABLE documents (
+            kind TEXT PRIMARY KEY, version INTEGER NOT NULL, received_at TEXT NOT NULL,
+            raw BLOB NOT NULL
+        )"""
+    )
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    event: Event
+    acked: bool
+
+
+class GateStore:
+    """Thread-safe: the gate loop appends, the sync thread reads and acknowledges."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self.db = Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._lock = threading.RLock()
+        self._closed = False
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.db.close()
+
+    def __enter__(self) -> GateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the log and its outbox -------------------------------------------------------
+
+    def append(
+        self, build: Callable[[int], Event], *, state: dict[str, Any] | None, clock_floor: float
+    ) -> Event:
+        """Log one event (built for the next seq) with its outbox entry, state and clock floor,
+        atomically. Returns the stored event."""
+        with self._lock, self.db.atomic():
+            row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            event = build(row[0] + 1)
+            self.db.execute(
+                "INSERT INTO events (seq, uuid, at, kind, decision, reason, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    event.seq,
+                    event.uuid,
+                    event.at,
+                    event.kind,
+                    event.decision,
+                    event.reason,
+                    json.dumps(event.to_json(), ensure_ascii=False),
+                ],
+            )
+            self.db.execute("INSERT INTO outbox (seq) VALUES (?)", [event.seq])
+            if state is not None:
+                self._set_meta("state", json.dumps(state))
+            self._set_meta("clock_floor", repr(clock_floor))
+        return event
+
+    def unacked(self, after_seq: int, limit: int) -> list[Event]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT e.body FROM outbox o JOIN events e ON e.seq = o.seq"
+                " WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+                [after_seq, limit],
+            ).fetchall()
+        return [Event.from_json(json.loads(r[0])) for r in rows]
+
+    def mark_acked(self, acked_seq: int) -> int:
+        """Record the collector's acknowledgement; returns how many outbox entries it cleared."""
+        with self._lock, self.db.atomic():
+            cur = self.db.execute("DELETE FROM outbox WHERE seq <= ?", [acked_seq])
+            if acked_seq > self.acked_seq():
+                self._set_meta("acked_seq", str(acked_seq))
+            return cur.rowcount
+
+    def acked_seq(self) -> int:
+        return int(self._get_meta("acked_seq") or 0)
+
+    def last_seq(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def backlog(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def log(self) -> Iterator[LoggedEvent]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT e.body, o.seq IS NULL FROM events e LEFT JOIN outbox o ON o.seq = e.seq"
+                " ORDER BY e.seq"
+            ).fetchall()
+        for body, acked in rows:
+            yield LoggedEvent(Event.from_json(json.loads(body)), bool(acked))
+
+    # --- state, clock and documents ----------------------------------------------------
+
+    def state(self) -> dict[str, Any] | None:
+        raw = self._get_meta("state")
+        return None if raw is None else dict(json.loads(raw))
+
+    def clock_floor(self) -> float:
+        return float(self._get_meta("clock_floor") or 0.0)
+
+    def save_clock_floor(self, floor: float) -> None:
+        with self._lock, self.db.atomic():
+            if floor > self.clock_floor():
+                self._set_meta("clock_floor", repr(floor))
+
+    def save_document(self, kind: str, version: int, received_at: str, raw: bytes) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "INSERT OR REPLACE INTO documents (kind, version, received_at, raw)"
+                " VALUES (?, ?, ?, ?)",
+                [kind, version, received_at, raw],
+            )
+
+    def document(self, kind: str) -> bytes | None:
+        with self._lock:
+            row = self.db.execute("SELECT raw FROM documents WHERE kind = ?", [kind]).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])

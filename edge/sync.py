@@ -1,0 +1,254 @@
+"""MQTT sync of one gate: events up with end-to-end acknowledgement, documents down.
+
+The outbox in SQLite is the queue (paho's in-memory session is not): the
+sender publishes batches of unacknowledged events at QoS 1 while fewer than
+`window` are in flight, and goes back to the last acknowledged seq when the
+collector's acknowledgement has not advanced for `resend_after_s` or after a
+reconnect. A broker PUBACK proves nothing about the collector; only the
+collector's ack (highest contiguous committed seq) clears the outbox.
+
+paho callbacks run on paho's network thread: they only queue what arrived;
+the sender thread does the work (DB writes, verification, publishing).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.store import GateStore
+from protocol import topics
+from protocol.broker import BrokerAddress
+from protocol.errors import MessageError
+from protocol.events import Ack, encode_batch, encode_status
+
+log = logging.getLogger("menwei.gate.sync")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    site: str
+    gate: str
+    broker: BrokerAddress
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    batch_size: int = 50
+    window: int = 500
+    resend_after_s: float = 10.0
+    status_interval_s: float = 15.0
+
+
+class GateSync:
+    """Owns the MQTT connection of a gate. `start()` returns at once; it connects in the
+    background and keeps reconnecting. `status` supplies the retained status fields."""
+
+    def __init__(
+        self,
+        settings: SyncSettings,
+        store: GateStore,
+        *,
+        on_document: Callable[[str, bytes], None],
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.s = settings
+        self.store = store
+        self._on_document = on_document
+        self._status = status
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.connected = False
+        self._reconnected = False
+        self.sent_up_to = 0
+        self.acked = store.acked_seq()
+        self._last_progress = time.monotonic()
+        self.stats = {"batches": 0, "resends": 0, "publish_errors": 0, "bad_messages": 0}
+        self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"menwei-gate-{settings.site}-{settings.gate}",
+            protocol=mqtt.MQTTv5,
+        )
+        if settings.username:
+            self.client.username_pw_set(settings.username, settings.password)
+        if settings.broker.tls:
+            self.client.tls_set()
+        self.client.will_set(
+            topics.status(settings.site, settings.gate),
+            encode_status({"gate": settings.gate, "site": settings.site, "state": "offline"}),
+            qos=1,
+            retain=True,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        b = self.s.broker
+        self.client.connect_async(b.host, b.port, keepalive=self.s.keepalive_s)
+        self.client.loop_start()
+        self._thread.start()
+
+    def close(self) -> None:
+        """Say offline (retained), disconnect cleanly, stop the threads. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self.connected:
+            info = self.client.publish(
+                topics.status(self.s.site, self.s.gate),
+                encode_status(self._status() | {"state": "offline"}),
+                qos=1,
+                retain=True,
+            )
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                info.wait_for_publish(timeout=2)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def notify(self) -> None:
+        """A new event is in the outbox: send soon."""
+        self._wake.set()
+
+    # --- paho callbacks (network thread: keep tiny) -------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            log.warning("broker refused connection: %s", rc)
+            return
+        subs = [
+            (topics.ack(self.s.site, self.s.gate), 1),
+            (topics.config(self.s.site), 1),
+            (topics.register(self.s.site), 1),
+        ]
+        result, _mid = client.subscribe(subs)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("subscribe failed: %s", result)
+            return
+        self.connected = True
+        self._reconnected = True
+        self._wake.set()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        self.connected = False
+        if not self._stop.is_set():
+            log.warning("disconnected from broker: %s", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put((msg.topic, bytes(msg.payload)))
+        self._wake.set()
+
+    # --- the sender thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_status = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            try:
+                self._drain_inbox()
+                if not self.connected:
+                    continue
+                self._send()
+                if time.monotonic() >= next_status:
+                    self.publish_status()
+                    next_status = time.monotonic() + self.s.status_interval_s
+            except Exception:  # the sync thread must survive anything one message does
+                log.exception("sync loop error")
+                time.sleep(0.5)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                topic, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if topic == topics.ack(self.s.site, self.s.gate):
+                self._handle_ack(payload)
+            elif topic == topics.config(self.s.site):
+                self._on_document("config", payload)
+            elif topic == topics.register(self.s.site):
+                self._on_document("register", payload)
+
+    def _handle_ack(self, payload: bytes) -> None:
+        try:
+            ack = Ack.decode(payload)
+        except MessageError as exc:
+            self.stats["bad_messages"] += 1
+            log.warning("ignored bad ack: %s", exc)
+            return
+        last = self.store.last_seq()
+        if ack.acked_seq > last:
+            # The collector holds seqs this gate never wrote: the gate's database was
+            # replaced. Acknowledging them would drop events; report it instead.
+            log.error("collector acknowledges seq %d beyond our last seq %d", ack.acked_seq, last)
+            self.stats["bad_messages"] += 1
+            return
+        if ack.acked_seq > self.acked:
+            self.store.mark_acked(ack.acked_seq)
+            self.acked = ack.acked_seq
+            self._last_progress = time.monotonic()
+
+    def _send(self) -> None:
+        now = time.monotonic()
+        if self._reconnected:
+            self._reconnected = False
+            self.sent_up_to = self.acked  # a new connection: everything unacked goes again
+            self._last_progress = now
+        if self.sent_up_to > self.acked and now - self._last_progress > self.s.resend_after_s:
+            log.info(
+                "no ack progress for %.0fs: resending from %d", self.s.resend_after_s, self.acked
+            )
+            self.stats["resends"] += 1
+            self.sent_up_to = self.acked
+            self._last_progress = now
+        self.sent_up_to = max(self.sent_up_to, self.acked)
+        while self.connected and self.sent_up_to - self.acked < self.s.window:
+            room = self.s.window - (self.sent_up_to - self.acked)
+            events = self.store.unacked(self.sent_up_to, min(self.s.batch_size, room))
+            if not events:
+                return
+            info = self.client.publish(
+                topics.events(self.s.site, self.s.gate),
+                encode_batch(self.s.gate, events),
+                qos=1,
+            )
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.stats["publish_errors"] += 1
+                log.warning("publish failed (%s); will retry", mqtt.error_string(info.rc))
+                return
+            if self.sent_up_to == self.acked:
+                self._last_progress = now  # the resend timer runs from the first unacked send
+            self.sent_up_to = events[-1].seq
+            self.stats["batches"] += 1
+
+    def publish_status(self) -> None:
+        info = self.client.publish(
+            topics.status(self.s.site, self.s.gate),
+            encode_status(self._status() | {"state": "online"}),
+            qos=1,
+            retain=True,
+        )
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("status publish failed: %s", mqtt.error_string(info.rc))

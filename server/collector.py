@@ -1,0 +1,180 @@
+"""The collector: events from gates into the store, acknowledgements back, documents out.
+
+paho callbacks only queue what arrived; one worker thread parses, stores in
+one transaction per batch, and then publishes the acknowledgement (retained,
+so a restarted gate learns it at once): the highest contiguous committed seq
+of that gate. A broken message is recorded in `rejected_messages` and never
+stops the collector. New bundle documents (a pass issued from the command
+line) are noticed and published on the retained config/register topics.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from protocol import topics
+from protocol.broker import BrokerAddress
+from protocol.documents import CONFIG_FILE, REGISTER_FILE
+from protocol.errors import MessageError
+from protocol.events import Ack, decode_batch, decode_status
+from server.site import Site
+
+log = logging.getLogger("menwei.collector")
+
+
+class Collector:
+    def __init__(self, site: Site, broker: BrokerAddress, *, client_id: str | None = None) -> None:
+        self.site = site
+        self.store = site.store
+        self.broker = broker
+        self.connected = threading.Event()
+        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._stop = threading.Event()
+        self._published: dict[str, float] = {}  # bundle file → mtime last published
+        self.stats = {"batches": 0, "inserted": 0, "duplicates": 0, "rejected": 0}
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"menwei-collector-{site.site}",
+            protocol=mqtt.MQTTv5,
+        )
+        cfg = site.config.mqtt
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        if broker.tls:
+            self.client.tls_set()
+        self.client.reconnect_delay_set(min_delay=1, max_delay=15)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self.client.loop_start()
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- paho callbacks (network thread) -------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        if rc.is_failure:
+            log.warning("broker refused connection: %s", rc)
+            return
+        group = self.site.config.mqtt.shared_group
+        subs = []
+        for leaf in ("events", "status"):
+            t = topics.gate_wildcard(self.site.site, leaf)
+            subs.append((f"$share/{group}/{t}" if group and leaf == "events" else t, 1))
+        result, _mid = client.subscribe(subs)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("subscribe failed: %s", result)
+            return
+        self._published.clear()  # republish documents after every (re)connect
+        self.connected.set()
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+    ) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("disconnected from broker: %s", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put((msg.topic, bytes(msg.payload)))
+
+    # --- worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_check = 0.0
+        while not self._stop.is_set():
+            try:
+                topic, payload = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                topic = ""
+            try:
+                if topic:
+                    self.handle(topic, payload)
+                if self.connected.is_set() and time.monotonic() >= next_check:
+                    self._publish_documents()
+                    next_check = time.monotonic() + 1.0
+            except Exception:  # one bad message must never stop the collector
+                log.exception("collector error on %s", topic or "documents")
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        where = topics.gate_of(topic)
+        if where is None or where[0] != self.site.site:
+            self._reject(topic, "unexpected topic", payload)
+            return
+        site, gate, leaf = where
+        if leaf == "status":
+            try:
+                self.store.set_gate_status(gate, decode_status(payload))
+            except MessageError as exc:
+                self._reject(topic, str(exc), payload)
+            return
+        if leaf != "events":
+            return
+        try:
+            batch = decode_batch(payload, site=site, gate=gate)
+        except MessageError as exc:
+            self._reject(topic, str(exc), payload)
+            return
+        for index, reason in batch.rejected:
+            self._reject(topic, f"event {index}: {reason}", payload)
+        result = self.store.insert_events(gate, batch.events)
+        self.stats["batches"] += 1
+        self.stats["inserted"] += result.inserted
+        self.stats["duplicates"] += result.duplicates
+        info = self.client.publish(
+            topics.ack(site, gate), Ack(gate, result.contiguous_seq).encode(), qos=1, retain=True
+        )
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # The gate resends when its ack does not advance; the next batch acks again.
+            log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
+
+    def _reject(self, topic: str, reason: str, payload: bytes) -> None:
+        self.stats["rejected"] += 1
+        log.warning("rejected message on %s: %s", topic, reason)
+        self.store.reject_message(topic, reason, payload)
+
+    def _publish_documents(self) -> None:
+        for name, topic in (
+            (CONFIG_FILE, topics.config(self.site.site)),
+            (REGISTER_FILE, topics.register(self.site.site)),
+        ):
+            path: Path = self.site.bundle_path(name)
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if self._published.get(name) == mtime:
+                continue
+            info = self.client.publish(topic, path.read_bytes(), qos=1, retain=True)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._published[name] = mtime
+                log.info("published %s", name)

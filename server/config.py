@@ -1,0 +1,93 @@
+"""The server directory's configuration (`server.toml`): strict, with documented defaults."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from protocol.errors import ProtocolError
+from protocol.passes import check_slug
+from protocol.policy import Policy
+from protocol.schema import SchemaError, from_mapping
+
+CONFIG_NAME = "server.toml"
+
+
+class ServerConfigError(ProtocolError):
+    """server.toml cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    site: str
+    """Site slug: printed into every pass (as a tag) and every topic."""
+    timezone: str = "Asia/Shanghai"
+    """Local time of the site: dates typed on the command line are read in it."""
+    pass_days: int = 30
+    """Validity of a new pass when --valid-until is not given."""
+
+    def __post_init__(self) -> None:
+        check_slug(self.site, "site")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+        if not 1 <= self.pass_days <= 3660:
+            raise ValueError("pass_days must be 1..3660")
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    broker: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    shared_group: str | None = None
+    """Set to share the event stream between several collectors (MQTT v5 $share)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    server: ServerSection
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    policy: Policy = field(default_factory=Policy)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.server.timezone)
+
+
+def load_server_config(directory: Path) -> ServerConfig:
+    path = directory / CONFIG_NAME
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ServerConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ServerConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return from_mapping(ServerConfig, data, str(path))
+    except (SchemaError, ProtocolError) as exc:
+        raise ServerConfigError(str(exc)) from None
+
+
+def render_server_toml(site: str) -> str:
+    p = Policy()
+    return f"""# Menwei server configuration. Unknown keys are errors.
+[server]
+site = "{site}"              # site slug, in every pass and topic
+timezone = "Asia/Shanghai"   # dates on the command line are read in this zone
+pass_days = 30               # validity of a new pass without --valid-until
+
+[mqtt]
+broker = "mqtt://127.0.0.1:1883"
+# username = "collector"
+# password = "..."
+# shared_group = "collectors"   # several collectors share the event stream
+
+[policy]
+fever_threshold_c = {p.fever_threshold_c}     # at or above: re-measure, then deny (fever)
+fever_recheck_window_s = {p.fever_recheck_window_s}  # second high reading within this denies
+max_data_age_h = {p.max_data_age_h}          # older register/policy: the guard confirms
+"""

@@ -1,0 +1,220 @@
+"""A server directory: config, signing keys, store, and the documents gates receive.
+
+Every change that gates must learn (a pass issued or revoked, a policy change,
+a key rotation) bumps a document version and rewrites the provisioning bundle
+(`bundle/`); the collector publishes new bundle documents on the retained
+config and register topics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from protocol.documents import (
+    BUNDLE_DIR,
+    CONFIG_FILE,
+    REGISTER_FILE,
+    TRUST_FILE,
+    SignedDocument,
+    encode_trust,
+    sign_document,
+)
+from protocol.errors import ProtocolError
+from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
+from protocol.register import PassEntry, Register, mask_name
+from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_server_toml
+from server.keys import create_key, load_key
+from server.store import STORE_NAME, ServerStore, utcnow
+
+
+class SiteError(ProtocolError):
+    """A server directory operation cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class IssuedPass:
+    pass_id: int
+    household: str
+    role: str
+    valid_from: datetime
+    valid_until: datetime
+    qr: str
+
+
+class Site:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.config: ServerConfig = load_server_config(directory)
+        self.store = ServerStore(directory / STORE_NAME)
+
+    @property
+    def site(self) -> str:
+        return self.config.server.site
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Site:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @classmethod
+    def init(cls, directory: Path, site: str) -> Site:
+        """Create a new server directory. Refuses to touch an existing one."""
+        if (directory / CONFIG_NAME).exists() or (directory / STORE_NAME).exists():
+            raise SiteError(f"{directory} already holds a Menwei server; refusing to overwrite")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(render_server_toml(site), encoding="utf-8")
+        self = cls(directory)
+        key = create_key(directory, 1)
+        with self.store.db.atomic():
+            self.store.db.execute(
+                "INSERT INTO keys (key_id, public_key, created_at) VALUES (1, ?, ?)",
+                [public_bytes(key), utcnow()],
+            )
+        self.publish_config()
+        self.publish_register()
+        return self
+
+    # --- keys ---------------------------------------------------------------------------
+
+    def active_key_id(self) -> int:
+        row = self.store.db.execute(
+            "SELECT MAX(key_id) FROM keys WHERE retired_at IS NULL"
+        ).fetchone()
+        if row[0] is None:
+            raise SiteError("no active signing key")
+        return int(row[0])
+
+    def trust_keys(self) -> list[TrustKey]:
+        rows = self.store.db.execute(
+            "SELECT key_id, public_key FROM keys WHERE retired_at IS NULL ORDER BY key_id"
+        ).fetchall()
+        return [TrustKey(int(k), bytes(p)) for k, p in rows]
+
+    # --- passes -------------------------------------------------------------------------
+
+    def parse_time(self, text: str) -> datetime:
+        """A date (YYYY-MM-DD, start of that day) or ISO time, read in the site's timezone."""
+        try:
+            t = datetime.fromisoformat(text)
+        except ValueError:
+            raise SiteError(f"{text!r} is not a date (YYYY-MM-DD) or ISO-8601 time") from None
+        return t if t.tzinfo else t.replace(tzinfo=self.config.tz)
+
+    def issue_pass(
+        self,
+        household: str,
+        name: str,
+        role: str = "resident",
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        room: str = "",
+    ) -> IssuedPass:
+        check_household(household)
+        if not name.strip():
+            raise SiteError("name must not be empty")
+        r = Role.parse(role)
+        start = valid_from or datetime.now(self.config.tz).replace(microsecond=0)
+        end = valid_until or start + timedelta(days=self.config.server.pass_days)
+        if end <= start:
+            raise SiteError("valid-until must be after valid-from")
+        key_id = self.active_key_id()
+        pass_id = self.store.next_counter("pass_id")
+        payload = PassPayload(
+            key_id, pass_id, self.site, household, r, int(start.timestamp()), int(end.timestamp())
+        )
+        qr = sign_pass(payload, load_key(self.dir, key_id))
+        with self.store.db.atomic():
+            self.store.db.execute(
+                "INSERT INTO passes (pass_id, household, name, room, role, valid_from,"
+                " valid_until, key_id, qr, issued_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    pass_id,
+                    household,
+                    name.strip(),
+                    room,
+                    r.label,
+                    payload.valid_from,
+                    payload.valid_until,
+                    key_id,
+                    qr,
+                    utcnow(),
+                ],
+            )
+        self.publish_register()
+        return IssuedPass(pass_id, household, r.label, start, end, qr)
+
+    def revoke_pass(self, pass_id: int, reason: str) -> None:
+        with self.store.db.atomic():
+            cur = self.store.db.execute(
+                "UPDATE passes SET revoked_at = ?, revoke_reason = ? WHERE pass_id = ?"
+                " AND revoked_at IS NULL",
+                [utcnow(), reason, pass_id],
+            )
+        if cur.rowcount != 1:
+            raise SiteError(f"pass {pass_id} does not exist or is already revoked")
+        self.publish_register()
+
+    def register(self) -> Register:
+        rows = self.store.db.execute(
+            "SELECT pass_id, household, name, room, role, revoked_at, revoke_reason FROM passes"
+        ).fetchall()
+        passes = {
+            int(pid): PassEntry(int(pid), hh, mask_name(name), room, role)
+            for pid, hh, name, room, role, revoked, _ in rows
+            if revoked is None
+        }
+        revoked = {int(pid): why or "" for pid, _, _, _, _, rev, why in rows if rev is not None}
+        return Register(passes, revoked)
+
+    # --- documents and the provisioning bundle ------------------------------------------
+
+    def _sign(self, kind: str, body: dict[str, object]) -> SignedDocument:
+        version = self.store.next_counter(f"{kind}_version")
+        key_id = self.active_key_id()
+        return sign_document(
+            kind, self.site, version, utcnow(), body, key_id, load_key(self.dir, key_id)
+        )
+
+    def publish_config(self) -> SignedDocument:
+        body: dict[str, object] = {
+            "policy": self.config.policy.to_json(),
+            "trust_keys": [k.to_json() for k in self.trust_keys()],
+        }
+        doc = self._sign("config", body)
+        self._write_bundle(CONFIG_FILE, doc.encode())
+        self._write_bundle(TRUST_FILE, encode_trust(self.site, self.trust_keys()))
+        return doc
+
+    def publish_register(self) -> SignedDocument:
+        doc = self._sign("register", self.register().to_json())
+        self._write_bundle(REGISTER_FILE, doc.encode())
+        return doc
+
+    def bundle_path(self, name: str) -> Path:
+        return self.dir / BUNDLE_DIR / name
+
+    def _write_bundle(self, name: str, data: bytes) -> None:
+        path = self.bundle_path(name)
+        path.parent.mkdir(exist_ok=True)
+        # Write-then-rename: a gate being provisioned or the collector never reads half a file.
+        tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "site": self.site,
+            "dir": str(self.dir),
+            "keys": [k.key_id for k in self.trust_keys()],
+            "config": json.loads(self.bundle_path(CONFIG_FILE).read_bytes())["version"],
+            "register": json.loads(self.bundle_path(REGISTER_FILE).read_bytes())["version"],
+        }

@@ -1,0 +1,258 @@
+"""The collector's store (SQLite; PostgreSQL at scale is a later backend behind the same API).
+
+Events are inserted idempotently on (gate, seq): a resent event is counted
+once. An event whose (gate, seq) is already stored with a different UUID is
+not overwritten: it is kept in `conflicts` for operators (a gate whose
+database was replaced). Per gate, `contiguous_seq` is the highest seq up to
+which every event is committed: that is what the collector acknowledges.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from protocol.events import Event
+
+STORE_NAME = "server.db"
+migrations = Migrations("menwei-server")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE events (
+            gate TEXT NOT NULL, seq INTEGER NOT NULL, uuid TEXT NOT NULL, at TEXT NOT NULL,
+            kind TEXT NOT NULL, decision TEXT, reason TEXT NOT NULL, household TEXT,
+            pass_id INTEGER, body TEXT NOT NULL, received_at TEXT NOT NULL,
+            PRIMARY KEY (gate, seq)
+        )"""
+    )
+    db.execute("CREATE INDEX events_at ON events(at)")
+    db.execute(
+        "CREATE TABLE gates (gate TEXT PRIMARY KEY, contiguous_seq INTEGER NOT NULL DEFAULT 0,"
+        " last_seen TEXT, status TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE conflicts (id INTEGER PRIMARY KEY, gate TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " kind TEXT NOT NULL, detail TEXT NOT NULL, body TEXT, at TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE rejected_messages (id INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
+        " reason TEXT NOT NULL, excerpt TEXT, at TEXT NOT NULL)"
+    )
+    db.execute(
+        """CREATE TABLE passes (
+            pass_id INTEGER PRIMARY KEY, household TEXT NOT NULL, name TEXT NOT NULL,
+            room TEXT NOT NULL DEFAULT '', role TEXT NOT NULL, valid_from INTEGER NOT NULL,
+            valid_until INTEGER NOT NULL, key_id INTEGER NOT NULL, qr TEXT NOT NULL,
+            issued_at TEXT NOT NULL, revoked_at TEXT, revoke_reason TEXT
+        )"""
+    )
+    db.execute(
+        "CREATE TABLE keys (key_id INTEGER PRIMARY KEY, public_key BLOB NOT NULL,"
+        " created_at TEXT NOT NULL, retired_at TEXT)"
+    )
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+    conflicts: int
+    contiguous_seq: int
+
+
+class ServerStore:
+    def __init__(self, path: Path) -> None:
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self.db = Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._lock = threading.RLock()
+        self._closed = False
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.db.close()
+
+    def __enter__(self) -> ServerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- events ------------------------------------------------------------------------
+
+    def insert_events(self, gate: str, events: list[Event]) -> InsertResult:
+        """Insert one batch in one transaction; returns counts and the new contiguous seq."""
+        now = utcnow()
+        inserted = duplicates = conflicts = 0
+        with self._lock, self.db.atomic():
+            for e in events:
+                body = json.dumps(e.to_json(), ensure_ascii=False)
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO events (gate, seq, uuid, at, kind, decision, reason,"
+                    " household, pass_id, body, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [
+                        gate,
+                        e.seq,
+                        e.uuid,
+                        e.at,
+                        e.kind,
+                        e.decision,
+                        e.reason,
+                        e.household,
+                        e.pass_id,
+                        body,
+                        now,
+                    ],
+                )
+                if cur.rowcount == 1:
+                    inserted += 1
+                    continue
+                row = self.db.execute(
+                    "SELECT uuid FROM events WHERE gate = ? AND seq = ?", [gate, e.seq]
+                ).fetchone()
+                if row[0] == e.uuid:
+                    duplicates += 1
+                else:
+                    conflicts += 1
+                    self.add_conflict(
+                        gate,
+                        e.seq,
+                        "seq_reused",
+                        f"seq {e.seq} already stored with uuid {row[0]}",
+                        body,
+                    )
+            contiguous = self._advance_contiguous(gate, now)
+        return InsertResult(inserted, duplicates, conflicts, contiguous)
+
+    def _advance_contiguous(self, gate: str, now: str) -> int:
+        row = self.db.execute("SELECT contiguous_seq FROM gates WHERE gate = ?", [gate]).fetchone()
+        c = row[0] if row else 0
+        for (seq,) in self.db.execute(
+            "SELECT seq FROM events WHERE gate = ? AND seq > ? ORDER BY seq", [gate, c]
+        ):
+            if seq != c + 1:
+                break
+            c = seq
+        self.db.execute(
+            "INSERT INTO gates (gate, contiguous_seq, last_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT(gate) DO UPDATE SET contiguous_seq = excluded.contiguous_seq,"
+            " last_seen = excluded.last_seen",
+            [gate, c, now],
+        )
+        return int(c)
+
+    def contiguous_seq(self, gate: str) -> int:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT contiguous_seq FROM gates WHERE gate = ?", [gate]
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute("SELECT body FROM events ORDER BY at, gate, seq").fetchall()
+        for (body,) in rows:
+            yield json.loads(body)
+
+    def event_keys(self) -> list[tuple[str, int, str]]:
+        with self._lock:
+            return [
+                (str(g), int(s), str(u))
+                for g, s, u in self.db.execute("SELECT gate, seq, uuid FROM events").fetchall()
+            ]
+
+    def count_events(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # --- problems ----------------------------------------------------------------------
+
+    def add_conflict(self, gate: str, seq: int, kind: str, detail: str, body: str | None) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "INSERT INTO conflicts (gate, seq, kind, detail, body, at) VALUES (?,?,?,?,?,?)",
+                [gate, seq, kind, detail, body, utcnow()],
+            )
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self.db.execute("SELECT gate, seq, kind, detail, at FROM conflicts ORDER BY id")
+            return [dict(zip(("gate", "seq", "kind", "detail", "at"), r, strict=True)) for r in cur]
+
+    def reject_message(self, topic: str, reason: str, payload: bytes) -> None:
+        excerpt = payload[:200].decode("utf-8", "replace")
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "INSERT INTO rejected_messages (topic, reason, excerpt, at) VALUES (?,?,?,?)",
+                [topic, reason[:500], excerpt, utcnow()],
+            )
+
+    def rejected_count(self) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT COUNT(*) FROM rejected_messages").fetchone()[0])
+
+    # --- gate status -------------------------------------------------------------------
+
+    def set_gate_status(self, gate: str, status: dict[str, Any]) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "INSERT INTO gates (gate, status, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT(gate) DO UPDATE SET status = excluded.status,"
+                " last_seen = excluded.last_seen",
+                [gate, json.dumps(status, ensure_ascii=False), utcnow()],
+            )
+
+    def gates(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT gate, contiguous_seq, last_seen, status FROM gates ORDER BY gate"
+            ).fetchall()
+        return [
+            {
+                "gate": g,
+                "contiguous_seq": c,
+                "last_seen": seen,
+                "status": json.loads(s) if s else None,
+            }
+            for g, c, seen, s in rows
+        ]
+
+    # --- meta --------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    def next_counter(self, key: str) -> int:
+        """Atomically increment a counter (pass ids, document versions)."""
+        with self._lock, self.db.atomic():
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+            n = (int(row[0]) if row else 0) + 1
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, str(n)])
+        return n

@@ -180,9 +180,7 @@ def test_offset_grows_as_the_air_gets_colder():
 def test_calibrate_fits_base_so_the_reference_is_reproduced():
     offset = calibrate(34.0, 20.0, 36.8)
 
-    assert offset == BodyOffset(
-        base_c=pytest.approx(2.3), per_ambient_c=0.1, ref_ambient_c=25.0
-    )
+    assert offset == BodyOffset(base_c=pytest.approx(2.3), per_ambient_c=0.1, ref_ambient_c=25.0)
     assert offset.body_c(34.0, 20.0) == pytest.approx(36.8)
 
 

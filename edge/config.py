@@ -90,8 +90,10 @@ class ThermometerSection:
     timeout_s: float = 3.0
     offset_c: float = 2.0
     """Skin (forehead) to body estimate at 25 °C ambient; `menwei gate calibrate` sets it."""
-    offset_per_ambient_c: float = -0.05
-    """Change of the offset per °C ambient above 25 °C (cold air cools the skin more)."""
+    offset_per_ambient_c: float = 0.1
+    """Added to the offset per °C the ambient is below 25 °C (cold air cools the skin more)."""
+    recheck_delay_s: float = 2.0
+    """After a first high reading, wait this long, then measure again."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class GpioSection:
     buzzer_pin: int = 23
     exit_button_pin: int | None = 24
     door_pin: int | None = 25
+    door_alert_s: float = 30.0
+    """A door held open longer than this raises an alert."""
 
 
 @dataclass(frozen=True)

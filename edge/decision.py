@@ -138,3 +138,15 @@ def advance(state: GateState, decision: Decision, now: Now) -> GateState:
     window = timedelta(hours=1)  # forget stale first readings so the state stays small
     pending = {k: v for k, v in pending.items() if now.utc - v <= window}
     return replace(state, fever_pending=MappingProxyType(pending))
+
+
+def state_to_json(state: GateState) -> dict[str, object]:
+    return {"fever_pending": {str(k): v.isoformat() for k, v in state.fever_pending.items()}}
+
+
+def state_from_json(data: dict[str, object] | None) -> GateState:
+    if not data:
+        return GateState()
+    raw = data.get("fever_pending", {})
+    pending = {int(k): datetime.fromisoformat(str(v)) for k, v in dict(raw).items()}  # type: ignore[call-overload]
+    return GateState(MappingProxyType(pending))

@@ -1,0 +1,249 @@
+"""`menwei gate ...`: provision, run, try and inspect a gate from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edge.clock import GateClock
+from edge.config import GateConfig, load_config
+from edge.decision import (
+    Direction,
+    GateState,
+    Now,
+    Scan,
+    Temperature,
+    advance,
+    decide,
+    state_from_json,
+)
+from edge.knowledge import Knowledge
+from edge.provision import load_knowledge, provision
+from edge.recording import decision_json
+from edge.store import GateStore
+from protocol.errors import ProtocolError
+from protocol.reasons import message
+
+log = logging.getLogger("menwei.gate")
+NOT_MEASURED = Temperature(None, "not measured")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gate = sub.add_parser("gate", help="the gate device: provision, run, try and inspect")
+    g = gate.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = g.add_parser("init", help="provision a gate from a server directory (or bundle copy)")
+    p.add_argument("gate_dir", type=Path)
+    p.add_argument("--server", type=Path, required=True, help="server directory or its bundle/")
+    p.add_argument("--gate", required=True, help="gate slug, unique in the site")
+    p.add_argument("--direction", choices=["in", "out", "both"], default="in")
+    p.add_argument("--simulated", action="store_true", help="simulated camera, sensor and GPIO")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = g.add_parser("scan", help="decode and decide on image files (no relay, no state change)")
+    _config_arg(p)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--temperature", type=float, help="body temperature °C for entries")
+    p.add_argument("--direction", choices=["in", "out"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scan)
+
+    p = g.add_parser("replay", help="run the decision core over scripted scans (JSON lines)")
+    _config_arg(p)
+    p.add_argument("script", type=Path, help='lines of {"at", "qr", "direction", "temperature"}')
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    p = g.add_parser("run", help="the gate daemon")
+    _config_arg(p)
+    p.add_argument("--broker", help="mqtt://HOST:PORT, or 'none' to run offline")
+    p.add_argument("--until-eof", action="store_true", help="stop when a finite source ends")
+    p.set_defaults(func=cmd_run)
+
+    p = g.add_parser("log", help="the gate's stored events with their sync state")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_log)
+
+    p = g.add_parser("check-config", help="validate gate.toml and the provisioned data")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_config)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="path to gate.toml")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    result = provision(
+        args.gate_dir,
+        args.server,
+        args.gate,
+        args.direction,
+        simulated=args.simulated,
+        broker=args.broker,
+    )
+    print(json.dumps(result, ensure_ascii=False) if args.json else _lines(result))
+    return 0
+
+
+def _lines(result: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in result.items())
+
+
+def _open(config_path: Path) -> tuple[GateConfig, GateStore, Knowledge]:
+    config = load_config(config_path)
+    store = GateStore(config.db_path)
+    try:
+        return config, store, load_knowledge(config, store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from drivers.qr import QrDecoder, pick_single_pass
+    from protocol.passes import PREFIX
+
+    config, store, know = _open(args.config)
+    with store:
+        state = state_from_json(store.state())
+        clock = GateClock(config.clock.trust, store.clock_floor())
+    direction: Direction = args.direction or ("out" if config.gate.direction == "out" else "in")
+    temperature = NOT_MEASURED if args.temperature is None else Temperature(args.temperature)
+    decoder = QrDecoder()
+    results: list[dict[str, Any]] = []
+    for path in args.images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None or image.dtype != np.uint8:
+            results.append(_refusal(path, "unreadable_image", qr_found=False))
+            continue
+        texts = decoder.decode(np.asarray(image, dtype=np.uint8))
+        pick = pick_single_pass(texts, lambda t: t.startswith(PREFIX))
+        if not texts:
+            results.append(_refusal(path, "no_qr", qr_found=False))
+        elif pick == "multiple":
+            results.append(_refusal(path, "multiple_codes", qr_found=True))
+        else:
+            d = decide(Scan(pick or texts[0], direction), temperature, state, know, clock.now())
+            results.append({"file": str(path), "qr_found": True, **decision_json(d)})
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=1))
+    else:
+        for r in results:
+            print(f"{r['file']}: {r['decision']} ({r['reason']}) {r['message']['zh']}")
+    return 0
+
+
+def _refusal(path: Path, reason: str, *, qr_found: bool) -> dict[str, Any]:
+    return {
+        "file": str(path),
+        "qr_found": qr_found,
+        "decision": "deny",
+        "reason": reason,
+        "message": message(reason).as_dict(),
+    }
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    _, store, know = _open(args.config)
+    with store:
+        state = state_from_json(store.state())  # a scratch copy: nothing is written back
+    try:
+        lines = args.script.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ProtocolError(f"{args.script}: cannot read: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        out, state = replay_line(line, number, state, know)
+        print(
+            json.dumps(out, ensure_ascii=False)
+            if args.json
+            else f"{out.get('at')} {out['decision']} {out['reason']}"
+        )
+    return 0
+
+
+def replay_line(
+    line: str, number: int, state: GateState, know: Knowledge
+) -> tuple[dict[str, Any], GateState]:
+    """One scripted scan through the real decision core. A bad line gets its own answer."""
+    try:
+        item = json.loads(line)
+        at = datetime.fromisoformat(str(item["at"]))
+        if at.tzinfo is None:
+            raise ValueError("'at' needs a UTC offset, e.g. 2026-11-29T08:00:00+08:00")
+        direction = item.get("direction", "in")
+        if direction not in ("in", "out"):
+            raise ValueError("direction must be 'in' or 'out'")
+        qr = str(item["qr"])
+        t = item.get("temperature")
+        temperature = NOT_MEASURED if t is None else Temperature(float(t))
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = "bad_input"
+        return {
+            "line": number,
+            "at": None,
+            "decision": "deny",
+            "reason": reason,
+            "message": message(reason).as_dict(),
+            "error": str(exc),
+        }, state
+    now = Now(at, True)
+    decision = decide(Scan(qr, direction), temperature, state, know, now)
+    return {"at": item["at"], **decision_json(decision)}, advance(state, decision, now)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with GateStore(config.db_path) as store:
+        for logged in store.log():
+            row = {**logged.event.to_json(), "sync": "acked" if logged.acked else "pending"}
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                e = logged.event
+                print(
+                    f"{e.seq:6d} {e.at} {e.kind:12s} {e.decision or '-':5s} {e.reason:16s}"
+                    f" {row['sync']}"
+                )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, store, know = _open(args.config)
+    with store:
+        result = {
+            "ok": True,
+            "config": str(config.path),
+            "site": know.site,
+            "gate": config.gate.id,
+            "versions": know.versions(),
+            "trust_keys": sorted(know.trust_keys),
+        }
+    print(json.dumps(result) if args.json else _lines(result))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.daemon import GateDaemon
+
+    config = load_config(args.config)
+    daemon = GateDaemon(config, broker=args.broker)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop_event.set())
+    print(f"gate {config.gate.site}/{config.gate.id} running ({config.gate.direction})", flush=True)
+    daemon.run(until_eof=args.until_eof)
+    return 0

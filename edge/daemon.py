@@ -1,0 +1,355 @@
+"""The gate loop: camera → QR → decision core → store → relay/indicator, with MQTT sync beside.
+
+Order for every decision (DESIGN.md principle 3): decide (pure), write the
+event, its outbox entry and the new state in one transaction, and only then
+move the relay. The loop never blocks on the network; sync runs on its own
+thread from the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict, replace
+from typing import Any, TextIO
+
+from drivers.camera import Frame
+from drivers.inputs import DoorContact, ExitButton
+from drivers.outputs import IndicatorKind
+from drivers.qr import ScanDebouncer, pick_single_pass
+from edge.clock import GateClock
+from edge.config import GateConfig
+from edge.decision import (
+    Decision,
+    Direction,
+    Now,
+    Scan,
+    Temperature,
+    advance,
+    decide,
+    state_from_json,
+    state_to_json,
+)
+from edge.hardware import GateHardware, build_hardware
+from edge.provision import (
+    accept_document,
+    apply_document,
+    data_age_hours,
+    load_knowledge,
+    trust_anchor,
+)
+from edge.recording import console_line, decision_event, simple_event
+from edge.store import GateStore
+from edge.sync import GateSync, SyncSettings
+from protocol.broker import parse_broker
+from protocol.documents import decode_document
+from protocol.errors import ProtocolError
+from protocol.events import Event
+from protocol.passes import PREFIX
+
+log = logging.getLogger("menwei.gate")
+
+
+class GateDaemon:
+    def __init__(
+        self,
+        config: GateConfig,
+        *,
+        broker: str | None = None,
+        hardware: GateHardware | None = None,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.store = GateStore(config.db_path)
+        self.anchor = trust_anchor(config)[1]
+        self.know = load_knowledge(config, self.store)
+        self._know_lock = threading.Lock()
+        self.clock = GateClock(config.clock.trust, self.store.clock_floor())
+        self.state = state_from_json(self.store.state())
+        self.hw = hardware if hardware is not None else build_hardware(config)
+        self.debouncer = ScanDebouncer(config.camera.scan_holdoff_s)
+        self.stop_event = threading.Event()
+        self._inputs: queue.Queue[tuple[str, bool]] = queue.Queue()
+        self._camera_state = "recovering"
+        self._last_grant: tuple[float, Decision] | None = None
+        self._door_open_since: float | None = None
+        self._door_alerted = False
+        self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
+        g = config.gpio
+        self.exit_button = (
+            ExitButton(self.hw.pins, g.exit_button_pin, lambda: self._inputs.put(("exit", True)))
+            if g.exit_button_pin is not None
+            else None
+        )
+        self.door = (
+            DoorContact(
+                self.hw.pins, g.door_pin, lambda is_open: self._inputs.put(("door", is_open))
+            )
+            if g.door_pin is not None
+            else None
+        )
+        url = broker or config.mqtt.broker
+        self.sync: GateSync | None = None
+        if url != "none":
+            m = config.mqtt
+            self.sync = GateSync(
+                SyncSettings(
+                    config.gate.site,
+                    config.gate.id,
+                    parse_broker(url),
+                    m.username,
+                    m.password,
+                    m.keepalive_s,
+                    m.batch_size,
+                    m.window,
+                    m.resend_after_s,
+                    m.status_interval_s,
+                ),
+                self.store,
+                on_document=self.on_document,
+                status=self.status,
+            )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run(self, *, until_eof: bool = False) -> None:
+        if self.sync is not None:
+            self.sync.start()
+        self.hw.indicator.show("idle")
+        try:
+            while not self.stop_event.is_set():
+                self._handle_inputs()
+                frame = self.hw.camera.read(0.2)
+                self._watch_camera()
+                if frame is None:
+                    if until_eof and self.hw.camera.at_eof:
+                        break
+                    continue
+                self.handle_frame(frame)
+            if until_eof and self.sync is not None:
+                self._drain(timeout_s=10.0)
+        finally:
+            self.close()
+
+    def _drain(self, timeout_s: float) -> None:
+        """Give sync a moment to empty the outbox before a finite run exits."""
+        end = time.monotonic() + timeout_s
+        while self.store.backlog() and time.monotonic() < end:
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.hw.close()  # outputs to their safe state first
+        for part in (self.exit_button, self.door):
+            if part is not None:
+                part.close()
+        if self.sync is not None:
+            self.sync.close()
+        self.store.save_clock_floor(self.clock.floor)
+        self.store.close()
+
+    # --- frames and scans ----------------------------------------------------------------------
+
+    def handle_frame(self, frame: Frame) -> None:
+        texts = self.hw.decoder.decode(frame.image)
+        if not self.debouncer.update(texts):
+            return
+        direction = self._direction(frame)
+        pick = pick_single_pass(texts, lambda t: t.startswith(PREFIX))
+        if pick == "multiple":
+            now = self.clock.now()
+            self.commit(Decision("deny", "multiple_codes", "scan", direction), now, {})
+            return
+        qr = pick if pick is not None else texts[0]
+        self.handle_scan(Scan(qr, direction), frame.meta or {})
+
+    def _direction(self, frame: Frame) -> Direction:
+        configured = self.config.gate.direction
+        if configured != "both":
+            return configured
+        asked = (frame.meta or {}).get("direction")
+        return "out" if asked == "out" else "in"
+
+    def handle_scan(self, scan: Scan, meta: dict[str, object]) -> Decision:
+        now = self.clock.now()
+        decision = decide(scan, None, self.state, self.know, now)
+        if decision.outcome != "pending":
+            return self.commit(decision, now, {})
+        temperature, detail = self.measure(meta.get("forehead_c"))
+        decision = self.commit(decide(scan, temperature, self.state, self.know, now), now, detail)
+        if decision.reason == "fever_recheck":
+            time.sleep(self.config.thermometer.recheck_delay_s)
+            temperature, detail = self.measure(
+                meta.get("recheck_forehead_c", meta.get("forehead_c"))
+            )
+            now = self.clock.now()
+            decision = self.commit(
+                decide(scan, temperature, self.state, self.know, now), now, detail
+            )
+        return decision
+
+    def measure(self, simulated_forehead: object = None) -> tuple[Temperature, dict[str, Any]]:
+        if self.hw.sim_bus is not None and isinstance(simulated_forehead, int | float):
+            self.hw.sim_bus.object_c = float(simulated_forehead)  # the simulated person steps up
+        if self.hw.screener is None:
+            return Temperature(None, "no thermometer configured"), {}
+        s = self.hw.screener.measure()
+        detail = {
+            "skin_c": s.skin_c,
+            "ambient_c": s.ambient_c,
+            "samples": s.samples_taken,
+            "screening_error": s.error,
+        }
+        return Temperature(s.body_c, s.error), detail
+
+    # --- commit: log first, then act ---------------------------------------------------------
+
+    def commit(self, decision: Decision, now: Now, detail: dict[str, Any]) -> Decision:
+        state = advance(self.state, decision, now)
+        site, gate = self.config.gate.site, self.config.gate.id
+
+        def build(seq: int) -> Event:
+            e = decision_event(
+                decision, site=site, gate=gate, now=now, know=self.know, detail=detail
+            )
+            return _with_seq(e, seq)
+
+        self.store.append(build, state=state_to_json(state), clock_floor=self.clock.floor)
+        self.state = state
+        self.counts["decisions"] += 1
+        self.counts["allowed" if decision.outcome == "allow" else "denied"] += 1
+        if decision.outcome == "allow":
+            self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
+            self._last_grant = (time.monotonic(), decision)
+        self.hw.indicator.show(_indicator_kind(decision))
+        if decision.alert is not None:
+            self.record(
+                "alert",
+                decision.alert,
+                direction=decision.direction,
+                pass_id=(decision.pass_.pass_id if decision.pass_ else None),
+                detail={"priority": "high"},
+            )
+        print(
+            console_line(decision, self.know, self.config.gate.language), file=self.out, flush=True
+        )
+        if self.sync is not None:
+            self.sync.notify()
+        return decision
+
+    def record(self, kind: str, reason: str, **kw: Any) -> Event:
+        """Log a non-decision event (exit button, passage, alert, device) with its outbox entry."""
+        now = self.clock.now()
+        site, gate = self.config.gate.site, self.config.gate.id
+
+        def build(seq: int) -> Event:
+            return _with_seq(
+                simple_event(kind, reason, site=site, gate=gate, now=now, know=self.know, **kw), seq
+            )
+
+        event = self.store.append(build, state=None, clock_floor=self.clock.floor)
+        if self.sync is not None:
+            self.sync.notify()
+        return event
+
+    # --- inputs and devices ------------------------------------------------------------------
+
+    def _handle_inputs(self) -> None:
+        while True:
+            try:
+                what, value = self._inputs.get_nowait()
+            except queue.Empty:
+                break
+            if what == "exit":
+                self.record("exit_request", "exit_request", decision="allow", direction="out")
+                self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
+                self.hw.indicator.show("allow")
+            elif what == "door":
+                self._door_changed(value)
+        self._check_door_held()
+
+    def _door_changed(self, is_open: bool) -> None:
+        if not is_open:
+            self._door_open_since = None
+            self._door_alerted = False
+            return
+        self._door_open_since = time.monotonic()
+        grant, self._last_grant = self._last_grant, None
+        window = self.config.gpio.relay_pulse_s + 5.0
+        if grant is not None and time.monotonic() - grant[0] <= window:
+            d = grant[1]
+            self.record(
+                "passed",
+                "ok",
+                direction=d.direction,
+                pass_id=d.pass_.pass_id if d.pass_ else None,
+                household=d.pass_.household if d.pass_ else None,
+            )
+        else:
+            self.record("alert", "door_forced", detail={"priority": "high"})
+
+    def _check_door_held(self) -> None:
+        since = self._door_open_since
+        held = since is not None and time.monotonic() - since > self.config.gpio.door_alert_s
+        if held and not self._door_alerted:
+            self._door_alerted = True
+            self.record("alert", "door_held_open", detail={"priority": "normal"})
+
+    def _watch_camera(self) -> None:
+        state = self.hw.camera.state
+        if state == self._camera_state:
+            return
+        previous, self._camera_state = self._camera_state, state
+        if state == "lost":
+            self.hw.indicator.show("fault")
+            self.record("device", "camera_lost", detail={"error": self.hw.camera.last_error})
+            print(f"[FAULT] camera lost: {self.hw.camera.last_error}", file=self.out, flush=True)
+        elif state == "ok" and previous == "lost":
+            self.hw.indicator.show("idle")
+            self.record("device", "camera_ok")
+
+    # --- documents and status (called from the sync thread) ------------------------------------
+
+    def on_document(self, kind: str, raw: bytes) -> None:
+        try:
+            with self._know_lock:
+                keys = {**self.anchor, **self.know.trust_keys}
+                doc = decode_document(raw, kind=kind, site=self.know.site, trust_keys=keys)
+                if accept_document(self.store, doc, raw):
+                    self.know = apply_document(self.know, kind, raw, self.anchor)
+                    log.info("applied %s version %d", kind, doc.version)
+        except ProtocolError as exc:
+            log.warning("refused %s document: %s", kind, exc)
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock.now()
+        thermometer = self.hw.thermometer
+        stats = getattr(thermometer, "stats", None)
+        return {
+            "gate": self.config.gate.id,
+            "site": self.config.gate.site,
+            "at": now.utc.isoformat(timespec="seconds"),
+            "direction": self.config.gate.direction,
+            "backlog": self.store.backlog(),
+            "last_seq": self.store.last_seq(),
+            "acked_seq": self.store.acked_seq(),
+            "versions": self.know.versions(),
+            "data_age_h": data_age_hours(self.know, now.utc),
+            "clock": {"trusted": now.trusted, "jumps": len(self.clock.jumps)},
+            "camera": {"state": self.hw.camera.state, "error": self.hw.camera.last_error},
+            "thermometer": asdict(stats) if stats is not None else None,
+            "counts": dict(self.counts),
+        }
+
+
+def _with_seq(event: Event, seq: int) -> Event:
+    return replace(event, seq=seq)
+
+
+def _indicator_kind(decision: Decision) -> IndicatorKind:
+    if decision.outcome == "allow":
+        return "allow"
+    return "recheck" if decision.reason == "fever_recheck" else "deny"

@@ -1,0 +1,148 @@
+"""Provisioning a gate from a server directory (or a USB-stick copy of its `bundle/`).
+
+The trust file is the gate's anchor: documents (config, register) are
+accepted only when signed by a key it trusts. Running `gate init` again
+refreshes the documents and keeps the gate's config and log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from edge.config import GateConfig
+from edge.knowledge import Knowledge
+from edge.store import GateStore
+from protocol.documents import (
+    BUNDLE_DIR,
+    CONFIG_FILE,
+    REGISTER_FILE,
+    TRUST_FILE,
+    SignedDocument,
+    decode_document,
+    decode_trust,
+)
+from protocol.errors import ProtocolError
+from protocol.passes import TrustKey, check_slug
+
+
+class ProvisionError(ProtocolError):
+    """The gate cannot be provisioned or its provisioned data is unusable."""
+
+
+DOC_FILES = {"config": CONFIG_FILE, "register": REGISTER_FILE}
+
+
+def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, broker: str) -> str:
+    hw = (
+        '[camera]\nsource = "watch:stage"     # simulation: frames dropped into ./stage\n\n'
+        '[thermometer]\nbackend = "simulated"\n\n[gpio]\nbackend = "simulated"\n\n'
+        '[clock]\ntrust = "assume"             # simulation: no timesyncd here\n'
+        if simulated
+        else '[camera]\nsource = "device:0"\n\n[thermometer]\nbackend = "mlx90614"\n'
+        'i2c_bus = 1\naddress = 0x5A\n\n[gpio]\nbackend = "rpi"\nrelay_pin = 17\n\n'
+        '[clock]\ntrust = "timesyncd"\n'
+    )
+    return (
+        "# Menwei gate configuration. Unknown keys are errors; see docs/ for every key.\n"
+        f'[gate]\nsite = "{site}"\nid = "{gate}"\ndirection = "{direction}"  # in | out | both\n'
+        f'data_dir = "."\n\n[mqtt]\nbroker = "{broker}"\n\n{hw}'
+    )
+
+
+def provision(
+    gate_dir: Path,
+    server_dir: Path,
+    gate: str,
+    direction: Literal["in", "out", "both"] = "in",
+    *,
+    simulated: bool = False,
+    broker: str = "mqtt://127.0.0.1:1883",
+) -> dict[str, object]:
+    check_slug(gate, "gate id")
+    bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
+    try:
+        trust_raw = (bundle / TRUST_FILE).read_bytes()
+    except OSError as exc:
+        raise ProvisionError(f"{bundle}: no provisioning bundle ({exc.strerror})") from None
+    site, keys = decode_trust(trust_raw)
+    gate_dir.mkdir(parents=True, exist_ok=True)
+    toml = gate_dir / "gate.toml"
+    created = not toml.exists()
+    if created:
+        toml.write_text(render_gate_toml(site, gate, direction, simulated, broker), "utf-8")
+        if simulated:
+            (gate_dir / "stage").mkdir(exist_ok=True)
+    shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
+    versions: dict[str, int] = {}
+    with GateStore(gate_dir / "gate.db") as store:
+        for kind, name in DOC_FILES.items():
+            raw = (bundle / name).read_bytes()
+            doc = decode_document(raw, kind=kind, site=site, trust_keys=keys)
+            accept_document(store, doc, raw)
+            versions[kind] = doc.version
+    return {
+        "gate_dir": str(gate_dir),
+        "site": site,
+        "gate": gate,
+        "config_created": created,
+        "versions": versions,
+    }
+
+
+def accept_document(store: GateStore, doc: SignedDocument, raw: bytes) -> bool:
+    """Store a verified document if it is newer than the one held. Returns True if stored."""
+    held = store.document(doc.kind)
+    if held is not None and int(json.loads(held)["version"]) >= doc.version:
+        return False
+    store.save_document(doc.kind, doc.version, datetime.now(UTC).isoformat(), raw)
+    return True
+
+
+def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
+    path = config.data_dir / TRUST_FILE
+    try:
+        site, keys = decode_trust(path.read_bytes())
+    except OSError as exc:
+        raise ProvisionError(
+            f"{path}: gate not provisioned ({exc.strerror}); run `menwei gate init`"
+        ) from None
+    if site != config.gate.site:
+        raise ProvisionError(f"{path} is for site {site!r}, gate.toml says {config.gate.site!r}")
+    return site, dict(keys)
+
+
+def load_knowledge(config: GateConfig, store: GateStore) -> Knowledge:
+    """The gate's knowledge from its trust anchor and the documents it holds."""
+    site, anchor = trust_anchor(config)
+    know = Knowledge(site, anchor)
+    for kind in ("config", "register"):
+        raw = store.document(kind)
+        if raw is None:
+            continue
+        know = apply_document(know, kind, raw, anchor)
+    return know
+
+
+def apply_document(
+    know: Knowledge, kind: str, raw: bytes, anchor: dict[int, TrustKey]
+) -> Knowledge:
+    """Verify `raw` (against the anchor and the keys the gate has learnt) and apply it."""
+    keys = {**anchor, **know.trust_keys}
+    doc = decode_document(raw, kind=kind, site=know.site, trust_keys=keys)
+    return know.with_config(doc) if kind == "config" else know.with_register(doc)
+
+
+def gate_stage(config: GateConfig) -> Path | None:
+    src = config.camera.source
+    if src.startswith("watch:"):
+        return config.resolve(src.removeprefix("watch:"))
+    return None
+
+
+def data_age_hours(know: Knowledge, now: datetime) -> float | None:
+    times = [t for t in (know.config_issued_at, know.register_issued_at) if t is not None]
+    return None if not times else round((now - min(times)).total_seconds() / 3600, 3)

@@ -1,0 +1,105 @@
+"""What the gate records and shows for a decision: the event, the JSON line, the console line."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from edge.decision import Decision, Now
+from edge.knowledge import Knowledge
+from protocol.events import Event
+from protocol.reasons import message
+
+
+def decision_event(
+    decision: Decision, *, site: str, gate: str, now: Now, know: Knowledge, detail: dict[str, Any]
+) -> Event:
+    """The event for `decision`, still without its seq (the store assigns it)."""
+    p = decision.pass_
+    return Event(
+        site=site,
+        gate=gate,
+        seq=0,
+        uuid=str(uuid.uuid4()),
+        at=now.utc.isoformat(timespec="milliseconds"),
+        clock_trusted=now.trusted,
+        kind="decision",
+        decision=decision.decision,
+        reason=decision.reason,
+        direction=decision.direction,
+        temperature_c=None if decision.temperature_c is None else round(decision.temperature_c, 2),
+        pass_id=None if p is None else p.pass_id,
+        household=None if p is None else p.household,
+        role=None if p is None else p.role.label,
+        versions=know.versions(),
+        detail={
+            "rule": decision.rule,
+            "alert": decision.alert,
+            "guard_required": decision.guard_required,
+            **detail,
+        },
+    )
+
+
+def simple_event(
+    kind: str,
+    reason: str,
+    *,
+    site: str,
+    gate: str,
+    now: Now,
+    know: Knowledge,
+    decision: str | None = None,
+    direction: str | None = None,
+    detail: dict[str, Any] | None = None,
+    pass_id: int | None = None,
+    household: str | None = None,
+) -> Event:
+    """Events that are not pass decisions: exit button, passage confirmed, alerts, devices."""
+    return Event(
+        site=site,
+        gate=gate,
+        seq=0,
+        uuid=str(uuid.uuid4()),
+        at=now.utc.isoformat(timespec="milliseconds"),
+        clock_trusted=now.trusted,
+        kind=kind,
+        decision=decision,
+        reason=reason,
+        direction=direction,
+        temperature_c=None,
+        pass_id=pass_id,
+        household=household,
+        role=None,
+        versions=know.versions(),
+        detail=detail or {},
+    )
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """The command-line shape of a decision (gate scan / replay)."""
+    p = decision.pass_
+    return {
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "message": message(decision.reason).as_dict(),
+        "rule": decision.rule,
+        "direction": decision.direction,
+        "pass_id": None if p is None else p.pass_id,
+        "household": None if p is None else p.household,
+        "temperature_c": decision.temperature_c,
+        "guard_required": decision.guard_required,
+    }
+
+
+def console_line(decision: Decision, know: Knowledge, language: str = "zh") -> str:
+    """One line for the guard's console: big verdict, reason, masked name and room."""
+    p = decision.pass_
+    who = ""
+    if p is not None:
+        entry = know.register.passes.get(p.pass_id)
+        who = f" {entry.display_name} {entry.room}" if entry else f" {p.household}"
+    msg = message(decision.reason)
+    verdict = {"allow": "通行 PASS", "deny": "拒绝 STOP"}[decision.decision]
+    temp = f" {decision.temperature_c:.1f}°C" if decision.temperature_c is not None else ""
+    return f"[{verdict}]{who}{temp} — {msg.zh if language == 'zh' else msg.en} ({decision.reason})"

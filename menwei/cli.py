@@ -1,0 +1,99 @@
+"""The one command line: `menwei demo|gate|server|pass|bench ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge import cli as gate_cli
+from protocol.errors import ProtocolError
+from server import cli as server_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="menwei",
+        description="Menwei (门卫): gate checkpoints with signed QR passes, temperature screening"
+        " and MQTT sync.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="collector + simulated gates + simulated residents")
+    p.add_argument("--gates", type=int, default=2, help="simulated gates (default 2)")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long residents arrive")
+    p.add_argument("--residents", type=int, default=24, help="simulated households' members")
+    p.add_argument("--broker", help="use this broker (mqtt://HOST:PORT) instead of our own")
+    p.add_argument("--dir", type=Path, help="keep the demo's files here (default: temporary)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    p.set_defaults(func=cmd_demo)
+
+    gate_cli.register(sub)
+    server_cli.register(sub)
+
+    bench = sub.add_parser("bench", help="measurements that print numbers")
+    b = bench.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = b.add_parser("decode", help="QR decoding on a photo dataset (expected texts beside)")
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_decode)
+    p = b.add_parser("field", help="QR decoding on synthetic field-condition gate frames")
+    p.add_argument("--per-condition", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_field)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from menwei.demo import run_demo
+
+    return run_demo(args)
+
+
+def _print_bench(result: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def cmd_bench_decode(args: argparse.Namespace) -> int:
+    from menwei.bench_decode import run_decode_bench
+
+    result = run_decode_bench(args.dataset)
+    _print_bench(result, args.json)
+    return 0
+
+
+def cmd_bench_field(args: argparse.Namespace) -> int:
+    from menwei.bench_decode import run_field_bench
+
+    _print_bench(run_field_bench(args.per_condition, args.seed), args.json)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except (ProtocolError, OSError) as exc:
+        print(f"menwei: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

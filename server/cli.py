@@ -1,0 +1,148 @@
+"""`menwei server ...` and `menwei pass ...`: the server directory from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import segno
+
+from protocol.broker import parse_broker
+from server.collector import Collector
+from server.site import Site
+
+log = logging.getLogger("menwei.server")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    server = sub.add_parser("server", help="the central collector and its directory")
+    s = server.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = s.add_parser("init", help="create a server directory (config, signing key, store)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--site", default="demo-site", help="site slug (default: demo-site)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_init)
+
+    p = s.add_parser("run", help="run the collector (MQTT → store, acks, documents)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--broker", help="mqtt://HOST:PORT (default: server.toml [mqtt] broker)")
+    p.set_defaults(func=cmd_run)
+
+    p = s.add_parser("export", help="every stored event, one JSON object per line")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--format", choices=["jsonl"], default="jsonl")
+    p.set_defaults(func=cmd_export)
+
+    p = s.add_parser("status", help="gates, their progress and store counts")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    passes = sub.add_parser("pass", help="issue and revoke passes")
+    ps = passes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ps.add_parser("issue", help="sign a pass for a household member")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--household", required=True, help="household id (A-Z a-z 0-9 . _ -)")
+    p.add_argument("--name", required=True, help="holder's name (kept on the server only)")
+    p.add_argument("--role", choices=["resident", "visitor", "staff"], default="resident")
+    p.add_argument("--room", default="", help="building-unit-room shown to the guard")
+    p.add_argument("--valid-from", help="YYYY-MM-DD or ISO time, site timezone (default: now)")
+    p.add_argument("--valid-until", help="YYYY-MM-DD or ISO time (default: +pass_days)")
+    p.add_argument("--png", type=Path, help="also write the QR code as a PNG image")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pass_issue)
+
+    p = ps.add_parser("revoke", help="revoke a pass; gates refuse it once they have the register")
+    p.add_argument("dir", type=Path)
+    p.add_argument("pass_id", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pass_revoke)
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    with Site.init(args.dir, args.site) as site:
+        _print(site.summary(), args.json)
+    return 0
+
+
+def cmd_pass_issue(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        start = site.parse_time(args.valid_from) if args.valid_from else None
+        end = site.parse_time(args.valid_until) if args.valid_until else None
+        issued = site.issue_pass(args.household, args.name, args.role, start, end, args.room)
+    if args.png:
+        write_qr_png(issued.qr, args.png)
+    _print(
+        {
+            "pass_id": issued.pass_id,
+            "household": issued.household,
+            "role": issued.role,
+            "valid_from": issued.valid_from.isoformat(),
+            "valid_until": issued.valid_until.isoformat(),
+            "qr": issued.qr,
+        },
+        args.json,
+    )
+    return 0
+
+
+def write_qr_png(text: str, path: Path, scale: int = 8) -> None:
+    # Level M exactly (boost_error off), alphanumeric mode: the contract's QR version <= 7.
+    segno.make(text, error="m", boost_error=False).save(str(path), scale=scale, border=4)
+
+
+def cmd_pass_revoke(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        site.revoke_pass(args.pass_id, args.reason)
+    _print({"pass_id": args.pass_id, "revoked": True, "reason": args.reason}, args.json)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        for event in site.store.events():
+            sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        result = {
+            "site": site.site,
+            "events": site.store.count_events(),
+            "rejected_messages": site.store.rejected_count(),
+            "conflicts": site.store.conflicts(),
+            "gates": site.store.gates(),
+        }
+    _print(result, args.json)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        broker = parse_broker(args.broker or site.config.mqtt.broker)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        with Collector(site, broker) as collector:
+            collector.start()
+            log.info("collector for site %s on %s", site.site, broker)
+            print(f"collector running for site {site.site} on {broker}", flush=True)
+            stop.wait()
+    return 0

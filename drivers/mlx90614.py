@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -226,11 +226,8 @@ class MLX90614:
     def _count(self, **increments: int) -> None:
         with self._stats_lock:
             current = self._stats
-            self._stats = ReadStats(
-                **{
-                    name: getattr(current, name) + increments.get(name, 0)
-                    for name in ReadStats.__dataclass_fields__
-                }
+            self._stats = replace(
+                current, **{name: getattr(current, name) + n for name, n in increments.items()}
             )
 
     def _read_temperature(self, command: int, limits: tuple[float, float], what: str) -> float:

@@ -271,3 +271,25 @@ def test_exit_button_over_the_rpi_backend(gpio):
 
     assert presses == [1]
     assert ("setup", EXIT_PIN, gpio.IN, {"pull_up_down": gpio.PUD_UP, "initial": -1}) in gpio.calls
+
+
+def test_bounce_that_slips_past_the_library_is_not_a_second_press(gpio):
+    presses: list[int] = []
+    button = ExitButton(RPiGPIOPins(gpio_module=gpio), EXIT_PIN, lambda: presses.append(1))
+
+    gpio.set_input(EXIT_PIN, False)
+    gpio.fire_edge(EXIT_PIN)  # a second edge whose callback still reads "pressed"
+
+    assert presses == [1]
+    assert button.is_pressed
+
+
+def test_door_contact_reports_each_real_change_once_over_the_rpi_backend(gpio):
+    changes: list[bool] = []
+    DoorContact(RPiGPIOPins(gpio_module=gpio), DOOR_PIN, changes.append)  # cut wire: open
+
+    gpio.set_input(DOOR_PIN, False)  # shut
+    gpio.fire_edge(DOOR_PIN)  # bounce
+    gpio.set_input(DOOR_PIN, True)  # opened
+
+    assert changes == [False, True]

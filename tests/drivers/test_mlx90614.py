@@ -309,3 +309,14 @@ def test_bus_lock_is_one_per_bus_object():
 
     assert bus_lock(one) is bus_lock(one)
     assert bus_lock(one) is not bus_lock(other)
+
+
+def test_open_smbus_reports_a_missing_bus_as_sensor_error_with_errno():
+    from drivers.mlx90614 import open_smbus
+
+    with pytest.raises(SensorError) as caught:
+        open_smbus(250)  # no /dev/i2c-250 on a laptop, in CI or on a Pi
+
+    assert caught.value.errno == errno.ENOENT
+    with pytest.raises(SensorError):
+        MLX90614.open(250)

@@ -101,5 +101,6 @@ def console_line(decision: Decision, know: Knowledge, language: str = "zh") -> s
         who = f" {entry.display_name} {entry.room}" if entry else f" {p.household}"
     msg = message(decision.reason)
     verdict = {"allow": "通行 PASS", "deny": "拒绝 STOP"}[decision.decision]
+    verdict += {"in": " 进 IN", "out": " 出 OUT"}[decision.direction]
     temp = f" {decision.temperature_c:.1f}°C" if decision.temperature_c is not None else ""
     return f"[{verdict}]{who}{temp} — {msg.zh if language == 'zh' else msg.en} ({decision.reason})"

@@ -134,8 +134,9 @@ def run_decode_bench(dataset: pathlib.Path, *, variants: bool = True) -> dict[st
     empty = [s.image for s in samples if s.expected is None and s.image is not None]
     result["bare_pyzbar_median_ms"] = bare["median_ms"]
     result["bare_pyzbar"] = {k: bare[k] for k in ("decoded", "wrong", "false_positives", "p95_ms")}
-    result["unreadable_images"] = [f"{s.path.parent.name}/{s.path.name}" for s in samples
-                                   if s.image is None]
+    result["unreadable_images"] = [
+        f"{s.path.parent.name}/{s.path.name}" for s in samples if s.image is None
+    ]
     result["empty_frame_median_ms"] = score(
         [Sample(pathlib.Path("."), e, None) for e in empty], QrDecoder().decode
     )["median_ms"]
@@ -210,5 +211,10 @@ if __name__ == "__main__":
         print(json.dumps(run_field_bench(n, 0), indent=2))
     else:
         default = pathlib.Path(__file__).resolve().parents[1].parent / "shared/datasets/qr-photos"
-        print(json.dumps(run_decode_bench(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1
-                                          else default), indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                run_decode_bench(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else default),
+                indent=2,
+                ensure_ascii=False,
+            )
+        )

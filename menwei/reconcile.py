@@ -1,0 +1,36 @@
+"""Compare every gate's own log with the collector's store: what was lost, what was doubled."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.store import GateStore
+from server.store import ServerStore
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    gate_events: int
+    collector_events: int
+    lost: int  # logged by a gate, absent at the collector
+    duplicates: int  # stored more than once at the collector, or stored but never logged
+    pending: int  # still in a gate's outbox (not yet acknowledged)
+
+
+def reconcile(gate_dbs: list[Path], server_db: Path) -> Reconciliation:
+    logged: set[tuple[str, int, str]] = set()
+    pending = 0
+    for path in gate_dbs:
+        with GateStore(path) as store:
+            for item in store.log():
+                e = item.event
+                logged.add((e.gate, e.seq, e.uuid))
+                pending += not item.acked
+    with ServerStore(server_db) as store:
+        keys = store.event_keys()
+    counts = Counter(keys)
+    stored = set(keys)
+    doubled = sum(n - 1 for n in counts.values()) + len(stored - logged)
+    return Reconciliation(len(logged), len(keys), len(logged - stored), doubled, pending)

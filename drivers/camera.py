@@ -157,8 +157,7 @@ class OpenCVCamera:
         self._queue.clear()
         self._last_frame_t = self._clock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._grab_loop, name="camera-grabber",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._grab_loop, name="camera-grabber", daemon=True)
         self._thread.start()
 
     def _open_cv_capture(self) -> CaptureLike:
@@ -273,8 +272,10 @@ class OpenCVCamera:
                     return frame
                 if self._cap is None:
                     raise CameraError(f"camera {self.source!r} is closed")
-                if self._error is None and not self.finite and (
-                    self._clock() - self._last_frame_t > self.stall_s
+                if (
+                    self._error is None
+                    and not self.finite
+                    and (self._clock() - self._last_frame_t > self.stall_s)
                 ):
                     self._error = f"no frame for more than {self.stall_s:g} s"
                 if self._error is not None:
@@ -432,9 +433,13 @@ class ImageFolderSource:
 
     def _scan(self) -> list[pathlib.Path]:
         return sorted(
-            (p for p in self.directory.iterdir()
-             if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in self._consumed
-             and p.is_file()),
+            (
+                p
+                for p in self.directory.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.name not in self._consumed
+                and p.is_file()
+            ),
             key=lambda p: p.name,
         )
 
@@ -529,5 +534,7 @@ def open_source(
         if "!" not in rest:
             raise ValueError(f"camera source {spec!r}: not a GStreamer pipeline (no '!')")
         return OpenCVCamera(rest, width=width, height=height, fps=fps)
-    raise ValueError(f"camera source {spec!r}: unknown kind {kind!r} "
-                     "(folder, watch, video, device, gst, /dev/videoN)")
+    raise ValueError(
+        f"camera source {spec!r}: unknown kind {kind!r} "
+        "(folder, watch, video, device, gst, /dev/videoN)"
+    )

@@ -161,8 +161,9 @@ class QrDecoder:
             # zbar's cost grows with pixel count and it gains nothing from
             # more than ~8 px per module.
             f = self._pyzbar_max_side / side
-            gray = np.asarray(cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA),
-                              np.uint8)
+            gray = np.asarray(
+                cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA), np.uint8
+            )
         texts = []
         for symbol in pyzbar.decode(gray, symbols=[pyzbar.ZBarSymbol.QRCODE]):
             try:

@@ -210,8 +210,9 @@ def render_card_frame(
     if motion_blur_px > 1:
         k = np.zeros((motion_blur_px, motion_blur_px), np.float32)
         k[motion_blur_px // 2, :] = 1.0 / motion_blur_px
-        rot = cv2.getRotationMatrix2D(((motion_blur_px - 1) / 2, (motion_blur_px - 1) / 2),
-                                      float(rng.uniform(0, 180)), 1.0)
+        rot = cv2.getRotationMatrix2D(
+            ((motion_blur_px - 1) / 2, (motion_blur_px - 1) / 2), float(rng.uniform(0, 180)), 1.0
+        )
         k = np.asarray(cv2.warpAffine(k, rot, (motion_blur_px, motion_blur_px)), np.float32)
         k /= max(float(k.sum()), 1e-6)
         frame = np.asarray(cv2.filter2D(frame, -1, k), np.float32)

@@ -237,8 +237,9 @@ def test_supervised_camera_loss_backoff_and_recovery():
             return opened[-1]
         raise CameraError("cannot open camera source 0")
 
-    sup = SupervisedCamera(factory, backoff_initial_s=1.0, backoff_max_s=3.0,
-                           clock=clock, sleep=clock.sleep)
+    sup = SupervisedCamera(
+        factory, backoff_initial_s=1.0, backoff_max_s=3.0, clock=clock, sleep=clock.sleep
+    )
     history = []
     for _ in range(40):
         frame = sup.read(0.5)

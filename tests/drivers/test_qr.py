@@ -57,8 +57,9 @@ def test_empty_gate_scene_reads_nothing(decoder):
 def test_two_cards_in_one_frame_both_returned_gray_input_too(decoder):
     a, b = sample_pass_text(1), sample_pass_text(2)
     left = render_card_frame(a, size=(400, 480), module_px=3.5, seed=1)
-    right = render_card_frame(b, size=(400, 480), module_px=3.5, inverted=True,
-                              background="phone", seed=2)
+    right = render_card_frame(
+        b, size=(400, 480), module_px=3.5, inverted=True, background="phone", seed=2
+    )
     frame = np.hstack([left, right])
     assert sorted(decoder.decode(frame)) == sorted([a, b])
     assert sorted(decoder.decode(frame[:, :, 1].copy())) == sorted([a, b])
@@ -84,8 +85,9 @@ def test_renderer_is_deterministic_per_seed():
     text = sample_pass_text(7)
     params = condition_params("glare", 7)
     assert np.array_equal(render_scene(text, params), render_scene(text, params))
-    assert not np.array_equal(render_scene(text, params),
-                              render_scene(text, condition_params("glare", 8)))
+    assert not np.array_equal(
+        render_scene(text, params), render_scene(text, condition_params("glare", 8))
+    )
 
 
 def test_pass_text_needs_qr_version_6():

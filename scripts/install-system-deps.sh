@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the Debian packages Menwei needs when they are missing (mosquitto, libzbar0,
+# python3-venv). Uses sudo when not root; says clearly what to do when neither works.
+set -euo pipefail
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+ldconfig -p 2>/dev/null | grep -q 'libzbar\.so' || missing+=(libzbar0)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "Installing Debian packages: ${missing[*]}"
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=""
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO="sudo -n"
+elif command -v sudo >/dev/null 2>&1 && [ -t 0 ]; then
+    SUDO="sudo"
+else
+    echo "error: need root to install ${missing[*]}." >&2
+    echo "Run: sudo apt-get install -y ${missing[*]}   (then run make again)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${missing[@]}"
+# The Debian package enables a system-wide broker on port 1883; Menwei's demo and tests start
+# their own on free ports, so the system one is left as the distribution configured it.

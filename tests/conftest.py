@@ -1,0 +1,74 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, server and gate directories.
+
+Nothing of ours is mocked: the broker is Debian's mosquitto, stores are real
+SQLite files in tmp_path, hardware is simulated at the bus level.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.provision import provision
+from menwei.mosquitto import MosquittoBroker
+from server.site import IssuedPass, Site
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = REPO.parent / "shared" / "datasets" / "qr-photos"
+SITE = "test-site"
+
+
+@pytest.fixture(scope="session")
+def shared_broker() -> Iterator[MosquittoBroker]:
+    """One broker for tests that do not stop it (topics are per-site, so tests do not collide
+    when they use their own site slug or directory)."""
+    with MosquittoBroker() as broker:
+        yield broker
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoBroker]:
+    """A broker of this test's own: fault tests stop and restart it."""
+    with MosquittoBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with Site.init(tmp_path / "server", SITE) as s:
+        yield s
+
+
+@pytest.fixture
+def resident(site: Site) -> IssuedPass:
+    return site.issue_pass("1-1-101", "张三丰", room="1-1-101")
+
+
+@pytest.fixture
+def gate_dir(tmp_path: Path, site: Site, resident: IssuedPass) -> Path:
+    """A simulated gate provisioned from `site` after `resident` was issued."""
+    d = tmp_path / "gate"
+    provision(d, site.dir, "east", "in", simulated=True)
+    return d
+
+
+def run_menwei(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real command line in a subprocess, as an operator's script would call it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "menwei.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"menwei {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

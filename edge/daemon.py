@@ -44,6 +44,7 @@ from edge.provision import (
 from edge.recording import console_line, decision_event, simple_event
 from edge.store import GateStore
 from edge.sync import GateSync, SyncSettings
+from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
 from protocol.documents import decode_document
 from protocol.errors import ProtocolError
@@ -79,6 +80,7 @@ class GateDaemon:
         self._door_open_since: float | None = None
         self._door_alerted = False
         self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
+        self.systemd = SystemdNotifier()
         g = config.gpio
         self.exit_button = (
             ExitButton(self.hw.pins, g.exit_button_pin, lambda: self._inputs.put(("exit", True)))
@@ -120,8 +122,10 @@ class GateDaemon:
         if self.sync is not None:
             self.sync.start()
         self.hw.indicator.show("idle")
+        self.systemd.ready()
         try:
             while not self.stop_event.is_set():
+                self.systemd.alive()
                 self._handle_inputs()
                 frame = self.hw.camera.read(0.2)
                 self._watch_camera()
@@ -142,6 +146,7 @@ class GateDaemon:
             time.sleep(0.1)
 
     def close(self) -> None:
+        self.systemd.stopping()
         self.hw.close()  # outputs to their safe state first
         for part in (self.exit_button, self.door):
             if part is not None:

@@ -72,6 +72,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_log)
 
+    p = g.add_parser("doctor", help="check each configured device; say how to fix failures")
+    _config_arg(p)
+    p.add_argument("--broker", help="check this broker instead of the configured one")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = g.add_parser("calibrate", help="record this device's offset from a reference thermometer")
+    _config_arg(p)
+    p.add_argument("--reference", type=float, required=True, help="reference body temperature °C")
+    p.add_argument("--simulated-forehead", type=float, help="simulation: forehead skin °C")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
     p = g.add_parser("check-config", help="validate gate.toml and the provisioned data")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
@@ -234,6 +247,38 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             "trust_keys": sorted(know.trust_keys),
         }
     print(json.dumps(result) if args.json else _lines(result))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edge.doctor import run_doctor
+
+    checks = run_doctor(load_config(args.config), args.broker)
+    ok = all(c.ok for c in checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [c.to_json() for c in checks]}, ensure_ascii=False))
+    else:
+        for c in checks:
+            print(c.line())
+    return 0 if ok else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge.calibration import run_calibration
+    from edge.hardware import build_hardware
+
+    config = load_config(args.config)
+    hw = build_hardware(config)
+    try:
+        if hw.screener is None:
+            raise ProtocolError("no thermometer configured ([thermometer] backend = none)")
+        if hw.sim_bus is not None and args.simulated_forehead is not None:
+            hw.sim_bus.object_c = args.simulated_forehead
+        result = run_calibration(config, hw.screener, args.reference)
+    finally:
+        hw.close()
+    out = result.to_json()
+    print(json.dumps(out) if args.json else _lines(out))
     return 0
 
 

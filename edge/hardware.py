@@ -15,9 +15,10 @@ from drivers.gpio import FakePins, Pins, RPiGPIOPins
 from drivers.mlx90614 import MLX90614
 from drivers.outputs import Indicator, Relay
 from drivers.qr import QrDecoder
-from drivers.screening import BodyOffset, Screener
+from drivers.screening import Screener
 from drivers.sim_i2c import SimulatedMLX90614Bus
 from drivers.thermometer import Thermometer
+from edge.calibration import load_offset
 from edge.config import GateConfig
 
 
@@ -79,6 +80,6 @@ def build_hardware(config: GateConfig) -> GateHardware:
             samples=t.samples,
             tolerance_c=t.tolerance_c,
             timeout_s=t.timeout_s,
-            offset=BodyOffset(base_c=t.offset_c, per_ambient_c=t.offset_per_ambient_c),
+            offset=load_offset(config),
         )
     return GateHardware(camera, QrDecoder(), pins, relay, indicator, screener, thermometer, sim_bus)

@@ -1,0 +1,241 @@
+"""`menwei gate doctor`: check each configured device and say how to fix what fails.
+
+Each check opens the real backend the config names (or its simulated peer),
+does one real operation (a frame, an I2C read with PEC, a GPIO setup) and
+returns one line: pass or fail, what was seen, and the fix an installer needs.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from drivers.camera import open_source
+from drivers.errors import DriverError, PecError
+from drivers.gpio import FakePins, Pins, RPiGPIOPins
+from drivers.mlx90614 import MLX90614, SMBusLike, open_smbus
+from drivers.sim_i2c import SimulatedMLX90614Bus
+from edge.clock import GateClock
+from edge.config import GateConfig
+from edge.provision import load_knowledge
+from edge.store import GateStore
+from protocol.broker import parse_broker
+from protocol.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class Check:
+    device: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        head = f"{'PASS' if self.ok else 'FAIL'} {self.device:12s} {self.detail}"
+        return head if self.ok or not self.fix else f"{head}\n     fix: {self.fix}"
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+I2C_FIXES = {
+    errno.ENOENT: "I2C is not enabled: `sudo raspi-config nonint do_i2c 0` or add "
+    "`dtparam=i2c_arm=on,i2c_arm_baudrate=100000` to /boot/firmware/config.txt, then reboot",
+    errno.EACCES: "no permission on /dev/i2c-*: `sudo usermod -aG i2c menwei`, then log in again",
+    errno.ENXIO: "no device answers at that address: check wiring (SDA pin 3, SCL pin 5, 3V3, "
+    "GND) and the address with `i2cdetect -y 1` (MLX90614 default 0x5A)",
+    errno.EREMOTEIO: "the sensor does not acknowledge: check wiring and power, "
+    "and `i2cdetect -y 1`",
+    errno.EIO: "bus error: keep the cable short, check pull-ups and the 100 kHz bus speed",
+}
+
+
+def check_thermometer(
+    config: GateConfig, bus_factory: Callable[[], SMBusLike] | None = None
+) -> Check:
+    t = config.thermometer
+    if t.backend == "none":
+        return Check("thermometer", True, "none configured: every entry goes to the guard")
+    try:
+        if bus_factory is not None:
+            bus = bus_factory()
+        elif t.backend == "simulated":
+            bus = SimulatedMLX90614Bus(t.address)
+        else:
+            bus = open_smbus(t.i2c_bus)
+    except OSError as exc:
+        return Check(
+            "thermometer",
+            False,
+            f"cannot open I2C bus {t.i2c_bus}: {exc}",
+            I2C_FIXES.get(exc.errno or 0, "see docs/hardware.md"),
+        )
+    sensor = MLX90614(bus, t.address, check_pec=t.check_pec, owns_bus=True)
+    try:
+        reading = sensor.read()
+        emissivity = sensor.read_emissivity()
+    except PecError as exc:
+        return Check(
+            "thermometer",
+            False,
+            f"PEC mismatch: {exc}",
+            "check wiring and bus speed (100 kHz); if this part never sends a valid "
+            "PEC, set [thermometer] check_pec = false",
+        )
+    except OSError as exc:
+        return Check(
+            "thermometer",
+            False,
+            f"read failed at {t.address:#04x}: {exc}",
+            I2C_FIXES.get(exc.errno or 0, "see docs/hardware.md"),
+        )
+    finally:
+        sensor.close()
+    pec = "PEC checked" if t.check_pec else "PEC NOT checked"
+    return Check(
+        "thermometer",
+        True,
+        f"MLX90614 at {t.address:#04x}: object "
+        f"{reading.object_c:.2f} °C, ambient {reading.ambient_c:.2f} °C, "
+        f"emissivity {emissivity:.2f}, {pec}",
+    )
+
+
+def check_gpio(config: GateConfig, pins_factory: Callable[[], Pins] | None = None) -> Check:
+    g = config.gpio
+    try:
+        pins = (
+            pins_factory()
+            if pins_factory
+            else FakePins()
+            if g.backend == "simulated"
+            else RPiGPIOPins()
+        )
+        try:
+            for pin in (g.relay_pin, g.green_pin, g.red_pin, g.buzzer_pin):
+                # The relay's idle level: not energised (locked), whatever its polarity.
+                pins.setup_output(pin, g.relay_active_low if pin == g.relay_pin else False)
+            for maybe in (g.exit_button_pin, g.door_pin):
+                if maybe is not None:
+                    pins.setup_input(maybe, True)
+                    pins.read(maybe)
+        finally:
+            pins.close()
+    except (DriverError, OSError, ValueError) as exc:
+        return Check(
+            "gpio",
+            False,
+            f"{g.backend} backend: {exc}",
+            "on a Pi 5 install rpi-lgpio (pip install 'menwei[pi]'); add the user to "
+            "group gpio (`sudo usermod -aG gpio menwei`); check pin numbers (BCM) in "
+            "[gpio]",
+        )
+    return Check(
+        "gpio",
+        True,
+        f"{g.backend} backend: relay {g.relay_pin}, LEDs {g.green_pin}/"
+        f"{g.red_pin}, buzzer {g.buzzer_pin}, inputs {g.exit_button_pin}/{g.door_pin}",
+    )
+
+
+def check_camera(config: GateConfig, timeout_s: float = 5.0) -> Check:
+    c = config.camera
+    spec = c.source
+    kind, _, rest = spec.partition(":")
+    if kind in ("folder", "watch", "video"):
+        spec = f"{kind}:{config.resolve(rest)}"
+    try:
+        source = open_source(spec, width=c.width, height=c.height, fps=c.fps)
+    except (OSError, ValueError) as exc:
+        return Check(
+            "camera",
+            False,
+            f"{c.source}: {exc}",
+            "check the cable and `v4l2-ctl --list-devices`; add the user to group "
+            "video; for a Pi camera module use its V4L2 device (libcamera) or a gst: "
+            "pipeline with libcamerasrc",
+        )
+    try:
+        if kind == "watch":
+            return Check("camera", True, f"{c.source}: simulation stage folder ready")
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            frame = source.read(0.5)
+            if frame is not None:
+                h, w = frame.image.shape[:2]
+                return Check("camera", True, f"{c.source}: frame {w}x{h}")
+            if source.at_eof:
+                break
+    except OSError as exc:
+        return Check("camera", False, f"{c.source}: {exc}", "reconnect the camera; see dmesg")
+    finally:
+        source.close()
+    return Check(
+        "camera",
+        False,
+        f"{c.source}: no frame in {timeout_s:.0f} s",
+        "the device opens but delivers nothing: another process may hold it, or the "
+        "format/resolution is unsupported (`v4l2-ctl --list-formats-ext`)",
+    )
+
+
+def check_provisioning(config: GateConfig) -> Check:
+    try:
+        with GateStore(config.db_path) as store:
+            know = load_knowledge(config, store)
+    except (ProtocolError, OSError) as exc:
+        return Check("provisioning", False, str(exc), "run `menwei gate init` from the server")
+    if know.config_version == 0 or know.register_version == 0:
+        return Check(
+            "provisioning",
+            False,
+            "no config or register document",
+            "run `menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG` again",
+        )
+    return Check(
+        "provisioning",
+        True,
+        f"site {know.site}, keys {sorted(know.trust_keys)}, versions {know.versions()}",
+    )
+
+
+def check_broker(config: GateConfig, url: str | None = None) -> Check:
+    try:
+        b = parse_broker(url or config.mqtt.broker)
+        with socket.create_connection((b.host, b.port), timeout=2.0):
+            pass
+    except (OSError, ProtocolError) as exc:
+        return Check(
+            "broker",
+            False,
+            f"{url or config.mqtt.broker}: {exc}",
+            "the gate still decides and logs offline; check the network and [mqtt] broker",
+        )
+    return Check("broker", True, f"{b} reachable")
+
+
+def check_clock(config: GateConfig) -> Check:
+    clock = GateClock(config.clock.trust)
+    if clock.synchronised():
+        return Check("clock", True, f"synchronised (trust = {config.clock.trust})")
+    return Check(
+        "clock",
+        False,
+        f"not known to be synchronised (trust = {config.clock.trust})",
+        "enable systemd-timesyncd (`timedatectl set-ntp true`) or fit an RTC; until "
+        "then time-dependent checks go to the guard",
+    )
+
+
+def run_doctor(config: GateConfig, broker: str | None = None) -> list[Check]:
+    return [
+        check_provisioning(config),
+        check_camera(config),
+        check_thermometer(config),
+        check_gpio(config),
+        check_clock(config),
+        check_broker(config, broker),
+    ]

@@ -1,0 +1,365 @@
+"""Helpers for tests with real parts: bounded polling, an MQTT watcher, camera stages, gates.
+
+Nothing here replaces our code: the watcher is a plain paho client, frames are
+real PNG files rendered from real signed passes, gates run the real daemon
+(in a thread or as `menwei gate run`), and progress is read from the real
+SQLite files (read-only connections, so tests never write to them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from drivers.sim_scene import render_card_frame, render_empty_frame
+from edge.config import load_config
+from edge.provision import provision
+from protocol.broker import parse_broker
+from protocol.events import Event
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Timeout(AssertionError):
+    """A condition did not hold within its deadline."""
+
+
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.05,
+) -> Any:
+    """Poll `predicate` until it returns something truthy (returned) or fail after `timeout`
+    seconds with `message` (a callable is evaluated at failure, to show the state then)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            text = message() if callable(message) else message
+            raise Timeout(f"timed out after {timeout:.0f}s: {text}")
+        time.sleep(interval)
+
+
+# --- MQTT -----------------------------------------------------------------------------------
+
+
+def mqtt_client(url: str, client_id: str | None = None) -> mqtt.Client:
+    b = parse_broker(url)
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"test-{uuidlib.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+    )
+    c.connect(b.host, b.port, keepalive=30)
+    c.loop_start()
+    return c
+
+
+def publish(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:
+    info = client.publish(topic, payload, qos=1, retain=retain)
+    info.wait_for_publish(timeout=10)
+    assert info.is_published(), f"publish to {topic} was not acknowledged by the broker"
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class MqttWatcher:
+    """Subscribes (QoS 1) to topic filters and records every message it receives."""
+
+    def __init__(self, url: str, *filters: str) -> None:
+        self._lock = threading.Lock()
+        self.messages: list[Message] = []
+        self._filters = filters
+        self._subscribed = threading.Event()
+        b = parse_broker(url)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-watch-{uuidlib.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(b.host, b.port, keepalive=30)
+        self.client.loop_start()
+        wait_until(self._subscribed.is_set, 10, f"watcher did not subscribe to {filters}")
+
+    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
+        client.subscribe([(f, 1) for f in self._filters])
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def on(self, topic: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def last(self, topic: str) -> Message | None:
+        got = self.on(topic)
+        return got[-1] if got else None
+
+    def wait_for(
+        self, topic: str, predicate: Callable[[Message], bool], timeout: float, what: str
+    ) -> Message:
+        def find() -> Message | None:
+            return next((m for m in reversed(self.on(topic)) if predicate(m)), None)
+
+        def state() -> str:
+            last = self.last(topic)
+            seen = last.payload[:300].decode("utf-8", "replace") if last else "nothing"
+            return f"{what} on {topic}; last message: {seen}"
+
+        return wait_until(find, timeout, state)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> MqttWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def json_of(m: Message) -> dict[str, Any]:
+    return dict(json.loads(m.payload))
+
+
+# --- events for the collector -----------------------------------------------------------------
+
+
+def make_event(site: str, gate: str, seq: int, **kw: Any) -> Event:
+    fields: dict[str, Any] = {
+        "site": site,
+        "gate": gate,
+        "seq": seq,
+        "uuid": str(uuidlib.uuid4()),
+        "at": "2026-03-01T08:00:00+08:00",
+        "clock_trusted": True,
+        "kind": "decision",
+        "decision": "allow",
+        "reason": "ok",
+        "direction": "out",
+        "temperature_c": None,
+        "pass_id": 1,
+        "household": "1-1-101",
+        "role": "resident",
+        "versions": {"config": 1, "register": 1},
+    }
+    fields.update(kw)
+    return Event(**fields)
+
+
+# --- camera stages ----------------------------------------------------------------------------
+
+
+class Stage:
+    """Drops camera frames into a simulated gate's watch folder, as the camera would see them:
+    sidecar first, then the image written under a temporary name and renamed (atomic)."""
+
+    def __init__(self, stage: Path) -> None:
+        self.dir = stage
+        self.counter = 0
+        self._png: dict[str, bytes] = {}
+
+    def _render(self, qr: str | None) -> bytes:
+        key = qr or ""
+        if key not in self._png:
+            image = render_card_frame(qr, module_px=4.5) if qr else render_empty_frame()
+            ok, png = cv2.imencode(".png", image)
+            assert ok, "PNG encoding failed"
+            self._png[key] = png.tobytes()
+        return self._png[key]
+
+    def drop(self, qr: str | None, meta: dict[str, object] | None = None) -> Path:
+        self.counter += 1
+        name = f"{self.counter:06d}"
+        if meta:
+            (self.dir / f"{name}.json").write_text(json.dumps(meta), encoding="utf-8")
+        tmp = self.dir / f".{name}.png.part"
+        tmp.write_bytes(self._render(qr))
+        final = self.dir / f"{name}.png"
+        os.replace(tmp, final)
+        return final
+
+    def pending(self) -> int:
+        return sum(1 for p in self.dir.iterdir() if p.suffix == ".png")
+
+    def empty(self) -> bool:
+        return self.pending() == 0
+
+
+# --- gates ------------------------------------------------------------------------------------
+
+
+def provision_gate(
+    root: Path,
+    server_dir: Path,
+    gate: str,
+    direction: Literal["in", "out", "both"],
+    broker_url: str,
+    **mqtt_settings: float,
+) -> Path:
+    """A simulated gate; extra [mqtt] keys (keepalive_s, resend_after_s, ...) go in gate.toml."""
+    d = root / gate
+    provision(d, server_dir, gate, direction, simulated=True, broker=broker_url)
+    if mqtt_settings:
+        toml = d / "gate.toml"
+        extra = "".join(f"{k} = {v}\n" for k, v in mqtt_settings.items())
+        text = toml.read_text(encoding="utf-8")
+        head = f'[mqtt]\nbroker = "{broker_url}"\n'
+        assert head in text, "gate.toml layout changed: cannot add [mqtt] settings"
+        text = text.replace(head, head + extra)
+        toml.write_text(text, encoding="utf-8")
+        load_config(toml)  # still valid
+    return d
+
+
+def _ro(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+
+
+@dataclass(frozen=True)
+class GateProgress:
+    last_seq: int
+    acked_seq: int
+    backlog: int
+
+
+def gate_progress(gate_dir: Path) -> GateProgress:
+    """What the gate's own log says, read without opening it for writing."""
+    db = gate_dir / "gate.db"
+    if not db.exists():
+        return GateProgress(0, 0, 0)
+    with contextlib.closing(_ro(db)) as conn:
+        try:
+            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            backlog = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            row = conn.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
+        except sqlite3.OperationalError:  # not migrated yet
+            return GateProgress(0, 0, 0)
+    return GateProgress(int(last), int(row[0]) if row else 0, int(backlog))
+
+
+def gate_seqs(gate_dir: Path) -> list[int]:
+    with contextlib.closing(_ro(gate_dir / "gate.db")) as conn:
+        return [int(r[0]) for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+
+
+def server_count(server_db: Path, gate: str | None = None) -> int:
+    if not server_db.exists():
+        return 0
+    with contextlib.closing(_ro(server_db)) as conn:
+        if gate is None:
+            return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(conn.execute("SELECT COUNT(*) FROM events WHERE gate = ?", [gate]).fetchone()[0])
+
+
+class GateThread:
+    """The real GateDaemon (simulated hardware) on a thread of this process."""
+
+    def __init__(self, gate_dir: Path, broker_url: str) -> None:
+        from edge.daemon import GateDaemon
+
+        self.out = io.StringIO()
+        config = load_config(gate_dir / "gate.toml")
+        self.daemon = GateDaemon(config, broker=broker_url, out=self.out)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="gate-daemon", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.daemon.run()
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def start(self) -> GateThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.daemon.stop_event.set()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "gate daemon did not stop within 20s"
+        if self.error is not None:
+            raise AssertionError(f"gate daemon failed: {self.error!r}") from self.error
+
+    def __enter__(self) -> GateThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Proc:
+    """A `menwei ...` subprocess with its output in a file (shown when a test fails)."""
+
+    def __init__(self, log: Path, *args: str) -> None:
+        self.args = args
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "menwei.cli", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind runs in the process."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def menwei_process(log: Path, *args: str) -> Iterator[Proc]:
+    p = Proc(log, *args)
+    try:
+        yield p
+    finally:
+        p.stop()

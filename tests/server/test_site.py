@@ -1,0 +1,196 @@
+"""Site: a server directory with keys, store, register and the provisioning bundle."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from protocol.documents import (
+    CONFIG_FILE,
+    REGISTER_FILE,
+    TRUST_FILE,
+    decode_document,
+    decode_trust,
+)
+from protocol.passes import verify_pass
+from server.keys import key_path
+from server.site import IssuedPass, Site, SiteError
+from tests.conftest import SITE
+
+
+def trust(site: Site) -> dict:
+    return {k.key_id: k for k in site.trust_keys()}
+
+
+def register_doc(site: Site):
+    raw = site.bundle_path(REGISTER_FILE).read_bytes()
+    return decode_document(raw, kind="register", site=SITE, trust_keys=trust(site))
+
+
+def test_init_writes_config_key_and_bundle(site: Site) -> None:
+    assert site.site == SITE
+    assert (site.dir / "server.toml").is_file()
+    for name in (CONFIG_FILE, REGISTER_FILE, TRUST_FILE):
+        assert site.bundle_path(name).is_file(), name
+    trust_site, keys = decode_trust(site.bundle_path(TRUST_FILE).read_bytes())
+    assert trust_site == SITE and list(keys) == [1]
+    config = decode_document(
+        site.bundle_path(CONFIG_FILE).read_bytes(), kind="config", site=SITE, trust_keys=keys
+    )
+    assert config.body["trust_keys"] and "policy" in config.body
+    summary = site.summary()
+    assert summary["keys"] == [1] and summary["register"] == 1 and summary["config"] == 1
+
+
+def test_init_refuses_an_existing_directory(site: Site) -> None:
+    before = site.bundle_path(REGISTER_FILE).read_bytes()
+    key_before = key_path(site.dir, 1).read_bytes()
+    with pytest.raises(SiteError, match="refusing to overwrite"):
+        Site.init(site.dir, "other-site")
+    assert site.bundle_path(REGISTER_FILE).read_bytes() == before
+    assert key_path(site.dir, 1).read_bytes() == key_before
+    assert site.summary()["site"] == SITE
+
+
+def test_init_refuses_a_directory_holding_only_a_store(tmp_path: Path) -> None:
+    d = tmp_path / "srv"
+    d.mkdir()
+    (d / "server.db").write_bytes(b"")
+    with pytest.raises(SiteError):
+        Site.init(d, SITE)
+
+
+def test_private_key_is_0600_in_a_0700_folder(site: Site) -> None:
+    path = key_path(site.dir, 1)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert b"PRIVATE KEY" in path.read_bytes()
+    # the key is nowhere in the bundle gates receive
+    for name in (CONFIG_FILE, REGISTER_FILE, TRUST_FILE):
+        assert b"PRIVATE" not in site.bundle_path(name).read_bytes()
+
+
+def test_issue_pass_bumps_register_version_and_lists_the_pass(site: Site) -> None:
+    v0 = register_doc(site).version
+    issued = site.issue_pass("1-2-301", "李四", room="1-2-301")
+    doc = register_doc(site)
+    assert doc.version == v0 + 1
+    (entry,) = doc.body["passes"]
+    assert entry["pass_id"] == issued.pass_id and entry["household"] == "1-2-301"
+    second = site.issue_pass("1-2-301", "王五")
+    assert register_doc(site).version == v0 + 2
+    assert second.pass_id == issued.pass_id + 1
+    p = verify_pass(issued.qr, SITE, trust(site))
+    assert p.pass_id == issued.pass_id and p.household == "1-2-301"
+
+
+def test_bundle_files_are_replaced_atomically(site: Site) -> None:
+    """A reader (the collector, a gate being provisioned) never sees half a register."""
+    stop = threading.Event()
+    reads: list[int] = []
+    errors: list[str] = []
+
+    def reader() -> None:
+        path = site.bundle_path(REGISTER_FILE)
+        while not stop.is_set():
+            raw = path.read_bytes()
+            try:
+                reads.append(json.loads(raw)["version"])
+            except ValueError as exc:
+                errors.append(f"{len(raw)} bytes: {exc}")
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(40):
+            site.issue_pass(f"2-1-{100 + i}", "赵" + "六" * (1 + i % 5), room=f"2-1-{100 + i}")
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:3]
+    assert len(reads) > 0
+    assert reads == sorted(reads), "versions read never go backwards"
+    leftovers = [p.name for p in site.bundle_path(REGISTER_FILE).parent.iterdir()]
+    assert sorted(leftovers) == sorted([CONFIG_FILE, REGISTER_FILE, TRUST_FILE]), leftovers
+
+
+def test_revoke_moves_the_pass_to_revoked_and_twice_is_an_error(
+    site: Site, resident: IssuedPass
+) -> None:
+    v = register_doc(site).version
+    site.revoke_pass(resident.pass_id, "moved out")
+    doc = register_doc(site)
+    assert doc.version == v + 1
+    assert doc.body["revoked"] == [{"pass_id": resident.pass_id, "reason": "moved out"}]
+    assert all(p["pass_id"] != resident.pass_id for p in doc.body["passes"])
+    with pytest.raises(SiteError, match="already revoked"):
+        site.revoke_pass(resident.pass_id, "again")
+    with pytest.raises(SiteError):
+        site.revoke_pass(9999, "no such pass")
+    assert register_doc(site).version == v + 1, "a refused revocation publishes nothing"
+
+
+def test_register_masks_names(site: Site) -> None:
+    site.issue_pass("3-1-101", "张三丰", room="3-1-101")
+    site.issue_pass("3-1-102", "欧阳娜娜")
+    site.issue_pass("3-1-103", "Alice")
+    raw = site.bundle_path(REGISTER_FILE).read_bytes()
+    text = raw.decode()
+    for full in ("张三丰", "欧阳娜娜", "Alice"):
+        assert full not in text, f"full name {full} leaked into the register bundle"
+    names = sorted(p["display_name"] for p in register_doc(site).body["passes"])
+    assert names == sorted(["张*丰", "欧**娜", "A***e"])
+    # the server itself keeps the full name
+    stored = {r[0] for r in site.store.db.execute("SELECT name FROM passes")}
+    assert {"张三丰", "欧阳娜娜", "Alice"} <= stored
+
+
+def test_issue_pass_validation(site: Site) -> None:
+    with pytest.raises(SiteError):
+        site.issue_pass("1-1-101", "   ")
+    start = site.parse_time("2026-03-01")
+    with pytest.raises(SiteError):
+        site.issue_pass("1-1-101", "李四", valid_from=start, valid_until=start)
+    with pytest.raises(Exception, match="household"):
+        site.issue_pass("bad household!", "李四")
+
+
+def test_issue_pass_default_validity(site: Site) -> None:
+    issued = site.issue_pass("1-1-101", "李四")
+    assert issued.valid_until - issued.valid_from == timedelta(days=site.config.server.pass_days)
+
+
+def test_parse_time_in_site_timezone(site: Site) -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    assert site.config.tz == tz
+    day = site.parse_time("2026-03-01")
+    assert day == datetime(2026, 3, 1, tzinfo=tz)
+    assert day.utcoffset() == timedelta(hours=8)
+    assert day.timestamp() == datetime.fromisoformat("2026-02-28T16:00:00+00:00").timestamp()
+    t = site.parse_time("2026-03-01T07:30")
+    assert t == datetime(2026, 3, 1, 7, 30, tzinfo=tz)
+    explicit = site.parse_time("2026-03-01T07:30:00+00:00")
+    assert explicit.utcoffset() == timedelta(0), "an explicit offset is kept"
+    with pytest.raises(SiteError, match="not a date"):
+        site.parse_time("tomorrow")
+
+
+def test_pass_validity_from_parsed_dates(site: Site) -> None:
+    start, end = site.parse_time("2026-03-01"), site.parse_time("2026-03-08")
+    issued = site.issue_pass("1-1-101", "李四", valid_from=start, valid_until=end)
+    p = verify_pass(issued.qr, SITE, trust(site))
+    assert p.valid_from == int(start.timestamp()) and p.valid_until == int(end.timestamp())
+
+
+def test_reopening_a_site(site: Site) -> None:
+    issued = site.issue_pass("1-1-101", "李四")
+    with Site(site.dir) as again:
+        assert again.site == SITE
+        assert issued.pass_id in again.register().passes
+        assert again.issue_pass("1-1-101", "王五").pass_id == issued.pass_id + 1

@@ -1,0 +1,126 @@
+"""ServerStore on a real SQLite file: idempotent on (gate, seq), contiguous acks, conflicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from server.store import ServerStore
+from tests.e2e.helpers import make_event
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ServerStore:
+    s = ServerStore(tmp_path / "server.db")
+    yield s
+    s.close()
+
+
+def ev(seq: int, gate: str = "g1"):
+    return make_event("test-site", gate, seq)
+
+
+def test_same_batch_twice_is_stored_once(store: ServerStore) -> None:
+    batch = [ev(1), ev(2), ev(3)]
+    first = store.insert_events("g1", batch)
+    second = store.insert_events("g1", batch)
+    assert (first.inserted, first.duplicates, first.conflicts, first.contiguous_seq) == (3, 0, 0, 3)
+    assert (second.inserted, second.duplicates, second.conflicts, second.contiguous_seq) == (
+        0,
+        3,
+        0,
+        3,
+    )
+    assert store.count_events() == 3
+    assert sorted(store.event_keys()) == sorted(("g1", e.seq, e.uuid) for e in batch)
+    assert store.conflicts() == []
+
+
+def test_partial_overlap_counts_only_new_events(store: ServerStore) -> None:
+    a, b, c = ev(1), ev(2), ev(3)
+    store.insert_events("g1", [a, b])
+    r = store.insert_events("g1", [b, c])
+    assert (r.inserted, r.duplicates, r.contiguous_seq) == (1, 1, 3)
+    assert store.count_events() == 3
+
+
+def test_contiguous_seq_stops_at_a_gap_and_advances_when_it_fills(store: ServerStore) -> None:
+    r = store.insert_events("g1", [ev(1), ev(2), ev(4)])
+    assert r.contiguous_seq == 2
+    assert store.contiguous_seq("g1") == 2
+    r = store.insert_events("g1", [ev(3)])
+    assert r.contiguous_seq == 4
+    assert store.contiguous_seq("g1") == 4
+
+
+def test_out_of_order_batch_and_seq_not_starting_at_one(store: ServerStore) -> None:
+    r = store.insert_events("g1", [ev(3), ev(2)])
+    assert r.contiguous_seq == 0, "seq 1 is missing: nothing may be acknowledged"
+    r = store.insert_events("g1", [ev(1)])
+    assert r.contiguous_seq == 3
+
+
+def test_gates_are_independent(store: ServerStore) -> None:
+    store.insert_events("g1", [ev(1), ev(2)])
+    store.insert_events("g2", [ev(1, "g2")])
+    assert store.contiguous_seq("g1") == 2
+    assert store.contiguous_seq("g2") == 1
+    assert store.contiguous_seq("never-seen") == 0
+    assert {g["gate"]: g["contiguous_seq"] for g in store.gates()} == {"g1": 2, "g2": 1}
+
+
+def test_same_seq_with_another_uuid_is_a_conflict_not_an_overwrite(store: ServerStore) -> None:
+    original = ev(1)
+    store.insert_events("g1", [original])
+    impostor = dataclasses.replace(ev(1), reason="expired", decision="deny")
+    r = store.insert_events("g1", [impostor])
+    assert (r.inserted, r.duplicates, r.conflicts, r.contiguous_seq) == (0, 0, 1, 1)
+    (stored,) = list(store.events())
+    assert stored["uuid"] == original.uuid
+    assert stored["reason"] == "ok"
+    (conflict,) = store.conflicts()
+    assert conflict["gate"] == "g1"
+    assert conflict["seq"] == 1
+    assert conflict["kind"] == "seq_reused"
+    assert original.uuid in conflict["detail"]
+    body = store.db.execute("SELECT body FROM conflicts").fetchone()[0]
+    assert json.loads(body)["uuid"] == impostor.uuid, "the refused event is kept for operators"
+
+
+def test_stored_body_round_trips(store: ServerStore) -> None:
+    e = make_event("test-site", "g1", 1, temperature_c=36.6, detail={"skin_c": 34.5})
+    store.insert_events("g1", [e])
+    (body,) = list(store.events())
+    assert body == e.to_json()
+
+
+def test_rejected_messages_are_recorded(store: ServerStore) -> None:
+    assert store.rejected_count() == 0
+    store.reject_message("menwei/test-site/g1/events", "batch is not JSON", b"\xff\xfe garbage")
+    store.reject_message("menwei/test-site/g1/events", "x" * 1000, b"y" * 5000)
+    assert store.rejected_count() == 2
+    rows = store.db.execute("SELECT topic, reason, excerpt FROM rejected_messages").fetchall()
+    assert rows[0][0] == "menwei/test-site/g1/events"
+    assert rows[0][1] == "batch is not JSON"
+    assert "garbage" in rows[0][2]
+    assert len(rows[1][1]) <= 500 and len(rows[1][2]) <= 200, "bounded, whatever arrives"
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "server.db"
+    with ServerStore(path) as s:
+        s.insert_events("g1", [ev(1), ev(2), ev(4)])
+        s.set_meta("k", "v")
+    with ServerStore(path) as s:
+        assert s.count_events() == 3
+        assert s.contiguous_seq("g1") == 2
+        assert s.get_meta("k") == "v"
+        assert s.insert_events("g1", [ev(3)]).contiguous_seq == 4
+
+
+def test_next_counter(store: ServerStore) -> None:
+    assert [store.next_counter("c") for _ in range(3)] == [1, 2, 3]
+    assert store.next_counter("other") == 1

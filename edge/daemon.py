@@ -76,7 +76,8 @@ class GateDaemon:
         self.stop_event = threading.Event()
         self._inputs: queue.Queue[tuple[str, bool]] = queue.Queue()
         self._camera_state = "recovering"
-        self._last_grant: tuple[float, Decision] | None = None
+        # (when, pass id, household, direction) of the last opening, for the door contact
+        self._last_grant: tuple[float, int | None, str | None, str] | None = None
         self._door_open_since: float | None = None
         self._door_alerted = False
         self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
@@ -228,7 +229,13 @@ class GateDaemon:
         self.counts["allowed" if decision.outcome == "allow" else "denied"] += 1
         if decision.outcome == "allow":
             self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
-            self._last_grant = (time.monotonic(), decision)
+            p = decision.pass_
+            self._last_grant = (
+                time.monotonic(),
+                p.pass_id if p else None,
+                p.household if p else None,
+                decision.direction,
+            )
         self.hw.indicator.show(_indicator_kind(decision))
         if decision.alert is not None:
             self.record(
@@ -272,6 +279,7 @@ class GateDaemon:
                 self.record("exit_request", "exit_request", decision="allow", direction="out")
                 self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
                 self.hw.indicator.show("allow")
+                self._last_grant = (time.monotonic(), None, None, "out")
             elif what == "door":
                 self._door_changed(value)
         self._check_door_held()
@@ -285,14 +293,8 @@ class GateDaemon:
         grant, self._last_grant = self._last_grant, None
         window = self.config.gpio.relay_pulse_s + 5.0
         if grant is not None and time.monotonic() - grant[0] <= window:
-            d = grant[1]
-            self.record(
-                "passed",
-                "ok",
-                direction=d.direction,
-                pass_id=d.pass_.pass_id if d.pass_ else None,
-                household=d.pass_.household if d.pass_ else None,
-            )
+            _, pass_id, household, direction = grant
+            self.record("passed", "ok", direction=direction, pass_id=pass_id, household=household)
         else:
             self.record("alert", "door_forced", detail={"priority": "high"})
 

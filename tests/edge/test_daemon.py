@@ -1,0 +1,226 @@
+"""The gate loop on simulated hardware: log first, then act; safe outputs on every exit."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.camera import Frame
+from drivers.gpio import FakePins
+from drivers.sim_scene import render_card_frame
+from edge.config import load_config
+from edge.daemon import GateDaemon
+from server.site import IssuedPass, Site
+
+RELAY, GREEN, RED, BUZZER, EXIT, DOOR = 17, 22, 27, 23, 24, 25
+
+
+def make_daemon(gate_dir: Path, extra: str = "") -> GateDaemon:
+    toml = gate_dir / "gate.toml"
+    if extra:
+        toml.write_text(toml.read_text() + extra)
+    return GateDaemon(load_config(toml), broker="none", out=io.StringIO())
+
+
+def frame(text: str, meta: dict[str, object] | None = None, index: int = 0) -> Frame:
+    image = render_card_frame(text, module_px=4.5, seed=index)
+    return Frame(image, time.monotonic(), index, meta)
+
+
+def relay_levels(pins: FakePins) -> list[bool]:
+    return [value for _t, pin, value in pins.history if pin == RELAY]
+
+
+def final_level(pins: FakePins, pin: int) -> bool:
+    return [value for _t, p, value in pins.history if p == pin][-1]
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_allowed_entry_is_logged_then_opens_relay_and_close_locks(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    daemon = make_daemon(gate_dir)
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}))
+    events = [e.event for e in daemon.store.log()]
+    assert [(e.kind, e.decision, e.reason) for e in events] == [("decision", "allow", "ok")]
+    assert events[0].temperature_c == pytest.approx(36.7, abs=0.2)
+    assert events[0].detail["samples"] >= 3
+    assert relay_levels(pins) == [False, True]  # set up locked, then released by the pulse
+    daemon.close()  # mid-pulse: fail-secure locks at once
+    assert relay_levels(pins) == [False, True, False]
+    assert not any(final_level(pins, p) for p in (GREEN, RED, BUZZER))
+
+
+def test_same_card_held_for_many_frames_is_one_scan(gate_dir: Path, resident: IssuedPass) -> None:
+    daemon = make_daemon(gate_dir)
+    try:
+        for i in range(5):
+            daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}, index=i))
+        assert daemon.store.last_seq() == 1
+    finally:
+        daemon.close()
+
+
+def test_fever_is_rechecked_then_denied_with_an_alert(gate_dir: Path, resident: IssuedPass) -> None:
+    daemon = make_daemon(gate_dir)
+    try:
+        daemon.handle_frame(frame(resident.qr, {"forehead_c": 36.5}))
+        rows = [(e.event.kind, e.event.reason) for e in daemon.store.log()]
+        assert rows == [("decision", "fever_recheck"), ("decision", "fever"), ("alert", "fever")]
+        assert relay_levels(daemon.hw.pins) == [False]  # never opened
+    finally:
+        daemon.close()
+
+
+def test_two_passes_in_one_frame_ask_for_one_card(
+    site: Site, gate_dir: Path, resident: IssuedPass
+) -> None:
+    other = site.issue_pass("1-1-102", "李四")
+    left = render_card_frame(resident.qr, size=(320, 480), module_px=2.2, seed=1)
+    right = render_card_frame(other.qr, size=(320, 480), module_px=2.2, seed=2)
+    daemon = make_daemon(gate_dir)
+    try:
+        daemon.handle_frame(Frame(np.hstack([left, right]), time.monotonic(), 0))
+        assert [e.event.reason for e in daemon.store.log()] == ["multiple_codes"]
+    finally:
+        daemon.close()
+
+
+def test_exit_button_opens_and_the_door_contact_confirms_the_passage(gate_dir: Path) -> None:
+    daemon = make_daemon(gate_dir)
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    try:
+        pins.drive(DOOR, False)  # contact closed (active low)
+        pins.drive(EXIT, False)  # exit button pressed (active low)
+        daemon._handle_inputs()
+        assert relay_levels(pins)[-1] is True
+        time.sleep(0.1)  # longer than the contact's debounce
+        pins.drive(DOOR, True)  # the door opens
+        daemon._handle_inputs()
+        rows = [(e.event.kind, e.event.reason, e.event.direction) for e in daemon.store.log()]
+        assert rows == [("exit_request", "exit_request", "out"), ("passed", "ok", "out")]
+    finally:
+        daemon.close()
+
+
+def test_door_opened_without_a_grant_is_forced(gate_dir: Path) -> None:
+    daemon = make_daemon(gate_dir)
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    try:
+        pins.drive(DOOR, False)
+        time.sleep(0.1)
+        pins.drive(DOOR, True)
+        daemon._handle_inputs()
+        assert [(e.event.kind, e.event.reason) for e in daemon.store.log()] == [
+            ("alert", "door_forced")
+        ]
+        assert relay_levels(pins) == [False]
+    finally:
+        daemon.close()
+
+
+def test_door_opened_after_a_grant_is_a_passage_and_held_open_alerts(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    daemon = make_daemon(gate_dir, "")
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    try:
+        pins.drive(DOOR, False)  # closed
+        daemon._handle_inputs()
+        daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}))
+        pins.drive(DOOR, True)  # the person walks through
+        daemon._handle_inputs()
+        daemon._door_open_since = time.monotonic() - daemon.config.gpio.door_alert_s - 1
+        daemon._handle_inputs()
+        rows = [(e.event.kind, e.event.reason, e.event.pass_id) for e in daemon.store.log()]
+        assert rows[-3:] == [
+            ("decision", "ok", resident.pass_id),
+            ("passed", "ok", resident.pass_id),
+            ("alert", "door_held_open", None),
+        ]
+    finally:
+        daemon.close()
+
+
+class BrokenCamera:
+    """A camera whose driver fails hard (not a CameraError the supervisor handles)."""
+
+    state = "ok"
+    last_error = None
+    at_eof = False
+
+    def read(self, timeout_s: float) -> Frame | None:
+        raise RuntimeError("driver crashed")
+
+    def close(self) -> None:
+        pass
+
+
+def test_crash_in_the_loop_leaves_outputs_safe(gate_dir: Path) -> None:
+    daemon = make_daemon(gate_dir)
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    daemon.hw.relay.open()
+    daemon.hw.camera = BrokenCamera()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="driver crashed"):
+        daemon.run()
+    assert relay_levels(pins)[-1] is False
+    assert not any(final_level(pins, p) for p in (GREEN, RED, BUZZER))
+
+
+def test_fail_safe_gate_releases_on_stop(gate_dir: Path) -> None:
+    daemon = make_daemon(gate_dir, "")
+    toml = gate_dir / "gate.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'backend = "simulated"\n\n[clock]',
+            'backend = "simulated"\nfail_secure = false\n\n[clock]',
+        )
+    )
+    daemon.close()
+    daemon = make_daemon(gate_dir)
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    daemon.stop_event.set()  # what SIGTERM does
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert relay_levels(pins)[-1] is True  # fail-safe: released for free egress
+
+
+def test_camera_loss_is_logged_and_shown(gate_dir: Path) -> None:
+    daemon = make_daemon(gate_dir)
+    try:
+        stage = gate_dir / "stage"
+        daemon.hw.camera.read(0.1)  # opens the stage folder: ok
+        daemon._watch_camera()
+        stage.rmdir()  # the "camera" disappears
+        wait_until(lambda: daemon.hw.camera.read(0.05) is None and daemon.hw.camera.state == "lost")
+        daemon._watch_camera()
+        assert daemon.hw.indicator.current == "fault"
+        stage.mkdir()
+        wait_until(lambda: (daemon.hw.camera.read(0.05), daemon.hw.camera.state)[1] == "ok", 40)
+        daemon._watch_camera()
+        reasons = [e.event.reason for e in daemon.store.log() if e.event.kind == "device"]
+        assert reasons == ["camera_lost", "camera_ok"]
+        assert daemon.status()["camera"]["state"] == "ok"
+    finally:
+        daemon.close()

@@ -1,0 +1,132 @@
+"""`gate doctor` and `gate calibrate` on simulated and on absent hardware."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from drivers.sim_i2c import SimulatedMLX90614Bus
+from edge.calibration import calibration_path, load_offset
+from edge.config import load_config
+from edge.doctor import check_gpio, check_thermometer
+from tests.conftest import run_menwei
+
+
+def real_hardware_config(gate_dir: Path) -> Path:
+    """The same gate, configured for a Pi: this machine has no camera, I2C bus or GPIO."""
+    text = (gate_dir / "gate.toml").read_text()
+    text = text.replace('source = "watch:stage"', 'source = "device:7"')
+    text = text.replace(
+        '[thermometer]\nbackend = "simulated"', '[thermometer]\nbackend = "mlx90614"\ni2c_bus = 97'
+    )
+    text = text.replace('[gpio]\nbackend = "simulated"', '[gpio]\nbackend = "rpi"')
+    path = gate_dir / "real.toml"
+    path.write_text(text)
+    return path
+
+
+def test_doctor_passes_every_simulated_device(gate_dir: Path) -> None:
+    proc = run_menwei(
+        "gate",
+        "doctor",
+        "--config",
+        str(gate_dir / "gate.toml"),
+        "--json",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        check=False,
+    )
+    result = json.loads(proc.stdout)
+    by_device = {c["device"]: c for c in result["checks"]}
+    assert {d for d, c in by_device.items() if c["ok"]} == {
+        "provisioning",
+        "camera",
+        "thermometer",
+        "gpio",
+        "clock",
+    }
+    assert not by_device["broker"]["ok"] and by_device["broker"]["fix"]
+    assert result["ok"] is False and proc.returncode == 1
+    assert "PEC checked" in by_device["thermometer"]["detail"]
+
+
+def test_doctor_names_the_fix_for_each_missing_device(gate_dir: Path) -> None:
+    proc = run_menwei(
+        "gate", "doctor", "--config", str(real_hardware_config(gate_dir)), "--json", check=False
+    )
+    by_device = {c["device"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert not by_device["camera"]["ok"] and "v4l2-ctl" in by_device["camera"]["fix"]
+    assert not by_device["thermometer"]["ok"]
+    assert "i2c_arm=on" in by_device["thermometer"]["fix"]  # /dev/i2c-97 does not exist
+    assert not by_device["gpio"]["ok"] and "rpi-lgpio" in by_device["gpio"]["fix"]
+    assert proc.returncode == 1
+
+
+def test_thermometer_check_reports_each_bus_fault(gate_dir: Path) -> None:
+    config = load_config(gate_dir / "gate.toml")
+
+    def bus_with(fault: str) -> SimulatedMLX90614Bus:
+        bus = SimulatedMLX90614Bus()
+        if fault == "unplugged":
+            bus.unplug()
+        elif fault == "pec":
+            bus.corrupt_pec()
+        elif fault == "flag":
+            bus.set_error_flag()
+        return bus
+
+    unplugged = check_thermometer(config, lambda: bus_with("unplugged"))
+    assert not unplugged.ok and "i2cdetect" in unplugged.fix
+    pec = check_thermometer(config, lambda: bus_with("pec"))
+    assert not pec.ok and "check_pec = false" in pec.fix
+    flag = check_thermometer(config, lambda: bus_with("flag"))
+    assert not flag.ok
+    assert check_thermometer(config, lambda: bus_with("none")).ok
+
+
+def test_gpio_check_fails_on_a_pin_the_board_does_not_have(gate_dir: Path) -> None:
+    toml = gate_dir / "gate.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            '[gpio]\nbackend = "simulated"', '[gpio]\nbackend = "simulated"\nrelay_pin = 40'
+        )
+    )
+    check = check_gpio(load_config(toml))
+    assert not check.ok and "BCM" in check.fix
+
+
+def test_calibrate_records_an_offset_the_gate_then_uses(gate_dir: Path) -> None:
+    config_path = gate_dir / "gate.toml"
+    config = load_config(config_path)
+    assert load_offset(config).base_c == config.thermometer.offset_c
+    proc = run_menwei(
+        "gate",
+        "calibrate",
+        "--config",
+        str(config_path),
+        "--reference",
+        "36.9",
+        "--simulated-forehead",
+        "34.0",
+        "--json",
+    )
+    result = json.loads(proc.stdout)
+    offset = load_offset(config)
+    assert calibration_path(config).exists()
+    # 34.0 °C skin at the simulated 24 °C ambient must now read as 36.9 °C body.
+    assert abs(offset.body_c(result["skin_c"], result["ambient_c"]) - 36.9) < 0.01
+    assert abs(result["skin_c"] - 34.0) < 0.05
+
+
+def test_calibrate_refuses_an_implausible_reference(gate_dir: Path) -> None:
+    proc = run_menwei(
+        "gate",
+        "calibrate",
+        "--config",
+        str(gate_dir / "gate.toml"),
+        "--reference",
+        "60",
+        check=False,
+    )
+    assert proc.returncode == 2 and "35.0..42.0" in proc.stderr
+    assert not (gate_dir / "calibration.json").exists()

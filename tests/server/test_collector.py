@@ -1,0 +1,258 @@
+"""The collector against a real Mosquitto: raw batches in, rows stored, retained acks out,
+garbage recorded and survived, signed documents published and republished."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from menwei.mosquitto import MosquittoBroker
+from protocol import topics
+from protocol.broker import parse_broker
+from protocol.documents import decode_document
+from protocol.events import Ack, Event, encode_batch
+from server.collector import Collector
+from server.site import Site
+from tests.conftest import SITE
+from tests.e2e.helpers import (
+    MqttWatcher,
+    json_of,
+    make_event,
+    mqtt_client,
+    publish,
+    wait_until,
+)
+
+EVENTS = topics.events(SITE, "g1")
+ACK = topics.ack(SITE, "g1")
+
+
+@pytest.fixture
+def collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
+    c = Collector(site, parse_broker(broker.url))
+    c.start()
+    wait_until(c.connected.is_set, 15, "collector did not connect to the broker")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def gate_client(broker: MosquittoBroker) -> Iterator[mqtt.Client]:
+    c = mqtt_client(broker.url)
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
+@pytest.fixture
+def acks(broker: MosquittoBroker) -> Iterator[MqttWatcher]:
+    with MqttWatcher(broker.url, ACK) as w:
+        yield w
+
+
+def ev(seq: int, gate: str = "g1", **kw: Any) -> Event:
+    return make_event(SITE, gate, seq, **kw)
+
+
+def wait_acked(acks: MqttWatcher, seq: int, timeout: float = 10) -> None:
+    acks.wait_for(ACK, lambda m: Ack.decode(m.payload).acked_seq == seq, timeout, f"ack {seq}")
+
+
+def stored_keys(site: Site, gate: str = "g1") -> list[tuple[int, str]]:
+    return sorted((s, u) for g, s, u in site.store.event_keys() if g == gate)
+
+
+def rejected(site: Site) -> list[tuple[str, str]]:
+    with site.store._lock:
+        rows = site.store.db.execute("SELECT topic, reason FROM rejected_messages ORDER BY id")
+        return [(str(t), str(r)) for t, r in rows.fetchall()]
+
+
+def test_batch_is_stored_and_acked_with_a_retained_ack(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher, broker
+) -> None:
+    batch = [ev(1), ev(2), ev(3)]
+    publish(gate_client, EVENTS, encode_batch("g1", batch))
+    wait_acked(acks, 3)
+    assert stored_keys(site) == sorted((e.seq, e.uuid) for e in batch)
+    ack = json_of(acks.last(ACK))
+    assert ack["gate"] == "g1" and ack["acked_seq"] == 3
+
+    # retained: a gate that connects later (a restarted gate) learns it at once
+    with MqttWatcher(broker.url, ACK) as late:
+        m = late.wait_for(ACK, lambda m: True, 10, "retained ack")
+        assert m.retain and Ack.decode(m.payload).acked_seq == 3
+
+
+def test_resent_batch_is_stored_once(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
+) -> None:
+    batch = encode_batch("g1", [ev(1), ev(2)])
+    publish(gate_client, EVENTS, batch)
+    publish(gate_client, EVENTS, batch)
+    wait_until(lambda: collector.stats["batches"] == 2, 10, lambda: f"stats {collector.stats}")
+    wait_acked(acks, 2)
+    assert site.store.count_events() == 2
+    assert collector.stats["inserted"] == 2 and collector.stats["duplicates"] == 2
+
+
+def test_ack_is_the_highest_contiguous_seq(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
+) -> None:
+    publish(gate_client, EVENTS, encode_batch("g1", [ev(1), ev(2), ev(4), ev(5)]))
+    wait_until(lambda: site.store.count_events() == 4, 10, "4 events stored")
+    wait_acked(acks, 2)
+    publish(gate_client, EVENTS, encode_batch("g1", [ev(3)]))
+    wait_acked(acks, 5)
+
+
+def test_garbage_is_recorded_and_the_collector_keeps_working(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
+) -> None:
+    good = ev(1)
+    wrong_types = ev(2).to_json() | {"seq": "two", "clock_trusted": "yes"}
+    other_gate = ev(3, gate="g2")
+    oversized = json.dumps(
+        {"schema": 1, "gate": "g1", "events": [], "pad": "x" * (1024 * 1024 + 10)}
+    ).encode()
+    garbage: list[tuple[bytes, str]] = [
+        (b"\x00\xffnot json at all", "not JSON"),
+        (b'["a", "list"]', "must be an object"),
+        (json.dumps({"schema": 99, "gate": "g1", "events": []}).encode(), "schema"),
+        (json.dumps({"schema": 1, "events": "nope"}).encode(), "events"),
+        (oversized, "exceeds"),
+        (json.dumps({"schema": 1, "gate": "g1", "events": [wrong_types]}).encode(), "event 0"),
+        (encode_batch("g1", [other_gate]), "sent on"),
+    ]
+    for payload, _ in garbage:
+        publish(gate_client, EVENTS, payload)
+    publish(gate_client, topics.status(SITE, "g1"), b"{broken status")
+    publish(gate_client, EVENTS, encode_batch("g1", [good]))
+
+    wait_acked(acks, 1)
+    assert stored_keys(site) == [(1, good.uuid)]
+    assert stored_keys(site, "g2") == [], "an event claiming another gate is never stored"
+    wait_until(
+        lambda: len(rejected(site)) == len(garbage) + 1,
+        10,
+        lambda: f"rejected rows: {rejected(site)}",
+    )
+    rows = rejected(site)
+    for (payload, why), (topic, reason) in zip(garbage, rows, strict=False):
+        assert topic == EVENTS
+        assert why in reason, f"{payload[:40]!r}: reason {reason!r} should mention {why!r}"
+    assert rows[-1][0] == topics.status(SITE, "g1")
+    excerpt = site.store.db.execute(
+        "SELECT MAX(LENGTH(excerpt)) FROM rejected_messages"
+    ).fetchone()[0]
+    assert excerpt <= 200, "an oversized message is not stored whole"
+
+    # still working afterwards: the next batch is stored and acknowledged
+    publish(gate_client, EVENTS, encode_batch("g1", [ev(2), ev(3)]))
+    wait_acked(acks, 3)
+    assert site.store.count_events() == 3
+
+
+def test_good_events_of_a_batch_with_a_bad_one_are_stored(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
+) -> None:
+    bad = ev(2).to_json() | {"kind": "teleport"}
+    raw = json.dumps(
+        {"schema": 1, "gate": "g1", "events": [ev(1).to_json(), bad, ev(3).to_json()]}
+    ).encode()
+    publish(gate_client, EVENTS, raw)
+    wait_acked(acks, 1)  # seq 2 is missing: contiguous stops at 1
+    wait_until(lambda: site.store.count_events() == 2, 10, "events 1 and 3 stored")
+    assert [s for s, _ in stored_keys(site)] == [1, 3]
+    assert any("event 1" in r for _, r in rejected(site))
+
+
+def test_status_messages_update_the_gates_table(
+    site: Site, collector: Collector, gate_client: mqtt.Client
+) -> None:
+    publish(
+        gate_client,
+        topics.status(SITE, "g1"),
+        json.dumps({"schema": 1, "gate": "g1", "state": "online", "backlog": 7}).encode(),
+    )
+
+    def status() -> dict[str, Any] | None:
+        return next((g["status"] for g in site.store.gates() if g["gate"] == "g1"), None)
+
+    got = wait_until(status, 10, "status of g1 stored")
+    assert got["state"] == "online" and got["backlog"] == 7
+
+
+def test_documents_are_published_retained_and_verify(
+    site: Site, collector: Collector, broker: MosquittoBroker
+) -> None:
+    keys = {k.key_id: k for k in site.trust_keys()}
+    cfg_topic, reg_topic = topics.config(SITE), topics.register(SITE)
+    with MqttWatcher(broker.url, cfg_topic, reg_topic) as first:
+        for topic in (cfg_topic, reg_topic):
+            first.wait_for(topic, lambda m: True, 10, "a document")
+    # a subscriber arriving later (a gate starting) gets both as retained messages
+    with MqttWatcher(broker.url, cfg_topic, reg_topic) as w:
+        for kind, topic in (("config", cfg_topic), ("register", reg_topic)):
+            m = w.wait_for(topic, lambda m: True, 10, f"{kind} document")
+            assert m.retain
+            doc = decode_document(m.payload, kind=kind, site=SITE, trust_keys=keys)
+            assert m.payload == site.bundle_path(f"{kind}.json").read_bytes()
+            assert doc.version >= 1
+        cfg = decode_document(w.last(cfg_topic).payload, kind="config", site=SITE, trust_keys=keys)
+        assert cfg.body["trust_keys"][0]["key_id"] == 1
+
+
+def test_a_pass_issued_after_start_is_republished(
+    site: Site, collector: Collector, broker: MosquittoBroker
+) -> None:
+    keys = {k.key_id: k for k in site.trust_keys()}
+    reg_topic = topics.register(SITE)
+
+    def version(m) -> int:
+        return decode_document(m.payload, kind="register", site=SITE, trust_keys=keys).version
+
+    with MqttWatcher(broker.url, reg_topic) as w:
+        first = version(w.wait_for(reg_topic, lambda m: True, 10, "register document"))
+        issued = site.issue_pass("5-1-501", "钱七", room="5-1-501")
+        m = w.wait_for(reg_topic, lambda m: version(m) > first, 15, "a newer register")
+        doc = decode_document(m.payload, kind="register", site=SITE, trust_keys=keys)
+        assert issued.pass_id in [p["pass_id"] for p in doc.body["passes"]]
+        site.revoke_pass(issued.pass_id, "lost card")
+        m = w.wait_for(reg_topic, lambda m: version(m) > doc.version, 15, "register after revoke")
+        revoked = decode_document(m.payload, kind="register", site=SITE, trust_keys=keys)
+        assert revoked.body["revoked"] == [{"pass_id": issued.pass_id, "reason": "lost card"}]
+
+
+def test_a_tampered_document_does_not_verify(site: Site) -> None:
+    """Anyone can publish a retained message; only a signed document verifies."""
+    keys = {k.key_id: k for k in site.trust_keys()}
+    raw = json.loads(site.bundle_path("register.json").read_bytes())
+    raw["version"] += 100
+    raw["body"]["passes"].append({"pass_id": 77, "household": "x", "display_name": "x*"})
+    with pytest.raises(Exception, match="signature"):
+        decode_document(json.dumps(raw).encode(), kind="register", site=SITE, trust_keys=keys)
+
+
+def test_collector_reconnects_after_a_broker_restart(
+    site: Site, collector: Collector, broker: MosquittoBroker
+) -> None:
+    broker.stop()
+    wait_until(lambda: not collector.connected.is_set(), 15, "collector noticed the broker down")
+    broker.start()
+    wait_until(collector.connected.is_set, 30, "collector reconnected")
+    # documents are republished (the broker kept no retained messages: persistence off)
+    with MqttWatcher(broker.url, topics.register(SITE)) as w:
+        w.wait_for(topics.register(SITE), lambda m: True, 15, "register after restart")
+        client = mqtt_client(broker.url)
+        try:
+            with MqttWatcher(broker.url, ACK) as acks:
+                publish(client, EVENTS, encode_batch("g1", [ev(1)]))
+                wait_acked(acks, 1)
+        finally:
+            client.disconnect()
+            client.loop_stop()

@@ -93,7 +93,7 @@ def decode_document(
             key_id=int(data["key_id"]),
             signature=base64.b64decode(data["signature"], validate=True),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # int(1e999) overflows
         raise MessageError(f"{kind} document is malformed: {exc}") from None
     if doc.kind != kind or doc.site != site:
         raise MessageError(f"document is {doc.kind!r} for site {doc.site!r}, expected {kind!r}")

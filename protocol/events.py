@@ -68,7 +68,7 @@ class Event:
                 pass_id=_opt(data, "pass_id", int),
                 household=_opt(data, "household", str),
                 role=_opt(data, "role", str),
-                versions={str(k): int(v) for k, v in dict(data.get("versions", {})).items()},
+                versions=_versions(data),
                 detail=dict(data.get("detail", {})),
                 schema=_int(data, "schema"),
             )
@@ -112,6 +112,15 @@ def _bool(data: Mapping[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"field {key!r} must be true or false")
     return value
+
+
+def _versions(data: Mapping[str, Any]) -> dict[str, int]:
+    value = data.get("versions", {})
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise ValueError("field 'versions' must map names to integers")
+    return {str(k): v for k, v in value.items()}
 
 
 def _opt(data: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -193,8 +202,10 @@ class Ack:
     def decode(cls, raw: bytes) -> Ack:
         try:
             data = json.loads(raw)
-            ack = cls(gate=str(data["gate"]), acked_seq=int(data["acked_seq"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(data, Mapping):
+                raise ValueError("ack must be a JSON object")
+            ack = cls(gate=_str(data, "gate"), acked_seq=_int(data, "acked_seq"))
+        except ValueError as exc:  # a strict parse: 1e999, "3" or true are not a seq
             raise MessageError(f"bad ack: {exc}") from None
         if ack.acked_seq < 0:
             raise MessageError("acked_seq must be >= 0")

@@ -1,4 +1,4 @@
-"""The pass contract: signed, canonical, small enough for a version <= 7 QR at level M, anonymous."""
+"""The pass contract: signed, canonical, fits a version <= 7 QR at level M, anonymous."""
 
 from __future__ import annotations
 

@@ -1,0 +1,482 @@
+"""Messages on the wire: events and their batches, acks, signed documents; strict schemas."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.documents import decode_document, sign_document
+from protocol.errors import MessageError
+from protocol.events import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    Ack,
+    Event,
+    decode_batch,
+    encode_batch,
+)
+from protocol.passes import TrustKey, public_bytes
+from protocol.policy import Policy
+from protocol.schema import SchemaError, from_mapping
+
+SITE, GATE = "test-site", "east"
+
+
+def event(seq: int = 1, **changes: Any) -> Event:
+    base = Event(
+        site=SITE,
+        gate=GATE,
+        seq=seq,
+        uuid=str(uuid.UUID(int=seq)),
+        at="2026-11-29T08:00:00.000+08:00",
+        clock_trusted=True,
+        kind="decision",
+        decision="allow",
+        reason="ok",
+        direction="in",
+        temperature_c=36.6,
+        pass_id=42,
+        household="1-1-101",
+        role="resident",
+        versions={"config": 3, "register": 9},
+        detail={"rule": "all", "alert": None},
+    )
+    return replace(base, **changes)
+
+
+def event_json(**changes: Any) -> dict[str, Any]:
+    return {**event().to_json(), **changes}
+
+
+# --- Event.from_json ----------------------------------------------------------------------
+
+
+def test_event_json_round_trip():
+    e = event(seq=7, temperature_c=None, pass_id=None, household=None, role=None)
+    assert Event.from_json(json.loads(json.dumps(e.to_json()))) == e
+
+
+def test_optional_fields_may_be_absent():
+    data = event_json()
+    for key in ("decision", "direction", "temperature_c", "pass_id", "household", "role"):
+        del data[key]
+    parsed = Event.from_json(data)
+    assert (parsed.decision, parsed.direction, parsed.pass_id, parsed.temperature_c) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_integer_temperature_is_a_float():
+    assert Event.from_json(event_json(temperature_c=37)).temperature_c == 37.0
+
+
+@pytest.mark.parametrize(
+    "required", ["site", "gate", "seq", "uuid", "at", "clock_trusted", "kind", "reason", "schema"]
+)
+def test_missing_required_field_is_named(required):
+    data = event_json()
+    del data[required]
+    with pytest.raises(MessageError, match=f"missing field '{required}'"):
+        Event.from_json(data)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("seq", True),  # bool is an int in Python, never in our messages
+        ("seq", 1.0),
+        ("seq", "1"),
+        ("schema", True),
+        ("pass_id", True),
+        ("pass_id", 42.0),
+        ("pass_id", "42"),
+        ("temperature_c", True),
+        ("temperature_c", "36.6"),
+        ("clock_trusted", 1),
+        ("clock_trusted", "true"),
+        ("site", 5),
+        ("reason", None),
+        ("reason", "x" * 201),
+        ("household", 101),
+        ("decision", False),
+        ("versions", {"config": True}),
+        ("versions", {"config": "3"}),
+        ("versions", {"config": 3.5}),
+        ("versions", {"config": None}),
+        ("versions", [["config", 3]]),
+        ("versions", "config=3"),
+        ("detail", "alert"),
+        ("detail", [1, 2]),
+    ],
+)
+def test_field_of_wrong_type_is_refused(key, value):
+    with pytest.raises(MessageError):
+        Event.from_json(event_json(**{key: value}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("kind", "teleport", "unknown event kind"),
+        ("decision", "maybe", "unknown decision"),
+        ("direction", "up", "unknown direction"),
+        ("seq", 0, "seq must be >= 1"),
+        ("seq", -5, "seq must be >= 1"),
+        ("schema", 2, "unsupported event schema"),
+    ],
+)
+def test_value_outside_the_contract_is_refused(key, value, message):
+    with pytest.raises(MessageError, match=message):
+        Event.from_json(event_json(**{key: value}))
+
+
+@pytest.mark.parametrize("data", [None, [], "event", 42, [("site", SITE)]])
+def test_event_that_is_not_an_object_is_refused(data):
+    with pytest.raises(MessageError, match="must be a JSON object"):
+        Event.from_json(data)
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+def test_batch_round_trip():
+    events = [event(seq) for seq in range(1, 6)]
+    batch = decode_batch(encode_batch(GATE, events), site=SITE, gate=GATE)
+    assert (batch.events, batch.rejected) == (events, [])
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "not JSON"),
+        (b"{events: []}", "not JSON"),
+        (b"\xff\xfe\x00", "not JSON"),
+        (b"[]", "'events' list"),
+        (b'{"schema": 1, "events": {}}', "'events' list"),
+        (b'{"events": []}', "unsupported batch schema"),
+        (b'{"schema": "1", "events": []}', "unsupported batch schema"),
+    ],
+)
+def test_batch_that_is_not_a_batch_raises(raw, message):
+    with pytest.raises(MessageError, match=message):
+        decode_batch(raw, site=SITE, gate=GATE)
+
+
+def test_oversize_batch_raises_before_parsing():
+    raw = b"[" * (MAX_BATCH_BYTES + 1)  # would be a RecursionError if json tried it
+    with pytest.raises(MessageError, match="exceeds"):
+        decode_batch(raw, site=SITE, gate=GATE)
+
+
+def test_batch_with_too_many_events_raises():
+    raw = json.dumps({"schema": 1, "gate": GATE, "events": [{}] * (MAX_BATCH_EVENTS + 1)})
+    with pytest.raises(MessageError, match="exceeds"):
+        decode_batch(raw.encode(), site=SITE, gate=GATE)
+
+
+def test_one_bad_event_does_not_lose_the_good_ones():
+    good = [event(seq) for seq in (1, 2, 4)]
+    items: list[Any] = [e.to_json() for e in good]
+    items.insert(2, {**event(3).to_json(), "seq": "three"})
+    items.append("not an event")
+    raw = json.dumps({"schema": 1, "gate": GATE, "events": items}).encode()
+
+    batch = decode_batch(raw, site=SITE, gate=GATE)
+
+    assert batch.events == good
+    assert [index for index, _ in batch.rejected] == [2, 4]
+    assert "seq" in batch.rejected[0][1]
+
+
+def test_huge_number_in_one_event_does_not_lose_the_batch():
+    # JSON allows 1e999 (read as infinity); it must reject that event, not the whole batch.
+    good = event(1).to_json()
+    raw = (
+        '{"schema": 1, "gate": "east", "events": ['
+        + json.dumps(good)
+        + ", "
+        + json.dumps(event(2).to_json()).replace('"config": 3', '"config": 1e999')
+        + "]}"
+    ).encode()
+
+    batch = decode_batch(raw, site=SITE, gate=GATE)
+
+    assert batch.events == [event(1)]
+    assert [index for index, _ in batch.rejected] == [1]
+
+
+@pytest.mark.parametrize(
+    "changes", [{"gate": "west"}, {"site": "other-site"}, {"gate": "west", "site": "other-site"}]
+)
+def test_event_of_another_gate_or_site_is_rejected(changes):
+    raw = encode_batch(GATE, [event(1), event(2, **changes)])
+
+    batch = decode_batch(raw, site=SITE, gate=GATE)
+
+    assert batch.events == [event(1)]
+    assert [index for index, _ in batch.rejected] == [1]
+    assert f"sent on {SITE}/{GATE}" in batch.rejected[0][1]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+
+
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(sorted(event_json())), JSON_VALUES, max_size=3),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_fuzzed_events_are_each_accepted_or_rejected(changes):
+    # Each event: a valid one with up to three fields replaced by arbitrary JSON values
+    # (NaN and Infinity included, as Python's json reads them).
+    items = [{**event(i + 1).to_json(), **c} for i, c in enumerate(changes)]
+    raw = json.dumps({"schema": 1, "gate": GATE, "events": items}).encode()
+
+    batch = decode_batch(raw, site=SITE, gate=GATE)
+
+    assert len(batch.events) + len(batch.rejected) == len(items)
+    for e in batch.events:
+        assert (e.site, e.gate) == (SITE, GATE)
+        assert isinstance(e.seq, int) and not isinstance(e.seq, bool) and e.seq >= 1
+        assert all(type(v) is int for v in e.versions.values())
+
+
+# --- acks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq", [0, 1, 2**40])
+def test_ack_round_trip(seq):
+    assert Ack.decode(Ack(GATE, seq).encode()) == Ack(GATE, seq)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"garbage",
+        b"\xff",
+        b"[]",
+        b"7",
+        b"null",
+        b'{"gate": "east"}',
+        b'{"acked_seq": 3}',
+        b'{"gate": "east", "acked_seq": -1}',
+        b'{"gate": "east", "acked_seq": "x"}',
+        b'{"gate": "east", "acked_seq": null}',
+        b'{"gate": "east", "acked_seq": NaN}',
+        b'{"gate": "east", "acked_seq": 1e999}',
+        b'{"gate": "east", "acked_seq": 3.7}',
+        b'{"gate": "east", "acked_seq": true}',
+        b'{"gate": "east", "acked_seq": "3"}',
+        b'{"gate": ["east"], "acked_seq": 3}',
+    ],
+)
+def test_garbage_ack_is_a_message_error(raw):
+    with pytest.raises(MessageError):
+        Ack.decode(raw)
+
+
+# --- signed documents ---------------------------------------------------------------------
+
+DOC_KEY = Ed25519PrivateKey.generate()
+DOC_TRUST = {3: TrustKey(3, public_bytes(DOC_KEY))}
+BODY = {"policy": {"fever_threshold_c": 37.3}, "note": "门卫"}
+
+
+def signed_config(**kw: Any) -> bytes:
+    args: dict[str, Any] = {
+        "kind": "config",
+        "site": SITE,
+        "version": 5,
+        "issued_at": "2026-11-29T00:00:00+00:00",
+        "body": BODY,
+        "key_id": 3,
+        "private_key": DOC_KEY,
+        **kw,
+    }
+    return sign_document(**args).encode()
+
+
+def test_document_sign_and_verify():
+    doc = decode_document(signed_config(), kind="config", site=SITE, trust_keys=DOC_TRUST)
+    assert (doc.kind, doc.site, doc.version, doc.key_id, doc.body) == (
+        "config",
+        SITE,
+        5,
+        3,
+        BODY,
+    )
+
+
+def test_key_order_and_spacing_do_not_matter():
+    data = json.loads(signed_config())
+    reordered = json.dumps(dict(reversed(list(data.items()))), indent=3).encode()
+    assert decode_document(reordered, kind="config", site=SITE, trust_keys=DOC_TRUST).version == 5
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d["body"]["policy"].update(fever_threshold_c=42.0),
+        lambda d: d["body"].update(extra=1),
+        lambda d: d.update(version=6),
+        lambda d: d.update(issued_at="2027-01-01T00:00:00+00:00"),
+    ],
+)
+def test_tampered_document_is_refused(tamper):
+    data = json.loads(signed_config())
+    tamper(data)
+    with pytest.raises(MessageError, match="signature does not verify"):
+        decode_document(json.dumps(data).encode(), kind="config", site=SITE, trust_keys=DOC_TRUST)
+
+
+def test_document_signed_by_an_untrusted_key_is_refused():
+    other = Ed25519PrivateKey.generate()
+    with pytest.raises(MessageError, match="untrusted key 4"):
+        decode_document(
+            signed_config(key_id=4, private_key=other),
+            kind="config",
+            site=SITE,
+            trust_keys=DOC_TRUST,
+        )
+    # Claiming a trusted key id does not help the forger.
+    with pytest.raises(MessageError, match="signature does not verify"):
+        decode_document(
+            signed_config(private_key=other), kind="config", site=SITE, trust_keys=DOC_TRUST
+        )
+
+
+@pytest.mark.parametrize(("kind", "site"), [("register", SITE), ("config", "other-site")])
+def test_document_of_another_kind_or_site_is_refused(kind, site):
+    with pytest.raises(MessageError, match="expected"):
+        decode_document(signed_config(), kind=kind, site=site, trust_keys=DOC_TRUST)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"kind": "config"}',
+        signed_config().replace(b'"signature": "', b'"signature": "!'),
+        signed_config().replace(b'"version": 5', b'"version": "five"'),
+        signed_config().replace(b'"version": 5', b'"version": 1e999'),
+        signed_config().replace(b'"key_id": 3', b'"key_id": 1e999'),
+    ],
+)
+def test_malformed_document_is_a_message_error(raw):
+    with pytest.raises(MessageError):
+        decode_document(raw, kind="config", site=SITE, trust_keys=DOC_TRUST)
+
+
+# --- schema and policy --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lamp:
+    colour: Literal["red", "green"]
+    pin: int = 17
+    active_low: bool = False
+
+
+@dataclass(frozen=True)
+class Panel:
+    name: str
+    lamp: Lamp
+    brightness: float = 1.0
+    tags: tuple[str, ...] = ()
+    timeout_s: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def test_schema_builds_nested_dataclasses():
+    panel = from_mapping(
+        Panel,
+        {
+            "name": "east",
+            "lamp": {"colour": "green", "pin": 22},
+            "brightness": 1,
+            "tags": ["a", "b"],
+            "timeout_s": None,
+            "notes": ["x"],
+        },
+        "panel.toml",
+    )
+    assert panel == Panel("east", Lamp("green", 22), 1.0, ("a", "b"), None, ["x"])
+    assert type(panel.brightness) is float
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "e", "lamp": {"colour": "red"}, "colour": "red"}, "panel.toml: unknown key"),
+        ({"name": "e", "lamp": {"colour": "red", "pni": 3}}, "panel.toml lamp: unknown key"),
+        ({"name": "e", "lamp": {"colour": "blue"}}, "'blue' is not one of 'red', 'green'"),
+        ({"name": "e", "lamp": {"colour": "red", "pin": True}}, "lamp pin: expected a whole"),
+        ({"name": "e", "lamp": {"colour": "red", "pin": "17"}}, "lamp pin: expected a whole"),
+        ({"name": "e", "lamp": {"colour": "red", "pin": 17.0}}, "lamp pin: expected a whole"),
+        ({"name": "e", "lamp": {"colour": "red", "active_low": 1}}, "expected true or false"),
+        ({"name": "e", "lamp": {"colour": "red"}, "brightness": True}, "expected a number"),
+        ({"name": "e", "lamp": {"colour": "red"}, "brightness": "1"}, "expected a number"),
+        ({"name": 5, "lamp": {"colour": "red"}}, "panel.toml name: expected a string"),
+        ({"name": "e", "lamp": "red"}, "panel.toml lamp: expected a table"),
+        ({"name": "e", "lamp": {"colour": "red"}, "tags": "a"}, "tags: expected a list"),
+        ({"name": "e", "lamp": {"colour": "red"}, "tags": ["a", 2]}, r"tags\[1\]: expected a"),
+        ({"name": "e", "lamp": {"colour": "red"}, "timeout_s": False}, "timeout_s: expected"),
+        ({"name": "e", "lamp": {"colour": "red"}, "timeout_s": 1.5}, "timeout_s: expected"),
+        ({"lamp": {"colour": "red"}}, "panel.toml: .*missing .*'name'"),
+        ([("name", "e")], "panel.toml: expected a table"),
+    ],
+)
+def test_schema_refuses_with_where_and_what(data, message):
+    with pytest.raises(SchemaError, match=message):
+        from_mapping(Panel, data, "panel.toml")
+
+
+def test_schema_names_every_unknown_key_and_the_known_ones():
+    with pytest.raises(SchemaError) as err:
+        from_mapping(Lamp, {"colour": "red", "zeta": 1, "alpha": 2}, "[lamp]")
+    assert "alpha, zeta" in str(err.value)
+    assert "known: active_low, colour, pin" in str(err.value)
+
+
+def test_policy_defaults_and_round_trip():
+    assert Policy.from_json({}) == Policy()
+    p = Policy.from_json({"fever_threshold_c": 37, "fever_recheck_window_s": 120})
+    assert (p.fever_threshold_c, p.fever_recheck_window_s) == (37.0, 120)
+    assert Policy.from_json(p.to_json()) == p
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"fever_threshold": 37.5}, "unknown key.*fever_threshold"),
+        ({"fever_threshold_c": "37.3"}, "fever_threshold_c: expected a number"),
+        ({"fever_threshold_c": True}, "fever_threshold_c: expected a number"),
+        ({"fever_recheck_window_s": True}, "fever_recheck_window_s: expected a whole"),
+        ({"fever_recheck_window_s": 300.0}, "fever_recheck_window_s: expected a whole"),
+        ({"fever_threshold_c": 45.0}, "between 34.0 and 42.0"),
+        ({"fever_recheck_window_s": 5}, "10..3600"),
+        ({"max_data_age_h": 0}, "max_data_age_h"),
+    ],
+)
+def test_policy_refuses(data, message):
+    with pytest.raises(SchemaError, match=message):
+        Policy.from_json(data, "server.toml [policy]")

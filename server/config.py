@@ -86,8 +86,19 @@ broker = "mqtt://127.0.0.1:1883"
 # password = "..."
 # shared_group = "collectors"   # several collectors share the event stream
 
-[policy]
-fever_threshold_c = {p.fever_threshold_c}     # at or above: re-measure, then deny (fever)
-fever_recheck_window_s = {p.fever_recheck_window_s}  # second high reading within this denies
-max_data_age_h = {p.max_data_age_h}          # older register/policy: the guard confirms
+[policy]                         # what every gate enforces; see docs/policy.md
+fever_threshold_c = {p.fever_threshold_c}        # at or above: re-measure, then deny (fever)
+fever_mode = "{p.fever_mode}"               # "soft": allow but alert and flag
+fever_recheck_window_s = {p.fever_recheck_window_s}     # a second high reading within this confirms
+household_max_out = {p.household_max_out}    # household members outside at once (0: no limit)
+household_max_exits_per_day = {p.household_max_exits_per_day}  # exits per household a day (0: none)
+day_starts_at = "{p.day_starts_at}"          # when daily counters reset
+outing_windows = ["06:00-20:00"] # exits only inside these local-time windows
+outing_scheme = "{p.outing_scheme}"           # or "odd_even": odd household ids on odd dates
+outing_weekdays = []             # e.g. [1, 3, 5]; empty = every day
+anti_passback = "{p.anti_passback}"            # "soft" or "off"
+auto_return_at = "{p.auto_return_at}"         # everyone counts as inside again (missed scans)
+timezone = "{p.timezone}"
+max_data_age_h = {p.max_data_age_h}           # older register/policy: the guard confirms
+passes_per_household_max = {p.passes_per_household_max}     # enforced when passes are issued
 """

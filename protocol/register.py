@@ -7,7 +7,8 @@ privacy): full names and phone numbers stay on the server.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from protocol.errors import ProtocolError
@@ -36,11 +37,23 @@ class PassEntry:
 class Register:
     passes: Mapping[int, PassEntry]
     revoked: Mapping[int, str]  # pass id → reason
+    quarantine: Mapping[str, datetime | None] = field(default_factory=dict)
+    """Households under home quarantine → until when (None: until released)."""
+
+    def quarantined(self, household: str, now: datetime) -> bool:
+        if household not in self.quarantine:
+            return False
+        until = self.quarantine[household]
+        return until is None or now < until
 
     def to_json(self) -> dict[str, Any]:
         return {
             "passes": [vars(p) for p in sorted(self.passes.values(), key=lambda p: p.pass_id)],
             "revoked": [{"pass_id": k, "reason": v} for k, v in sorted(self.revoked.items())],
+            "quarantine": [
+                {"household": h, "until": None if u is None else u.isoformat()}
+                for h, u in sorted(self.quarantine.items())
+            ],
         }
 
     @classmethod
@@ -57,9 +70,17 @@ class Register:
                 for p in data.get("passes", [])
             }
             revoked = {int(r["pass_id"]): str(r.get("reason", "")) for r in data.get("revoked", [])}
+            quarantine = {
+                str(q["household"]): None
+                if q.get("until") is None
+                else datetime.fromisoformat(str(q["until"]))
+                for q in data.get("quarantine", [])
+            }
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad register: {exc}") from None
-        return cls(passes, revoked)
+        if any(u is not None and u.tzinfo is None for u in quarantine.values()):
+            raise ProtocolError("bad register: quarantine 'until' needs a UTC offset")
+        return cls(passes, revoked, quarantine)
 
 
 EMPTY_REGISTER = Register({}, {})

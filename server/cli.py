@@ -65,6 +65,47 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--reason", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pass_revoke)
+    _register_households(sub)
+
+
+def _register_households(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hh = sub.add_parser("household", help="home quarantine of households")
+    hs = hh.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = hs.add_parser("quarantine", help="put a household under home quarantine (no exits)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("household")
+    p.add_argument(
+        "--until", help="YYYY-MM-DD or ISO time, site timezone (default: until released)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quarantine)
+    p = hs.add_parser("release", help="end a household's home quarantine")
+    p.add_argument("dir", type=Path)
+    p.add_argument("household")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_release)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        until = site.parse_time(args.until) if args.until else None
+        site.set_quarantine(args.household, until)
+    _print(
+        {
+            "household": args.household,
+            "quarantined": True,
+            "until": until.isoformat() if until else None,
+        },
+        args.json,
+    )
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        site.set_quarantine(args.household, None, on=False)
+    _print({"household": args.household, "quarantined": False}, args.json)
+    return 0
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:

@@ -8,6 +8,7 @@ config and register topics.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import secrets
@@ -30,6 +31,14 @@ from protocol.register import PassEntry, Register, mask_name
 from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_server_toml
 from server.keys import create_key, load_key
 from server.store import STORE_NAME, ServerStore, utcnow
+
+
+def actor() -> str:
+    """Who did an administrative action from the command line (the OS user)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 class SiteError(ProtocolError):
@@ -126,6 +135,13 @@ class Site:
         end = valid_until or start + timedelta(days=self.config.server.pass_days)
         if end <= start:
             raise SiteError("valid-until must be after valid-from")
+        held = self.active_passes(household, start)
+        cap = self.config.policy.passes_per_household_max
+        if held >= cap:
+            raise SiteError(
+                f"household {household} already holds {held} valid passes (cap {cap}, "
+                "passes_per_household_max): revoke one first"
+            )
         key_id = self.active_key_id()
         pass_id = self.store.next_counter("pass_id")
         payload = PassPayload(
@@ -152,6 +168,14 @@ class Site:
         self.publish_register()
         return IssuedPass(pass_id, household, r.label, start, end, qr)
 
+    def active_passes(self, household: str, at: datetime) -> int:
+        row = self.store.db.execute(
+            "SELECT COUNT(*) FROM passes WHERE household = ? AND revoked_at IS NULL"
+            " AND valid_until > ? AND role != 'visitor'",
+            [household, int(at.timestamp())],
+        ).fetchone()
+        return int(row[0])
+
     def revoke_pass(self, pass_id: int, reason: str) -> None:
         with self.store.db.atomic():
             cur = self.store.db.execute(
@@ -161,6 +185,24 @@ class Site:
             )
         if cur.rowcount != 1:
             raise SiteError(f"pass {pass_id} does not exist or is already revoked")
+        self.store.audit(actor(), "pass_revoke", str(pass_id), reason)
+        self.publish_register()
+
+    # --- households ---------------------------------------------------------------------
+
+    def set_quarantine(self, household: str, until: datetime | None, on: bool = True) -> None:
+        """Put a household under home quarantine (its exits are refused) or release it."""
+        check_household(household)
+        with self.store.db.atomic():
+            self.store.db.execute(
+                "INSERT INTO households (household, quarantined, quarantine_until, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(household) DO UPDATE SET"
+                " quarantined = excluded.quarantined,"
+                " quarantine_until = excluded.quarantine_until, updated_at = excluded.updated_at",
+                [household, int(on), until.isoformat() if until and on else None, utcnow()],
+            )
+        action = "household_quarantine" if on else "household_release"
+        self.store.audit(actor(), action, household, until.isoformat() if until else "")
         self.publish_register()
 
     def register(self) -> Register:
@@ -173,7 +215,13 @@ class Site:
             if revoked is None
         }
         revoked = {int(pid): why or "" for pid, _, _, _, _, rev, why in rows if rev is not None}
-        return Register(passes, revoked)
+        quarantine = {
+            str(h): None if until is None else datetime.fromisoformat(until)
+            for h, until in self.store.db.execute(
+                "SELECT household, quarantine_until FROM households WHERE quarantined = 1"
+            ).fetchall()
+        }
+        return Register(passes, revoked, quarantine)
 
     # --- documents and the provisioning bundle ------------------------------------------
 

@@ -65,6 +65,22 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@migrations()
+def m002_households_and_audit(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE households (household TEXT PRIMARY KEY, quarantined INTEGER NOT NULL"
+        " DEFAULT 0, quarantine_until TEXT, updated_at TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL,"
+        " action TEXT NOT NULL, target TEXT, detail TEXT)"
+    )
+    db.execute("ALTER TABLE events ADD COLUMN direction TEXT")
+    db.execute("UPDATE events SET direction = json_extract(body, '$.direction')")
+    db.execute("CREATE INDEX events_household ON events(household, at)")
+    db.execute("CREATE INDEX events_pass ON events(pass_id, at)")
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -110,7 +126,8 @@ class ServerStore:
                 body = json.dumps(e.to_json(), ensure_ascii=False)
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO events (gate, seq, uuid, at, kind, decision, reason,"
-                    " household, pass_id, body, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " household, pass_id, body, received_at, direction)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         gate,
                         e.seq,
@@ -123,6 +140,7 @@ class ServerStore:
                         e.pass_id,
                         body,
                         now,
+                        e.direction,
                     ],
                 )
                 if cur.rowcount == 1:
@@ -237,6 +255,13 @@ class ServerStore:
             }
             for g, c, seen, s in rows
         ]
+
+    def audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?,?,?,?,?)",
+                [utcnow(), actor, action, target, detail],
+            )
 
     # --- meta --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ Order of checks (the first that refuses decides):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -106,9 +107,10 @@ def decide(
     if scan.direction == "in":
         if temperature is None:
             return Decision("pending", "measure_temperature", "temperature", "in", p)
-        if temperature.body_c is None:
-            return deny("no_temperature", "temperature", pass_=p, guard_required=True)
         t = temperature.body_c
+        # NaN compares false with the threshold: a non-finite reading would pass silently.
+        if t is None or not math.isfinite(t):
+            return deny("no_temperature", "temperature", pass_=p, guard_required=True)
         if t >= know.policy.fever_threshold_c:
             first = state.fever_pending.get(p.pass_id)
             window = timedelta(seconds=know.policy.fever_recheck_window_s)

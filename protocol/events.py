@@ -224,3 +224,58 @@ def decode_status(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("state") not in ("online", "offline"):
         raise MessageError("status must be an object with state online|offline")
     return data
+
+
+@dataclass(frozen=True)
+class Passage:
+    """An accepted passage, relayed by the collector to the other gates of the site so that
+    household counters and who-is-outside agree across gates."""
+
+    site: str
+    gate: str
+    uuid: str
+    at: str
+    pass_id: int
+    household: str
+    role: str
+    direction: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"schema": SCHEMA, **asdict(self)}, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_event(cls, e: Event) -> Passage | None:
+        """The passage an event stands for, if it is an accepted pass decision."""
+        if (
+            e.kind != "decision"
+            or e.decision != "allow"
+            or e.pass_id is None
+            or e.household is None
+            or e.direction is None
+        ):
+            return None
+        return cls(
+            e.site, e.gate, e.uuid, e.at, e.pass_id, e.household, e.role or "resident", e.direction
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Passage:
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+                raise ValueError("not a schema 1 passage")
+            p = cls(
+                site=_str(data, "site"),
+                gate=_str(data, "gate"),
+                uuid=_str(data, "uuid"),
+                at=_str(data, "at"),
+                pass_id=_int(data, "pass_id"),
+                household=_str(data, "household"),
+                role=_str(data, "role"),
+                direction=_str(data, "direction"),
+            )
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MessageError(f"bad passage: {exc}") from None
+        if p.direction not in DIRECTIONS:
+            raise MessageError(f"bad passage direction {p.direction!r}")
+        return p

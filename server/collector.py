@@ -25,7 +25,8 @@ from protocol import topics
 from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, REGISTER_FILE
 from protocol.errors import MessageError
-from protocol.events import Ack, decode_batch, decode_status
+from protocol.events import Ack, Event, Passage, decode_batch, decode_status
+from server.conflicts import find_conflicts
 from server.site import Site
 
 log = logging.getLogger("menwei.collector")
@@ -40,7 +41,7 @@ class Collector:
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._published: dict[str, float] = {}  # bundle file → mtime last published
-        self.stats = {"batches": 0, "inserted": 0, "duplicates": 0, "rejected": 0}
+        self.stats = {"batches": 0, "inserted": 0, "duplicates": 0, "rejected": 0, "conflicts": 0}
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -156,6 +157,20 @@ class Collector:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # The gate resends when its ack does not advance; the next batch acks again.
             log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
+        self._relay_passages(result.new_events)
+        for c in find_conflicts(self.store, self.site.config.policy, result.new_events):
+            self.stats["conflicts"] += 1
+            log.warning("conflict %s at %s/%d: %s", c.kind, c.gate, c.seq, c.detail)
+
+    def _relay_passages(self, events: tuple[Event, ...]) -> None:
+        """Tell the other gates of the site about accepted passages (their counters)."""
+        for event in events:
+            passage = Passage.from_event(event)
+            if passage is None:
+                continue
+            info = self.client.publish(topics.passages(self.site.site), passage.encode(), qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.warning("passage relay failed: %s", mqtt.error_string(info.rc))
 
     def _reject(self, topic: str, reason: str, payload: bytes) -> None:
         self.stats["rejected"] += 1

@@ -81,6 +81,12 @@ def m002_households_and_audit(db: Database) -> None:
     db.execute("CREATE INDEX events_pass ON events(pass_id, at)")
 
 
+@migrations()
+def m003_conflict_keys(db: Database) -> None:
+    db.execute("ALTER TABLE conflicts ADD COLUMN uuid TEXT")
+    db.execute("CREATE UNIQUE INDEX conflicts_once ON conflicts(kind, uuid) WHERE uuid IS NOT NULL")
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -91,6 +97,7 @@ class InsertResult:
     duplicates: int
     conflicts: int
     contiguous_seq: int
+    new_events: tuple[Event, ...] = ()
 
 
 class ServerStore:
@@ -121,6 +128,7 @@ class ServerStore:
         """Insert one batch in one transaction; returns counts and the new contiguous seq."""
         now = utcnow()
         inserted = duplicates = conflicts = 0
+        new: list[Event] = []
         with self._lock, self.db.atomic():
             for e in events:
                 body = json.dumps(e.to_json(), ensure_ascii=False)
@@ -145,6 +153,7 @@ class ServerStore:
                 )
                 if cur.rowcount == 1:
                     inserted += 1
+                    new.append(e)
                     continue
                 row = self.db.execute(
                     "SELECT uuid FROM events WHERE gate = ? AND seq = ?", [gate, e.seq]
@@ -161,7 +170,7 @@ class ServerStore:
                         body,
                     )
             contiguous = self._advance_contiguous(gate, now)
-        return InsertResult(inserted, duplicates, conflicts, contiguous)
+        return InsertResult(inserted, duplicates, conflicts, contiguous, tuple(new))
 
     def _advance_contiguous(self, gate: str, now: str) -> int:
         row = self.db.execute("SELECT contiguous_seq FROM gates WHERE gate = ?", [gate]).fetchone()
@@ -212,6 +221,39 @@ class ServerStore:
                 "INSERT INTO conflicts (gate, seq, kind, detail, body, at) VALUES (?,?,?,?,?,?)",
                 [gate, seq, kind, detail, body, utcnow()],
             )
+
+    def add_conflict_once(self, gate: str, seq: int, kind: str, detail: str, uuid: str) -> bool:
+        """Record a conflict about event `uuid` unless it is already recorded. True if new."""
+        with self._lock, self.db.atomic():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO conflicts (gate, seq, kind, detail, uuid, at)"
+                " VALUES (?,?,?,?,?,?)",
+                [gate, seq, kind, detail, uuid, utcnow()],
+            )
+            return cur.rowcount == 1
+
+    def revoked_at(self, pass_id: int) -> datetime | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT revoked_at FROM passes WHERE pass_id = ?", [pass_id]
+            ).fetchone()
+        return None if row is None or row[0] is None else datetime.fromisoformat(row[0])
+
+    def household_passages(
+        self, household: str, start: datetime, end: datetime
+    ) -> list[tuple[str, int, str, str, int, str]]:
+        """Accepted passages of a household's quota-bound members in [start, end), by time."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT gate, seq, uuid, at, pass_id, direction, julianday(at) AS t FROM events"
+                " WHERE household = ? AND kind = 'decision' AND decision = 'allow'"
+                " AND pass_id IS NOT NULL"
+                " AND COALESCE(json_extract(body, '$.role'), 'resident')"
+                " NOT IN ('staff', 'visitor')"
+                " AND t >= julianday(?) AND t < julianday(?) ORDER BY t, gate, seq",
+                [household, start.isoformat(), end.isoformat()],
+            ).fetchall()
+        return [(str(g), int(s), str(u), str(a), int(p), str(d)) for g, s, u, a, p, d, _ in rows]
 
     def conflicts(self) -> list[dict[str, Any]]:
         with self._lock:

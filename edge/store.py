@@ -106,7 +106,8 @@ class GateStore:
             self.db.execute("INSERT INTO outbox (seq) VALUES (?)", [event.seq])
             if state is not None:
                 self._set_meta("state", json.dumps(state))
-            self._set_meta("clock_floor", repr(clock_floor))
+            if clock_floor > self.clock_floor():  # the floor never goes back (save_clock_floor)
+                self._set_meta("clock_floor", repr(clock_floor))
         return event
 
     def unacked(self, after_seq: int, limit: int) -> list[Event]:

@@ -143,6 +143,8 @@ def load_config(path: Path) -> GateConfig:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     if "path" in data:
         raise ConfigError(f"{path}: unknown table [path]")
     try:

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +13,20 @@ from edge.clock import GateClock
 from edge.config import GateConfig, load_config
 from edge.decision import (
     Direction,
-    GateState,
-    Now,
     Scan,
     Temperature,
-    advance,
     decide,
     state_from_json,
 )
 from edge.knowledge import Knowledge
 from edge.provision import load_knowledge, provision
 from edge.recording import decision_json
+from edge.replay import NOT_MEASURED
 from edge.store import GateStore
 from protocol.errors import ProtocolError
 from protocol.reasons import message
 
 log = logging.getLogger("menwei.gate")
-NOT_MEASURED = Temperature(None, "not measured")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,6 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = g.add_parser("replay", help="run the decision core over scripted scans (JSON lines)")
     _config_arg(p)
     p.add_argument("script", type=Path, help='lines of {"at", "qr", "direction", "temperature"}')
+    p.add_argument("--policy", type=Path, help="try this policy (TOML, [policy] table) instead")
+    p.add_argument("--summary", action="store_true", help="print only the counts per reason")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_replay)
 
@@ -170,53 +168,28 @@ def _refusal(path: Path, reason: str, *, qr_found: bool) -> dict[str, Any]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from edge.replay import load_policy_file, replay, summarize, with_policy
+
     _, store, know = _open(args.config)
     with store:
         state = state_from_json(store.state())  # a scratch copy: nothing is written back
+    know = with_policy(know, load_policy_file(args.policy) if args.policy else None)
     try:
         lines = args.script.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ProtocolError(f"{args.script}: cannot read: {exc.strerror}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        out, state = replay_line(line, number, state, know)
+    results = replay(lines, state, know)
+    if args.summary:
+        summary = summarize(results)
+        print(json.dumps(summary, ensure_ascii=False) if args.json else _lines(summary))
+        return 0
+    for out in results:
         print(
             json.dumps(out, ensure_ascii=False)
             if args.json
             else f"{out.get('at')} {out['decision']} {out['reason']}"
         )
     return 0
-
-
-def replay_line(
-    line: str, number: int, state: GateState, know: Knowledge
-) -> tuple[dict[str, Any], GateState]:
-    """One scripted scan through the real decision core. A bad line gets its own answer."""
-    try:
-        item = json.loads(line)
-        at = datetime.fromisoformat(str(item["at"]))
-        if at.tzinfo is None:
-            raise ValueError("'at' needs a UTC offset, e.g. 2026-11-29T08:00:00+08:00")
-        direction = item.get("direction", "in")
-        if direction not in ("in", "out"):
-            raise ValueError("direction must be 'in' or 'out'")
-        qr = str(item["qr"])
-        t = item.get("temperature")
-        temperature = NOT_MEASURED if t is None else Temperature(float(t))
-    except (ValueError, KeyError, TypeError) as exc:
-        reason = "bad_input"
-        return {
-            "line": number,
-            "at": None,
-            "decision": "deny",
-            "reason": reason,
-            "message": message(reason).as_dict(),
-            "error": str(exc),
-        }, state
-    now = Now(at, True)
-    decision = decide(Scan(qr, direction), temperature, state, know, now)
-    return {"at": item["at"], **decision_json(decision)}, advance(state, decision, now)
 
 
 def cmd_log(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, replace
+from datetime import datetime
 from typing import Any, TextIO
 
 from drivers.camera import Frame
@@ -30,6 +31,8 @@ from edge.decision import (
     Temperature,
     advance,
     decide,
+    outside_now,
+    record_passage,
     state_from_json,
     state_to_json,
 )
@@ -48,7 +51,7 @@ from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
 from protocol.documents import decode_document
 from protocol.errors import ProtocolError
-from protocol.events import Event
+from protocol.events import Event, Passage
 from protocol.passes import PREFIX
 
 log = logging.getLogger("menwei.gate")
@@ -69,6 +72,7 @@ class GateDaemon:
         self.anchor = trust_anchor(config)[1]
         self.know = load_knowledge(config, self.store)
         self._know_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
         self.clock = GateClock(config.clock.trust, self.store.clock_floor())
         self.state = state_from_json(self.store.state())
         self.hw = hardware if hardware is not None else build_hardware(config)
@@ -114,6 +118,7 @@ class GateDaemon:
                 ),
                 self.store,
                 on_document=self.on_document,
+                on_passage=self.on_passage,
                 status=self.status,
             )
 
@@ -183,9 +188,11 @@ class GateDaemon:
         now = self.clock.now()
         decision = decide(scan, None, self.state, self.know, now)
         if decision.outcome != "pending":
-            return self.commit(decision, now, {})
+            return self.commit(decision, now, {}, scan.qr)
         temperature, detail = self.measure(meta.get("forehead_c"))
-        decision = self.commit(decide(scan, temperature, self.state, self.know, now), now, detail)
+        decision = self.commit(
+            decide(scan, temperature, self.state, self.know, now), now, detail, scan.qr
+        )
         if decision.reason == "fever_recheck":
             time.sleep(self.config.thermometer.recheck_delay_s)
             temperature, detail = self.measure(
@@ -193,7 +200,7 @@ class GateDaemon:
             )
             now = self.clock.now()
             decision = self.commit(
-                decide(scan, temperature, self.state, self.know, now), now, detail
+                decide(scan, temperature, self.state, self.know, now), now, detail, scan.qr
             )
         return decision
 
@@ -213,18 +220,21 @@ class GateDaemon:
 
     # --- commit: log first, then act ---------------------------------------------------------
 
-    def commit(self, decision: Decision, now: Now, detail: dict[str, Any]) -> Decision:
-        state = advance(self.state, decision, now)
+    def commit(
+        self, decision: Decision, now: Now, detail: dict[str, Any], qr: str | None = None
+    ) -> Decision:
         site, gate = self.config.gate.site, self.config.gate.id
-
-        def build(seq: int) -> Event:
-            e = decision_event(
-                decision, site=site, gate=gate, now=now, know=self.know, detail=detail
+        event = decision_event(
+            decision, site=site, gate=gate, now=now, know=self.know, detail=detail, qr=qr
+        )
+        with self._state_lock:
+            state = advance(self.state, decision, now, policy=self.know.policy, uuid=event.uuid)
+            self.store.append(
+                lambda seq: _with_seq(event, seq),
+                state=state_to_json(state),
+                clock_floor=self.clock.floor,
             )
-            return _with_seq(e, seq)
-
-        self.store.append(build, state=state_to_json(state), clock_floor=self.clock.floor)
-        self.state = state
+            self.state = state
         self.counts["decisions"] += 1
         self.counts["allowed" if decision.outcome == "allow" else "denied"] += 1
         if decision.outcome == "allow":
@@ -331,6 +341,28 @@ class GateDaemon:
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)
 
+    def on_passage(self, raw: bytes) -> None:
+        """A passage accepted by another gate of the site: count it here too."""
+        try:
+            passage = Passage.decode(raw)
+        except ProtocolError as exc:
+            log.warning("ignored bad passage: %s", exc)
+            return
+        if passage.site != self.config.gate.site or passage.gate == self.config.gate.id:
+            return
+        with self._state_lock:
+            self.state = record_passage(
+                self.state,
+                self.know.policy,
+                pass_id=passage.pass_id,
+                household=passage.household,
+                role=passage.role,
+                direction=passage.direction,
+                at=datetime.fromisoformat(passage.at),
+                uuid=passage.uuid,
+            )
+            self.store.save_state(state_to_json(self.state))
+
     def status(self) -> dict[str, Any]:
         now = self.clock.now()
         thermometer = self.hw.thermometer
@@ -349,6 +381,7 @@ class GateDaemon:
             "camera": {"state": self.hw.camera.state, "error": self.hw.camera.last_error},
             "thermometer": asdict(stats) if stats is not None else None,
             "counts": dict(self.counts),
+            "outside": len(outside_now(self.state, self.know.policy, now)),
         }
 
 

@@ -5,29 +5,36 @@ decision, which is what lets `menwei gate replay` try a policy on recorded
 traffic and what the property tests check. The imperative shell
 (`edge.daemon`) measures, calls `decide`, stores the result and moves the relay.
 
-Order of checks (the first that refuses decides):
+Order of checks (the first that refuses decides; docs/policy.md explains them):
 1. the pass is genuine: parse (malformed), key (unknown_key), signature
    (bad_signature), site (wrong_site);
 2. not revoked;
-3. the clock can be trusted to check validity, else the guard confirms;
+3. the clock can be trusted for time-dependent rules, else the guard confirms;
 4. inside its validity window (not_yet_valid, expired);
 5. data not older than the policy allows, else the guard confirms;
-6. on the way in: temperature — none measured yet (pending: measure), no valid
-   reading (no_temperature, guard decides), high (fever_recheck once, then fever).
+6. coming in: temperature — none measured yet (pending), no valid reading
+   (no_temperature), high (fever_recheck once, then fever, or fever_soft);
+   a visitor pass once (visitor_used). Entries are otherwise always allowed;
+7. going out: quarantine, anti-passback, a visitor pass once, outing windows and
+   day scheme, household members out at once, household exits per day. Staff
+   and visitors are exempt from windows and household quotas.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 from edge.knowledge import Knowledge
 from protocol.errors import PassError
-from protocol.passes import PassPayload, from_unix, verify_pass
+from protocol.passes import PassPayload, Role, from_unix, verify_pass
+from protocol.policy import Policy
+
+DEFAULT_POLICY = Policy()
 
 Direction = Literal["in", "out"]
 Outcome = Literal["allow", "deny", "pending"]
@@ -54,12 +61,30 @@ class Now:
 
 
 @dataclass(frozen=True)
+class Outside:
+    """A pass that is out: its household, since when, and its role."""
+
+    household: str
+    since: datetime
+    role: str = "resident"
+
+
+def _empty() -> Mapping[Any, Any]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
 class GateState:
     """What the gate remembers between decisions (persisted by the shell)."""
 
-    fever_pending: Mapping[int, datetime] = field(
-        default_factory=lambda: MappingProxyType({})
-    )  # pass id → time of its first high reading
+    fever_pending: Mapping[int, datetime] = field(default_factory=_empty)
+    """pass id → time of its first high reading."""
+    outside: Mapping[int, Outside] = field(default_factory=_empty)
+    """pass id → who is out (this gate's decisions and other gates' relayed passages)."""
+    exits: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=_empty)
+    """household → (counting day, uuids of its exits that day): idempotent under resends."""
+    visitor_uses: Mapping[int, tuple[int, int]] = field(default_factory=_empty)
+    """visitor pass id → (entries, exits) used."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,7 @@ class Decision:
     temperature_c: float | None = None
     alert: str | None = None  # "fever", "forged", "revoked": raise an operator alert
     guard_required: bool = False  # the guard must look at this person
+    flags: tuple[str, ...] = ()  # soft rules that would have refused ("anti_passback")
 
     @property
     def decision(self) -> Literal["allow", "deny"]:
@@ -81,13 +107,16 @@ class Decision:
 FORGERY_REASONS = frozenset({"bad_signature", "unknown_key"})
 
 
+QUOTA_EXEMPT = frozenset({Role.STAFF, Role.VISITOR})
+
+
 def decide(
     scan: Scan, temperature: Temperature | None, state: GateState, know: Knowledge, now: Now
 ) -> Decision:
     """Decide on one scan. `temperature` None means not measured yet."""
 
-    def deny(reason: str, rule: str, **kw: object) -> Decision:
-        return Decision("deny", reason, rule, scan.direction, **kw)  # type: ignore[arg-type]
+    def deny(reason: str, rule: str, **kw: Any) -> Decision:
+        return Decision("deny", reason, rule, scan.direction, **kw)
 
     try:
         p = verify_pass(scan.qr, know.site, dict(know.trust_keys))
@@ -105,20 +134,79 @@ def decide(
     if data_too_old(know, now):
         return deny("guard_confirm", "data_age", pass_=p, guard_required=True)
     if scan.direction == "in":
-        if temperature is None:
-            return Decision("pending", "measure_temperature", "temperature", "in", p)
-        t = temperature.body_c
-        # NaN compares false with the threshold: a non-finite reading would pass silently.
-        if t is None or not math.isfinite(t):
-            return deny("no_temperature", "temperature", pass_=p, guard_required=True)
-        if t >= know.policy.fever_threshold_c:
-            first = state.fever_pending.get(p.pass_id)
-            window = timedelta(seconds=know.policy.fever_recheck_window_s)
-            if first is not None and now.utc - first <= window:
-                return deny("fever", "fever", pass_=p, temperature_c=t, alert="fever")
+        return _entry(p, temperature, state, know.policy, now, deny)
+    return _exit(p, state, know, now, deny)
+
+
+def _entry(
+    p: PassPayload,
+    temperature: Temperature | None,
+    state: GateState,
+    policy: Policy,
+    now: Now,
+    deny: Callable[..., Decision],
+) -> Decision:
+    if temperature is None:
+        return Decision("pending", "measure_temperature", "temperature", "in", p)
+    t = temperature.body_c
+    if t is None or not math.isfinite(t):
+        return deny("no_temperature", "temperature", pass_=p, guard_required=True)
+    fever = None
+    if t >= policy.fever_threshold_c:
+        first = state.fever_pending.get(p.pass_id)
+        window = timedelta(seconds=policy.fever_recheck_window_s)
+        if first is None or not timedelta(0) <= now.utc - first <= window:
             return deny("fever_recheck", "fever", pass_=p, temperature_c=t)
-        return Decision("allow", "ok", "all", "in", p, temperature_c=t)
-    return Decision("allow", "ok", "all", "out", p)
+        if policy.fever_mode == "hard":
+            return deny("fever", "fever", pass_=p, temperature_c=t, alert="fever")
+        fever = "fever"
+    if p.role == Role.VISITOR and state.visitor_uses.get(p.pass_id, (0, 0))[0] >= 1:
+        return deny("visitor_used", "visitor", pass_=p, temperature_c=t)
+    if fever is not None:
+        return Decision("allow", "fever_soft", "fever", "in", p, temperature_c=t, alert=fever)
+    return Decision("allow", "ok", "all", "in", p, temperature_c=t)
+
+
+def _exit(
+    p: PassPayload, state: GateState, know: Knowledge, now: Now, deny: Callable[..., Decision]
+) -> Decision:
+    policy = know.policy
+    if know.register.quarantined(p.household, now.utc):
+        return deny("quarantined", "quarantine", pass_=p)
+    flags: list[str] = []
+    outside = outside_now(state, policy, now)
+    if p.pass_id in outside and policy.anti_passback != "off":
+        if policy.anti_passback == "hard":
+            return deny("anti_passback", "anti_passback", pass_=p)
+        flags.append("anti_passback")
+    if p.role == Role.VISITOR and state.visitor_uses.get(p.pass_id, (0, 0))[1] >= 1:
+        return deny("visitor_used", "visitor", pass_=p)
+    if p.role not in QUOTA_EXEMPT:
+        if not policy.may_go_out(now.utc, p.household):
+            return deny("outside_window", "window", pass_=p)
+        members_out = sum(
+            1
+            for pid, o in outside.items()
+            if o.household == p.household and pid != p.pass_id and o.role == "resident"
+        )
+        if policy.household_max_out and members_out >= policy.household_max_out:
+            return deny("household_out_limit", "household_quota", pass_=p)
+        if policy.household_max_exits_per_day and (
+            exits_today(state, policy, p.household, now) >= policy.household_max_exits_per_day
+        ):
+            return deny("daily_exit_limit", "daily_quota", pass_=p)
+    return Decision("allow", "ok", "all", "out", p, flags=tuple(flags))
+
+
+def outside_now(state: GateState, policy: Policy, now: Now) -> dict[int, Outside]:
+    """Who is out at `now`: nobody stays out across an auto-return (missed scans heal)."""
+    boundary = policy.last_auto_return(now.utc)
+    return {k: o for k, o in state.outside.items() if o.since >= boundary}
+
+
+def exits_today(state: GateState, policy: Policy, household: str, now: Now) -> int:
+    day, uuids = state.exits.get(household, ("", ()))
+    return len(uuids) if day == policy.day_of(now.utc).isoformat() else 0
 
 
 def data_too_old(know: Knowledge, now: Now) -> bool:
@@ -127,28 +215,109 @@ def data_too_old(know: Knowledge, now: Now) -> bool:
     return any(now.utc - t > limit for t in issued)
 
 
-def advance(state: GateState, decision: Decision, now: Now) -> GateState:
-    """The state after `decision` has been carried out (pure)."""
+def advance(
+    state: GateState,
+    decision: Decision,
+    now: Now,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+    uuid: str = "",
+) -> GateState:
+    """The state after `decision` has been carried out (pure). `uuid` identifies the event
+    (daily exits are counted by event, so a passage relayed back is never counted twice)."""
     p = decision.pass_
     if p is None or decision.outcome == "pending":
         return state
     pending = dict(state.fever_pending)
     if decision.reason == "fever_recheck":
         pending[p.pass_id] = now.utc
-    elif decision.reason in ("fever", "ok"):
+    elif decision.reason in ("fever", "fever_soft", "ok"):
         pending.pop(p.pass_id, None)
     window = timedelta(hours=1)  # forget stale first readings so the state stays small
     pending = {k: v for k, v in pending.items() if now.utc - v <= window}
-    return replace(state, fever_pending=MappingProxyType(pending))
+    state = replace(state, fever_pending=MappingProxyType(pending))
+    if decision.outcome != "allow":
+        return state
+    return record_passage(
+        state,
+        policy,
+        pass_id=p.pass_id,
+        household=p.household,
+        role=p.role.label,
+        direction=decision.direction,
+        at=now.utc,
+        uuid=uuid or f"{p.pass_id}@{now.utc.isoformat()}",
+    )
 
 
-def state_to_json(state: GateState) -> dict[str, object]:
-    return {"fever_pending": {str(k): v.isoformat() for k, v in state.fever_pending.items()}}
+def record_passage(
+    state: GateState,
+    policy: Policy,
+    *,
+    pass_id: int,
+    household: str,
+    role: str,
+    direction: str,
+    at: datetime,
+    uuid: str,
+) -> GateState:
+    """Count an accepted passage, of this gate or relayed from another (pure, idempotent)."""
+    outside = {k: o for k, o in state.outside.items() if o.since >= policy.last_auto_return(at)}
+    exits = dict(state.exits)
+    visitors = dict(state.visitor_uses)
+    if direction == "out":
+        outside[pass_id] = Outside(household, at, role)
+        if role == "resident":
+            day = policy.day_of(at).isoformat()
+            held_day, uuids = exits.get(household, (day, ()))
+            uuids = uuids if held_day == day else ()
+            if uuid not in uuids:
+                exits[household] = (day, (*uuids, uuid))
+    else:
+        current = outside.get(pass_id)
+        if current is not None and current.since <= at:
+            del outside[pass_id]
+    if role == "visitor":
+        ins, outs = visitors.get(pass_id, (0, 0))
+        visitors[pass_id] = (ins + (direction == "in"), outs + (direction == "out"))
+    today = policy.day_of(at).isoformat()
+    exits = {h: v for h, v in exits.items() if v[0] >= today}
+    return replace(
+        state,
+        outside=MappingProxyType(outside),
+        exits=MappingProxyType(exits),
+        visitor_uses=MappingProxyType(visitors),
+    )
 
 
-def state_from_json(data: dict[str, object] | None) -> GateState:
+def state_to_json(state: GateState) -> dict[str, Any]:
+    return {
+        "fever_pending": {str(k): v.isoformat() for k, v in state.fever_pending.items()},
+        "outside": {
+            str(k): [o.household, o.since.isoformat(), o.role] for k, o in state.outside.items()
+        },
+        "exits": {h: [day, list(uuids)] for h, (day, uuids) in state.exits.items()},
+        "visitor_uses": {str(k): list(v) for k, v in state.visitor_uses.items()},
+    }
+
+
+def state_from_json(data: Mapping[str, Any] | None) -> GateState:
     if not data:
         return GateState()
-    raw = data.get("fever_pending", {})
-    pending = {int(k): datetime.fromisoformat(str(v)) for k, v in dict(raw).items()}  # type: ignore[call-overload]
-    return GateState(MappingProxyType(pending))
+    return GateState(
+        MappingProxyType(
+            {int(k): datetime.fromisoformat(v) for k, v in data.get("fever_pending", {}).items()}
+        ),
+        MappingProxyType(
+            {
+                int(k): Outside(h, datetime.fromisoformat(t), role)
+                for k, (h, t, role) in data.get("outside", {}).items()
+            }
+        ),
+        MappingProxyType(
+            {h: (str(day), tuple(uuids)) for h, (day, uuids) in data.get("exits", {}).items()}
+        ),
+        MappingProxyType(
+            {int(k): (int(a), int(b)) for k, (a, b) in data.get("visitor_uses", {}).items()}
+        ),
+    )

@@ -8,11 +8,19 @@ from typing import Any
 from edge.decision import Decision, Now
 from edge.knowledge import Knowledge
 from protocol.events import Event
+from protocol.passes import MAX_TEXT_LEN
 from protocol.reasons import message
 
 
 def decision_event(
-    decision: Decision, *, site: str, gate: str, now: Now, know: Knowledge, detail: dict[str, Any]
+    decision: Decision,
+    *,
+    site: str,
+    gate: str,
+    now: Now,
+    know: Knowledge,
+    detail: dict[str, Any],
+    qr: str | None = None,
 ) -> Event:
     """The event for `decision`, still without its seq (the store assigns it)."""
     p = decision.pass_
@@ -36,6 +44,10 @@ def decision_event(
             "rule": decision.rule,
             "alert": decision.alert,
             "guard_required": decision.guard_required,
+            "flags": list(decision.flags),
+            # The scanned text (no personal data; at most 200 characters by the pass format's
+            # limit) makes exported traffic replayable against another policy.
+            "qr": None if qr is None else qr[:MAX_TEXT_LEN],
             **detail,
         },
     )

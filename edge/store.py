@@ -153,6 +153,10 @@ class GateStore:
         raw = self._get_meta("state")
         return None if raw is None else dict(json.loads(raw))
 
+    def save_state(self, state: dict[str, Any]) -> None:
+        with self._lock, self.db.atomic():
+            self._set_meta("state", json.dumps(state))
+
     def clock_floor(self) -> float:
         return float(self._get_meta("clock_floor") or 0.0)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -59,11 +60,13 @@ class GateSync:
         store: GateStore,
         *,
         on_document: Callable[[str, bytes], None],
+        on_passage: Callable[[bytes], None] | None = None,
         status: Callable[[], dict[str, Any]],
     ) -> None:
         self.s = settings
         self.store = store
         self._on_document = on_document
+        self._on_passage = on_passage
         self._status = status
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._stop = threading.Event()
@@ -99,7 +102,13 @@ class GateSync:
 
     def start(self) -> None:
         b = self.s.broker
-        self.client.connect_async(b.host, b.port, keepalive=self.s.keepalive_s)
+        # A persistent session: passages relayed while this gate is offline wait at the
+        # broker for a day (its counters catch up); events never depend on it.
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 24 * 3600
+        self.client.connect_async(
+            b.host, b.port, keepalive=self.s.keepalive_s, clean_start=False, properties=props
+        )
         self.client.loop_start()
         self._thread.start()
 
@@ -139,6 +148,7 @@ class GateSync:
             (topics.ack(self.s.site, self.s.gate), 1),
             (topics.config(self.s.site), 1),
             (topics.register(self.s.site), 1),
+            (topics.passages(self.s.site), 1),
         ]
         result, _mid = client.subscribe(subs)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -190,6 +200,8 @@ class GateSync:
                 self._on_document("config", payload)
             elif topic == topics.register(self.s.site):
                 self._on_document("register", payload)
+            elif topic == topics.passages(self.s.site) and self._on_passage is not None:
+                self._on_passage(payload)
 
     def _handle_ack(self, payload: bytes) -> None:
         try:

@@ -40,6 +40,22 @@ MESSAGES: dict[str, Message] = {
     "no_temperature": Message(
         "未能测得体温，请门卫人工核验", "No temperature reading: the guard will check you"
     ),
+    "fever_soft": Message(
+        "体温异常，已通知社区，请居家观察", "High temperature: let in, the community is informed"
+    ),
+    "quarantined": Message("居家隔离期间不能外出", "Home quarantine: no going out"),
+    "anti_passback": Message("您已出门，请先入内再出", "Already out: come back in first"),
+    "outside_window": Message("不在允许外出时段", "Outside the permitted outing hours"),
+    "household_out_limit": Message(
+        "同户已有人外出，请等其返回", "A member of your household is already out"
+    ),
+    "daily_exit_limit": Message(
+        "本户今日外出次数已用完", "Your household's exits for today are used"
+    ),
+    "visitor_used": Message(
+        "访客证已使用，请到门卫登记", "Visitor pass already used: see the guard"
+    ),
+    "bad_input": Message("输入无法解析", "Input could not be read"),
     "no_qr": Message("未识别到二维码", "No QR code found"),
     "multiple_codes": Message("请一次只出示一张通行证", "Show one pass at a time"),
     "unreadable_image": Message("图像无法读取", "Image could not be read"),
@@ -47,9 +63,13 @@ MESSAGES: dict[str, Message] = {
     "guard_confirm": Message("请门卫人工核验", "The guard will confirm this passage"),
     "exit_request": Message("出门按钮开门", "Opened by the exit button"),
     "guard_override": Message("门卫人工放行", "Opened by the guard"),
+    "camera_lost": Message("摄像头故障", "Camera lost"),
+    "camera_ok": Message("摄像头已恢复", "Camera back"),
+    "door_forced": Message("门被强行打开", "Door opened without a grant"),
+    "door_held_open": Message("门长时间未关", "Door held open"),
 }
 
-ALLOW_REASONS = frozenset({"ok", "exit_request", "guard_override"})
+ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})
 
 
 def message(reason: str) -> Message:

@@ -83,13 +83,18 @@ def decide_in(
     return decide(Scan(text, direction), temperature, state, know, now)  # type: ignore[arg-type]
 
 
+def pass_of(d: Decision) -> PassPayload:
+    assert d.pass_ is not None, f"{d.reason} decision without its pass"
+    return d.pass_
+
+
 # --- each reason, in the order the core checks them --------------------------------------
 
 
 def test_valid_pass_with_normal_temperature_is_allowed():
     d = decide_in(VALID)
     assert (d.outcome, d.reason, d.decision, d.direction) == ("allow", "ok", "allow", "in")
-    assert (d.pass_.pass_id, d.pass_.household, d.temperature_c) == (1, "hh-1", 36.6)
+    assert (pass_of(d).pass_id, pass_of(d).household, d.temperature_c) == (1, "hh-1", 36.6)
     assert (d.alert, d.guard_required) == (None, False)
 
 
@@ -126,7 +131,7 @@ def test_revoked_wins_over_clock_and_validity():
     text = qr(REVOKED_ID, end=T0 - timedelta(days=1))
     d = decide_in(text, now=Now(T0, False), know=knowledge(issued=T0 - timedelta(days=9)))
     assert (d.outcome, d.reason, d.rule, d.alert) == ("deny", "revoked", "revocation", "revoked")
-    assert d.pass_.pass_id == REVOKED_ID
+    assert pass_of(d).pass_id == REVOKED_ID
 
 
 @pytest.mark.parametrize("direction", ["in", "out"])
@@ -170,7 +175,7 @@ def test_data_too_old_means_the_guard_confirms():
 
 def test_entry_without_a_measurement_yet_is_pending():
     d = decide_in(VALID, None)
-    assert (d.outcome, d.reason, d.decision, d.pass_.pass_id) == (
+    assert (d.outcome, d.reason, d.decision, pass_of(d).pass_id) == (
         "pending",
         "measure_temperature",
         "deny",
@@ -386,7 +391,7 @@ def test_safety_properties(steps, know):
             assert d.pass_ is not None and s.now.trusted
             assert unix(s.now.utc) in range(d.pass_.valid_from, d.pass_.valid_until)
         if d.reason == "fever":
-            first = last_recheck.get(d.pass_.pass_id)
+            first = last_recheck.get(pass_of(d).pass_id)
             assert first is not None, "fever without an earlier fever_recheck"
             assert timedelta(0) <= s.now.utc - first <= window
         if d.pass_ is not None and d.reason == "fever_recheck":
@@ -402,7 +407,7 @@ def test_state_stays_small(steps):
         after = advance(s.state, s.decision, s.now)
         d = s.decision
         if d.reason == "fever_recheck":
-            rechecked.add(d.pass_.pass_id)
+            rechecked.add(pass_of(d).pass_id)
         if d.pass_ is None or d.outcome == "pending":
             assert after is s.state
         else:  # every carried-out pass decision forgets first readings older than an hour

@@ -73,7 +73,18 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
     _say(f"[demo] broker {broker_url}, files in {workdir}", quiet)
 
     server_dir = workdir / "server"
-    with Site.init(server_dir, SITE) as site:
+    Site.init(server_dir, SITE).close()
+    # The demo must show the same story at any hour: outings allowed all day (the other
+    # rules, one member out per household included, stay as shipped).
+    toml = server_dir / "server.toml"
+    toml.write_text(
+        toml.read_text(encoding="utf-8").replace(
+            'outing_windows = ["06:00-20:00"]', 'outing_windows = ["00:00-24:00"]'
+        ),
+        encoding="utf-8",
+    )
+    with Site(server_dir) as site:
+        site.publish_config()
         pop = build_population(site, args.residents, rng)
     _say(f"[demo] site {SITE}: {len(pop.residents)} people with passes issued", quiet)
 

@@ -108,6 +108,7 @@ FORGERY_REASONS = frozenset({"bad_signature", "unknown_key"})
 
 
 QUOTA_EXEMPT = frozenset({Role.STAFF, Role.VISITOR})
+PLAUSIBLE_BODY_C = (34.0, 43.0)  # the same range the screening pipeline accepts
 
 
 def decide(
@@ -149,7 +150,9 @@ def _entry(
     if temperature is None:
         return Decision("pending", "measure_temperature", "temperature", "in", p)
     t = temperature.body_c
-    if t is None or not math.isfinite(t):
+    if t is None or not math.isfinite(t) or not PLAUSIBLE_BODY_C[0] <= t <= PLAUSIBLE_BODY_C[1]:
+        # No reading, or one no living person has (the sensor saw a wall or a hot drink):
+        # never a silent pass, the guard decides.
         return deny("no_temperature", "temperature", pass_=p, guard_required=True)
     fever = None
     if t >= policy.fever_threshold_c:

@@ -26,6 +26,7 @@ from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, REGISTER_FILE
 from protocol.errors import MessageError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
+from server.alerts import AlertStore
 from server.conflicts import find_conflicts
 from server.site import Site
 
@@ -36,6 +37,7 @@ class Collector:
     def __init__(self, site: Site, broker: BrokerAddress, *, client_id: str | None = None) -> None:
         self.site = site
         self.store = site.store
+        self.alerts = AlertStore(site.store)
         self.broker = broker
         self.connected = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -158,9 +160,17 @@ class Collector:
             # The gate resends when its ack does not advance; the next batch acks again.
             log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
         self._relay_passages(result.new_events)
+        for event in result.new_events:
+            self.alerts.from_event(event)
         for c in find_conflicts(self.store, self.site.config.policy, result.new_events):
             self.stats["conflicts"] += 1
             log.warning("conflict %s at %s/%d: %s", c.kind, c.gate, c.seq, c.detail)
+            self.alerts.raise_alert(
+                f"conflict:{c.kind}:{c.uuid}",
+                "conflict",
+                gate=c.gate,
+                detail=f"{c.kind}: {c.detail}",
+            )
 
     def _relay_passages(self, events: tuple[Event, ...]) -> None:
         """Tell the other gates of the site about accepted passages (their counters)."""

@@ -13,10 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from edge.provision import provision
 from menwei.mosquitto import MosquittoBroker
 from server.site import IssuedPass, Site
+
+# CI runs on 2 shared cores: timing-based health checks and deadlines would make the
+# property tests flaky without making them stronger.
+settings.register_profile("menwei", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("menwei")
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO.parent / "shared" / "datasets" / "qr-photos"

@@ -1,0 +1,160 @@
+"""Operator alerts: fever, forged or unknown-key passes, revoked pass used, cross-gate
+conflicts, gates offline, door held open, camera lost. Each can be acknowledged with a note.
+
+Alerts are created once per cause (`key`), so a resent event or a re-run check
+never raises the same alert twice. Tables are this module's own migration set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from protocol.events import Event
+from server.store import ServerStore, utcnow
+
+migrations = Migrations("menwei-alerts")
+
+HIGH_PRIORITY = frozenset({"fever", "forged", "revoked", "door_forced", "conflict"})
+
+
+@migrations()
+def m001_alerts(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, at TEXT NOT NULL,
+            kind TEXT NOT NULL, priority TEXT NOT NULL, gate TEXT, pass_id INTEGER,
+            household TEXT, detail TEXT NOT NULL DEFAULT '', event_at TEXT,
+            acked_at TEXT, acked_by TEXT, ack_note TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX alerts_open ON alerts(acked_at, at)")
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    key: str
+    at: str
+    kind: str
+    priority: str
+    gate: str | None
+    pass_id: int | None
+    household: str | None
+    detail: str
+    event_at: str | None
+    acked_at: str | None
+    acked_by: str | None
+    ack_note: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_COLUMNS = (
+    "id",
+    "key",
+    "at",
+    "kind",
+    "priority",
+    "gate",
+    "pass_id",
+    "household",
+    "detail",
+    "event_at",
+    "acked_at",
+    "acked_by",
+    "ack_note",
+)
+
+
+class AlertStore:
+    def __init__(self, store: ServerStore) -> None:
+        self.store = store
+        with store._lock:
+            migrations.apply(store.db)
+
+    def raise_alert(
+        self,
+        key: str,
+        kind: str,
+        *,
+        gate: str | None = None,
+        pass_id: int | None = None,
+        household: str | None = None,
+        detail: str = "",
+        event_at: str | None = None,
+        priority: str | None = None,
+    ) -> Alert | None:
+        """Create the alert unless one with the same key exists. Returns it when new."""
+        prio = priority or ("high" if kind in HIGH_PRIORITY else "normal")
+        with self.store._lock, self.store.db.atomic():
+            cur = self.store.db.execute(
+                "INSERT OR IGNORE INTO alerts (key, at, kind, priority, gate, pass_id, household,"
+                " detail, event_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                [key, utcnow(), kind, prio, gate, pass_id, household, detail, event_at],
+            )
+            if cur.rowcount != 1:
+                return None
+            alert_id = cur.lastrowid
+        return self.get(int(alert_id or 0))
+
+    def from_event(self, event: Event) -> Alert | None:
+        """The alert an event raises: gate alerts (fever, forged, ...) and camera loss."""
+        if event.kind == "alert":
+            kind = event.reason
+        elif event.kind == "device" and event.reason == "camera_lost":
+            kind = "camera_lost"
+        else:
+            return None
+        detail = json.dumps(event.detail, ensure_ascii=False) if event.detail else ""
+        return self.raise_alert(
+            f"event:{event.uuid}",
+            kind,
+            gate=event.gate,
+            pass_id=event.pass_id,
+            household=event.household,
+            detail=detail,
+            event_at=event.at,
+            priority=str(event.detail.get("priority")) if event.detail.get("priority") else None,
+        )
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self.store._lock:
+            row = self.store.db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM alerts WHERE id = ?", [alert_id]
+            ).fetchone()
+        return None if row is None else Alert(*row)
+
+    def list(self, *, open_only: bool = False, limit: int = 200) -> list[Alert]:
+        where = "WHERE acked_at IS NULL" if open_only else ""
+        with self.store._lock:
+            rows = self.store.db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM alerts {where} ORDER BY id DESC LIMIT ?",
+                [limit],
+            ).fetchall()
+        return [Alert(*r) for r in rows]
+
+    def acknowledge(self, alert_id: int, operator: str, note: str) -> bool:
+        """Acknowledge an open alert; False if it does not exist or was acknowledged."""
+        with self.store._lock, self.store.db.atomic():
+            cur = self.store.db.execute(
+                "UPDATE alerts SET acked_at = ?, acked_by = ?, ack_note = ?"
+                " WHERE id = ? AND acked_at IS NULL",
+                [utcnow(), operator, note[:1000], alert_id],
+            )
+            ok = cur.rowcount == 1
+        if ok:
+            self.store.audit(operator, "alert_ack", str(alert_id), note[:1000])
+        return ok
+
+    def open_counts(self) -> dict[str, int]:
+        with self.store._lock:
+            rows = self.store.db.execute(
+                "SELECT kind, COUNT(*) FROM alerts WHERE acked_at IS NULL GROUP BY kind"
+            ).fetchall()
+        return {str(k): int(n) for k, n in rows}

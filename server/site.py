@@ -83,7 +83,7 @@ class Site:
         (directory / CONFIG_NAME).write_text(render_server_toml(site), encoding="utf-8")
         self = cls(directory)
         key = create_key(directory, 1)
-        with self.store.db.atomic():
+        with self.store.atomic():
             self.store.db.execute(
                 "INSERT INTO keys (key_id, public_key, created_at) VALUES (1, ?, ?)",
                 [public_bytes(key), utcnow()],
@@ -148,7 +148,7 @@ class Site:
             key_id, pass_id, self.site, household, r, int(start.timestamp()), int(end.timestamp())
         )
         qr = sign_pass(payload, load_key(self.dir, key_id))
-        with self.store.db.atomic():
+        with self.store.atomic():
             self.store.db.execute(
                 "INSERT INTO passes (pass_id, household, name, room, role, valid_from,"
                 " valid_until, key_id, qr, issued_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -177,7 +177,7 @@ class Site:
         return int(row[0])
 
     def revoke_pass(self, pass_id: int, reason: str) -> None:
-        with self.store.db.atomic():
+        with self.store.atomic():
             cur = self.store.db.execute(
                 "UPDATE passes SET revoked_at = ?, revoke_reason = ? WHERE pass_id = ?"
                 " AND revoked_at IS NULL",
@@ -193,7 +193,7 @@ class Site:
     def set_quarantine(self, household: str, until: datetime | None, on: bool = True) -> None:
         """Put a household under home quarantine (its exits are refused) or release it."""
         check_household(household)
-        with self.store.db.atomic():
+        with self.store.atomic():
             self.store.db.execute(
                 "INSERT INTO households (household, quarantined, quarantine_until, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT(household) DO UPDATE SET"

@@ -9,6 +9,7 @@ which every event is committed: that is what the collector acknowledges.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -118,6 +119,15 @@ class ServerStore:
 
     def __enter__(self) -> ServerStore:
         return self
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Database]:
+        """One transaction under the store's lock: for writers outside this class (Site) that
+        share the connection with the collector's thread. Without the lock their transaction
+        and a batch insert interleave on the one connection (savepoints of one released by
+        the other's commit, "cannot start a transaction within a transaction")."""
+        with self._lock, self.db.atomic():
+            yield self.db
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -4,6 +4,7 @@ garbage recorded and survived, signed documents published and republished."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -256,3 +257,40 @@ def test_collector_reconnects_after_a_broker_restart(
         finally:
             client.disconnect()
             client.loop_stop()
+
+
+def test_passes_issued_in_the_collector_process_while_events_stream_in(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
+) -> None:
+    """Site and Collector share one SQLite connection in one process (`menwei server run`
+    with a dashboard, the demo): issuing passes while the collector commits batches must
+    neither fail nor disturb the collector's transactions."""
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def stream() -> None:
+        seq = 0
+        while not stop.is_set() and seq < 1500:
+            batch = [ev(seq + i + 1) for i in range(20)]
+            publish(gate_client, EVENTS, encode_batch("g1", batch))
+            seq += 20
+            sent.append(seq)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    errors: list[str] = []
+    try:
+        for i in range(80):
+            try:
+                site.issue_pass(f"8-1-{i}", "孙八")
+            except Exception as exc:  # every failure is the finding
+                errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:3]
+    assert len(site.register().passes) == 80
+    last = sent[-1]
+    wait_acked(acks, last, timeout=30)
+    assert site.store.count_events() == last
+    assert collector.stats["inserted"] == last, collector.stats

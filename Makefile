@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test test-deps lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,10 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 demo: install
 	$(BIN)/menwei demo $(DEMO_ARGS)
 
-test: install lint typecheck pytest
+test: install test-deps lint typecheck pytest
+
+test-deps:
+	./scripts/install-system-deps.sh --test
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,6 +7,10 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 ldconfig -p 2>/dev/null | grep -q 'libzbar\.so' || missing+=(libzbar0)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# The test suite drives the dashboard in a real browser: Debian's chromium (never a download).
+if [ "${1:-}" = "--test" ]; then
+    command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

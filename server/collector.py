@@ -26,18 +26,26 @@ from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, REGISTER_FILE
 from protocol.errors import MessageError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
-from server.alerts import AlertStore
 from server.conflicts import find_conflicts
+from server.live import LiveFeed
 from server.site import Site
 
 log = logging.getLogger("menwei.collector")
 
 
 class Collector:
-    def __init__(self, site: Site, broker: BrokerAddress, *, client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        broker: BrokerAddress,
+        *,
+        client_id: str | None = None,
+        feed: LiveFeed | None = None,
+    ) -> None:
         self.site = site
         self.store = site.store
-        self.alerts = AlertStore(site.store)
+        self.alerts = site.alerts
+        self.feed = feed if feed is not None else LiveFeed()
         self.broker = broker
         self.connected = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -136,9 +144,12 @@ class Collector:
         site, gate, leaf = where
         if leaf == "status":
             try:
-                self.store.set_gate_status(gate, decode_status(payload))
+                status = decode_status(payload)
             except MessageError as exc:
                 self._reject(topic, str(exc), payload)
+                return
+            self.store.set_gate_status(gate, status)
+            self.feed.publish({"type": "status", "gate": gate, **status})
             return
         if leaf != "events":
             return
@@ -161,7 +172,10 @@ class Collector:
             log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
         self._relay_passages(result.new_events)
         for event in result.new_events:
-            self.alerts.from_event(event)
+            self.feed.publish({"type": "event", **event.to_json()})
+            alert = self.alerts.from_event(event)
+            if alert is not None:
+                self.feed.publish({"type": "alert", **alert.to_json()})
         for c in find_conflicts(self.store, self.site.config.policy, result.new_events):
             self.stats["conflicts"] += 1
             log.warning("conflict %s at %s/%d: %s", c.kind, c.gate, c.seq, c.detail)

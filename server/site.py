@@ -28,8 +28,10 @@ from protocol.documents import (
 from protocol.errors import ProtocolError
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
 from protocol.register import PassEntry, Register, mask_name
+from server.alerts import AlertStore
 from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_server_toml
 from server.keys import create_key, load_key
+from server.register import RegisterStore
 from server.store import STORE_NAME, ServerStore, utcnow
 
 
@@ -60,6 +62,9 @@ class Site:
         self.dir = directory
         self.config: ServerConfig = load_server_config(directory)
         self.store = ServerStore(directory / STORE_NAME)
+        # Feature modules own their tables; opening them here makes every table exist.
+        self.registry = RegisterStore(self.store)
+        self.alerts = AlertStore(self.store)
 
     @property
     def site(self) -> str:

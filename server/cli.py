@@ -14,8 +14,10 @@ from typing import Any
 import segno
 
 from protocol.broker import parse_broker
+from server import admin_cli
 from server.collector import Collector
 from server.site import Site
+from server.web import cli as web_cli
 
 log = logging.getLogger("menwei.server")
 
@@ -66,6 +68,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pass_revoke)
     _register_households(sub)
+    # Operator-side commands live with their features; they extend these groups.
+    groups = {"root": sub, "server": s, "pass": ps}
+    admin_cli.register(groups)
+    web_cli.register(groups)
 
 
 def _register_households(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,1 @@
+"""The operator dashboard: a Starlette app served beside the collector."""

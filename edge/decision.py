@@ -85,6 +85,9 @@ class GateState:
     """household → (counting day, uuids of its exits that day): idempotent under resends."""
     visitor_uses: Mapping[int, tuple[int, int]] = field(default_factory=_empty)
     """visitor pass id → (entries, exits) used."""
+    last_in: Mapping[int, datetime] = field(default_factory=_empty)
+    """pass id → its latest entry since the last auto-return, so that an exit relayed late
+    (an offline gate syncing, a duplicate) never puts a pass that came back in out again."""
 
 
 @dataclass(frozen=True)
@@ -265,21 +268,30 @@ def record_passage(
     uuid: str,
 ) -> GateState:
     """Count an accepted passage, of this gate or relayed from another (pure, idempotent)."""
-    outside = {k: o for k, o in state.outside.items() if o.since >= policy.last_auto_return(at)}
+    boundary = policy.last_auto_return(at)
+    outside = {k: o for k, o in state.outside.items() if o.since >= boundary}
+    last_in = {k: t for k, t in state.last_in.items() if t >= boundary}
     exits = dict(state.exits)
     visitors = dict(state.visitor_uses)
+    current = outside.get(pass_id)
+    came_in = last_in.get(pass_id)
     if direction == "out":
-        outside[pass_id] = Outside(household, at, role)
+        # Passages may arrive out of time order (relayed late): only a newer exit than what
+        # is known about the pass puts it out.
+        if (current is None or current.since <= at) and (came_in is None or came_in <= at):
+            outside[pass_id] = Outside(household, at, role)
         if role == "resident":
             day = policy.day_of(at).isoformat()
             held_day, uuids = exits.get(household, (day, ()))
-            uuids = uuids if held_day == day else ()
-            if uuid not in uuids:
+            if day > held_day:
+                held_day, uuids = day, ()
+            if day == held_day and uuid not in uuids:  # an older day's exit is not today's
                 exits[household] = (day, (*uuids, uuid))
     else:
-        current = outside.get(pass_id)
         if current is not None and current.since <= at:
             del outside[pass_id]
+        if came_in is None or came_in < at:
+            last_in[pass_id] = at
     if role == "visitor":
         ins, outs = visitors.get(pass_id, (0, 0))
         visitors[pass_id] = (ins + (direction == "in"), outs + (direction == "out"))
@@ -290,6 +302,7 @@ def record_passage(
         outside=MappingProxyType(outside),
         exits=MappingProxyType(exits),
         visitor_uses=MappingProxyType(visitors),
+        last_in=MappingProxyType(last_in),
     )
 
 
@@ -301,6 +314,7 @@ def state_to_json(state: GateState) -> dict[str, Any]:
         },
         "exits": {h: [day, list(uuids)] for h, (day, uuids) in state.exits.items()},
         "visitor_uses": {str(k): list(v) for k, v in state.visitor_uses.items()},
+        "last_in": {str(k): v.isoformat() for k, v in state.last_in.items()},
     }
 
 
@@ -322,5 +336,8 @@ def state_from_json(data: Mapping[str, Any] | None) -> GateState:
         ),
         MappingProxyType(
             {int(k): (int(a), int(b)) for k, (a, b) in data.get("visitor_uses", {}).items()}
+        ),
+        MappingProxyType(
+            {int(k): datetime.fromisoformat(v) for k, v in data.get("last_in", {}).items()}
         ),
     )

@@ -7,7 +7,7 @@ Unknown keys and wrong types are errors that name the table and key
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +114,21 @@ class GpioSection:
 
 
 @dataclass(frozen=True)
+class GuardSection:
+    http: str | None = None
+    """HOST:PORT of the guard screen (kiosk browser on the gate's display), e.g.
+    "127.0.0.1:8000"; none when unset. Bind to localhost: overrides open the gate."""
+    override_pulse_s: float = 5.0
+    """How long a guard override releases the gate."""
+
+    def __post_init__(self) -> None:
+        if self.http is not None:
+            host, sep, port = self.http.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"http {self.http!r} must be HOST:PORT")
+
+
+@dataclass(frozen=True)
 class GateConfig:
     gate: GateSection
     mqtt: MqttSection = field(default_factory=MqttSection)
@@ -121,6 +136,7 @@ class GateConfig:
     camera: CameraSection = field(default_factory=CameraSection)
     thermometer: ThermometerSection = field(default_factory=ThermometerSection)
     gpio: GpioSection = field(default_factory=GpioSection)
+    guard: GuardSection = field(default_factory=GuardSection)
     path: Path = Path("gate.toml")
 
     @property
@@ -151,12 +167,4 @@ def load_config(path: Path) -> GateConfig:
         config = from_mapping(GateConfig, data, str(path))
     except (SchemaError, ProtocolError) as exc:
         raise ConfigError(str(exc)) from None
-    return GateConfig(
-        config.gate,
-        config.mqtt,
-        config.clock,
-        config.camera,
-        config.thermometer,
-        config.gpio,
-        path.resolve(),
-    )
+    return replace(config, path=path.resolve())

@@ -13,6 +13,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any, TextIO
@@ -44,7 +45,7 @@ from edge.provision import (
     load_knowledge,
     trust_anchor,
 )
-from edge.recording import console_line, decision_event, simple_event
+from edge.recording import console_line, decision_event, decision_json, simple_event
 from edge.store import GateStore
 from edge.sync import GateSync, SyncSettings
 from edge.watchdog import SystemdNotifier
@@ -53,6 +54,7 @@ from protocol.documents import decode_document
 from protocol.errors import ProtocolError
 from protocol.events import Event, Passage
 from protocol.passes import PREFIX
+from protocol.reasons import message
 
 log = logging.getLogger("menwei.gate")
 
@@ -78,7 +80,9 @@ class GateDaemon:
         self.hw = hardware if hardware is not None else build_hardware(config)
         self.debouncer = ScanDebouncer(config.camera.scan_holdoff_s)
         self.stop_event = threading.Event()
-        self._inputs: queue.Queue[tuple[str, bool]] = queue.Queue()
+        self._inputs: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=10)  # for the guard's screen
+        self._last_shown = 0.0
         self._camera_state = "recovering"
         # (when, pass id, household, direction) of the last opening, for the door contact
         self._last_grant: tuple[float, int | None, str | None, str] | None = None
@@ -86,6 +90,7 @@ class GateDaemon:
         self._door_alerted = False
         self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
         self.systemd = SystemdNotifier()
+        self.guard_server: Any = None
         g = config.gpio
         self.exit_button = (
             ExitButton(self.hw.pins, g.exit_button_pin, lambda: self._inputs.put(("exit", True)))
@@ -127,6 +132,14 @@ class GateDaemon:
     def run(self, *, until_eof: bool = False) -> None:
         if self.sync is not None:
             self.sync.start()
+        if self.config.guard.http:
+            from edge.guard_page import GuardServer, create_app
+
+            host, _, port = self.config.guard.http.rpartition(":")
+            self.guard_server = GuardServer(
+                create_app(self.guard_state, self.request_override), host, int(port)
+            )
+            self.guard_server.start()
         self.hw.indicator.show("idle")
         self.systemd.ready()
         try:
@@ -154,6 +167,8 @@ class GateDaemon:
     def close(self) -> None:
         self.systemd.stopping()
         self.hw.close()  # outputs to their safe state first
+        if self.guard_server is not None:
+            self.guard_server.close()
         for part in (self.exit_button, self.door):
             if part is not None:
                 part.close()
@@ -247,6 +262,7 @@ class GateDaemon:
                 decision.direction,
             )
         self.hw.indicator.show(_indicator_kind(decision))
+        self._show(decision_json(decision), now, decision.pass_.pass_id if decision.pass_ else None)
         if decision.alert is not None:
             self.record(
                 "alert",
@@ -290,6 +306,28 @@ class GateDaemon:
                 self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
                 self.hw.indicator.show("allow")
                 self._last_grant = (time.monotonic(), None, None, "out")
+            elif what == "override":
+                guard, reason, direction = value
+                event = self.record(
+                    "override",
+                    "guard_override",
+                    decision="allow",
+                    direction=direction,
+                    detail={"guard": guard, "reason": reason},
+                )
+                self.hw.relay.pulse(self.config.guard.override_pulse_s)
+                self.hw.indicator.show("allow")
+                self._last_grant = (time.monotonic(), None, None, direction)
+                shown = {
+                    "decision": "allow",
+                    "reason": "guard_override",
+                    "direction": direction,
+                    "message": message("guard_override").as_dict(),
+                    "guard_required": False,
+                    "temperature_c": None,
+                }
+                self._show(shown, self.clock.now(), None)
+                log.info("guard override by %s (%s): event %d", guard, reason, event.seq)
             elif what == "door":
                 self._door_changed(value)
         self._check_door_held()
@@ -362,6 +400,46 @@ class GateDaemon:
                 uuid=passage.uuid,
             )
             self.store.save_state(state_to_json(self.state))
+
+    # --- the guard's screen ----------------------------------------------------------------
+
+    def request_override(self, guard: str, reason: str, direction: str) -> None:
+        """From the guard page (its own thread): the loop opens the gate and logs it."""
+        self._inputs.put(("override", (guard, reason, direction)))
+
+    def _show(self, shown: dict[str, Any], now: Now, pass_id: int | None) -> None:
+        entry = self.know.register.passes.get(pass_id) if pass_id is not None else None
+        local = now.utc.astimezone(self.know.policy.tz)
+        self.recent.appendleft(
+            {
+                **shown,
+                "name": entry.display_name if entry else None,
+                "room": entry.room if entry else None,
+                "time": local.strftime("%H:%M:%S"),
+            }
+        )
+        self._last_shown = time.monotonic()
+
+    def guard_state(self) -> dict[str, Any]:
+        now = self.clock.now()
+        age = data_age_hours(self.know, now.utc)
+        stats = getattr(self.hw.thermometer, "stats", None)
+        return {
+            "gate": f"{self.config.gate.site}/{self.config.gate.id}",
+            "last": self.recent[0] if self.recent else None,
+            "last_age_s": time.monotonic() - self._last_shown,
+            "recent": list(self.recent),
+            "health": {
+                "online": bool(self.sync and self.sync.connected),
+                "backlog": self.store.backlog(),
+                "camera": self.hw.camera.state,
+                "thermometer_ok": self.hw.thermometer is not None
+                and (stats is None or stats.failures == 0 or stats.reads > stats.failures),
+                "clock_trusted": now.trusted,
+                "data_age_h": age,
+                "data_stale": age is None or age > self.know.policy.max_data_age_h,
+            },
+        }
 
     def status(self) -> dict[str, Any]:
         now = self.clock.now()

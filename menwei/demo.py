@@ -24,7 +24,7 @@ from typing import IO, Any
 from edge.config import load_config
 from edge.provision import provision
 from edge.store import GateStore
-from menwei.mosquitto import MosquittoBroker
+from menwei.mosquitto import MosquittoBroker, free_port
 from menwei.reconcile import reconcile
 from menwei.residents import GateStage, Population, build_population
 from server.site import Site
@@ -114,6 +114,10 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
         name = f"gate-{i}"
         gate_dir = workdir / name
         provision(gate_dir, server_dir, name, "both", simulated=True, broker=broker_url)
+        guard_port = free_port()
+        with (gate_dir / "gate.toml").open("a", encoding="utf-8") as f:
+            f.write(f'\n[guard]\nhttp = "127.0.0.1:{guard_port}"\n')
+        _say(f"[demo] {name}: guard screen at http://127.0.0.1:{guard_port}/", quiet)
         cfg = load_config(gate_dir / "gate.toml")
         t = cfg.thermometer
         gates.append(

@@ -1,0 +1,102 @@
+"""The guard's screen and the recorded override, against a gate on simulated hardware."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from drivers.camera import Frame
+from drivers.gpio import FakePins
+from drivers.sim_scene import render_card_frame
+from edge.config import load_config
+from edge.daemon import GateDaemon
+from edge.guard_page import create_app
+from menwei.mosquitto import free_port
+from server.site import IssuedPass
+
+RELAY = 17
+
+
+def daemon_for(gate_dir: Path, extra: str = "") -> GateDaemon:
+    toml = gate_dir / "gate.toml"
+    toml.write_text(toml.read_text() + extra)
+    return GateDaemon(load_config(toml), broker="none", out=io.StringIO())
+
+
+def test_state_shows_the_last_decision_with_masked_name_and_health(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    daemon = daemon_for(gate_dir)
+    try:
+        client = TestClient(create_app(daemon.guard_state, daemon.request_override))
+        assert client.get("/api/state").json()["last"] is None
+        image = render_card_frame(resident.qr, module_px=4.5)
+        daemon.handle_frame(Frame(image, time.monotonic(), 0, {"forehead_c": 34.6}))
+        state = client.get("/api/state").json()
+        assert state["last"]["decision"] == "allow"
+        assert state["last"]["name"] == "张*丰" and state["last"]["room"] == "1-1-101"
+        assert state["last"]["message"] == {"zh": "请通行", "en": "Please pass"}
+        assert state["health"]["online"] is False  # broker "none": the guard sees it
+        assert state["health"]["camera"] in ("recovering", "ok")
+        assert "张三丰" not in client.get("/api/state").text
+        assert "门卫" in client.get("/").text
+    finally:
+        daemon.close()
+
+
+def test_override_needs_a_guard_and_a_reason_and_is_logged(gate_dir: Path) -> None:
+    daemon = daemon_for(gate_dir)
+    pins = daemon.hw.pins
+    assert isinstance(pins, FakePins)
+    try:
+        client = TestClient(create_app(daemon.guard_state, daemon.request_override))
+        bad = client.post("/api/override", json={"guard": "王师傅", "reason": ""})
+        assert bad.status_code == 400 and "原因" in bad.json()["zh"]
+        assert client.post("/api/override", content=b"not json").status_code == 400
+        daemon._handle_inputs()
+        assert daemon.store.last_seq() == 0
+        ok = client.post(
+            "/api/override", json={"guard": "王师傅", "reason": "老人忘带证", "direction": "in"}
+        )
+        assert ok.status_code == 200
+        daemon._handle_inputs()
+        [logged] = list(daemon.store.log())
+        e = logged.event
+        assert (e.kind, e.decision, e.reason, e.direction) == (
+            "override",
+            "allow",
+            "guard_override",
+            "in",
+        )
+        assert e.detail == {"guard": "王师傅", "reason": "老人忘带证"}
+        assert [v for _t, pin, v in pins.history if pin == RELAY] == [False, True]
+        assert client.get("/api/state").json()["last"]["reason"] == "guard_override"
+    finally:
+        daemon.close()
+
+
+def test_the_daemon_serves_the_page_over_http(gate_dir: Path) -> None:
+    port = free_port()
+    daemon = daemon_for(gate_dir, f'\n[guard]\nhttp = "127.0.0.1:{port}"\n')
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        daemon.stop_event.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()

@@ -44,7 +44,8 @@ def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, brok
         if simulated
         else '[camera]\nsource = "device:0"\n\n[thermometer]\nbackend = "mlx90614"\n'
         'i2c_bus = 1\naddress = 0x5A\n\n[gpio]\nbackend = "rpi"\nrelay_pin = 17\n\n'
-        '[clock]\ntrust = "timesyncd"\n'
+        '[clock]\ntrust = "timesyncd"\n\n'
+        '[guard]\nhttp = "127.0.0.1:8000"     # the guard screen, for the kiosk browser\n'
     )
     return (
         "# Menwei gate configuration. Unknown keys are errors; see docs/ for every key.\n"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from protocol.events import Event
-from protocol.policy import Policy
+from protocol.policy import Policy, parse_clock
 from server.store import ServerStore
 
 QUOTA_EXEMPT_ROLES = frozenset({"staff", "visitor"})
@@ -43,7 +43,7 @@ class _Passage:
 def find_conflicts(store: ServerStore, policy: Policy, events: Iterable[Event]) -> list[Conflict]:
     """Conflicts that `events` (just stored) take part in; each is recorded once."""
     found: list[Conflict] = []
-    days: set[tuple[str, datetime]] = set()
+    days: set[tuple[str, datetime, datetime]] = set()
     for e in events:
         if e.kind != "decision" or e.decision != "allow" or e.pass_id is None:
             continue
@@ -60,23 +60,36 @@ def find_conflicts(store: ServerStore, policy: Policy, events: Iterable[Event]) 
                 )
             )
         if e.household is not None and e.role not in QUOTA_EXEMPT_ROLES:
-            start = policy.last_auto_return(at)
-            days.add((e.household, start))
-    for household, start in sorted(days):
-        found += _replay_household(store, policy, household, start)
+            days.add((e.household, *_replay_period(policy, at)))
+    for household, start, end in sorted(days):
+        found += _replay_household(store, policy, household, start, end)
     return [c for c in found if store.add_conflict_once(c.gate, c.seq, c.kind, c.detail, c.uuid)]
 
 
+def _replay_period(policy: Policy, at: datetime) -> tuple[datetime, datetime]:
+    """The passages a passage at `at` can conflict with: those between the same two
+    auto-returns (members out) and those of the same counting day (daily exits). The two
+    differ (03:00 and 04:00 by default): an exit at 03:30 is out after the auto-return but
+    counts for the day before."""
+    auto_return = policy.last_auto_return(at)
+    clock = parse_clock(policy.day_starts_at, "day_starts_at")
+    day_start = datetime.combine(policy.day_of(at), clock, policy.tz)
+    return min(auto_return, day_start), max(auto_return, day_start) + timedelta(days=1)
+
+
 def _replay_household(
-    store: ServerStore, policy: Policy, household: str, start: datetime
+    store: ServerStore, policy: Policy, household: str, start: datetime, end: datetime
 ) -> list[Conflict]:
-    """Replay one household between two auto-returns, in time order, across gates."""
-    rows = store.household_passages(household, start, start + timedelta(days=1))
+    """Replay one household over [start, end), in time order, across gates: members out
+    between auto-returns, exits per counting day."""
+    rows = store.household_passages(household, start, end)
     passages = [_Passage(g, s, u, datetime.fromisoformat(a), p, d) for g, s, u, a, p, d in rows]
     outside: dict[int, _Passage] = {}
     exits: dict[object, list[_Passage]] = {}
     found: list[Conflict] = []
     for p in passages:
+        boundary = policy.last_auto_return(p.at)  # everyone counts as inside again
+        outside = {k: o for k, o in outside.items() if o.at >= boundary}
         if p.direction == "in":
             outside.pop(p.pass_id, None)
             continue

@@ -795,7 +795,8 @@ def test_passages_relayed_in_any_order_give_the_same_view(passages, policy, data
     """A gate that was offline syncs late, the broker redelivers: whatever the order and the
     duplicates, once every passage has arrived the gate knows who is out and the day's exits
     exactly as if it had seen them in time order."""
-    t, timeline = START.utc, []
+    t = START.utc
+    timeline: list[tuple[Card, str, datetime, str]] = []
     for index, direction, minutes in passages:
         t += timedelta(minutes=minutes)
         timeline.append((PEOPLE[index], direction, t, f"west-{len(timeline) + 1}"))

@@ -73,6 +73,7 @@ class GateSync:
         self._wake = threading.Event()
         self.connected = False
         self._reconnected = False
+        self._announce = False
         self.sent_up_to = 0
         self.acked = store.acked_seq()
         self._last_progress = time.monotonic()
@@ -156,6 +157,7 @@ class GateSync:
             return
         self.connected = True
         self._reconnected = True
+        self._announce = True
         self._wake.set()
 
     def _on_disconnect(
@@ -180,6 +182,11 @@ class GateSync:
                 self._drain_inbox()
                 if not self.connected:
                     continue
+                if self._announce:
+                    # A new session: say online now. The broker may hold our Last Will
+                    # ("offline", retained) or nothing at all after its own restart.
+                    self._announce = False
+                    next_status = 0.0
                 self._send()
                 if time.monotonic() >= next_status:
                     self.publish_status()

@@ -4,6 +4,7 @@ SQLite logs against the collector's store: nothing lost, nothing counted twice."
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -298,3 +299,36 @@ def test_demo_json_contract() -> None:
     assert {"bad_signature", "expired"} <= by_reason.keys(), by_reason
     assert {"fever", "fever_recheck"} & by_reason.keys(), by_reason
     assert summary["collector_events"] >= summary["decisions"]
+
+
+def test_frozen_gate_goes_offline_by_keepalive_and_online_again_on_reconnect(
+    tmp_path: Path, site: Site, broker: MosquittoBroker
+) -> None:
+    """SIGSTOP: the TCP connection stays open but the gate sends nothing (a hung Pi, a cut
+    cable without FIN). The broker's keepalive check fires the Last Will. After SIGCONT the
+    gate reconnects and must say "online" again at once, not at its next periodic status
+    (set to 10 minutes here, so only the reconnect can announce it)."""
+    gate = provision_gate(
+        tmp_path, site.dir, "gate-f", "out", broker.url, keepalive_s=2, status_interval_s=600
+    )
+    topic = topics.status(SITE, "gate-f")
+
+    def state(want: str):
+        return lambda m: json_of(m).get("state") == want
+
+    with MqttWatcher(broker.url, topic) as w:
+        config = str(gate / "gate.toml")
+        with menwei_process(tmp_path / "gate.log", "gate", "run", "--config", config) as p:
+            w.wait_for(topic, state("online"), 30, "online status")
+            p.proc.send_signal(signal.SIGSTOP)
+            try:
+                w.wait_for(topic, state("offline"), 20, "offline by keepalive expiry")
+                n = len(w.on(topic))
+            finally:
+                p.proc.send_signal(signal.SIGCONT)
+            wait_until(
+                lambda: any(json_of(m)["state"] == "online" for m in w.on(topic)[n:]),
+                30,
+                lambda: f"gate did not announce online after reconnecting\n{p.output()}",
+            )
+            assert p.alive(), p.output()

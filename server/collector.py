@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -26,9 +27,12 @@ from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, REGISTER_FILE
 from protocol.errors import MessageError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
+from server.alerts import Alert
 from server.conflicts import find_conflicts
+from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.site import Site
+from server.webhooks import WebhookSender, notice_for
 
 log = logging.getLogger("menwei.collector")
 
@@ -53,6 +57,15 @@ class Collector:
         self._published: dict[str, float] = {}  # bundle file → mtime last published
         self.stats = {"batches": 0, "inserted": 0, "duplicates": 0, "rejected": 0, "conflicts": 0}
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        acfg = site.config.alerts
+        self.health = GateHealth(
+            self.store, self.alerts, timedelta(minutes=acfg.gate_offline_after_min)
+        )
+        self.health_interval_s = CHECK_INTERVAL_S
+        self.listening_since: datetime | None = None  # when the current connection began
+        self.webhooks = (
+            WebhookSender(acfg, site=site.site, tz=site.config.tz) if acfg.webhook_url else None
+        )
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"menwei-collector-{site.site}",
@@ -71,6 +84,8 @@ class Collector:
     def start(self) -> None:
         self.client.connect_async(self.broker.host, self.broker.port, keepalive=30)
         self.client.loop_start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         self._thread.start()
 
     def close(self) -> None:
@@ -81,6 +96,8 @@ class Collector:
             self._thread.join(timeout=10)
         self.client.disconnect()
         self.client.loop_stop()
+        if self.webhooks is not None:
+            self.webhooks.close()
 
     def __enter__(self) -> Collector:
         return self
@@ -96,6 +113,7 @@ class Collector:
         if rc.is_failure:
             log.warning("broker refused connection: %s", rc)
             return
+        self.listening_since = datetime.now(UTC)  # before subscribing: retained status follows
         group = self.site.config.mqtt.shared_group
         subs = []
         for leaf in ("events", "status"):
@@ -121,7 +139,7 @@ class Collector:
     # --- worker ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_check = 0.0
+        next_check = next_health = 0.0
         while not self._stop.is_set():
             try:
                 topic, payload = self._inbox.get(timeout=0.2)
@@ -133,6 +151,10 @@ class Collector:
                 if self.connected.is_set() and time.monotonic() >= next_check:
                     self._publish_documents()
                     next_check = time.monotonic() + 1.0
+                if self.connected.is_set() and time.monotonic() >= next_health:
+                    next_health = time.monotonic() + self.health_interval_s
+                    for alert in self.health.check(listening_since=self.listening_since):
+                        self._raised(alert)
             except Exception:  # one bad message must never stop the collector
                 log.exception("collector error on %s", topic or "documents")
 
@@ -175,16 +197,24 @@ class Collector:
             self.feed.publish({"type": "event", **event.to_json()})
             alert = self.alerts.from_event(event)
             if alert is not None:
-                self.feed.publish({"type": "alert", **alert.to_json()})
+                self._raised(alert)
         for c in find_conflicts(self.store, self.site.config.policy, result.new_events):
             self.stats["conflicts"] += 1
             log.warning("conflict %s at %s/%d: %s", c.kind, c.gate, c.seq, c.detail)
-            self.alerts.raise_alert(
+            conflict = self.alerts.raise_alert(
                 f"conflict:{c.kind}:{c.uuid}",
                 "conflict",
                 gate=c.gate,
                 detail=f"{c.kind}: {c.detail}",
             )
+            if conflict is not None:
+                self._raised(conflict)
+
+    def _raised(self, alert: Alert) -> None:
+        """A new alert: to the live feed, and to the webhook when configured (never blocks)."""
+        self.feed.publish({"type": "alert", **alert.to_json()})
+        if self.webhooks is not None and self.webhooks.wants(alert):
+            self.webhooks.submit(notice_for(alert, self.store))
 
     def _relay_passages(self, events: tuple[Event, ...]) -> None:
         """Tell the other gates of the site about accepted passages (their counters)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from protocol.errors import ProtocolError
@@ -48,10 +49,45 @@ class MqttSection:
 
 
 @dataclass(frozen=True)
+class AlertsSection:
+    gate_offline_after_min: float = 5.0
+    """A gate not heard from for this long is offline (its Last Will counts at once)."""
+    webhook_url: str | None = None
+    """Where alerts are pushed (http or https); unset: no webhook."""
+    webhook_format: Literal["json", "wecom", "dingtalk"] = "json"
+    """Plain JSON, or the text message of a WeCom or DingTalk group robot."""
+    webhook_kinds: tuple[str, ...] = ("fever",)
+    """Alert kinds pushed; "high" stands for every high-priority alert."""
+    webhook_secret: str | None = None
+    """DingTalk signing secret (SEC...): adds timestamp and sign to the URL."""
+    webhook_timeout_s: float = 5.0
+    """Per attempt; three attempts with backoff, on the sender's own thread."""
+    webhook_queue: int = 100
+    """Alerts waiting to be sent, at most; more are dropped and counted."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gate_offline_after_min <= 24 * 60:
+            raise ValueError("gate_offline_after_min must be > 0 and at most 1440")
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("webhook_url must start with http:// or https://")
+        if not 0 < self.webhook_timeout_s <= 60:
+            raise ValueError("webhook_timeout_s must be > 0 and at most 60")
+        if not 1 <= self.webhook_queue <= 10000:
+            raise ValueError("webhook_queue must be 1..10000")
+        if not self.webhook_kinds or any(not k.strip() for k in self.webhook_kinds):
+            raise ValueError("webhook_kinds must name at least one alert kind")
+        if self.webhook_secret is not None and self.webhook_format != "dingtalk":
+            raise ValueError('webhook_secret is only used with webhook_format = "dingtalk"')
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ServerSection
     mqtt: MqttSection = field(default_factory=MqttSection)
     policy: Policy = field(default_factory=Policy)
+    alerts: AlertsSection = field(default_factory=AlertsSection)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -101,4 +137,13 @@ auto_return_at = "{p.auto_return_at}"         # everyone counts as inside again 
 timezone = "{p.timezone}"
 max_data_age_h = {p.max_data_age_h}           # older register/policy: the guard confirms
 passes_per_household_max = {p.passes_per_household_max}     # enforced when passes are issued
+
+[alerts]                         # see docs/alerts.md
+gate_offline_after_min = 5       # not heard from this long: gate offline (Last Will: at once)
+# webhook_url = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=..."
+webhook_format = "json"          # "wecom" or "dingtalk": their group robots' text message
+webhook_kinds = ["fever"]        # alert kinds pushed; "high": every high-priority alert
+# webhook_secret = "SEC..."      # DingTalk signing (加签) secret
+webhook_timeout_s = 5.0          # per attempt; 3 attempts with backoff
+webhook_queue = 100              # waiting alerts at most; more are dropped (counted)
 """

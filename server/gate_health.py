@@ -1,0 +1,170 @@
+"""Gate health: a gate that is offline raises one `gate_offline` alert per outage.
+
+A gate is offline when its retained status says so (its Last Will, sent by the
+broker when the gate's connection is lost, or its own goodbye on a clean stop),
+or when nothing at all was heard from it (status every 15 s, event batches) for
+`gate_offline_after_min` minutes. An outage starts at the gate's `last_seen`
+and ends when the gate is online and heard from again; the next outage raises a
+new alert. Open outages are kept in this module's own table, so a restarted
+collector (which receives every retained status again) does not raise an outage
+twice, and the dashboard can show since when a gate is down.
+
+`assess` is the pure decision; `GateHealth.check` is the thin shell the
+collector's worker calls every few seconds while it is connected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from server.alerts import Alert, AlertStore
+from server.store import ServerStore
+
+migrations = Migrations("menwei-gate-health")
+
+CHECK_INTERVAL_S = 5.0
+"""How often the collector's worker runs the check."""
+
+Cause = Literal["offline", "silent"]
+
+
+@migrations()
+def m001_gate_outages(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE gate_outages (id INTEGER PRIMARY KEY, gate TEXT NOT NULL,"
+        " since TEXT NOT NULL, cause TEXT NOT NULL, alert_key TEXT NOT NULL,"
+        " opened_at TEXT NOT NULL, ended_at TEXT)"
+    )
+    db.execute("CREATE UNIQUE INDEX gate_outages_open ON gate_outages(gate) WHERE ended_at IS NULL")
+
+
+@dataclass(frozen=True)
+class Outage:
+    gate: str
+    since: str
+    """The gate's last_seen when the outage was noticed (ISO-8601, UTC)."""
+    cause: Cause
+    """"offline": its status says so (Last Will or clean stop); "silent": not heard from."""
+
+    @property
+    def key(self) -> str:
+        return f"offline:{self.gate}:{self.since}"
+
+
+@dataclass(frozen=True)
+class Assessment:
+    opened: tuple[Outage, ...] = ()
+    """New outages: each raises one alert."""
+    ended: tuple[str, ...] = ()
+    """Gates whose open outage is over (online and heard from again)."""
+
+
+def _parse(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def assess(
+    gates: Iterable[Mapping[str, Any]],
+    open_outages: Mapping[str, str],
+    now: datetime,
+    offline_after: timedelta,
+    listening_since: datetime | None = None,
+) -> Assessment:
+    """Which outages begin and end, from the `gates` rows (ServerStore.gates()).
+
+    `open_outages` maps gate → since of its open outage. `listening_since` is when the
+    collector's current broker connection began: silence is measured from then at the
+    earliest (a collector that was down heard nothing), and a stored status older than
+    it is not trusted until the broker has delivered the retained one again.
+    """
+    opened: list[Outage] = []
+    ended: list[str] = []
+    for row in gates:
+        gate = str(row["gate"])
+        seen = _parse(row.get("last_seen"))
+        if seen is None:
+            continue
+        status = row.get("status")
+        state = status.get("state") if isinstance(status, Mapping) else None
+        fresh = listening_since is None or seen >= listening_since
+        quiet_from = seen if listening_since is None else max(seen, listening_since)
+        cause: Cause | None = None
+        if state == "offline" and fresh:
+            cause = "offline"
+        elif now - quiet_from > offline_after:
+            cause = "silent"
+        if cause is None:
+            if gate in open_outages and state == "online" and fresh:
+                ended.append(gate)
+            continue
+        if gate not in open_outages:
+            since = seen.astimezone(UTC).isoformat(timespec="milliseconds")
+            opened.append(Outage(gate, since, cause))
+    return Assessment(tuple(opened), tuple(ended))
+
+
+class GateHealth:
+    """Applies `assess` to the store: records outages and raises their alerts."""
+
+    def __init__(self, store: ServerStore, alerts: AlertStore, offline_after: timedelta) -> None:
+        self.store = store
+        self.alerts = alerts
+        self.offline_after = offline_after
+        with store._lock:
+            migrations.apply(store.db)
+
+    def open_outages(self) -> dict[str, str]:
+        with self.store._lock:
+            rows = self.store.db.execute(
+                "SELECT gate, since FROM gate_outages WHERE ended_at IS NULL"
+            ).fetchall()
+        return {str(g): str(s) for g, s in rows}
+
+    def check(
+        self, now: datetime | None = None, listening_since: datetime | None = None
+    ) -> list[Alert]:
+        """Record outages that began or ended; return the alerts newly raised."""
+        now = now or datetime.now(UTC)
+        result = assess(
+            self.store.gates(), self.open_outages(), now, self.offline_after, listening_since
+        )
+        stamp = now.astimezone(UTC).isoformat(timespec="milliseconds")
+        raised: list[Alert] = []
+        for outage in result.opened:
+            # The alert first: its key makes it idempotent if we stop between the two writes.
+            alert = self.alerts.raise_alert(
+                outage.key,
+                "gate_offline",
+                gate=outage.gate,
+                detail=json.dumps({"cause": outage.cause, "since": outage.since}),
+                event_at=outage.since,
+            )
+            if alert is not None:
+                raised.append(alert)
+            with self.store.atomic() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO gate_outages (gate, since, cause, alert_key, opened_at)"
+                    " VALUES (?,?,?,?,?)",
+                    [outage.gate, outage.since, outage.cause, outage.key, stamp],
+                )
+        if result.ended:
+            with self.store.atomic() as db:
+                for gate in result.ended:
+                    db.execute(
+                        "UPDATE gate_outages SET ended_at = ? WHERE gate = ? AND ended_at IS NULL",
+                        [stamp, gate],
+                    )
+        return raised

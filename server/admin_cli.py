@@ -29,6 +29,23 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_register_import)
 
+    passes: argparse._SubParsersAction[argparse.ArgumentParser] = groups["pass"]
+    p = passes.add_parser(
+        "issue-all",
+        help="issue a pass to every registered resident/staff member without a valid one",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_issue_all)
+
+    p = passes.add_parser("cards", help="print pass cards: A4 PDF, 8 per page, cut marks")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="PDF file to write")
+    p.add_argument("--household", help="only this household's passes")
+    p.add_argument("--png-dir", type=Path, help="also write one PNG per card here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cards)
+
 
 def _print(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
@@ -50,4 +67,25 @@ def cmd_register_import(args: argparse.Namespace) -> int:
         print(f"rejected: {len(result.rejected)}")
         for r in result.rejected:
             print(f"  row {r.row}: {r.reason}")
+    return 0
+
+
+def cmd_issue_all(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        counts = site.issue_all()
+    _print(dict(counts), args.json)
+    return 0
+
+
+def cmd_cards(args: argparse.Namespace) -> int:
+    from server.cards import cards_for, write_pdf, write_pngs
+
+    with Site(args.dir) as site:
+        cards = cards_for(site, args.household)
+    pages = write_pdf(cards, args.out)
+    pngs = write_pngs(cards, args.png_dir) if args.png_dir else []
+    result: dict[str, Any] = {"cards": len(cards), "pages": pages, "pdf": str(args.out)}
+    if args.png_dir:
+        result["png"] = [str(p) for p in pngs]
+    _print(result, args.json)
     return 0

@@ -132,6 +132,22 @@ class Site:
         valid_until: datetime | None = None,
         room: str = "",
     ) -> IssuedPass:
+        """Sign a pass. The household's row is made to exist; a registered person (same
+        household and name) is linked and, without `room`, the register's place is shown."""
+        issued = self._issue(household, name, role, valid_from, valid_until, room)
+        self.publish_register()
+        return issued
+
+    def _issue(
+        self,
+        household: str,
+        name: str,
+        role: str = "resident",
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        room: str = "",
+    ) -> IssuedPass:
+        """issue_pass without publishing the register (issue_all publishes once)."""
         check_household(household)
         if not name.strip():
             raise SiteError("name must not be empty")
@@ -147,6 +163,10 @@ class Site:
                 f"household {household} already holds {held} valid passes (cap {cap}, "
                 "passes_per_household_max): revoke one first"
             )
+        self.registry.ensure_household(household)
+        person = self.registry.person(household, name.strip())
+        if person is not None and not room:
+            room = person.place
         key_id = self.active_key_id()
         pass_id = self.store.next_counter("pass_id")
         payload = PassPayload(
@@ -156,7 +176,7 @@ class Site:
         with self.store.atomic():
             self.store.db.execute(
                 "INSERT INTO passes (pass_id, household, name, room, role, valid_from,"
-                " valid_until, key_id, qr, issued_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " valid_until, key_id, qr, issued_at, person_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     pass_id,
                     household,
@@ -168,10 +188,37 @@ class Site:
                     key_id,
                     qr,
                     utcnow(),
+                    None if person is None else person.person_id,
                 ],
             )
-        self.publish_register()
         return IssuedPass(pass_id, household, r.label, start, end, qr)
+
+    def issue_all(self) -> dict[str, int]:
+        """A pass for every registered resident/staff member without a valid, unrevoked one,
+        within each household's cap. Returns counts: issued, already_valid, over_cap."""
+        now = datetime.now(self.config.tz).replace(microsecond=0)
+        counts = {"issued": 0, "already_valid": 0, "over_cap": 0}
+        for person in self.registry.capped_persons():
+            # Passes issued by name before the register was imported count as the person's.
+            held = self.store.db.execute(
+                "SELECT COUNT(*) FROM passes WHERE revoked_at IS NULL AND valid_until > ?"
+                " AND (person_id = ? OR (person_id IS NULL AND household = ? AND name = ?))",
+                [int(now.timestamp()), person.person_id, person.household, person.name],
+            ).fetchone()[0]
+            if held:
+                counts["already_valid"] += 1
+                continue
+            if self.active_passes(person.household, now) >= (
+                self.config.policy.passes_per_household_max
+            ):
+                counts["over_cap"] += 1
+                continue
+            self._issue(person.household, person.name, person.role, now)
+            counts["issued"] += 1
+        if counts["issued"]:
+            self.store.audit(actor(), "pass_issue_all", self.site, json.dumps(counts))
+            self.publish_register()
+        return counts
 
     def active_passes(self, household: str, at: datetime) -> int:
         row = self.store.db.execute(

@@ -29,6 +29,21 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_register_import)
 
+    keys = root.add_parser("keys", help="the site's signing keys")
+    ks = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ks.add_parser(
+        "rotate",
+        help="make a new signing key; passes signed by the old one stay valid until retired",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_rotate)
+    p = ks.add_parser("retire", help="stop trusting an old key (not the signing key)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("key_id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_retire)
+
     passes: argparse._SubParsersAction[argparse.ArgumentParser] = groups["pass"]
     p = passes.add_parser(
         "issue-all",
@@ -88,4 +103,20 @@ def cmd_cards(args: argparse.Namespace) -> int:
     if args.png_dir:
         result["png"] = [str(p) for p in pngs]
     _print(result, args.json)
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        previous, new = site.rotate_key()
+        summary = site.summary()
+    _print({"key_id": new, "previous": previous, "trust_keys": summary["keys"]}, args.json)
+    return 0
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    with Site(args.dir) as site:
+        site.retire_key(args.key_id)
+        summary = site.summary()
+    _print({"retired": args.key_id, "trust_keys": summary["keys"]}, args.json)
     return 0

@@ -113,6 +113,48 @@ class Site:
         ).fetchall()
         return [TrustKey(int(k), bytes(p)) for k, p in rows]
 
+    def rotate_key(self) -> tuple[int, int]:
+        """Make a new signing key; returns (previous, new) key ids.
+
+        Gates accept a document only when signed by a key they already trust (their anchor
+        and the keys of the last config they accepted). So the documents that announce the
+        new key are signed with the previous one (configs: with the oldest active key, see
+        publish_config); passes and registers after it with the new key. Passes signed by
+        the old key stay valid until they expire or the old key is retired."""
+        previous = self.active_key_id()
+        row = self.store.db.execute("SELECT MAX(key_id) FROM keys").fetchone()
+        new = int(row[0]) + 1  # never reuse the id of a retired key
+        key = create_key(self.dir, new)
+        with self.store.atomic():
+            self.store.db.execute(
+                "INSERT INTO keys (key_id, public_key, created_at) VALUES (?, ?, ?)",
+                [new, public_bytes(key), utcnow()],
+            )
+        self.publish_config()
+        self.publish_register(key_id=previous)
+        self.store.audit(actor(), "key_rotate", str(new), f"previous signing key {previous}")
+        return previous, new
+
+    def retire_key(self, key_id: int) -> None:
+        """Stop trusting `key_id`: passes it signed are refused once gates have the config.
+        The signing (newest) key cannot be retired: rotate first."""
+        active = [k.key_id for k in self.trust_keys()]
+        if key_id not in active:
+            raise SiteError(f"key {key_id} is not an active key (active: {active})")
+        if key_id == self.active_key_id():
+            raise SiteError(
+                f"key {key_id} is the signing key"
+                + (" and the only one" if len(active) == 1 else "")
+                + ": run `menwei keys rotate` first"
+            )
+        with self.store.atomic():
+            self.store.db.execute(
+                "UPDATE keys SET retired_at = ? WHERE key_id = ?", [utcnow(), key_id]
+            )
+        self.store.audit(actor(), "key_retire", str(key_id))
+        self.publish_config()
+        self.publish_register()
+
     # --- passes -------------------------------------------------------------------------
 
     def parse_time(self, text: str) -> datetime:
@@ -277,25 +319,33 @@ class Site:
 
     # --- documents and the provisioning bundle ------------------------------------------
 
-    def _sign(self, kind: str, body: dict[str, object]) -> SignedDocument:
+    def _sign(
+        self, kind: str, body: dict[str, object], key_id: int | None = None
+    ) -> SignedDocument:
+        """Sign with the newest active key, or with `key_id` (rotation: see rotate_key)."""
         version = self.store.next_counter(f"{kind}_version")
-        key_id = self.active_key_id()
+        key_id = self.active_key_id() if key_id is None else key_id
         return sign_document(
             kind, self.site, version, utcnow(), body, key_id, load_key(self.dir, key_id)
         )
 
     def publish_config(self) -> SignedDocument:
+        """Signed by the oldest active key, not the newest: every gate provisioned while that
+        key was active holds it in its trust anchor, so a gate that missed a rotation's config
+        (offline, or restarted: it re-verifies its stored config against the anchor) still
+        accepts this one and learns the newer keys from it."""
+        trust = self.trust_keys()
         body: dict[str, object] = {
             "policy": self.config.policy.to_json(),
-            "trust_keys": [k.to_json() for k in self.trust_keys()],
+            "trust_keys": [k.to_json() for k in trust],
         }
-        doc = self._sign("config", body)
+        doc = self._sign("config", body, trust[0].key_id)
         self._write_bundle(CONFIG_FILE, doc.encode())
         self._write_bundle(TRUST_FILE, encode_trust(self.site, self.trust_keys()))
         return doc
 
-    def publish_register(self) -> SignedDocument:
-        doc = self._sign("register", self.register().to_json())
+    def publish_register(self, key_id: int | None = None) -> SignedDocument:
+        doc = self._sign("register", self.register().to_json(), key_id)
         self._write_bundle(REGISTER_FILE, doc.encode())
         return doc
 

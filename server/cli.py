@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -35,6 +36,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = s.add_parser("run", help="run the collector (MQTT → store, acks, documents)")
     p.add_argument("dir", type=Path)
     p.add_argument("--broker", help="mqtt://HOST:PORT (default: server.toml [mqtt] broker)")
+    p.add_argument(
+        "--http",
+        type=web_cli.parse_http,
+        metavar="HOST:PORT",
+        help="also serve the operator dashboard here (e.g. 127.0.0.1:8080)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = s.add_parser("export", help="every stored event, one JSON object per line")
@@ -187,9 +194,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        with Collector(site, broker) as collector:
+        with Collector(site, broker) as collector, contextlib.ExitStack() as web:
             collector.start()
             log.info("collector for site %s on %s", site.site, broker)
             print(f"collector running for site {site.site} on {broker}", flush=True)
+            if args.http:
+                host, port = args.http
+                # Its own Site and connections: pages never wait on the collector's lock.
+                dashboard = web.enter_context(
+                    web_cli.DashboardServer(args.dir, collector.feed, host, port)
+                )
+                dashboard.start()
+                print(f"dashboard on http://{host}:{port}/", flush=True)
             stop.wait()
     return 0

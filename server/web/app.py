@@ -1,0 +1,140 @@
+"""The dashboard application: `create_app(site_dir or Site, feed)` → a Starlette app.
+
+It runs in the collector's process (on uvicorn's own thread) but shares nothing
+with the collector except the LiveFeed: it opens its own Site (its own SQLite
+connection for the few writes) and reads pages through per-thread read-only
+connections, so neither a slow page nor many open live feeds delay the
+acknowledgements the collector sends to gates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.live import LiveFeed
+from server.site import Site
+from server.web import i18n
+from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
+from server.web.dashboard import Dashboard
+from server.web.views import alerts, audit, charts, households, login, overview, reports
+from server.web.views import feed as feed_view
+
+STATIC = Path(__file__).with_name("static")
+SECURITY_HEADERS = {
+    # No CDN, no inline script: the page runs only what this app serves.
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+        " connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def create_app(site: Site | Path, feed: LiveFeed | None = None) -> Starlette:
+    """The dashboard for a server directory (opened here, closed at shutdown) or an open Site."""
+    owns = not isinstance(site, Site)
+    opened = Site(Path(site)) if not isinstance(site, Site) else site
+    dashboard = Dashboard(opened, feed if feed is not None else LiveFeed(), owns_site=owns)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            dashboard.close()
+
+    routes = [
+        *login.routes(),
+        *overview.routes(),
+        *feed_view.routes(),
+        *alerts.routes(),
+        *households.routes(),
+        *charts.routes(),
+        *reports.routes(),
+        *audit.routes(),
+        Route("/healthz", healthz),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={LoginRequired: _login_required, HTTPException: _http_error},
+    )
+    app.state.dashboard = dashboard
+
+    return app
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response (pure ASGI: streams pass through)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def healthz(_request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def _login_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoginRequired)
+    if request.method != "GET":
+        return PlainTextResponse(i18n.text(lang_of(request), "login.expired"), status_code=401)
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    query = f"?next={target}" + ("&expired=1" if exc.expired else "")
+    response = RedirectResponse(f"/login{query}", status_code=303)
+    asked = request.query_params.get("lang")
+    if asked in i18n.LANGS:
+        response.set_cookie(LANG_COOKIE, asked, httponly=True, samesite="lax")
+    return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    key = exc.detail if exc.detail in i18n.STRINGS else _generic(exc.status_code)
+    dashboard: Dashboard = request.app.state.dashboard
+    if request.headers.get("accept", "").startswith("text/event-stream"):
+        return PlainTextResponse(i18n.text(lang_of(request), key), status_code=exc.status_code)
+    return dashboard.pages.render(
+        request,
+        "error.html",
+        current(request),
+        status=exc.status_code,
+        message_key=key,
+        detail=None if exc.detail in i18n.STRINGS else exc.detail,
+    )
+
+
+def _generic(status: int) -> str:
+    return {403: "error.forbidden", 404: "error.not_found", 429: "login.limited"}.get(
+        status, "error.bad_request"
+    )

@@ -1,0 +1,39 @@
+"""The dashboard's shared parts, handed to every page through `request.app.state`."""
+
+from __future__ import annotations
+
+import threading
+
+from starlette.requests import Request
+
+from server.live import LiveFeed
+from server.site import Site
+from server.store import STORE_NAME
+from server.web.accounts import AccountStore
+from server.web.pages import Pages
+from server.web.reading import Reader
+
+
+class Dashboard:
+    """What the pages need: the site (writes), accounts, a reader, the live feed, templates."""
+
+    def __init__(self, site: Site, feed: LiveFeed, *, owns_site: bool) -> None:
+        self.site = site
+        self.accounts = AccountStore(site.store)
+        self.reader = Reader(site.dir / STORE_NAME)
+        self.feed = feed
+        self.pages = Pages(site.config.tz, site.site)
+        self.policy = site.config.policy
+        self.stopping = threading.Event()  # live streams end when the server shuts down
+        self._owns_site = owns_site
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.reader.close()
+        if self._owns_site:
+            self.site.close()
+
+
+def dashboard_of(request: Request) -> Dashboard:
+    dashboard: Dashboard = request.app.state.dashboard
+    return dashboard

@@ -1,0 +1,166 @@
+"""Households: search by room or name; members, passes, who is out, today's quota, quarantine.
+
+Households may be known from the imported register (with their place) or only
+from the passes issued to them; both are found. Viewers see masked names and
+phone numbers; operators and admins see the register as it is.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from protocol.errors import ProtocolError
+from protocol.register import mask_name
+from server.web import figures
+from server.web.auth import checked_form, require
+from server.web.dashboard import Dashboard, dashboard_of
+
+LIMIT = 50
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/households", search_page),
+        Route("/households/{household}", detail_page),
+        Route("/households/{household}/quarantine", quarantine, methods=["POST"]),
+    ]
+
+
+def search(d: Dashboard, query: str) -> list[dict[str, Any]]:
+    like = f"%{query.strip()}%"
+    return d.reader.dicts(
+        "SELECT household, MAX(room) AS room, MAX(quarantined) AS quarantined,"
+        " SUM(passes) AS passes FROM ("
+        "  SELECT h.household, (h.building || '-' || h.unit || '-' || h.room) AS room,"
+        "   h.quarantined, 0 AS passes FROM households h"
+        "   LEFT JOIN persons p ON p.household = h.household"
+        "   WHERE h.household LIKE ? OR (h.building || '-' || h.unit || '-' || h.room) LIKE ?"
+        "   OR p.name LIKE ?"
+        "  UNION ALL"
+        "  SELECT household, room, 0, COUNT(*) FROM passes"
+        "   WHERE household LIKE ? OR room LIKE ? OR name LIKE ? GROUP BY household, room"
+        ") GROUP BY household ORDER BY household LIMIT ?",
+        [like, like, like, like, like, like, LIMIT],
+    )
+
+
+def search_page(request: Request) -> Response:
+    session = require(request)
+    d = dashboard_of(request)
+    query = request.query_params.get("q", "").strip()[:100]
+    results = search(d, query) if query else search(d, "")
+    return d.pages.render(request, "households.html", session, query=query, results=results)
+
+
+def mask_phone(phone: str) -> str:
+    return phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
+
+
+def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
+    place = d.reader.dicts(
+        "SELECT building, unit, room, grid, community, quarantined, quarantine_until"
+        " FROM households WHERE household = ?",
+        [household],
+    )
+    passes = d.reader.dicts(
+        "SELECT pass_id, name, room, role, valid_from, valid_until, revoked_at"
+        " FROM passes WHERE household = ? ORDER BY pass_id",
+        [household],
+    )
+    try:
+        members = d.reader.dicts(
+            "SELECT name, phone, role FROM persons WHERE household = ? ORDER BY person_id",
+            [household],
+        )
+    except Exception:  # the register tables are created by the collector's Site on open
+        members = []
+    if not place and not passes and not members:
+        raise HTTPException(404, "error.not_found")
+    tz = d.site.config.tz
+    for p in passes:
+        p["holder"] = p["name"] if full else mask_name(p["name"])
+        p["from"] = datetime.fromtimestamp(p["valid_from"], tz).strftime("%Y-%m-%d")
+        p["until"] = datetime.fromtimestamp(p["valid_until"], tz).strftime("%Y-%m-%d")
+    for m in members:
+        m["name"] = m["name"] if full else mask_name(m["name"])
+        m["phone"] = m["phone"] if full else mask_phone(m["phone"] or "")
+    holder_of = {p["pass_id"]: p["holder"] for p in passes}
+    out = [
+        {**o, "holder": holder_of.get(o["pass_id"], str(o["pass_id"]))}
+        for o in figures.outside(d.reader, d.policy, datetime.now(UTC))
+        if o["household"] == household
+    ]
+    span = figures.day_span(d.policy, figures.today(d.policy))
+    recent = d.reader.dicts(
+        "SELECT gate, at, decision, reason, direction, pass_id FROM events"
+        f" WHERE household = ? AND kind IN ('decision', 'override') AND {figures._IN_SPAN}"
+        " ORDER BY julianday(at) DESC LIMIT 20",
+        [household, *span.params()],
+    )
+    for r in recent:
+        r["holder"] = holder_of.get(r["pass_id"], "")
+    info = place[0] if place else {}
+    room = "-".join(
+        x for x in (info.get("building"), info.get("unit"), info.get("room")) if x
+    ) or next((p["room"] for p in passes if p["room"]), "")
+    return {
+        "household": household,
+        "room": room,
+        "grid": info.get("grid", ""),
+        "quarantined": bool(info.get("quarantined")),
+        "quarantine_until": info.get("quarantine_until"),
+        "passes": passes,
+        "members": members,
+        "outside": out,
+        "exits_today": figures.household_exits(d.reader, household, span),
+        "exits_max": d.policy.household_max_exits_per_day,
+        "out_max": d.policy.household_max_out,
+        "recent": recent,
+    }
+
+
+def detail_page(request: Request) -> Response:
+    session = require(request)
+    d = dashboard_of(request)
+    household = request.path_params["household"]
+    return d.pages.render(
+        request,
+        "household.html",
+        session,
+        h=detail(d, household, full=session.operator.can("operator")),
+        done=request.query_params.get("done"),
+    )
+
+
+async def quarantine(request: Request) -> Response:
+    """Quarantine (action=on, optional `until` date) or release (action=off); audited."""
+    session, form = await checked_form(request, "operator")
+    d = dashboard_of(request)
+    household = request.path_params["household"]
+    on = form.get("action") == "on"
+    until_text = str(form.get("until", "")).strip()
+
+    def apply() -> None:
+        until = d.site.parse_time(until_text) if on and until_text else None
+        d.site.set_quarantine(household, until, on=on)
+        # Site records the server process's OS user; this row names the operator.
+        d.site.store.audit(
+            session.operator.name,
+            "household_quarantine" if on else "household_release",
+            household,
+            f"dashboard{'; until ' + until.isoformat() if until else ''}",
+        )
+
+    try:
+        await run_in_threadpool(apply)
+    except (ProtocolError, ValueError) as exc:
+        raise HTTPException(400, str(exc)) from None
+    done = "quarantine" if on else "release"
+    return RedirectResponse(f"/households/{household}?done={done}", status_code=303)

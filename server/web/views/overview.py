@@ -1,0 +1,67 @@
+"""Overview: every gate's health from its retained status, and today's figures."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.web import figures
+from server.web.auth import require
+from server.web.dashboard import Dashboard, dashboard_of
+
+
+def routes() -> list[Route]:
+    return [Route("/", overview)]
+
+
+def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
+    """One row per gate from its last retained status (the Last Will says offline)."""
+    rows = []
+    for gate, last_seen, raw in dashboard.reader.rows(
+        "SELECT gate, last_seen, status FROM gates ORDER BY gate"
+    ):
+        status: dict[str, Any] = json.loads(raw) if raw else {}
+        clock = status.get("clock") or {}
+        camera = status.get("camera") or {}
+        versions = status.get("versions") or {}
+        rows.append(
+            {
+                "gate": gate,
+                "state": status.get("state", "unknown"),
+                "last_seen": last_seen,
+                "status_at": status.get("at"),
+                "direction": status.get("direction"),
+                "backlog": status.get("backlog"),
+                "clock_trusted": clock.get("trusted"),
+                "config": versions.get("config"),
+                "register": versions.get("register"),
+                "camera": camera.get("state"),
+                "camera_error": camera.get("error"),
+            }
+        )
+    return rows
+
+
+def overview(request: Request) -> Response:
+    session = require(request)
+    d = dashboard_of(request)
+    day = figures.today(d.policy)
+    span = figures.day_span(d.policy, day)
+    alerts_open = d.site.alerts.open_counts()
+    return d.pages.render(
+        request,
+        "overview.html",
+        session,
+        gates=gate_rows(d),
+        day=day.isoformat(),
+        passages=figures.passages(d.reader, span),
+        outside=len(figures.outside(d.reader, d.policy, datetime.now(UTC))),
+        denials=figures.denials(d.reader, span),
+        alerts_open=sorted(alerts_open.items(), key=lambda kv: -kv[1]),
+        alerts_total=sum(alerts_open.values()),
+    )

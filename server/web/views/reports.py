@@ -1,0 +1,100 @@
+"""Reports: the daily figures (server/reports.py) as a page, CSV and XLSX downloads."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import date
+from types import ModuleType
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.web import figures
+from server.web.auth import require
+from server.web.dashboard import Dashboard, dashboard_of
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+PREVIEW_ROWS = 200
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/reports", reports_page),
+        Route("/reports/daily.csv", download_csv),
+        Route("/reports/daily.xlsx", download_xlsx),
+    ]
+
+
+def _reports() -> ModuleType | None:
+    try:
+        return importlib.import_module("server.reports")
+    except ImportError:
+        return None
+
+
+def _day(request: Request, d: Dashboard) -> date:
+    text = request.query_params.get("day")
+    if not text:
+        return figures.today(d.policy)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(400, "error.bad_request") from None
+
+
+def _rows(d: Dashboard, day: date) -> list[dict[str, Any]]:
+    module = _reports()
+    if module is None:
+        raise HTTPException(503, "reports.unavailable")
+    rows: list[dict[str, Any]] = module.daily_report(d.site, day)
+    return rows
+
+
+def reports_page(request: Request) -> Response:
+    session = require(request)
+    d = dashboard_of(request)
+    day = _day(request, d)
+    available = _reports() is not None
+    rows = _rows(d, day) if available else []
+    columns = list(rows[0].keys()) if rows else []
+    return d.pages.render(
+        request,
+        "reports.html",
+        session,
+        day=day.isoformat(),
+        available=available,
+        columns=columns,
+        rows=rows[:PREVIEW_ROWS],
+    )
+
+
+async def _download(request: Request, encoder: str, media_type: str, ext: str) -> Response:
+    d = dashboard_of(request)
+    session = await run_in_threadpool(require, request)
+    day = _day(request, d)
+
+    def build() -> bytes:
+        module = _reports()
+        data: bytes = getattr(module, encoder)(_rows(d, day))
+        d.site.store.audit(session.operator.name, "report_download", f"{day}.{ext}")
+        return data
+
+    data = await run_in_threadpool(build)
+    name = f"menwei-{d.site.site}-{day.isoformat()}.{ext}"
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def download_csv(request: Request) -> Response:
+    return await _download(request, "to_csv", "text/csv; charset=utf-8", "csv")
+
+
+async def download_xlsx(request: Request) -> Response:
+    return await _download(request, "to_xlsx", XLSX, "xlsx")

@@ -1,0 +1,423 @@
+"""The dashboard through Starlette's TestClient against a real Site in tmp.
+
+Nothing is mocked: accounts and sessions are rows in the site's SQLite file,
+events are inserted by the store as the collector would, and the live feed is
+the collector's LiveFeed class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from starlette.testclient import TestClient
+
+from server.live import LiveFeed
+from server.site import Site
+from server.web import i18n
+from server.web.accounts import AccountStore
+from server.web.app import create_app
+from tests.conftest import REPO, SITE
+from tests.e2e.helpers import make_event, wait_until
+
+PASSWORD = "correct horse battery"
+TEMPLATES = REPO / "server" / "web" / "templates"
+
+
+@pytest.fixture
+def accounts(site: Site) -> AccountStore:
+    store = AccountStore(site.store)
+    for name, role in (("ada", "admin"), ("olga", "operator"), ("vic", "viewer")):
+        store.add(name, role, PASSWORD, actor="test")
+    return store
+
+
+@pytest.fixture
+def feed() -> LiveFeed:
+    return LiveFeed()
+
+
+@pytest.fixture
+def client(site: Site, accounts: AccountStore, feed: LiveFeed) -> Iterator[TestClient]:
+    app = create_app(site.dir, feed)
+    with TestClient(app, base_url="http://testserver") as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def login(client: TestClient, name: str, password: str = PASSWORD):
+    page = client.get("/login")
+    return client.post(
+        "/login",
+        data={"name": name, "password": password, "csrf": csrf_of(page.text), "next": "/"},
+        follow_redirects=False,
+    )
+
+
+def logged_in(client: TestClient, name: str) -> str:
+    """Log in and return the session's CSRF token (from a page's forms)."""
+    r = login(client, name)
+    assert r.status_code == 303, r.text
+    return csrf_of(client.get("/").text)
+
+
+def now_local(site: Site) -> datetime:
+    return datetime.now(site.config.tz).replace(microsecond=0)
+
+
+def store_events(site: Site, gate: str, *events_kw: dict) -> None:
+    existing = site.store.contiguous_seq(gate)
+    events = [
+        make_event(SITE, gate, existing + i + 1, at=now_local(site).isoformat(), **kw)
+        for i, kw in enumerate(events_kw)
+    ]
+    site.store.insert_events(gate, events)
+    for e in events:
+        site.alerts.from_event(e)
+
+
+# --- logging in --------------------------------------------------------------------------
+
+
+def test_pages_need_a_login_and_a_good_password_opens_a_session(client: TestClient) -> None:
+    r = client.get("/alerts", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=/alerts")
+    r = login(client, "olga")
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    assert "menwei_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    page = client.get("/")
+    assert page.status_code == 200 and "olga" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_wrong_password_and_unknown_account_say_the_same(client: TestClient, site: Site) -> None:
+    for name, password in (("olga", "wrong password"), ("nobody", PASSWORD)):
+        r = login(client, name, password)
+        assert r.status_code == 401
+        assert "账号或密码错误" in r.text
+        assert "menwei_session" not in r.headers.get("set-cookie", "")
+    actions = [a for (a,) in site.store.db.execute("SELECT action FROM audit")]
+    assert actions.count("login_failed") == 2
+
+
+def test_failed_logins_are_rate_limited_per_account_and_address(client: TestClient) -> None:
+    for _ in range(5):
+        assert login(client, "olga", "wrong password").status_code == 401
+    r = login(client, "olga")  # the right password no longer helps for 15 minutes
+    assert r.status_code == 429
+    assert "15 分钟" in r.text
+    assert client.get("/?lang=en").status_code == 200  # still logged out: the login page
+    r = login(client, "olga")
+    assert "Too many failed logins" in r.text
+    assert login(client, "ada").status_code == 303  # another account from here is not blocked
+
+
+def test_login_form_without_its_csrf_token_is_refused(client: TestClient) -> None:
+    client.get("/login")
+    r = client.post("/login", data={"name": "olga", "password": PASSWORD})
+    assert r.status_code == 403
+
+
+def test_session_expires_absolutely_and_when_idle(client: TestClient, site: Site) -> None:
+    logged_in(client, "olga")
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    with site.store.atomic() as db:
+        db.execute("UPDATE sessions SET expires_at = ?", [past])
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and "expired=1" in r.headers["location"]
+    assert site.store.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+
+    logged_in(client, "olga")
+    idle = (datetime.now(UTC) - timedelta(hours=1, minutes=1)).isoformat()
+    with site.store.atomic() as db:
+        db.execute("UPDATE sessions SET last_seen_at = ?", [idle])
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_logout_ends_the_session(client: TestClient, site: Site) -> None:
+    token = logged_in(client, "vic")
+    assert client.post("/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
+    assert client.get("/", follow_redirects=False).status_code == 303
+    assert site.store.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+
+
+# --- changing things: roles, CSRF, audit ---------------------------------------------------
+
+
+def fever_alert(site: Site) -> int:
+    store_events(
+        site,
+        "east",
+        {"kind": "decision", "decision": "deny", "reason": "fever", "direction": "in"},
+        {"kind": "alert", "decision": None, "reason": "fever", "direction": "in"},
+    )
+    alerts = site.alerts.list(open_only=True)
+    assert [a.kind for a in alerts] == ["fever"]
+    return alerts[0].id
+
+
+def test_operator_acknowledges_an_alert_with_a_note(client: TestClient, site: Site) -> None:
+    alert_id = fever_alert(site)
+    token = logged_in(client, "olga")
+    page = client.get("/alerts")
+    assert "发热" in page.text and f"/alerts/{alert_id}/ack" in page.text
+    r = client.post(f"/alerts/{alert_id}/ack", data={"csrf": token, "note": "送发热门诊"})
+    assert r.status_code == 200 and "告警已确认" in r.text
+    alert = site.alerts.get(alert_id)
+    assert alert is not None and alert.acked_by == "olga" and alert.ack_note == "送发热门诊"
+    row = site.store.db.execute(
+        "SELECT actor, target, detail FROM audit WHERE action = 'alert_ack'"
+    ).fetchone()
+    assert row == ("olga", str(alert_id), "送发热门诊")
+    again = client.post(f"/alerts/{alert_id}/ack", data={"csrf": token, "note": "x"})
+    assert again.status_code == 404
+
+
+def test_viewer_cannot_change_anything(client: TestClient, site: Site) -> None:
+    alert_id = fever_alert(site)
+    site.issue_pass("1-2-301", "王小明", room="1-2-301")
+    token = logged_in(client, "vic")
+    assert "/ack" not in client.get("/alerts").text  # no form to press
+    r = client.post(f"/alerts/{alert_id}/ack", data={"csrf": token, "note": "n"})
+    assert r.status_code == 403
+    r = client.post("/households/1-2-301/quarantine", data={"csrf": token, "action": "on"})
+    assert r.status_code == 403
+    assert site.alerts.get(alert_id).acked_at is None  # type: ignore[union-attr]
+    household = site.registry.household("1-2-301")
+    assert household is None or not household.quarantined
+    detail = client.get("/households/1-2-301").text
+    assert "王*明" in detail and "王小明" not in detail  # viewers see masked names
+
+
+def test_a_post_without_the_session_csrf_token_is_refused(client: TestClient, site: Site) -> None:
+    alert_id = fever_alert(site)
+    logged_in(client, "ada")
+    for data in ({"note": "n"}, {"note": "n", "csrf": "forged"}):
+        r = client.post(f"/alerts/{alert_id}/ack", data=data)
+        assert r.status_code == 403
+        assert "表单已失效" in r.text
+    assert site.alerts.get(alert_id).acked_at is None  # type: ignore[union-attr]
+
+
+def test_quarantine_and_release_from_the_household_page_are_audited(
+    client: TestClient, site: Site
+) -> None:
+    site.issue_pass("2-1-502", "李四海", room="2-1-502")
+    before = json.loads(site.bundle_path("register.json").read_bytes())["version"]
+    token = logged_in(client, "olga")
+    r = client.post(
+        "/households/2-1-502/quarantine",
+        data={"csrf": token, "action": "on", "until": "2030-01-01"},
+    )
+    assert r.status_code == 200 and "已设为居家隔离" in r.text
+    household = site.registry.household("2-1-502")
+    assert household is not None and household.quarantined
+    assert household.quarantine_until is not None
+    assert household.quarantine_until.startswith("2030-01-01")
+    assert json.loads(site.bundle_path("register.json").read_bytes())["version"] > before
+    r = client.post("/households/2-1-502/quarantine", data={"csrf": token, "action": "off"})
+    assert "已解除隔离" in r.text
+    assert not site.registry.household("2-1-502").quarantined  # type: ignore[union-attr]
+    rows = site.store.db.execute(
+        "SELECT actor, action, target FROM audit WHERE actor = 'olga' AND action LIKE 'household_%'"
+        " ORDER BY id"
+    ).fetchall()
+    assert rows == [
+        ("olga", "household_quarantine", "2-1-502"),
+        ("olga", "household_release", "2-1-502"),
+    ]
+    audit_page = client.get("/audit").text
+    assert "household_quarantine" in audit_page and "olga" in audit_page
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+
+def test_overview_shows_gates_from_their_retained_status_and_todays_figures(
+    client: TestClient, site: Site
+) -> None:
+    issued = site.issue_pass("3-1-101", "赵六", room="3-1-101")
+    site.store.set_gate_status(
+        "east",
+        {
+            "gate": "east",
+            "state": "online",
+            "backlog": 7,
+            "direction": "both",
+            "versions": {"config": 4, "register": 9},
+            "clock": {"trusted": False},
+            "camera": {"state": "ok", "error": None},
+        },
+    )
+    site.store.set_gate_status("west", {"gate": "west", "state": "offline"})
+    ok = {"pass_id": issued.pass_id, "household": "3-1-101"}
+    store_events(
+        site,
+        "east",
+        {**ok, "direction": "out"},
+        {**ok, "direction": "in"},
+        {**ok, "direction": "out"},
+        {"decision": "deny", "reason": "expired", "direction": "in", "pass_id": 99},
+    )
+    logged_in(client, "vic")
+    html = client.get("/").text
+    east = html[html.index('data-gate="east"') : html.index('data-gate="west"')]
+    assert "在线" in east and ">7<" in east and "未同步" in east and "4 / 9" in east
+    assert "离线" in html[html.index('data-gate="west"') :]
+    assert re.search(r'id="count-in">1<', html) and re.search(r'id="count-out">2<', html)
+    assert "通行证已过期" in html  # denials by reason, in zh-CN
+    en = client.get("/?lang=en")
+    assert "Pass expired" in en.text and "menwei_lang=en" in en.headers["set-cookie"]
+    assert "Outside now" in client.get("/").text  # the choice sticks (cookie)
+
+
+def test_feed_filters_and_masks_names(client: TestClient, site: Site) -> None:
+    issued = site.issue_pass("4-1-201", "欧阳娜娜", room="4-1-201")
+    store_events(
+        site,
+        "north",
+        {"pass_id": issued.pass_id, "household": "4-1-201", "direction": "out"},
+        {"decision": "deny", "reason": "revoked", "direction": "out", "pass_id": None},
+    )
+    logged_in(client, "vic")
+    html = client.get("/feed").text
+    assert "欧**娜" in html and "欧阳娜娜" not in html
+    assert "通行证已注销" in html
+    denied = client.get("/feed?decision=deny").text
+    assert "通行证已注销" in denied and "欧**娜" not in denied
+    assert "欧**娜" not in client.get("/feed?gate=south").text
+
+
+def test_live_stream_sends_new_passages_as_server_sent_events(
+    client: TestClient, site: Site, feed: LiveFeed
+) -> None:
+    issued = site.issue_pass("5-1-101", "孙悟空", room="5-1-101")
+    logged_in(client, "vic")
+    event = make_event(SITE, "east", 1, pass_id=issued.pass_id, household="5-1-101")
+    denied = make_event(SITE, "east", 2, decision="deny", reason="expired")
+
+    def publish() -> None:
+        wait_until(lambda: feed.subscribers > 0, 10, "the stream did not subscribe")
+        feed.publish({"type": "event", **denied.to_json()})  # filtered out: allow only
+        feed.publish({"type": "status", "gate": "east", "state": "offline"})
+        feed.publish({"type": "event", **event.to_json()})
+
+    threading.Thread(target=publish, daemon=True).start()
+    got: list[tuple[str, dict]] = []
+    with client.stream("GET", "/feed/stream?decision=allow&lang=en") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                got.append((kind, json.loads(line[6:])))
+                if kind == "passage":
+                    break
+        client.app.state.dashboard.stopping.set()  # type: ignore[attr-defined]
+    assert got[0] == ("status", got[0][1]) and got[0][1]["state_text"] == "offline"
+    passage = got[-1][1]
+    assert passage["holder"] == "孙*空" and passage["message"] == "Please pass"
+    assert passage["uuid"] == event.uuid and len(got) == 2
+
+
+def test_households_search_by_room_and_name_and_detail(client: TestClient, site: Site) -> None:
+    a = site.issue_pass("6-2-301", "周杰伦", room="6-2-301")
+    site.issue_pass("6-2-302", "蔡依林", room="6-2-302")
+    store_events(site, "east", {"pass_id": a.pass_id, "household": "6-2-301", "direction": "out"})
+    logged_in(client, "olga")
+    by_room = client.get("/households?q=2-301").text
+    assert "/households/6-2-301" in by_room and "/households/6-2-302" not in by_room
+    by_name = client.get("/households?q=蔡依").text
+    assert "/households/6-2-302" in by_name and "/households/6-2-301" not in by_name
+    detail = client.get("/households/6-2-301").text
+    assert "周杰伦" in detail  # operators see the register's names
+    assert "当前在外" in detail and "1 / 2" in detail  # exits today / household_max_exits
+    assert client.get("/households/nope").status_code == 404
+
+
+def test_charts_are_inline_svg(client: TestClient, site: Site) -> None:
+    store_events(site, "east", {"direction": "out"}, {"decision": "deny", "reason": "expired"})
+    logged_in(client, "vic")
+    html = client.get("/charts").text
+    assert html.count("<svg") == 4 and "<script" not in html.split("</main>")[0]
+    assert "通行证已过期，请到居委会换证: 1" in html and "east" in html
+
+
+def test_every_string_in_both_languages_and_every_template_key_exists() -> None:
+    assert all(zh and en for zh, en in i18n.STRINGS.values())
+    used = set()
+    for path in TEMPLATES.glob("*.html"):
+        used |= set(re.findall(r't\("([a-z_.]+)"\)', path.read_text(encoding="utf-8")))
+    assert used and used <= i18n.STRINGS.keys(), used - i18n.STRINGS.keys()
+
+
+def test_report_downloads_csv_and_xlsx(client: TestClient, site: Site) -> None:
+    reports = pytest.importorskip("server.reports")
+    store_events(site, "east", {"direction": "out"}, {"direction": "in"})
+    logged_in(client, "vic")
+    day = now_local(site).date().isoformat()
+    r = client.get(f"/reports/daily.csv?day={day}")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert f"{day}.csv" in r.headers["content-disposition"]
+    from datetime import date
+
+    rows = reports.daily_report(site, date.fromisoformat(day))
+    assert r.content == reports.to_csv(rows)
+    x = client.get(f"/reports/daily.xlsx?day={day}")
+    assert x.status_code == 200 and x.content[:2] == b"PK"
+    assert client.get("/reports/daily.csv?day=yesterday").status_code == 400
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def menwei(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "menwei.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_operator_add_and_list_from_the_command_line(site: Site) -> None:
+    d = str(site.dir)
+    r = menwei(
+        "operator", "add", d, "张主任", "--role", "admin", "--password-stdin", stdin=PASSWORD
+    )
+    assert r.returncode == 0, r.stderr
+    short = menwei(
+        "operator", "add", d, "bob", "--role", "viewer", "--password-stdin", stdin="short"
+    )
+    assert short.returncode == 2 and "at least 8" in short.stderr
+    dup = menwei(
+        "operator", "add", d, "张主任", "--role", "viewer", "--password-stdin", stdin=PASSWORD
+    )
+    assert dup.returncode == 2 and "already exists" in dup.stderr
+    listed = json.loads(menwei("operator", "list", d, "--json").stdout)
+    assert [(o["name"], o["role"]) for o in listed] == [("张主任", "admin")]
+    stored = site.store.db.execute("SELECT password_hash FROM operators").fetchone()[0]
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert (
+        site.store.db.execute(
+            "SELECT COUNT(*) FROM audit WHERE action = 'operator_add' AND target = '张主任'"
+        ).fetchone()[0]
+        == 1
+    )

@@ -44,6 +44,15 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_retire)
 
+    report = root.add_parser("report", help="daily figures per community and grid")
+    rps = report.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = rps.add_parser("daily", help="one counting day (starts at day_starts_at local time)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--date", help="YYYY-MM-DD (default: the current counting day)")
+    p.add_argument("--format", choices=["csv", "xlsx", "json"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="file to write")
+    p.set_defaults(func=cmd_report_daily)
+
     passes: argparse._SubParsersAction[argparse.ArgumentParser] = groups["pass"]
     p = passes.add_parser(
         "issue-all",
@@ -119,4 +128,31 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
         site.retire_key(args.key_id)
         summary = site.summary()
     _print({"retired": args.key_id, "trust_keys": summary["keys"]}, args.json)
+    return 0
+
+
+def cmd_report_daily(args: argparse.Namespace) -> int:
+    from datetime import UTC, date, datetime
+
+    from server.reports import daily_report, to_csv, to_xlsx
+    from server.site import SiteError
+
+    with Site(args.dir) as site:
+        try:
+            day = (
+                date.fromisoformat(args.date)
+                if args.date
+                else site.config.policy.day_of(datetime.now(UTC))
+            )
+        except ValueError:
+            raise SiteError(f"--date {args.date!r} is not YYYY-MM-DD") from None
+        rows = daily_report(site, day)
+    if args.format == "csv":
+        data = to_csv(rows)
+    elif args.format == "xlsx":
+        data = to_xlsx(rows)
+    else:
+        data = json.dumps(rows, ensure_ascii=False, indent=1).encode()
+    args.out.write_bytes(data)
+    print(f"{args.out}: {len(rows)} rows for {day.isoformat()}")
     return 0

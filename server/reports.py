@@ -1,0 +1,162 @@
+"""Daily figures per grid and community, rolled up to street, district and the whole site.
+
+A day is the policy's counting day: it starts at `day_starts_at` local time (04:00 by default),
+so a 03:30 return belongs to the evening before. Events are attributed through their
+household (or, for alerts, their pass) to the household's place in the register; events
+without one (a forged pass, the exit button) count only in the site row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from protocol.policy import parse_clock
+from server.site import Site
+
+LEVELS = ("grid", "community", "street", "district", "site")
+COLUMNS = (
+    "date",
+    "level",
+    "district",
+    "street",
+    "community",
+    "grid",
+    "passages_in",
+    "passages_out",
+    "households_out",
+    "denials",
+    "fever_alerts",
+    "outside_at_end",
+)
+
+
+@dataclass
+class _Figures:
+    passages_in: int = 0
+    passages_out: int = 0
+    households_out: set[str] = field(default_factory=set)
+    denials: Counter[str] = field(default_factory=Counter)
+    fever_alerts: int = 0
+    last_direction: dict[int, str] = field(default_factory=dict)  # pass id → in/out
+
+
+def day_span(site: Site, day: date) -> tuple[datetime, datetime]:
+    """The counting day's [start, end) as aware datetimes in the policy's timezone."""
+    policy = site.config.policy
+    start = parse_clock(policy.day_starts_at, "day_starts_at")
+    begin = datetime.combine(day, start, policy.tz)
+    return begin, datetime.combine(day + timedelta(days=1), start, policy.tz)
+
+
+def daily_report(site: Site, day: date) -> list[dict[str, Any]]:
+    """One row per grid, community, street, district (when the register names them) and the
+    site: passages in and out, distinct households out, denials (total and by reason), fever
+    alerts, and people outside at the end of the day (their last passage of the day was out).
+    """
+    begin, end = day_span(site, day)
+    with site.store._lock:
+        events = site.store.db.execute(
+            "SELECT e.kind, e.decision, e.reason, e.direction, e.pass_id,"
+            " COALESCE(e.household, p.household), h.district, h.street, h.community, h.grid"
+            " FROM events e LEFT JOIN passes p ON p.pass_id = e.pass_id"
+            " LEFT JOIN households h ON h.household = COALESCE(e.household, p.household)"
+            " WHERE julianday(e.at) >= julianday(?) AND julianday(e.at) < julianday(?)"
+            " ORDER BY julianday(e.at), e.gate, e.seq",
+            [begin.isoformat(), end.isoformat()],
+        ).fetchall()
+    groups: dict[tuple[str, ...], _Figures] = {}
+    for kind, decision, reason, direction, pass_id, household, *place in events:
+        for key in _keys(place if household is not None and place[0] is not None else None):
+            f = groups.setdefault(key, _Figures())
+            if kind == "decision" and decision == "allow" and direction in ("in", "out"):
+                if direction == "in":
+                    f.passages_in += 1
+                else:
+                    f.passages_out += 1
+                    if household is not None:
+                        f.households_out.add(household)
+                if pass_id is not None:
+                    f.last_direction[int(pass_id)] = direction
+            elif kind == "decision" and decision == "deny":
+                f.denials[reason] += 1
+            elif kind == "alert" and reason == "fever":
+                f.fever_alerts += 1
+    groups.setdefault(("site",), _Figures())
+    return [_row(day, key, groups[key]) for key in sorted(groups, key=_order)]
+
+
+def _keys(place: list[str] | None) -> list[tuple[str, ...]]:
+    """The groups an event counts in: its grid and community, street and district when named,
+    and the site."""
+    if place is None:
+        return [("site",)]
+    district, street, community, grid = place
+    keys: list[tuple[str, ...]] = [
+        ("grid", district, street, community, grid),
+        ("community", district, street, community),
+    ]
+    if street:
+        keys.append(("street", district, street))
+    if district:
+        keys.append(("district", district))
+    return [*keys, ("site",)]
+
+
+def _order(key: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+    return LEVELS.index(key[0]), key[1:]
+
+
+def _row(day: date, key: tuple[str, ...], f: _Figures) -> dict[str, Any]:
+    place = [*key[1:], "", "", "", ""][:4]
+    return {
+        "date": day.isoformat(),
+        "level": key[0],
+        "district": place[0],
+        "street": place[1],
+        "community": place[2],
+        "grid": place[3],
+        "passages_in": f.passages_in,
+        "passages_out": f.passages_out,
+        "households_out": len(f.households_out),
+        "denials": sum(f.denials.values()),
+        "denials_by_reason": dict(sorted(f.denials.items())),
+        "fever_alerts": f.fever_alerts,
+        "outside_at_end": sum(1 for d in f.last_direction.values() if d == "out"),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """Header and rows, denials by reason as one column each (`denials:<reason>`)."""
+    reasons = sorted({r for row in rows for r in row.get("denials_by_reason", {})})
+    header = [*COLUMNS, *(f"denials:{r}" for r in reasons)]
+    body = [
+        [*(row[c] for c in COLUMNS), *(row["denials_by_reason"].get(r, 0) for r in reasons)]
+        for row in rows
+    ]
+    return [header, *body]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> bytes:
+    """UTF-8 with a BOM: Excel opens it with the Chinese names intact."""
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows(_table(rows))
+    return out.getvalue().encode("utf-8-sig")
+
+
+def to_xlsx(rows: list[dict[str, Any]]) -> bytes:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "daily"
+    for line in _table(rows):
+        sheet.append(line)
+    sheet.freeze_panes = "A2"
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()

@@ -264,12 +264,15 @@ class GateDaemon:
         self.hw.indicator.show(_indicator_kind(decision))
         self._show(decision_json(decision), now, decision.pass_.pass_id if decision.pass_ else None)
         if decision.alert is not None:
+            p = decision.pass_
             self.record(
                 "alert",
                 decision.alert,
                 direction=decision.direction,
-                pass_id=(decision.pass_.pass_id if decision.pass_ else None),
-                detail={"priority": "high"},
+                pass_id=p.pass_id if p else None,
+                household=p.household if p else None,
+                temperature_c=decision.temperature_c,
+                detail={"priority": "high", "decision_reason": decision.reason},
             )
         print(
             console_line(decision, self.know, self.config.gate.language), file=self.out, flush=True

@@ -66,6 +66,7 @@ def simple_event(
     detail: dict[str, Any] | None = None,
     pass_id: int | None = None,
     household: str | None = None,
+    temperature_c: float | None = None,
 ) -> Event:
     """Events that are not pass decisions: exit button, passage confirmed, alerts, devices."""
     return Event(
@@ -79,7 +80,7 @@ def simple_event(
         decision=decision,
         reason=reason,
         direction=direction,
-        temperature_c=None,
+        temperature_c=None if temperature_c is None else round(temperature_c, 2),
         pass_id=pass_id,
         household=household,
         role=None,

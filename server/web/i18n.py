@@ -58,6 +58,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "gate.versions": ("配置/名册版本", "Config/register"),
     "gate.camera": ("摄像头", "Camera"),
     "gate.direction": ("方向", "Direction"),
+    "camera.ok": ("正常", "ok"),
+    "camera.recovering": ("等待画面", "waiting for frames"),
+    "camera.lost": ("故障", "lost"),
     "gate.none": (
         "还没有闸机连接过采集服务",
         "No gate has reached the collector yet",

@@ -54,13 +54,24 @@ def _rows(d: Dashboard, day: date) -> list[dict[str, Any]]:
     return rows
 
 
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """Nested counts (denials by reason) as one column each, as the CSV has them."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key.split('_by_')[0]}:{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def reports_page(request: Request) -> Response:
     session = require(request)
     d = dashboard_of(request)
     day = _day(request, d)
     available = _reports() is not None
-    rows = _rows(d, day) if available else []
-    columns = list(rows[0].keys()) if rows else []
+    rows = [flat(r) for r in _rows(d, day)] if available else []
+    columns = list(dict.fromkeys(c for r in rows for c in r))
     return d.pages.render(
         request,
         "reports.html",

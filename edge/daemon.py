@@ -42,8 +42,8 @@ from edge.provision import (
     accept_document,
     apply_document,
     data_age_hours,
+    document_keys,
     load_knowledge,
-    trust_anchor,
 )
 from edge.recording import console_line, decision_event, decision_json, simple_event
 from edge.store import GateStore
@@ -71,7 +71,8 @@ class GateDaemon:
         self.config = config
         self.out = out
         self.store = GateStore(config.db_path)
-        self.anchor = trust_anchor(config)[1]
+        self.anchor = document_keys(config, self.store)
+        self._held_register: bytes | None = None  # arrived before the config of its key
         self.know = load_knowledge(config, self.store)
         self._know_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
@@ -381,6 +382,12 @@ class GateDaemon:
                     log.info("applied %s version %d", kind, doc.version)
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)
+            if kind == "register":
+                self._held_register = raw  # perhaps signed by a key the next config brings
+            return
+        held, self._held_register = self._held_register, None
+        if kind == "config" and held is not None:
+            self.on_document("register", held)
 
     def on_passage(self, raw: bytes) -> None:
         """A passage accepted by another gate of the site: count it here too."""

@@ -99,7 +99,14 @@ def accept_document(store: GateStore, doc: SignedDocument, raw: bytes) -> bool:
     held = store.document(doc.kind)
     if held is not None and int(json.loads(held)["version"]) >= doc.version:
         return False
-    store.save_document(doc.kind, doc.version, datetime.now(UTC).isoformat(), raw)
+    learnt = doc.body.get("trust_keys") if doc.kind == "config" else None
+    store.save_document(
+        doc.kind,
+        doc.version,
+        datetime.now(UTC).isoformat(),
+        raw,
+        learnt_keys=list(learnt) if isinstance(learnt, list) else None,
+    )
     return True
 
 
@@ -116,9 +123,21 @@ def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
     return site, dict(keys)
 
 
+def document_keys(config: GateConfig, store: GateStore) -> dict[int, TrustKey]:
+    """Keys a document may be signed with: the provisioned anchor and the keys the last
+    accepted (hence verified) config introduced — so key rotation survives a restart."""
+    _, anchor = trust_anchor(config)
+    try:
+        learnt = {k.key_id: k for k in map(TrustKey.from_json, store.learnt_keys())}
+    except ProtocolError:
+        learnt = {}
+    return {**learnt, **anchor}
+
+
 def load_knowledge(config: GateConfig, store: GateStore) -> Knowledge:
     """The gate's knowledge from its trust anchor and the documents it holds."""
-    site, anchor = trust_anchor(config)
+    site, _ = trust_anchor(config)
+    anchor = document_keys(config, store)
     know = Knowledge(site, anchor)
     for kind in ("config", "register"):
         raw = store.document(kind)

@@ -157,6 +157,11 @@ class GateStore:
         with self._lock, self.db.atomic():
             self._set_meta("state", json.dumps(state))
 
+    def learnt_keys(self) -> list[dict[str, Any]]:
+        """Trust keys introduced by the last accepted config (beyond the provisioned anchor)."""
+        raw = self._get_meta("learnt_keys")
+        return [] if raw is None else list(json.loads(raw))
+
     def clock_floor(self) -> float:
         return float(self._get_meta("clock_floor") or 0.0)
 
@@ -165,8 +170,19 @@ class GateStore:
             if floor > self.clock_floor():
                 self._set_meta("clock_floor", repr(floor))
 
-    def save_document(self, kind: str, version: int, received_at: str, raw: bytes) -> None:
+    def save_document(
+        self,
+        kind: str,
+        version: int,
+        received_at: str,
+        raw: bytes,
+        learnt_keys: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Store a document; a config also records the trust keys it introduces, in the same
+        transaction, so a restarted gate can verify documents signed by a rotated key."""
         with self._lock, self.db.atomic():
+            if learnt_keys is not None:
+                self._set_meta("learnt_keys", json.dumps(learnt_keys))
             self.db.execute(
                 "INSERT OR REPLACE INTO documents (kind, version, received_at, raw)"
                 " VALUES (?, ?, ?, ?)",

@@ -98,12 +98,6 @@ def test_gate_provisioned_before_rotation_follows_it(
     assert reasons == ["unknown_key", "ok"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge: load_knowledge re-verifies the stored config against trust.json only, so a "
-    "gate provisioned before a rotation cannot restart once the config is signed by the new "
-    "key (after the old one is retired) until it is provisioned again",
-)
 def test_gate_restarts_after_the_old_key_is_retired(
     site: Site, resident: IssuedPass, gate_dir: Path
 ):

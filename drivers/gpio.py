@@ -18,10 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, Protocol, Self
+from typing import Any, Literal, NamedTuple, Protocol
 
 from drivers.errors import GpioError
+from drivers.lifecycle import Closeable
 
 EdgeCallback = Callable[[int, bool], None]
 """Called with (pin, level read after the edge) on every accepted edge."""
@@ -29,24 +29,6 @@ EdgeCallback = Callable[[int, bool], None]
 Mode = Literal["in", "out"]
 
 BCM_PINS = range(28)  # GPIO0..GPIO27 on the 40-pin header
-
-
-class Closeable:
-    """`close()` plus the context-manager protocol around it."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class Pins(Protocol):

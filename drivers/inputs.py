@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from drivers.gpio import Closeable, Pins
+from drivers.gpio import Pins
+from drivers.lifecycle import Closeable
 
 DEFAULT_BOUNCE_MS = 50
 

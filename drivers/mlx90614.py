@@ -23,10 +23,10 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 from drivers.errors import PecError, SensorError
+from drivers.lifecycle import Closeable
 from drivers.thermometer import ThermalReading
 
 DEFAULT_ADDRESS = 0x5A
@@ -141,7 +141,7 @@ def open_smbus(bus_number: int) -> Any:
         raise SensorError(exc.errno, f"cannot open I2C bus {bus_number}: {exc.strerror}") from exc
 
 
-class MLX90614:
+class MLX90614(Closeable):
     """MLX90614 on an SMBus, implementing `drivers.thermometer.Thermometer`.
 
     `bus` is shared: the driver does not close it unless `owns_bus` is true
@@ -211,17 +211,6 @@ class MLX90614:
         self._closed = True
         if self._owns_bus:
             self._bus.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _count(self, **increments: int) -> None:
         with self._stats_lock:

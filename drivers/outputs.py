@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from drivers.errors import GpioError
-from drivers.gpio import Closeable, Pins
+from drivers.gpio import Pins
+from drivers.lifecycle import Closeable
 
 
 class Cancellable(Protocol):

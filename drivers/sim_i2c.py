@@ -13,9 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from types import TracebackType
-from typing import Self
 
+from drivers.lifecycle import Closeable
 from drivers.mlx90614 import (
     DEFAULT_ADDRESS,
     EEPROM_EMISSIVITY,
@@ -35,7 +34,7 @@ def _os_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
-class SimulatedMLX90614Bus:
+class SimulatedMLX90614Bus(Closeable):
     """An SMBus with one simulated MLX90614 at `address`.
 
     Temperatures are °C, `emissivity` 0.1..1.0. `requests` records every
@@ -174,17 +173,6 @@ class SimulatedMLX90614Bus:
     def close(self) -> None:
         with self._lock:
             self.closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the register map ------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from edge.decision import Decision, Now
@@ -24,22 +25,18 @@ def decision_event(
 ) -> Event:
     """The event for `decision`, still without its seq (the store assigns it)."""
     p = decision.pass_
-    return Event(
+    event = simple_event(
+        "decision",
+        decision.reason,
         site=site,
         gate=gate,
-        seq=0,
-        uuid=str(uuid.uuid4()),
-        at=now.utc.isoformat(timespec="milliseconds"),
-        clock_trusted=now.trusted,
-        kind="decision",
+        now=now,
+        know=know,
         decision=decision.decision,
-        reason=decision.reason,
         direction=decision.direction,
-        temperature_c=None if decision.temperature_c is None else round(decision.temperature_c, 2),
         pass_id=None if p is None else p.pass_id,
         household=None if p is None else p.household,
-        role=None if p is None else p.role.label,
-        versions=know.versions(),
+        temperature_c=decision.temperature_c,
         detail={
             "rule": decision.rule,
             "alert": decision.alert,
@@ -51,6 +48,7 @@ def decision_event(
             **detail,
         },
     )
+    return replace(event, role=None if p is None else p.role.label)
 
 
 def simple_event(

@@ -102,8 +102,9 @@ class DashboardServer:
 
         from server.web.app import create_app
 
+        self.app = create_app(directory, feed)
         config = uvicorn.Config(
-            create_app(directory, feed),
+            self.app,
             host=host,
             port=port,
             log_level="warning",
@@ -125,6 +126,8 @@ class DashboardServer:
             time.sleep(0.05)
 
     def close(self) -> None:
+        # Live streams end first, so uvicorn's graceful shutdown is not spent waiting on them.
+        self.app.state.dashboard.stopping.set()
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(timeout=10)

@@ -159,6 +159,8 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
         expect(page.locator("#count-in")).to_have_text("1")
         expect(state_b).to_have_text("离线")
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+        # SIGTERM with a live stream open: the collector and the dashboard stop cleanly
+        assert server.stop() == 0, server.output()
 
     with closing(sqlite3.connect(f"file:{server_db}?mode=ro", uri=True)) as conn:
         acked = conn.execute(

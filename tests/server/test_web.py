@@ -147,6 +147,10 @@ def test_session_expires_absolutely_and_when_idle(client: TestClient, site: Site
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
+def test_live_stream_without_a_session_is_401_not_a_redirect(client: TestClient) -> None:
+    assert client.get("/feed/stream", follow_redirects=False).status_code == 401
+
+
 def test_logout_ends_the_session(client: TestClient, site: Site) -> None:
     token = logged_in(client, "vic")
     assert client.post("/logout", data={"csrf": token}, follow_redirects=False).status_code == 303

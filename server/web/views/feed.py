@@ -18,12 +18,12 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from protocol.register import mask_name
 from server.web import i18n
-from server.web.auth import SESSION_COOKIE, lang_of, require
+from server.web.auth import SESSION_COOKIE, current, lang_of, require
 from server.web.dashboard import Dashboard, dashboard_of
 
 HEARTBEAT_S = 15.0
@@ -120,7 +120,10 @@ def _sse(kind: str, data: dict[str, Any]) -> str:
 
 async def stream(request: Request) -> Response:
     """text/event-stream of `passage` (filtered), `status`, `alert` and `dropped` events."""
-    await run_in_threadpool(require, request)
+    # EventSource retries forever on a redirect to the login page; 401 makes it stop.
+    session = await run_in_threadpool(current, request)
+    if session is None:
+        return PlainTextResponse("login required", status_code=401)
     d = dashboard_of(request)
     gate, decision = _filters(request)
     lang = lang_of(request)

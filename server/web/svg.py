@@ -16,12 +16,11 @@ PAD_L, PAD_R, PAD_T, PAD_B = 40, 10, 10, 28
 
 
 def _nice_max(value: int) -> int:
-    if value <= 5:
-        return 5
-    for step in (10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000):
-        if value <= step:
-            return step
-    return (value // 10000 + 1) * 10000
+    """The axis top: a round number divisible by 4 (four grid steps of whole numbers)."""
+    for top in (4, 8, 12, 20, 40, 60, 80, 100, 200, 400, 600, 800, 1000, 2000, 4000, 8000):
+        if value <= top:
+            return top
+    return -(-value // 4000) * 4000
 
 
 def _axis(height: int, top: int) -> str:
@@ -49,14 +48,15 @@ def grouped_bars(
     top = _nice_max(max((v for _, _, vals in series for v in vals), default=0))
     inner_w, inner_h = W - PAD_L - PAD_R, height - PAD_T - PAD_B
     slot = inner_w / n
-    bar = max(slot * 0.8 / max(len(series), 1), 1.0)
+    bar = min(max(slot * 0.8 / max(len(series), 1), 1.0), 48.0)
+    x_pad = (slot - bar * len(series)) / 2
     out = [
         f'<svg class="chart" viewBox="0 0 {W} {height}" role="img"'
         f' aria-label="{escape(title)}"><title>{escape(title)}</title>',
         _axis(height, top),
     ]
     for i, label in enumerate(labels):
-        x0 = PAD_L + i * slot + slot * 0.1
+        x0 = PAD_L + i * slot + x_pad
         for j, (cls, name, values) in enumerate(series):
             v = values[i] if i < len(values) else 0
             h = inner_h * v / top

@@ -152,7 +152,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "reports.csv": ("下载 CSV", "Download CSV"),
     "reports.xlsx": ("下载 XLSX", "Download XLSX"),
     "reports.preview": ("预览", "Preview"),
-    "reports.unavailable": ("报表模块暂不可用", "Reports are not available yet"),
     "audit.actor": ("操作人", "Who"),
     "audit.action": ("操作", "Action"),
     "audit.target": ("对象", "Target"),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from datetime import date
-from types import ModuleType
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -13,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.reports import daily_report, to_csv, to_xlsx
 from server.web import figures
 from server.web.auth import require
 from server.web.dashboard import Dashboard, dashboard_of
@@ -29,13 +29,6 @@ def routes() -> list[Route]:
     ]
 
 
-def _reports() -> ModuleType | None:
-    try:
-        return importlib.import_module("server.reports")
-    except ImportError:
-        return None
-
-
 def _day(request: Request, d: Dashboard) -> date:
     text = request.query_params.get("day")
     if not text:
@@ -47,11 +40,7 @@ def _day(request: Request, d: Dashboard) -> date:
 
 
 def _rows(d: Dashboard, day: date) -> list[dict[str, Any]]:
-    module = _reports()
-    if module is None:
-        raise HTTPException(503, "reports.unavailable")
-    rows: list[dict[str, Any]] = module.daily_report(d.site, day)
-    return rows
+    return daily_report(d.site, day)
 
 
 def flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -69,28 +58,27 @@ def reports_page(request: Request) -> Response:
     session = require(request)
     d = dashboard_of(request)
     day = _day(request, d)
-    available = _reports() is not None
-    rows = [flat(r) for r in _rows(d, day)] if available else []
+    rows = [flat(r) for r in _rows(d, day)]
     columns = list(dict.fromkeys(c for r in rows for c in r))
     return d.pages.render(
         request,
         "reports.html",
         session,
         day=day.isoformat(),
-        available=available,
         columns=columns,
         rows=rows[:PREVIEW_ROWS],
     )
 
 
-async def _download(request: Request, encoder: str, media_type: str, ext: str) -> Response:
+async def _download(
+    request: Request, encoder: Callable[[list[dict[str, Any]]], bytes], media_type: str, ext: str
+) -> Response:
     d = dashboard_of(request)
     session = await run_in_threadpool(require, request)
     day = _day(request, d)
 
     def build() -> bytes:
-        module = _reports()
-        data: bytes = getattr(module, encoder)(_rows(d, day))
+        data = encoder(_rows(d, day))
         d.site.store.audit(session.operator.name, "report_download", f"{day}.{ext}")
         return data
 
@@ -104,8 +92,8 @@ async def _download(request: Request, encoder: str, media_type: str, ext: str) -
 
 
 async def download_csv(request: Request) -> Response:
-    return await _download(request, "to_csv", "text/csv; charset=utf-8", "csv")
+    return await _download(request, to_csv, "text/csv; charset=utf-8", "csv")
 
 
 async def download_xlsx(request: Request) -> Response:
-    return await _download(request, "to_xlsx", XLSX, "xlsx")
+    return await _download(request, to_xlsx, XLSX, "xlsx")

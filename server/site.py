@@ -284,8 +284,17 @@ class Site:
 
     # --- households ---------------------------------------------------------------------
 
-    def set_quarantine(self, household: str, until: datetime | None, on: bool = True) -> None:
-        """Put a household under home quarantine (its exits are refused) or release it."""
+    def set_quarantine(
+        self,
+        household: str,
+        until: datetime | None,
+        on: bool = True,
+        *,
+        by: str | None = None,
+        note: str = "",
+    ) -> None:
+        """Put a household under home quarantine (its exits are refused) or release it.
+        `by` names the operator for the audit log (default: the OS user)."""
         check_household(household)
         with self.store.atomic():
             self.store.db.execute(
@@ -296,7 +305,8 @@ class Site:
                 [household, int(on), until.isoformat() if until and on else None, utcnow()],
             )
         action = "household_quarantine" if on else "household_release"
-        self.store.audit(actor(), action, household, until.isoformat() if until else "")
+        detail = "; ".join(x for x in (note, f"until {until.isoformat()}" if until else "") if x)
+        self.store.audit(by or actor(), action, household, detail)
         self.publish_register()
 
     def register(self) -> Register:

@@ -285,7 +285,13 @@ class ServerStore:
     # --- gate status -------------------------------------------------------------------
 
     def set_gate_status(self, gate: str, status: dict[str, Any]) -> None:
+        """Store a gate's retained status. A Last Will carries only {gate, site, state}: the
+        last known figures (backlog, versions, camera) are kept beside it, marked offline."""
         with self._lock, self.db.atomic():
+            if status.get("state") == "offline":
+                row = self.db.execute("SELECT status FROM gates WHERE gate = ?", [gate]).fetchone()
+                previous = json.loads(row[0]) if row and row[0] else {}
+                status = {**previous, **status, "offline_at": utcnow()}
             self.db.execute(
                 "INSERT INTO gates (gate, status, last_seen) VALUES (?, ?, ?)"
                 " ON CONFLICT(gate) DO UPDATE SET status = excluded.status,"

@@ -149,14 +149,7 @@ async def quarantine(request: Request) -> Response:
 
     def apply() -> None:
         until = d.site.parse_time(until_text) if on and until_text else None
-        d.site.set_quarantine(household, until, on=on)
-        # Site records the server process's OS user; this row names the operator.
-        d.site.store.audit(
-            session.operator.name,
-            "household_quarantine" if on else "household_release",
-            household,
-            f"dashboard{'; until ' + until.isoformat() if until else ''}",
-        )
+        d.site.set_quarantine(household, until, on=on, by=session.operator.name, note="dashboard")
 
     try:
         await run_in_threadpool(apply)

@@ -29,8 +29,10 @@ from menwei.reconcile import reconcile
 from menwei.residents import GateStage, Population, build_population
 from server.site import Site
 from server.store import STORE_NAME
+from server.web.accounts import AccountStore
 
 SITE = "demo-site"
+DEMO_OPERATOR, DEMO_PASSWORD = "demo", "menwei-demo"  # a throwaway site in a temporary folder
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -86,6 +88,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
     with Site(server_dir) as site:
         site.publish_config()
         pop = build_population(site, args.residents, rng)
+        AccountStore(site.store).add(DEMO_OPERATOR, "admin", DEMO_PASSWORD, actor="demo")
     _say(f"[demo] site {SITE}: {len(pop.residents)} people with passes issued", quiet)
 
     procs: list[subprocess.Popen[str]] = []
@@ -108,7 +111,22 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
                 proc.kill()
 
     stack.callback(stop_all)
-    spawn("collector", "server", "run", str(server_dir), "--broker", broker_url)
+    http_port = free_port()
+    spawn(
+        "collector",
+        "server",
+        "run",
+        str(server_dir),
+        "--broker",
+        broker_url,
+        "--http",
+        f"127.0.0.1:{http_port}",
+    )
+    _say(
+        f"[demo] dashboard at http://127.0.0.1:{http_port}/ "
+        f"(log in as {DEMO_OPERATOR} / {DEMO_PASSWORD}; open while the demo runs)",
+        quiet,
+    )
     gates: list[tuple[str, Path, GateStage]] = []
     for i in range(1, args.gates + 1):
         name = f"gate-{i}"

@@ -23,7 +23,8 @@ QUOTA_EXEMPT_ROLES = frozenset({"staff", "visitor"})
 
 @dataclass(frozen=True)
 class Conflict:
-    kind: str  # household_over_quota, daily_exits_over_quota, pass_out_twice, revoked_pass_used
+    kind: str  # household_over_quota, daily_exits_over_quota, pass_out_twice, revoked_pass_used,
+    # quarantined_exit
     gate: str
     seq: int
     uuid: str
@@ -57,6 +58,22 @@ def find_conflicts(store: ServerStore, policy: Policy, events: Iterable[Event]) 
                     e.seq,
                     e.uuid,
                     f"pass {e.pass_id} revoked at {revoked.isoformat()}",
+                )
+            )
+        quarantine = store.quarantine_period(e.household) if e.household else None
+        if (
+            e.direction == "out"
+            and quarantine is not None
+            and quarantine[0] < at
+            and (quarantine[1] is None or at < quarantine[1])
+        ):
+            found.append(
+                Conflict(
+                    "quarantined_exit",
+                    e.gate,
+                    e.seq,
+                    e.uuid,
+                    f"household {e.household} in home quarantine since {quarantine[0].isoformat()}",
                 )
             )
         if e.household is not None and e.role not in QUOTA_EXEMPT_ROLES:

@@ -249,6 +249,22 @@ class ServerStore:
             ).fetchone()
         return None if row is None or row[0] is None else datetime.fromisoformat(row[0])
 
+    def quarantine_period(self, household: str) -> tuple[datetime, datetime | None] | None:
+        """(since, until) of the household's current home quarantine, None if there is none.
+        `since` is the row's last change: an update can only make it later, so a conflict
+        is never claimed that was not one."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT updated_at, quarantine_until FROM households"
+                " WHERE household = ? AND quarantined = 1",
+                [household],
+            ).fetchone()
+        if row is None:
+            return None
+        return datetime.fromisoformat(row[0]), None if row[1] is None else datetime.fromisoformat(
+            row[1]
+        )
+
     def household_passages(
         self, household: str, start: datetime, end: datetime
     ) -> list[tuple[str, int, str, str, int, str]]:

@@ -343,3 +343,41 @@ def test_a_gate_resending_its_batch_adds_nothing(store: ServerStore) -> None:
     assert (again.inserted, again.duplicates, again.new_events) == (0, 1, ())
     assert find_conflicts(store, POLICY, again.new_events) == []
     assert len(store.conflicts()) == 1
+
+
+def test_an_exit_after_the_household_was_quarantined_is_a_conflict(site):
+    """An offline gate that did not know of the quarantine yet let a member out."""
+    from datetime import UTC, datetime, timedelta
+
+    from protocol.events import Event
+    from server.conflicts import find_conflicts
+
+    site.set_quarantine("3-1-301", None)
+    later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    earlier = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+
+    def exit_at(seq: int, at: str) -> Event:
+        return Event(
+            site=site.site,
+            gate="g2",
+            seq=seq,
+            uuid=f"u-{seq}",
+            at=at,
+            clock_trusted=True,
+            kind="decision",
+            decision="allow",
+            reason="ok",
+            direction="out",
+            temperature_c=None,
+            pass_id=40 + seq,
+            household="3-1-301",
+            role="resident",
+        )
+
+    events = [exit_at(1, earlier), exit_at(2, later)]
+    site.store.insert_events("g2", events)
+    found = find_conflicts(site.store, site.config.policy, events)
+    assert [(c.kind, c.seq) for c in found] == [("quarantined_exit", 2)]
+    assert find_conflicts(site.store, site.config.policy, events) == []
+    site.set_quarantine("3-1-301", None, on=False)
+    assert site.store.quarantine_period("3-1-301") is None

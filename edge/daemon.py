@@ -37,6 +37,7 @@ from edge.decision import (
     state_from_json,
     state_to_json,
 )
+from edge.door import DoorEvent, DoorWatch
 from edge.hardware import GateHardware, build_hardware
 from edge.provision import (
     accept_document,
@@ -85,10 +86,7 @@ class GateDaemon:
         self.recent: deque[dict[str, Any]] = deque(maxlen=10)  # for the guard's screen
         self._last_shown = 0.0
         self._camera_state = "recovering"
-        # (when, pass id, household, direction) of the last opening, for the door contact
-        self._last_grant: tuple[float, int | None, str | None, str] | None = None
-        self._door_open_since: float | None = None
-        self._door_alerted = False
+        self.doors = DoorWatch(config.gpio.relay_pulse_s, config.gpio.door_alert_s)
         self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
         self.systemd = SystemdNotifier()
         self.guard_server: Any = None
@@ -256,11 +254,8 @@ class GateDaemon:
         if decision.outcome == "allow":
             self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
             p = decision.pass_
-            self._last_grant = (
-                time.monotonic(),
-                p.pass_id if p else None,
-                p.household if p else None,
-                decision.direction,
+            self.doors.granted(
+                p.pass_id if p else None, p.household if p else None, decision.direction
             )
         self.hw.indicator.show(_indicator_kind(decision))
         self._show(decision_json(decision), now, decision.pass_.pass_id if decision.pass_ else None)
@@ -309,7 +304,7 @@ class GateDaemon:
                 self.record("exit_request", "exit_request", decision="allow", direction="out")
                 self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
                 self.hw.indicator.show("allow")
-                self._last_grant = (time.monotonic(), None, None, "out")
+                self.doors.granted(None, None, "out")
             elif what == "override":
                 guard, reason, direction = value
                 event = self.record(
@@ -321,7 +316,7 @@ class GateDaemon:
                 )
                 self.hw.relay.pulse(self.config.guard.override_pulse_s)
                 self.hw.indicator.show("allow")
-                self._last_grant = (time.monotonic(), None, None, direction)
+                self.doors.granted(None, None, direction)
                 shown = {
                     "decision": "allow",
                     "reason": "guard_override",
@@ -333,29 +328,21 @@ class GateDaemon:
                 self._show(shown, self.clock.now(), None)
                 log.info("guard override by %s (%s): event %d", guard, reason, event.seq)
             elif what == "door":
-                self._door_changed(value)
-        self._check_door_held()
+                self._record_door(self.doors.changed(value))
+        self._record_door(self.doors.check_held())
 
-    def _door_changed(self, is_open: bool) -> None:
-        if not is_open:
-            self._door_open_since = None
-            self._door_alerted = False
+    def _record_door(self, door: DoorEvent | None) -> None:
+        if door is None:
             return
-        self._door_open_since = time.monotonic()
-        grant, self._last_grant = self._last_grant, None
-        window = self.config.gpio.relay_pulse_s + 5.0
-        if grant is not None and time.monotonic() - grant[0] <= window:
-            _, pass_id, household, direction = grant
-            self.record("passed", "ok", direction=direction, pass_id=pass_id, household=household)
-        else:
-            self.record("alert", "door_forced", detail={"priority": "high"})
-
-    def _check_door_held(self) -> None:
-        since = self._door_open_since
-        held = since is not None and time.monotonic() - since > self.config.gpio.door_alert_s
-        if held and not self._door_alerted:
-            self._door_alerted = True
-            self.record("alert", "door_held_open", detail={"priority": "normal"})
+        g = door.grant
+        self.record(
+            door.kind,
+            door.reason,
+            direction=g.direction if g else None,
+            pass_id=g.pass_id if g else None,
+            household=g.household if g else None,
+            detail={"priority": door.priority} if door.priority else None,
+        )
 
     def _watch_camera(self) -> None:
         state = self.hw.camera.state

@@ -147,7 +147,8 @@ def test_door_opened_after_a_grant_is_a_passage_and_held_open_alerts(
         daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}))
         pins.drive(DOOR, True)  # the person walks through
         daemon._handle_inputs()
-        daemon._door_open_since = time.monotonic() - daemon.config.gpio.door_alert_s - 1
+        held = daemon.config.gpio.door_alert_s + 1
+        daemon.doors.clock = lambda: time.monotonic() + held  # the door stays open that long
         daemon._handle_inputs()
         rows = [(e.event.kind, e.event.reason, e.event.pass_id) for e in daemon.store.log()]
         assert rows[-3:] == [

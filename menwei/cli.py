@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_field)
+    p = b.add_parser("sync", help="one gate's events through a private broker to a collector")
+    p.add_argument("--events", type=int, default=10000, help="events appended (default 10000)")
+    p.add_argument("--batch-size", type=int, default=50, help="events per MQTT message")
+    p.add_argument("--window", type=int, default=500, help="unacknowledged events in flight")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_sync)
+    p = b.add_parser("decide", help="the pure decision core on scripted scans")
+    p.add_argument("--scans", type=int, default=20000, help="scans decided (default 20000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_decide)
     return parser
 
 
@@ -76,6 +87,21 @@ def cmd_bench_field(args: argparse.Namespace) -> int:
     from menwei.bench_decode import run_field_bench
 
     _print_bench(run_field_bench(args.per_condition, args.seed), args.json)
+    return 0
+
+
+def cmd_bench_sync(args: argparse.Namespace) -> int:
+    from menwei.bench_sync import run_sync_bench
+
+    result = run_sync_bench(args.events, args.batch_size, args.window)
+    _print_bench(result, args.json)
+    return 0 if result["lost"] == 0 and result["duplicates"] == 0 else 1
+
+
+def cmd_bench_decide(args: argparse.Namespace) -> int:
+    from menwei.bench_decide import run_decide_bench
+
+    _print_bench(run_decide_bench(args.scans, args.seed), args.json)
     return 0
 
 

@@ -24,6 +24,7 @@ from edge.recording import decision_json
 from edge.replay import NOT_MEASURED
 from edge.store import GateStore
 from protocol.errors import ProtocolError
+from protocol.output import render
 from protocol.reasons import message
 
 log = logging.getLogger("menwei.gate")
@@ -107,7 +108,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _lines(result: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in result.items())
+    return render(result, as_json=False)
 
 
 def _open(config_path: Path) -> tuple[GateConfig, GateStore, Knowledge]:

@@ -6,14 +6,13 @@ Unknown keys and wrong types are errors that name the table and key
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
-from protocol.schema import SchemaError, from_mapping
+from protocol.schema import SchemaError, from_mapping, parse_toml
 
 
 class ConfigError(ProtocolError):
@@ -154,13 +153,11 @@ class GateConfig:
 def load_config(path: Path) -> GateConfig:
     """Read and validate gate.toml. Raises ConfigError with a message naming table and key."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = parse_toml(path.read_bytes(), str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except SchemaError as exc:
+        raise ConfigError(str(exc)) from None
     if "path" in data:
         raise ConfigError(f"{path}: unknown table [path]")
     try:

@@ -10,7 +10,6 @@ is a scratch copy: nothing is written back to the gate.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ from edge.recording import decision_json
 from protocol.errors import ProtocolError
 from protocol.policy import Policy
 from protocol.reasons import message
+from protocol.schema import parse_toml
 
 NOT_MEASURED = Temperature(None, "not measured")
 
@@ -44,11 +44,9 @@ class ReplayItem:
 def load_policy_file(path: Path) -> Policy:
     """A policy to try: a TOML file with a [policy] table (as in server.toml) or bare keys."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = parse_toml(path.read_bytes(), str(path))
     except OSError as exc:
         raise ProtocolError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProtocolError(f"{path}: not valid TOML: {exc}") from None
     table = data.get("policy", data) if isinstance(data.get("policy"), dict) else data
     return Policy.from_json(table, f"{path} [policy]")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from edge import cli as gate_cli
 from protocol.errors import ProtocolError
+from protocol.output import render
 from server import cli as server_cli
 
 
@@ -68,11 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_bench(result: dict[str, object], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    print(render(result, as_json))
 
 
 def cmd_bench_decode(args: argparse.Namespace) -> int:

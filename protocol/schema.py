@@ -10,6 +10,7 @@ the field types configuration needs: str, int, float, bool, Literal[...],
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +23,16 @@ T = TypeVar("T")
 
 class SchemaError(ProtocolError):
     """A configuration value or key does not fit its schema."""
+
+
+def parse_toml(raw: bytes, where: str) -> dict[str, Any]:
+    """A TOML document (bytes as read from a file) or a SchemaError naming `where`."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{where}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaError(f"{where}: not valid TOML: {exc}") from None
 
 
 def from_mapping(cls: type[T], data: object, where: str) -> T:

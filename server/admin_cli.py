@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from protocol.output import render
 from server.site import Site
 
 
@@ -72,11 +73,7 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    print(render(result, as_json))
 
 
 def cmd_register_import(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import segno
 
 from protocol.broker import parse_broker
+from protocol.output import render
 from server import admin_cli
 from server.collector import Collector
 from server.site import Site
@@ -122,11 +123,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    print(render(result, as_json))
 
 
 def cmd_init(args: argparse.Namespace) -> int:

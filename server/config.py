@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
 from protocol.policy import Policy
-from protocol.schema import SchemaError, from_mapping
+from protocol.schema import SchemaError, from_mapping, parse_toml
 
 CONFIG_NAME = "server.toml"
 
@@ -97,13 +96,11 @@ class ServerConfig:
 def load_server_config(directory: Path) -> ServerConfig:
     path = directory / CONFIG_NAME
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as exc:
         raise ServerConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ServerConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return from_mapping(ServerConfig, data, str(path))
+        return from_mapping(ServerConfig, parse_toml(raw, str(path)), str(path))
     except (SchemaError, ProtocolError) as exc:
         raise ServerConfigError(str(exc)) from None
 

@@ -49,6 +49,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "gate": ("闸机", "Gate"),
     "gate.online": ("在线", "online"),
     "gate.offline": ("离线", "offline"),
+    "gate.silent": ("失联", "not heard from"),
     "gate.unknown": ("未知", "unknown"),
     "gate.last_seen": ("最后联系", "Last seen"),
     "gate.backlog": ("待上传", "Backlog"),

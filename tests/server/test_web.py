@@ -425,3 +425,17 @@ def test_operator_add_and_list_from_the_command_line(site: Site) -> None:
         ).fetchone()[0]
         == 1
     )
+
+
+def test_a_gate_not_heard_from_for_minutes_is_shown_silent_not_online(
+    client: TestClient, site: Site
+) -> None:
+    site.store.set_gate_status("east", {"gate": "east", "state": "online"})
+    site.store.set_gate_status("north", {"gate": "north", "state": "online"})
+    stale = (datetime.now(UTC) - timedelta(minutes=30)).isoformat()
+    with site.store.atomic():
+        site.store.db.execute("UPDATE gates SET last_seen = ? WHERE gate = 'north'", [stale])
+    logged_in(client, "ada")
+    page = client.get("/").text
+    assert 'state-online" data-role="state">在线</span> <strong>east' in page
+    assert 'state-silent" data-role="state">失联</span> <strong>north' in page

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +20,11 @@ def routes() -> list[Route]:
 
 
 def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
-    """One row per gate from its last retained status (the Last Will says offline)."""
+    """One row per gate from its last retained status (the Last Will says offline). A gate
+    that says online but has not been heard from for `gate_offline_after_min` is silent:
+    its status is stale (the collector lost the broker, or the Will never came)."""
+    silence = timedelta(minutes=dashboard.site.config.alerts.gate_offline_after_min)
+    now = datetime.now(UTC)
     rows = []
     for gate, last_seen, raw in dashboard.reader.rows(
         "SELECT gate, last_seen, status FROM gates ORDER BY gate"
@@ -29,10 +33,13 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
         clock = status.get("clock") or {}
         camera = status.get("camera") or {}
         versions = status.get("versions") or {}
+        state = status.get("state", "unknown")
+        if state == "online" and last_seen and now - datetime.fromisoformat(last_seen) > silence:
+            state = "silent"
         rows.append(
             {
                 "gate": gate,
-                "state": status.get("state", "unknown"),
+                "state": state,
                 "last_seen": last_seen,
                 "status_at": status.get("at"),
                 "direction": status.get("direction"),

@@ -113,6 +113,20 @@ class GpioSection:
 
 
 @dataclass(frozen=True)
+class StorageSection:
+    retention_days: int = 90
+    """Acknowledged events older than this are deleted from the gate (the collector keeps
+    them); unacknowledged events are never deleted. Bounds the SD card's use over months."""
+    purge_interval_h: float = 6.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.retention_days <= 3650:
+            raise ValueError("retention_days must be 1..3650")
+        if self.purge_interval_h <= 0:
+            raise ValueError("purge_interval_h must be positive")
+
+
+@dataclass(frozen=True)
 class GuardSection:
     http: str | None = None
     """HOST:PORT of the guard screen (kiosk browser on the gate's display), e.g.
@@ -136,6 +150,7 @@ class GateConfig:
     thermometer: ThermometerSection = field(default_factory=ThermometerSection)
     gpio: GpioSection = field(default_factory=GpioSection)
     guard: GuardSection = field(default_factory=GuardSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     path: Path = Path("gate.toml")
 
     @property

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from drivers.camera import Frame
@@ -89,6 +89,7 @@ class GateDaemon:
         self.doors = DoorWatch(config.gpio.relay_pulse_s, config.gpio.door_alert_s)
         self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
         self.systemd = SystemdNotifier()
+        self._next_purge = 0.0  # purge once at start, then every purge_interval_h
         self.guard_server: Any = None
         g = config.gpio
         self.exit_button = (
@@ -144,6 +145,7 @@ class GateDaemon:
         try:
             while not self.stop_event.is_set():
                 self.systemd.alive()
+                self._maybe_purge()
                 self._handle_inputs()
                 frame = self.hw.camera.read(0.2)
                 self._watch_camera()
@@ -156,6 +158,18 @@ class GateDaemon:
                 self._drain(timeout_s=10.0)
         finally:
             self.close()
+
+    def _maybe_purge(self) -> int:
+        """Retention: drop acknowledged events older than [storage] retention_days."""
+        if time.monotonic() < self._next_purge:
+            return 0
+        storage = self.config.storage
+        self._next_purge = time.monotonic() + storage.purge_interval_h * 3600
+        before = self.clock.now().utc - timedelta(days=storage.retention_days)
+        deleted = self.store.purge(before.isoformat(timespec="milliseconds"))
+        if deleted:
+            log.info("retention: deleted %d acknowledged events before %s", deleted, before)
+        return deleted
 
     def _drain(self, timeout_s: float) -> None:
         """Give sync a moment to empty the outbox before a finite run exits."""

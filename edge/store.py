@@ -62,6 +62,8 @@ class GateStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self.db = Database(conn)
+        # Takes effect on a new file only: freed pages can then be returned after a purge.
+        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self._lock = threading.RLock()
@@ -109,6 +111,21 @@ class GateStore:
             if clock_floor > self.clock_floor():  # the floor never goes back (save_clock_floor)
                 self._set_meta("clock_floor", repr(clock_floor))
         return event
+
+    def purge(self, before: str) -> int:
+        """Delete acknowledged events logged before `before` (ISO UTC). Never an event still in
+        the outbox, and never the newest event (its seq is where numbering continues)."""
+        with self._lock, self.db.atomic():
+            cur = self.db.execute(
+                "DELETE FROM events WHERE at < ? AND seq NOT IN (SELECT seq FROM outbox)"
+                " AND seq < (SELECT MAX(seq) FROM events)",
+                [before],
+            )
+            deleted = cur.rowcount
+        if deleted:
+            with self._lock:
+                self.db.execute("PRAGMA incremental_vacuum")
+        return int(deleted)
 
     def unacked(self, after_seq: int, limit: int) -> list[Event]:
         with self._lock:

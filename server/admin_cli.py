@@ -54,6 +54,8 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--out", type=Path, required=True, help="file to write")
     p.set_defaults(func=cmd_report_daily)
 
+    _register_visitor(root)
+
     passes: argparse._SubParsersAction[argparse.ArgumentParser] = groups["pass"]
     p = passes.add_parser(
         "issue-all",
@@ -70,6 +72,77 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--png-dir", type=Path, help="also write one PNG per card here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cards)
+
+
+def _register_visitor(root: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    visitor = root.add_parser("visitor", help="visitors registered by the guard (short passes)")
+    vs = visitor.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = vs.add_parser(
+        "register",
+        help="register a visitor and issue a visitor pass for the host household",
+        description="The visitor may enter once and leave once while the pass is valid. A"
+        " temperature at or above the policy's fever threshold gets no pass (fever clinic).",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--name", required=True, help="visitor's name (kept on the server only)")
+    p.add_argument("--phone", required=True, help="mainland mobile or landline")
+    p.add_argument("--reason", required=True, help="reason of the visit")
+    p.add_argument("--host", required=True, help="host household id (must be in the register)")
+    p.add_argument("--temperature", type=float, required=True, help="measured, in °C")
+    p.add_argument("--hours", type=int, default=4, help="validity from now, 1..24 (default 4)")
+    p.add_argument("--png", type=Path, help="also write the QR code as a PNG image")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_visitor_register)
+    p = vs.add_parser(
+        "purge",
+        help="erase name and phone of visitors whose pass expired more than N days ago",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--older-than-days", type=int, required=True, metavar="N")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_visitor_purge)
+
+
+def cmd_visitor_register(args: argparse.Namespace) -> int:
+    from server.cli import write_qr_png
+    from server.site import actor
+    from server.visitors import register_visitor
+
+    with Site(args.dir) as site:
+        visitor, issued = register_visitor(
+            site,
+            args.name,
+            args.phone,
+            args.reason,
+            args.host,
+            args.temperature,
+            args.hours,
+            by=actor(),
+        )
+    if args.png:
+        write_qr_png(issued.qr, args.png)
+    _print(
+        {
+            "visitor_id": visitor.id,
+            "pass_id": issued.pass_id,
+            "host": issued.household,
+            "valid_from": issued.valid_from.isoformat(),
+            "valid_until": issued.valid_until.isoformat(),
+            "qr": issued.qr,
+        },
+        args.json,
+    )
+    return 0
+
+
+def cmd_visitor_purge(args: argparse.Namespace) -> int:
+    from server.site import actor
+    from server.visitors import purge_visitors
+
+    with Site(args.dir) as site:
+        purged = purge_visitors(site, args.older_than_days, by=actor())
+    _print({"purged": purged, "older_than_days": args.older_than_days}, args.json)
+    return 0
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:

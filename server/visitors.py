@@ -1,0 +1,290 @@
+"""The visitor register: people without a pass whom the guard registers at the gate.
+
+DESIGN.md: "visitors without a pass are registered by the guard (name, phone, reason,
+temperature) and get a short-lived visitor pass". The pass is an ordinary signed pass of
+role "visitor" for the host household, valid from now for a few hours; at the gate it lets
+its holder in once and out once and is exempt from household quotas (edge/decision.py).
+
+Full personal data stays here, on the server (privacy): the gates' register carries only the
+masked name. `purge_visitors` enforces retention: the name and phone of a visitor whose pass
+expired more than N days ago are erased (also from the pass row), the anonymous row (when,
+host, reason, temperature, pass, who registered) stays for the figures and the audit.
+
+This module owns its table (migration set "menwei-visitors"), applied when it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from protocol.errors import ProtocolError
+from protocol.passes import check_household
+from server.register import place_label
+from server.register_import import normalize_phone
+from server.site import IssuedPass, Site, SiteError
+from server.store import ServerStore, utcnow
+
+migrations = Migrations("menwei-visitors")
+
+NAME_MAX = 64
+REASON_MAX = 200
+PLAUSIBLE_C = (34.0, 43.0)
+HOURS_DEFAULT = 4
+HOURS_MAX = 24
+PURGED_NAME = "访客"
+"""What a purged visitor's pass row says instead of the name (NOT NULL column)."""
+
+
+@migrations()
+def m001_visitors(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE visitors (
+            id INTEGER PRIMARY KEY, at TEXT NOT NULL, name TEXT NOT NULL,
+            phone TEXT NOT NULL, reason TEXT NOT NULL, host_household TEXT NOT NULL,
+            temperature_c REAL NOT NULL, pass_id INTEGER, valid_until INTEGER NOT NULL,
+            registered_by TEXT NOT NULL, purged_at TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX visitors_at ON visitors(at)")
+    db.execute("CREATE INDEX visitors_valid_until ON visitors(valid_until)")
+
+
+class VisitorError(SiteError):
+    """A visitor cannot be registered. `key` names the dashboard's message (server/web/i18n);
+    the text is the command line's."""
+
+    def __init__(self, key: str, text: str) -> None:
+        super().__init__(text)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Visitor:
+    id: int
+    at: str
+    name: str
+    phone: str
+    reason: str
+    host_household: str
+    temperature_c: float
+    pass_id: int | None
+    valid_until: int
+    registered_by: str
+    purged_at: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+COLUMNS = tuple(Visitor.__dataclass_fields__)
+
+
+class VisitorStore:
+    def __init__(self, store: ServerStore) -> None:
+        self.store = store
+        with store._lock:
+            migrations.apply(store.db)
+
+    def get(self, visitor_id: int) -> Visitor | None:
+        with self.store._lock:
+            row = self.store.db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM visitors WHERE id = ?", [visitor_id]
+            ).fetchone()
+        return None if row is None else Visitor(*row)
+
+    def since(self, start: datetime, limit: int = 500) -> list[Visitor]:
+        """Visitors registered at or after `start`, newest first."""
+        with self.store._lock:
+            rows = self.store.db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM visitors WHERE julianday(at) >= julianday(?)"
+                " ORDER BY id DESC LIMIT ?",
+                [start.isoformat(), limit],
+            ).fetchall()
+        return [Visitor(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class VisitorInput:
+    """The form as the guard filled it, checked and normalised."""
+
+    name: str
+    phone: str
+    reason: str
+    host_household: str
+    temperature_c: float
+    hours: int
+
+
+def check_input(
+    site: Site,
+    name: str,
+    phone: str,
+    reason: str,
+    host_household: str,
+    temperature_c: float,
+    hours: int = HOURS_DEFAULT,
+) -> VisitorInput:
+    """Every rule a registration must pass, in the order the guard fills the form."""
+    name = name.strip()
+    if not name:
+        raise VisitorError("visitor.err.name", "the visitor's name must not be empty")
+    if len(name) > NAME_MAX:
+        raise VisitorError("visitor.err.name", f"name longer than {NAME_MAX} characters")
+    try:
+        phone = normalize_phone(phone)
+    except ValueError as exc:
+        raise VisitorError("visitor.err.phone", str(exc)) from None
+    reason = reason.strip()
+    if not reason:
+        raise VisitorError("visitor.err.reason", "the reason of the visit must not be empty")
+    if len(reason) > REASON_MAX:
+        raise VisitorError("visitor.err.reason", f"reason longer than {REASON_MAX} characters")
+    host_household = host_household.strip()
+    try:
+        check_household(host_household)
+    except ProtocolError:
+        raise VisitorError(
+            "visitor.err.host_unknown", f"host household {host_household!r} is not in the register"
+        ) from None
+    host = site.registry.household(host_household)
+    if host is None:
+        raise VisitorError(
+            "visitor.err.host_unknown", f"host household {host_household!r} is not in the register"
+        )
+    if host.quarantined and (
+        host.quarantine_until is None or _after_now(site, host.quarantine_until)
+    ):
+        raise VisitorError(
+            "visitor.err.host_quarantined",
+            f"household {host_household} is under home quarantine: no visitors",
+        )
+    low, high = PLAUSIBLE_C
+    if not low <= temperature_c <= high:
+        raise VisitorError(
+            "visitor.err.temperature",
+            f"{temperature_c} °C is not a plausible body temperature ({low}–{high}): measure again",
+        )
+    threshold = site.config.policy.fever_threshold_c
+    if temperature_c >= threshold:
+        raise VisitorError(
+            "visitor.err.fever",
+            f"fever: {temperature_c} °C is at or above {threshold} °C. No visitor pass:"
+            " send the visitor to the fever clinic (体温异常，请前往发热门诊)",
+        )
+    if not 1 <= hours <= HOURS_MAX:
+        raise VisitorError("visitor.err.hours", f"hours must be 1..{HOURS_MAX}")
+    return VisitorInput(name, phone, reason, host_household, temperature_c, hours)
+
+
+def _after_now(site: Site, iso: str) -> bool:
+    t = datetime.fromisoformat(iso)
+    return (t if t.tzinfo else t.replace(tzinfo=site.config.tz)) > datetime.now(site.config.tz)
+
+
+def register_visitor(
+    site: Site,
+    name: str,
+    phone: str,
+    reason: str,
+    host_household: str,
+    temperature_c: float,
+    hours: int = HOURS_DEFAULT,
+    by: str = "",
+) -> tuple[Visitor, IssuedPass]:
+    """Register a visitor and issue their pass (role "visitor", host household, now + hours).
+
+    A visitor with fever gets no pass: the refusal is audited and raises a fever alert for
+    the operators (without the visitor's name: nothing is stored about a refused visitor)."""
+    by = by or "unknown"
+    visitors = VisitorStore(site.store)
+    try:
+        v = check_input(site, name, phone, reason, host_household, temperature_c, hours)
+    except VisitorError as exc:
+        if exc.key == "visitor.err.fever":
+            detail = {"visitor": True, "temperature_c": temperature_c, "registered_by": by}
+            site.alerts.raise_alert(
+                f"visitor-fever:{uuid.uuid4()}",
+                "fever",
+                household=host_household.strip(),
+                detail=json.dumps(detail, ensure_ascii=False),
+            )
+            site.store.audit(
+                by, "visitor_refused", host_household.strip(), f"fever {temperature_c} °C"
+            )
+        raise
+    host = site.registry.household(v.host_household)
+    room = place_label(host.building, host.unit, host.room) if host else ""
+    start = datetime.now(site.config.tz).replace(microsecond=0)
+    end = start + timedelta(hours=v.hours)
+    issued = site.issue_pass(v.host_household, v.name, "visitor", start, end, room)
+    with site.store.atomic() as db:
+        cur = db.execute(
+            "INSERT INTO visitors (at, name, phone, reason, host_household, temperature_c,"
+            " pass_id, valid_until, registered_by) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                utcnow(),
+                v.name,
+                v.phone,
+                v.reason,
+                v.host_household,
+                v.temperature_c,
+                issued.pass_id,
+                int(end.timestamp()),
+                by,
+            ],
+        )
+        visitor_id = int(cur.lastrowid or 0)
+    # No name or phone in the audit log: it outlives the visitor's retention period.
+    site.store.audit(
+        by,
+        "visitor_register",
+        str(visitor_id),
+        f"pass {issued.pass_id} for {v.host_household} until {end.isoformat()},"
+        f" {v.temperature_c} °C",
+    )
+    visitor = visitors.get(visitor_id)
+    assert visitor is not None
+    return visitor, issued
+
+
+def purge_visitors(
+    site: Site, older_than_days: int, by: str = "", now: datetime | None = None
+) -> int:
+    """Erase the name and phone of visitors whose pass expired more than `older_than_days`
+    days before `now` (also the name on their pass row; the gates' register is republished
+    so its masked name goes too). Returns how many visitors were purged."""
+    if older_than_days < 0:
+        raise SiteError("older-than-days must be 0 or more")
+    VisitorStore(site.store)
+    cutoff = int(
+        ((now or datetime.now(site.config.tz)) - timedelta(days=older_than_days)).timestamp()
+    )
+    stamp = utcnow()
+    with site.store.atomic() as db:
+        rows = db.execute(
+            "SELECT id, pass_id FROM visitors WHERE valid_until < ? AND purged_at IS NULL",
+            [cutoff],
+        ).fetchall()
+        for visitor_id, pass_id in rows:
+            db.execute(
+                "UPDATE visitors SET name = '', phone = '', purged_at = ? WHERE id = ?",
+                [stamp, visitor_id],
+            )
+            if pass_id is not None:
+                db.execute(
+                    "UPDATE passes SET name = ? WHERE pass_id = ? AND role = 'visitor'",
+                    [PURGED_NAME, pass_id],
+                )
+    if rows:
+        site.store.audit(
+            by or "unknown", "visitor_purge", str(len(rows)), f"pass expired > {older_than_days} d"
+        )
+        site.publish_register()
+    return len(rows)

@@ -13,7 +13,7 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
@@ -88,6 +88,7 @@ class GateDaemon:
         self._camera_state = "recovering"
         self.doors = DoorWatch(config.gpio.relay_pulse_s, config.gpio.door_alert_s)
         self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
+        self.decisions: Counter[tuple[str, str, str]] = Counter()  # (reason, decision, direction)
         self.systemd = SystemdNotifier()
         self._next_purge = 0.0  # purge once at start, then every purge_interval_h
         self.guard_server: Any = None
@@ -134,11 +135,11 @@ class GateDaemon:
             self.sync.start()
         if self.config.guard.http:
             from edge.guard_page import GuardServer, create_app
+            from edge.metrics import gate_registry
 
             host, _, port = self.config.guard.http.rpartition(":")
-            self.guard_server = GuardServer(
-                create_app(self.guard_state, self.request_override), host, int(port)
-            )
+            app = create_app(self.guard_state, self.request_override, gate_registry(self))
+            self.guard_server = GuardServer(app, host, int(port))
             self.guard_server.start()
         self.hw.indicator.show("idle")
         self.systemd.ready()
@@ -265,6 +266,7 @@ class GateDaemon:
             self.state = state
         self.counts["decisions"] += 1
         self.counts["allowed" if decision.outcome == "allow" else "denied"] += 1
+        self.decisions[(decision.reason, decision.decision, decision.direction)] += 1
         if decision.outcome == "allow":
             self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
             p = decision.pass_

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -25,7 +26,9 @@ MAX_FIELD = 200
 
 
 def create_app(
-    state: Callable[[], dict[str, Any]], override: Callable[[str, str, str], None]
+    state: Callable[[], dict[str, Any]],
+    override: Callable[[str, str, str], None],
+    metrics: CollectorRegistry | None = None,
 ) -> Starlette:
     page = resources.files("edge").joinpath("guard_page.html").read_text(encoding="utf-8")
 
@@ -54,13 +57,18 @@ def create_app(
         override(guard, reason, direction)
         return JSONResponse({"ok": True})
 
-    return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/api/state", api_state),
-            Route("/api/override", api_override, methods=["POST"]),
-        ]
-    )
+    def prometheus(_: Request) -> Response:  # sync: Starlette runs it in its thread pool
+        assert metrics is not None
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/", index),
+        Route("/api/state", api_state),
+        Route("/api/override", api_override, methods=["POST"]),
+    ]
+    if metrics is not None:
+        routes.append(Route("/metrics", prometheus))
+    return Starlette(routes=routes)
 
 
 class GuardServer:

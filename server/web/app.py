@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
@@ -24,12 +26,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.live import LiveFeed
+from server.metrics import server_registry
 from server.site import Site
 from server.web import i18n
 from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
 from server.web.dashboard import Dashboard
 from server.web.views import alerts, audit, charts, households, login, overview, reports
 from server.web.views import feed as feed_view
+
+if TYPE_CHECKING:
+    from server.collector import Collector
 
 STATIC = Path(__file__).with_name("static")
 SECURITY_HEADERS = {
@@ -44,8 +50,11 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(site: Site | Path, feed: LiveFeed | None = None) -> Starlette:
-    """The dashboard for a server directory (opened here, closed at shutdown) or an open Site."""
+def create_app(
+    site: Site | Path, feed: LiveFeed | None = None, collector: Collector | None = None
+) -> Starlette:
+    """The dashboard for a server directory (opened here, closed at shutdown) or an open Site.
+    `collector` (read only, for /metrics) adds its in-memory counters to the store's figures."""
     owns = not isinstance(site, Site)
     opened = Site(Path(site)) if not isinstance(site, Site) else site
     dashboard = Dashboard(opened, feed if feed is not None else LiveFeed(), owns_site=owns)
@@ -57,6 +66,14 @@ def create_app(site: Site | Path, feed: LiveFeed | None = None) -> Starlette:
         finally:
             dashboard.close()
 
+    registry = server_registry(
+        dashboard.reader, lambda: overview.gate_rows(dashboard), dashboard.feed, collector
+    )
+
+    def metrics(_request: Request) -> Response:
+        # No login: Prometheus scrapes it. Sync, so the store reads run in the thread pool.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
         *login.routes(),
         *overview.routes(),
@@ -67,6 +84,7 @@ def create_app(site: Site | Path, feed: LiveFeed | None = None) -> Starlette:
         *reports.routes(),
         *audit.routes(),
         Route("/healthz", healthz),
+        Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(

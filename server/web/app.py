@@ -31,7 +31,7 @@ from server.site import Site
 from server.web import i18n
 from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
 from server.web.dashboard import Dashboard
-from server.web.views import alerts, audit, charts, households, login, overview, reports
+from server.web.views import alerts, audit, charts, households, login, overview, reports, visitors
 from server.web.views import feed as feed_view
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ def create_app(
         *feed_view.routes(),
         *alerts.routes(),
         *households.routes(),
+        *visitors.routes(),
         *charts.routes(),
         *reports.routes(),
         *audit.routes(),

@@ -22,6 +22,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "nav.charts": ("图表", "Charts"),
     "nav.reports": ("报表", "Reports"),
     "nav.audit": ("审计日志", "Audit log"),
+    "nav.visitors": ("访客登记", "Visitors"),
     "lang.switch": ("English", "中文"),
     "logout": ("退出", "Log out"),
     "login.title": ("操作员登录", "Operator login"),
@@ -163,6 +164,64 @@ STRINGS: dict[str, tuple[str, str]] = {
     "done.quarantine": ("已设为居家隔离", "Household put under quarantine"),
     "done.release": ("已解除隔离", "Quarantine released"),
     "done.ack": ("告警已确认", "Alert acknowledged"),
+    "visitor.name": ("访客姓名", "Visitor's name"),
+    "visitor.phone": ("手机/电话", "Phone"),
+    "visitor.reason": ("来访事由", "Reason of visit"),
+    "visitor.host": ("被访住户", "Host household"),
+    "visitor.temperature": ("体温 (°C)", "Temperature (°C)"),
+    "visitor.hours": ("有效时长（小时）", "Valid for (hours)"),
+    "visitor.rule": (
+        "访客证可进门一次、出门一次；体温达到以下数值不发证：",
+        "A visitor pass lets its holder in once and out once; no pass at or above",
+    ),
+    "visitor.submit": ("登记并发放访客证", "Register and issue a visitor pass"),
+    "visitor.today": ("今日访客", "Visitors today"),
+    "visitor.until": ("有效至", "Valid until"),
+    "visitor.by": ("登记人", "Registered by"),
+    "visitor.expired": ("已过期", "expired"),
+    "visitor.none": ("今日暂无访客", "No visitors today"),
+    "visitor.pass": ("访客证", "Visitor pass"),
+    "visitor.registered": (
+        "访客已登记，请访客拍下或打印此码",
+        "Visitor registered: photograph or print this code",
+    ),
+    "visitor.once": ("限进门一次、出门一次", "Valid for one entry and one exit"),
+    "visitor.photograph": (
+        "请拍照保存此码，到闸机出示并测温",
+        "Photograph this code and show it at the gate",
+    ),
+    "visitor.print": ("打印", "Print"),
+    "visitor.pass_invalid": (
+        "此访客证已过期或已注销",
+        "This visitor pass has expired or was revoked",
+    ),
+    "visitor.fever_clinic": (
+        "体温异常，请前往发热门诊",
+        "High temperature: please go to the fever clinic",
+    ),
+    "visitor.err.name": (
+        "请填写访客姓名（不超过 64 字）",
+        "Enter the visitor's name (at most 64 characters)",
+    ),
+    "visitor.err.phone": (
+        "电话格式不对：应为 11 位手机号（1[3-9]开头）或座机如 010-12345678",
+        "Bad phone: a mainland mobile (11 digits, 1[3-9]…) or a landline such as 010-12345678",
+    ),
+    "visitor.err.reason": (
+        "请填写来访事由（不超过 200 字）",
+        "Enter the reason of the visit (at most 200 characters)",
+    ),
+    "visitor.err.host_unknown": ("名册中没有该住户", "This household is not in the register"),
+    "visitor.err.host_quarantined": (
+        "该住户正在居家隔离，不能接待访客",
+        "This household is under home quarantine: no visitors",
+    ),
+    "visitor.err.temperature": (
+        "体温读数不合理（34–43 °C），请重新测温",
+        "Implausible temperature (34–43 °C): measure again",
+    ),
+    "visitor.err.fever": ("体温异常，不发放访客证。", "Fever: no visitor pass."),
+    "visitor.err.hours": ("有效时长应为 1–24 小时", "Valid for 1 to 24 hours"),
     "none": ("—", "—"),
 }
 

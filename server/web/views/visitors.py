@@ -62,7 +62,6 @@ def _render(
     request: Request,
     status: int = 200,
     error: str | None = None,
-    detail: str | None = None,
     values: dict[str, str] | None = None,
 ) -> Response:
     session = require(request)
@@ -75,7 +74,6 @@ def _render(
         status=status,
         visitors=today(d, full),
         error=error,
-        detail=detail,
         values=values or {"hours": str(HOURS_DEFAULT)},
         hours_max=HOURS_MAX,
         threshold=d.policy.fever_threshold_c,
@@ -93,13 +91,11 @@ async def register(request: Request) -> Response:
     try:
         temperature = float(values["temperature"])
     except ValueError:
-        return await run_in_threadpool(
-            _render, request, 400, "visitor.err.temperature", None, values
-        )
+        return await run_in_threadpool(_render, request, 400, "visitor.err.temperature", values)
     try:
         hours = int(values["hours"] or HOURS_DEFAULT)
     except ValueError:
-        return await run_in_threadpool(_render, request, 400, "visitor.err.hours", None, values)
+        return await run_in_threadpool(_render, request, 400, "visitor.err.hours", values)
 
     def apply() -> int:
         visitor, _ = register_visitor(
@@ -117,7 +113,7 @@ async def register(request: Request) -> Response:
     try:
         visitor_id = await run_in_threadpool(apply)
     except VisitorError as exc:
-        return await run_in_threadpool(_render, request, 400, exc.key, str(exc), values)
+        return await run_in_threadpool(_render, request, 400, exc.key, values)
     return RedirectResponse(f"/visitors/{visitor_id}", status_code=303)
 
 

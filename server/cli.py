@@ -199,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 host, port = args.http
                 # Its own Site and connections: pages never wait on the collector's lock.
                 dashboard = web.enter_context(
-                    web_cli.DashboardServer(args.dir, collector.feed, host, port)
+                    web_cli.DashboardServer(args.dir, collector.feed, host, port, collector)
                 )
                 dashboard.start()
                 print(f"dashboard on http://{host}:{port}/", flush=True)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server.collector import Collector
 from server.live import LiveFeed
 from server.site import Site, actor
 from server.web.accounts import PASSWORD_MIN, ROLES, AccountError, AccountStore
@@ -97,12 +98,19 @@ class DashboardError(RuntimeError):
 class DashboardServer:
     """uvicorn on its own thread, with the dashboard's own Site (connections) for `directory`."""
 
-    def __init__(self, directory: Path, feed: LiveFeed, host: str, port: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        feed: LiveFeed,
+        host: str,
+        port: int,
+        collector: Collector | None = None,
+    ) -> None:
         import uvicorn
 
         from server.web.app import create_app
 
-        self.app = create_app(directory, feed)
+        self.app = create_app(directory, feed, collector)
         config = uvicorn.Config(
             self.app,
             host=host,

@@ -33,9 +33,11 @@ from server.conflicts import find_conflicts
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.site import Site
+from server.visitors import purge_visitors
 from server.webhooks import WebhookSender, notice_for
 
 log = logging.getLogger("menwei.collector")
+PURGE_INTERVAL_S = 24 * 3600.0
 
 
 class Collector:
@@ -146,7 +148,7 @@ class Collector:
     # --- worker ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_check = next_health = 0.0
+        next_check = next_health = next_purge = 0.0
         while not self._stop.is_set():
             try:
                 topic, payload = self._inbox.get(timeout=0.2)
@@ -162,8 +164,20 @@ class Collector:
                     next_health = time.monotonic() + self.health_interval_s
                     for alert in self.health.check(listening_since=self.listening_since):
                         self._raised(alert)
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_INTERVAL_S
+                    self.purge_personal_data()
             except Exception:  # one bad message must never stop the collector
                 log.exception("collector error on %s", topic or "documents")
+
+    def purge_personal_data(self) -> int:
+        """Retention (DESIGN.md, privacy): erase visitors' names and phones once they are
+        older than [privacy] visitor_retention_days past their pass. Runs daily."""
+        days = self.site.config.privacy.visitor_retention_days
+        purged = purge_visitors(self.site, days, by="collector")
+        if purged:
+            log.info("retention: erased the personal data of %d visitors", purged)
+        return purged
 
     def handle(self, topic: str, payload: bytes) -> None:
         where = topics.gate_of(topic)

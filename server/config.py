@@ -82,11 +82,23 @@ class AlertsSection:
 
 
 @dataclass(frozen=True)
+class PrivacySection:
+    visitor_retention_days: int = 30
+    """Visitors' names and phones are erased this many days after their pass expired (the
+    collector does it daily; `menwei visitor purge` does it by hand)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.visitor_retention_days <= 3650:
+            raise ValueError("visitor_retention_days must be 1..3650")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ServerSection
     mqtt: MqttSection = field(default_factory=MqttSection)
     policy: Policy = field(default_factory=Policy)
     alerts: AlertsSection = field(default_factory=AlertsSection)
+    privacy: PrivacySection = field(default_factory=PrivacySection)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -134,6 +146,9 @@ auto_return_at = "{p.auto_return_at}"         # everyone counts as inside again 
 timezone = "{p.timezone}"
 max_data_age_h = {p.max_data_age_h}           # older register/policy: the guard confirms
 passes_per_household_max = {p.passes_per_household_max}     # enforced when passes are issued
+
+[privacy]
+visitor_retention_days = 30      # visitors' names and phones erased this long after expiry
 
 [alerts]                         # see docs/alerts.md
 gate_offline_after_min = 5       # not heard from this long: gate offline (Last Will: at once)

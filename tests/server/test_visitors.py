@@ -322,3 +322,21 @@ def test_viewers_see_masked_visitors_and_may_not_register_or_see_a_pass(
     assert client.post("/visitors", data={**FORM, "csrf": token}).status_code == 403
     assert client.get(f"/visitors/{visitor.id}").status_code == 403
     assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 1
+
+
+def test_the_collector_erases_expired_visitors_by_the_configured_retention(site: Site, host: str):
+    from protocol.broker import parse_broker
+    from server.collector import Collector
+
+    old, _ = visit(site)
+    fresh, _ = visit(site, name="李小六")
+    long_ago = int((datetime.now(UTC) - timedelta(days=31)).timestamp())
+    with site.store.atomic():
+        site.store.db.execute(
+            "UPDATE visitors SET valid_until = ? WHERE id = ?", [long_ago, old.id]
+        )
+    collector = Collector(site, parse_broker("mqtt://127.0.0.1:1"))  # never started: no broker
+    assert site.config.privacy.visitor_retention_days == 30
+    assert collector.purge_personal_data() == 1
+    store = VisitorStore(site.store)
+    assert store.get(old.id).name == "" and store.get(fresh.id).name == "李小六"

@@ -318,6 +318,7 @@ class GateDaemon:
                 break
             if what == "exit":
                 self.record("exit_request", "exit_request", decision="allow", direction="out")
+                self.decisions[("exit_request", "allow", "out")] += 1
                 self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
                 self.hw.indicator.show("allow")
                 self.doors.granted(None, None, "out")
@@ -330,6 +331,7 @@ class GateDaemon:
                     direction=direction,
                     detail={"guard": guard, "reason": reason},
                 )
+                self.decisions[("guard_override", "allow", direction)] += 1
                 self.hw.relay.pulse(self.config.guard.override_pulse_s)
                 self.hw.indicator.show("allow")
                 self.doors.granted(None, None, direction)

@@ -87,7 +87,6 @@ class GateDaemon:
         self._last_shown = 0.0
         self._camera_state = "recovering"
         self.doors = DoorWatch(config.gpio.relay_pulse_s, config.gpio.door_alert_s)
-        self.counts: dict[str, int] = {"decisions": 0, "allowed": 0, "denied": 0}
         self.decisions: Counter[tuple[str, str, str]] = Counter()  # (reason, decision, direction)
         self.systemd = SystemdNotifier()
         self._next_purge = 0.0  # purge once at start, then every purge_interval_h
@@ -264,8 +263,6 @@ class GateDaemon:
                 clock_floor=self.clock.floor,
             )
             self.state = state
-        self.counts["decisions"] += 1
-        self.counts["allowed" if decision.outcome == "allow" else "denied"] += 1
         self.decisions[(decision.reason, decision.decision, decision.direction)] += 1
         if decision.outcome == "allow":
             self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
@@ -456,6 +453,12 @@ class GateDaemon:
             },
         }
 
+    def totals(self) -> dict[str, int]:
+        """Since start: pass decisions, and how many allowed or denied (openings included)."""
+        allowed = sum(n for (_, d, _), n in self.decisions.items() if d == "allow")
+        total = sum(self.decisions.values())
+        return {"decisions": total, "allowed": allowed, "denied": total - allowed}
+
     def status(self) -> dict[str, Any]:
         now = self.clock.now()
         thermometer = self.hw.thermometer
@@ -473,7 +476,7 @@ class GateDaemon:
             "clock": {"trusted": now.trusted, "jumps": len(self.clock.jumps)},
             "camera": {"state": self.hw.camera.state, "error": self.hw.camera.last_error},
             "thermometer": asdict(stats) if stats is not None else None,
-            "counts": dict(self.counts),
+            "counts": self.totals(),
             "outside": len(outside_now(self.state, self.know.policy, now)),
         }
 

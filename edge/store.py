@@ -11,10 +11,11 @@ deletes them. paho's in-memory queue is never relied on.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,17 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_epoch(db: Database) -> None:
+    # A database's random id: a replaced database numbers from 1 again under a new epoch.
+    # One that already logged events before epochs existed keeps the empty (legacy) epoch.
+    has_events = db.execute("SELECT COUNT(*) FROM events").fetchone()[0] > 0
+    db.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)",
+        ["" if has_events else secrets.token_hex(8)],
+    )
+
+
 @dataclass(frozen=True)
 class LoggedEvent:
     event: Event
@@ -69,6 +81,7 @@ class GateStore:
         self._lock = threading.RLock()
         self._closed = False
         migrations.apply(self.db)
+        self.epoch = self._get_meta("epoch") or ""
 
     def close(self) -> None:
         with self._lock:
@@ -91,7 +104,7 @@ class GateStore:
         atomically. Returns the stored event."""
         with self._lock, self.db.atomic():
             row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            event = build(row[0] + 1)
+            event = replace(build(row[0] + 1), epoch=self.epoch)
             self.db.execute(
                 "INSERT INTO events (seq, uuid, at, kind, decision, reason, body)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -77,7 +77,13 @@ class GateSync:
         self.sent_up_to = 0
         self.acked = store.acked_seq()
         self._last_progress = time.monotonic()
-        self.stats = {"batches": 0, "resends": 0, "publish_errors": 0, "bad_messages": 0}
+        self.stats = {
+            "batches": 0,
+            "resends": 0,
+            "publish_errors": 0,
+            "bad_messages": 0,
+            "foreign_acks": 0,
+        }
         self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -217,10 +223,16 @@ class GateSync:
             self.stats["bad_messages"] += 1
             log.warning("ignored bad ack: %s", exc)
             return
+        if ack.epoch != self.store.epoch:
+            # The retained ack of this gate's previous database (a replaced SD card): its
+            # numbers are not ours. The collector acks our epoch once our events arrive.
+            log.info("ignored the ack of another database epoch (%r)", ack.epoch)
+            self.stats["foreign_acks"] += 1
+            return
         last = self.store.last_seq()
         if ack.acked_seq > last:
-            # The collector holds seqs this gate never wrote: the gate's database was
-            # replaced. Acknowledging them would drop events; report it instead.
+            # Same epoch, yet seqs this gate never wrote: never acknowledge what we do not
+            # have (it would drop events); report it instead.
             log.error("collector acknowledges seq %d beyond our last seq %d", ack.acked_seq, last)
             self.stats["bad_messages"] += 1
             return

@@ -20,13 +20,13 @@ class Reconciliation:
 
 
 def reconcile(gate_dbs: list[Path], server_db: Path) -> Reconciliation:
-    logged: set[tuple[str, int, str]] = set()
+    logged: set[tuple[str, str, int, str]] = set()
     pending = 0
     for path in gate_dbs:
         with GateStore(path) as store:
             for item in store.log():
                 e = item.event
-                logged.add((e.gate, e.seq, e.uuid))
+                logged.add((e.gate, e.epoch, e.seq, e.uuid))
                 pending += not item.acked
     with ServerStore(server_db) as store:
         keys = store.event_keys()

@@ -9,6 +9,7 @@ the decision used. No names or phone numbers (DESIGN.md, privacy).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from protocol.errors import MessageError
 
 SCHEMA = 1
+EPOCH_RE = re.compile(r"[0-9a-f]{0,32}")
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
 
@@ -43,6 +45,9 @@ class Event:
     versions: dict[str, int] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
+    epoch: str = ""
+    """The gate database's random id: seq numbering starts again at 1 in a new database (a
+    replaced SD card), so the collector keys events on (gate, epoch, seq)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +76,7 @@ class Event:
                 versions=_versions(data),
                 detail=dict(data.get("detail", {})),
                 schema=_int(data, "schema"),
+                epoch=_epoch(data),
             )
         except (TypeError, ValueError) as exc:
             raise MessageError(f"bad event: {exc}") from None
@@ -85,6 +91,14 @@ class Event:
         if event.direction is not None and event.direction not in DIRECTIONS:
             raise MessageError(f"unknown direction {event.direction!r}")
         return event
+
+
+def _epoch(data: Mapping[str, Any]) -> str:
+    """Optional (events of gates before epochs carry none): up to 32 hex digits."""
+    value = data.get("epoch", "")
+    if not isinstance(value, str) or not EPOCH_RE.fullmatch(value):
+        raise ValueError("field 'epoch' must be up to 32 hex digits")
+    return value
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -191,11 +205,12 @@ def decode_batch(raw: bytes, *, site: str, gate: str) -> DecodedBatch:
 @dataclass(frozen=True)
 class Ack:
     gate: str
-    acked_seq: int  # every seq <= this is committed at the collector
+    acked_seq: int  # every seq <= this of this epoch is committed at the collector
+    epoch: str = ""
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"schema": SCHEMA, "gate": self.gate, "acked_seq": self.acked_seq}
+            {"schema": SCHEMA, "gate": self.gate, "acked_seq": self.acked_seq, "epoch": self.epoch}
         ).encode()
 
     @classmethod
@@ -204,7 +219,9 @@ class Ack:
             data = json.loads(raw)
             if not isinstance(data, Mapping):
                 raise ValueError("ack must be a JSON object")
-            ack = cls(gate=_str(data, "gate"), acked_seq=_int(data, "acked_seq"))
+            ack = cls(
+                gate=_str(data, "gate"), acked_seq=_int(data, "acked_seq"), epoch=_epoch(data)
+            )
         except ValueError as exc:  # a strict parse: 1e999, "3" or true are not a seq
             raise MessageError(f"bad ack: {exc}") from None
         if ack.acked_seq < 0:

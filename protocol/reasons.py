@@ -67,6 +67,9 @@ MESSAGES: dict[str, Message] = {
     "camera_ok": Message("摄像头已恢复", "Camera back"),
     "door_forced": Message("门被强行打开", "Door opened without a grant"),
     "door_held_open": Message("门长时间未关", "Door held open"),
+    "gate_reset": Message(
+        "闸机数据库已更换，序号重新开始", "Gate database replaced: numbering restarted"
+    ),
 }
 
 ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})

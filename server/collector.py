@@ -208,11 +208,29 @@ class Collector:
         self.stats["inserted"] += result.inserted
         self.stats["duplicates"] += result.duplicates
         info = self.client.publish(
-            topics.ack(site, gate), Ack(gate, result.contiguous_seq).encode(), qos=1, retain=True
+            topics.ack(site, gate),
+            Ack(gate, result.contiguous_seq, result.epoch).encode(),
+            qos=1,
+            retain=True,
         )
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # The gate resends when its ack does not advance; the next batch acks again.
             log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
+        if result.replaced_epoch is not None:
+            log.warning(
+                "gate %s numbers from a new database (epoch %r, was %r)",
+                gate,
+                result.epoch,
+                result.replaced_epoch,
+            )
+            replaced = self.alerts.raise_alert(
+                f"gate_reset:{gate}:{result.epoch}",
+                "gate_reset",
+                gate=gate,
+                detail=f"database replaced: epoch {result.replaced_epoch!r} -> {result.epoch!r}",
+            )
+            if replaced is not None:
+                self._raised(replaced)
         self._relay_passages(result.new_events)
         for event in result.new_events:
             self.feed.publish({"type": "event", **event.to_json()})

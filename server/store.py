@@ -88,6 +88,33 @@ def m003_conflict_keys(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX conflicts_once ON conflicts(kind, uuid) WHERE uuid IS NOT NULL")
 
 
+@migrations()
+def m004_epochs(db: Database) -> None:
+    """Events are keyed on (gate, epoch, seq): a gate whose database was replaced numbers
+    from 1 again under a new epoch. Existing rows are the legacy epoch ''."""
+    db.execute(
+        """CREATE TABLE events_keyed (
+            gate TEXT NOT NULL, epoch TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL,
+            uuid TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT,
+            reason TEXT NOT NULL, household TEXT, pass_id INTEGER, body TEXT NOT NULL,
+            received_at TEXT NOT NULL, direction TEXT,
+            PRIMARY KEY (gate, epoch, seq)
+        )"""
+    )
+    db.execute(
+        "INSERT INTO events_keyed (gate, epoch, seq, uuid, at, kind, decision, reason, household,"
+        " pass_id, body, received_at, direction) SELECT gate, '', seq, uuid, at, kind, decision,"
+        " reason, household, pass_id, body, received_at, direction FROM events"
+    )
+    db.execute("DROP TABLE events")
+    db.execute("ALTER TABLE events_keyed RENAME TO events")
+    db.execute("CREATE INDEX events_at ON events(at)")
+    db.execute("CREATE INDEX events_household ON events(household, at)")
+    db.execute("CREATE INDEX events_pass ON events(pass_id, at)")
+    db.execute("ALTER TABLE gates ADD COLUMN epoch TEXT")
+    db.execute("UPDATE gates SET epoch = ''")
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -99,6 +126,8 @@ class InsertResult:
     conflicts: int
     contiguous_seq: int
     new_events: tuple[Event, ...] = ()
+    epoch: str = ""
+    replaced_epoch: str | None = None  # the gate's previous epoch, when this batch began a new one
 
 
 class ServerStore:
@@ -143,11 +172,12 @@ class ServerStore:
             for e in events:
                 body = json.dumps(e.to_json(), ensure_ascii=False)
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO events (gate, seq, uuid, at, kind, decision, reason,"
-                    " household, pass_id, body, received_at, direction)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO events (gate, epoch, seq, uuid, at, kind, decision,"
+                    " reason, household, pass_id, body, received_at, direction)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         gate,
+                        e.epoch,
                         e.seq,
                         e.uuid,
                         e.at,
@@ -166,7 +196,8 @@ class ServerStore:
                     new.append(e)
                     continue
                 row = self.db.execute(
-                    "SELECT uuid FROM events WHERE gate = ? AND seq = ?", [gate, e.seq]
+                    "SELECT uuid FROM events WHERE gate = ? AND epoch = ? AND seq = ?",
+                    [gate, e.epoch, e.seq],
                 ).fetchone()
                 if row[0] == e.uuid:
                     duplicates += 1
@@ -179,25 +210,39 @@ class ServerStore:
                         f"seq {e.seq} already stored with uuid {row[0]}",
                         body,
                     )
-            contiguous = self._advance_contiguous(gate, now)
-        return InsertResult(inserted, duplicates, conflicts, contiguous, tuple(new))
+            # A gate writes one database at a time: its batch's epoch is its current one.
+            epoch = events[-1].epoch if events else self.gate_epoch(gate) or ""
+            contiguous, replaced = self._advance_contiguous(gate, epoch, now)
+        return InsertResult(
+            inserted, duplicates, conflicts, contiguous, tuple(new), epoch, replaced
+        )
 
-    def _advance_contiguous(self, gate: str, now: str) -> int:
-        row = self.db.execute("SELECT contiguous_seq FROM gates WHERE gate = ?", [gate]).fetchone()
-        c = row[0] if row else 0
+    def gate_epoch(self, gate: str) -> str | None:
+        row = self.db.execute("SELECT epoch FROM gates WHERE gate = ?", [gate]).fetchone()
+        return None if row is None else row[0]
+
+    def _advance_contiguous(self, gate: str, epoch: str, now: str) -> tuple[int, str | None]:
+        """The highest contiguous seq of `gate` in `epoch`, and the epoch it replaced if the
+        gate's database changed."""
+        row = self.db.execute(
+            "SELECT contiguous_seq, epoch FROM gates WHERE gate = ?", [gate]
+        ).fetchone()
+        held = None if row is None else row[1]
+        c = row[0] if row is not None and held == epoch else 0
         for (seq,) in self.db.execute(
-            "SELECT seq FROM events WHERE gate = ? AND seq > ? ORDER BY seq", [gate, c]
+            "SELECT seq FROM events WHERE gate = ? AND epoch = ? AND seq > ? ORDER BY seq",
+            [gate, epoch, c],
         ):
             if seq != c + 1:
                 break
             c = seq
         self.db.execute(
-            "INSERT INTO gates (gate, contiguous_seq, last_seen) VALUES (?, ?, ?)"
+            "INSERT INTO gates (gate, contiguous_seq, last_seen, epoch) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(gate) DO UPDATE SET contiguous_seq = excluded.contiguous_seq,"
-            " last_seen = excluded.last_seen",
-            [gate, c, now],
+            " last_seen = excluded.last_seen, epoch = excluded.epoch",
+            [gate, c, now, epoch],
         )
-        return int(c)
+        return int(c), held if held is not None and held != epoch else None
 
     def contiguous_seq(self, gate: str) -> int:
         with self._lock:
@@ -212,11 +257,14 @@ class ServerStore:
         for (body,) in rows:
             yield json.loads(body)
 
-    def event_keys(self) -> list[tuple[str, int, str]]:
+    def event_keys(self) -> list[tuple[str, str, int, str]]:
+        """(gate, epoch, seq, uuid) of every stored event."""
         with self._lock:
             return [
-                (str(g), int(s), str(u))
-                for g, s, u in self.db.execute("SELECT gate, seq, uuid FROM events").fetchall()
+                (str(g), str(e), int(s), str(u))
+                for g, e, s, u in self.db.execute(
+                    "SELECT gate, epoch, seq, uuid FROM events"
+                ).fetchall()
             ]
 
     def count_events(self) -> int:

@@ -218,3 +218,22 @@ def test_close_is_idempotent(tmp_path):
     store.close()
     store.close()
     assert (tmp_path / "sub" / "gate.db").exists()
+
+
+def test_each_new_database_has_its_own_epoch_stamped_on_every_event(tmp_path):
+    from dataclasses import replace as with_
+
+    from tests.e2e.helpers import make_event
+
+    epochs = []
+    for name in ("a.db", "b.db"):
+        with GateStore(tmp_path / name) as store:
+            event = store.append(
+                lambda seq: with_(make_event("s", "g", seq), epoch=""), state=None, clock_floor=0.0
+            )
+            assert event.epoch == store.epoch and len(store.epoch) == 16
+            assert [e.event.epoch for e in store.log()] == [store.epoch]
+            epochs.append(store.epoch)
+        with GateStore(tmp_path / name) as reopened:
+            assert reopened.epoch == epochs[-1]  # stable across restarts
+    assert epochs[0] != epochs[1]

@@ -480,3 +480,32 @@ def test_policy_defaults_and_round_trip():
 def test_policy_refuses(data, message):
     with pytest.raises(SchemaError, match=message):
         Policy.from_json(data, "server.toml [policy]")
+
+
+def test_epoch_is_optional_hex_and_travels_in_events_and_acks():
+    from protocol.events import Ack, Event, MessageError
+
+    base = {
+        "site": "s",
+        "gate": "g",
+        "seq": 1,
+        "uuid": "u",
+        "at": "2026-11-29T08:00:00+00:00",
+        "clock_trusted": True,
+        "kind": "decision",
+        "decision": "allow",
+        "reason": "ok",
+        "direction": "in",
+        "temperature_c": 36.5,
+        "pass_id": 1,
+        "household": "h",
+        "role": "resident",
+        "schema": 1,
+    }
+    assert Event.from_json(base).epoch == ""  # gates from before epochs
+    assert Event.from_json({**base, "epoch": "0123abcd"}).epoch == "0123abcd"
+    for bad in ("XYZ", "0" * 33, 12, None):
+        with pytest.raises(MessageError, match="epoch"):
+            Event.from_json({**base, "epoch": bad})
+    assert Ack.decode(Ack("g", 5, "beef").encode()) == Ack("g", 5, "beef")
+    assert Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5}').epoch == ""

@@ -64,7 +64,7 @@ def wait_acked(acks: MqttWatcher, seq: int, timeout: float = 10) -> None:
 
 
 def stored_keys(site: Site, gate: str = "g1") -> list[tuple[int, str]]:
-    return sorted((s, u) for g, s, u in site.store.event_keys() if g == gate)
+    return sorted((s, u) for g, _e, s, u in site.store.event_keys() if g == gate)
 
 
 def rejected(site: Site) -> list[tuple[str, str]]:

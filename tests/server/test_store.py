@@ -35,7 +35,7 @@ def test_same_batch_twice_is_stored_once(store: ServerStore) -> None:
         3,
     )
     assert store.count_events() == 3
-    assert sorted(store.event_keys()) == sorted(("g1", e.seq, e.uuid) for e in batch)
+    assert sorted(store.event_keys()) == sorted(("g1", e.epoch, e.seq, e.uuid) for e in batch)
     assert store.conflicts() == []
 
 
@@ -124,3 +124,19 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
 def test_next_counter(store: ServerStore) -> None:
     assert [store.next_counter("c") for _ in range(3)] == [1, 2, 3]
     assert store.next_counter("other") == 1
+
+
+def test_a_new_epoch_numbers_from_one_beside_the_old_one(tmp_path):
+    from dataclasses import replace
+
+    with ServerStore(tmp_path / "epochs.db") as store:
+        old = [replace(make_event("s", "g1", n), epoch="aa") for n in (1, 2, 3)]
+        first = store.insert_events("g1", old)
+        assert (first.contiguous_seq, first.epoch, first.replaced_epoch) == (3, "aa", None)
+        new = [replace(make_event("s", "g1", n), epoch="bb") for n in (1, 2)]
+        second = store.insert_events("g1", new)
+        assert (second.inserted, second.conflicts) == (2, 0)
+        assert (second.contiguous_seq, second.epoch, second.replaced_epoch) == (2, "bb", "aa")
+        again = store.insert_events("g1", new)  # a resend of the new epoch
+        assert (again.duplicates, again.replaced_epoch, again.contiguous_seq) == (2, None, 2)
+        assert store.count_events() == 5 and store.conflicts() == []

@@ -439,3 +439,13 @@ def test_a_gate_not_heard_from_for_minutes_is_shown_silent_not_online(
     page = client.get("/").text
     assert 'state-online" data-role="state">在线</span> <strong>east' in page
     assert 'state-silent" data-role="state">失联</span> <strong>north' in page
+
+
+def test_household_page_with_an_unknown_done_flag_is_not_a_server_error(
+    client: TestClient, site: Site
+) -> None:
+    site.issue_pass("6-2-301", "周杰伦", room="6-2-301")
+    logged_in(client, "olga")
+    r = client.get("/households/6-2-301?done=<b>x</b>")
+    assert r.status_code == 200 and "<b>x</b>" not in r.text
+    assert "已设为居家隔离" in client.get("/households/6-2-301?done=quarantine").text

@@ -449,3 +449,9 @@ def test_household_page_with_an_unknown_done_flag_is_not_a_server_error(
     r = client.get("/households/6-2-301?done=<b>x</b>")
     assert r.status_code == 200 and "<b>x</b>" not in r.text
     assert "已设为居家隔离" in client.get("/households/6-2-301?done=quarantine").text
+
+
+def test_report_of_the_last_representable_day_is_400_not_500(client: TestClient) -> None:
+    logged_in(client, "vic")
+    for path in ("/reports", "/reports/daily.csv", "/reports/daily.xlsx"):
+        assert client.get(f"{path}?day=9999-12-31").status_code == 400, path

@@ -34,9 +34,12 @@ def _day(request: Request, d: Dashboard) -> date:
     if not text:
         return figures.today(d.policy)
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise HTTPException(400, "error.bad_request") from None
+    if day == date.max:  # its counting day ends on a date Python cannot represent
+        raise HTTPException(400, "error.bad_request")
+    return day
 
 
 def _rows(d: Dashboard, day: date) -> list[dict[str, Any]]:

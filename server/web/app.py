@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -129,7 +130,7 @@ async def _login_required(request: Request, exc: Exception) -> Response:
     if request.method != "GET":
         return PlainTextResponse(i18n.text(lang_of(request), "login.expired"), status_code=401)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    query = f"?next={target}" + ("&expired=1" if exc.expired else "")
+    query = f"?next={quote(target, safe='/')}" + ("&expired=1" if exc.expired else "")
     response = RedirectResponse(f"/login{query}", status_code=303)
     asked = request.query_params.get("lang")
     if asked in i18n.LANGS:

@@ -455,3 +455,16 @@ def test_report_of_the_last_representable_day_is_400_not_500(client: TestClient)
     logged_in(client, "vic")
     for path in ("/reports", "/reports/daily.csv", "/reports/daily.xlsx"):
         assert client.get(f"{path}?day=9999-12-31").status_code == 400, path
+
+
+def test_an_expired_session_comes_back_to_the_page_with_all_its_filters(
+    client: TestClient,
+) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    r = client.get("/feed?gate=east&decision=deny", follow_redirects=False)
+    assert r.status_code == 303
+    query = parse_qs(urlsplit(r.headers["location"]).query)
+    assert query["next"] == ["/feed?gate=east&decision=deny"]
+    page = client.get(r.headers["location"])
+    assert 'name="next" value="/feed?gate=east&amp;decision=deny"' in page.text

@@ -75,7 +75,10 @@ def hourly(reader: Reader, span: Span) -> list[dict[str, int]]:
     """Accepted passages per hour of `span`, in and out, one dict per hour."""
     bins = [{"in": 0, "out": 0} for _ in range(span.hours)]
     rows = reader.rows(
-        "SELECT CAST((julianday(at) - julianday(?)) * 24 AS INTEGER) AS h, direction, COUNT(*)"
+        # julianday() is a float: an event at exactly 05:00:00 is 0.99999… hours after 04:00.
+        # Whole milliseconds first (rounded), then hours, so it lands in its own hour.
+        "SELECT CAST(ROUND((julianday(at) - julianday(?)) * 86400000) AS INTEGER) / 3600000 AS h,"
+        " direction, COUNT(*)"
         f" FROM events WHERE {PASSAGE} AND {_IN_SPAN} GROUP BY h, direction",
         [span.start.isoformat(), *span.params()],
     )

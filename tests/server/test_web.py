@@ -468,3 +468,24 @@ def test_an_expired_session_comes_back_to_the_page_with_all_its_filters(
     assert query["next"] == ["/feed?gate=east&decision=deny"]
     page = client.get(r.headers["location"])
     assert 'name="next" value="/feed?gate=east&amp;decision=deny"' in page.text
+
+
+def test_hourly_chart_counts_a_passage_at_a_full_hour_in_that_hour(site: Site) -> None:
+    from server.store import STORE_NAME
+    from server.web import figures
+    from server.web.reading import Reader
+
+    policy = site.config.policy
+    day = figures.today(policy)
+    span = figures.day_span(policy, day)
+    events = [
+        make_event(SITE, "east", seq, at=(span.start + timedelta(hours=h)).isoformat())
+        for seq, h in enumerate(range(1, 24), start=1)
+    ]
+    site.store.insert_events("east", events)
+    reader = Reader(site.dir / STORE_NAME)
+    try:
+        bins = figures.hourly(reader, span)
+    finally:
+        reader.close()
+    assert [b["out"] for b in bins] == [0] + [1] * 23

@@ -9,9 +9,11 @@ the decision used. No names or phone numbers (DESIGN.md, privacy).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from protocol.errors import MessageError
@@ -20,6 +22,8 @@ SCHEMA = 1
 EPOCH_RE = re.compile(r"[0-9a-f]{0,32}")
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
+MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
+MAX_PASS_ID = 2**32 - 1  # 4 unsigned bytes in the pass
 
 KINDS = frozenset({"decision", "exit_request", "passed", "alert", "override", "device"})
 DECISIONS = frozenset({"allow", "deny"})
@@ -63,7 +67,7 @@ class Event:
                 gate=_str(data, "gate"),
                 seq=_int(data, "seq"),
                 uuid=_str(data, "uuid"),
-                at=_str(data, "at"),
+                at=_at(data),
                 clock_trusted=_bool(data, "clock_trusted"),
                 kind=_str(data, "kind"),
                 decision=_opt(data, "decision", str),
@@ -84,6 +88,10 @@ class Event:
             raise MessageError(f"unsupported event schema {event.schema}")
         if event.seq < 1:
             raise MessageError("event seq must be >= 1")
+        if event.seq > MAX_SEQ:
+            raise MessageError(f"event seq must be <= {MAX_SEQ}")
+        if event.pass_id is not None and not 0 <= event.pass_id <= MAX_PASS_ID:
+            raise MessageError(f"event pass_id must be 0..{MAX_PASS_ID}")
         if event.kind not in KINDS:
             raise MessageError(f"unknown event kind {event.kind!r}")
         if event.decision is not None and event.decision not in DECISIONS:
@@ -98,6 +106,19 @@ def _epoch(data: Mapping[str, Any]) -> str:
     value = data.get("epoch", "")
     if not isinstance(value, str) or not EPOCH_RE.fullmatch(value):
         raise ValueError("field 'epoch' must be up to 32 hex digits")
+    return value
+
+
+def _at(data: Mapping[str, Any]) -> str:
+    """An ISO-8601 time with a UTC offset: the collector and the gates compare these times
+    with aware ones (a naive one would raise there, after the message was accepted)."""
+    value = _str(data, "at")
+    try:
+        aware = datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        aware = False
+    if not aware:
+        raise ValueError("field 'at' must be an ISO-8601 time with a UTC offset")
     return value
 
 
@@ -152,6 +173,8 @@ def _opt_float(data: Mapping[str, Any], key: str) -> float | None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ValueError(f"field {key!r} must be a number or null")
+    if not math.isfinite(value):
+        raise ValueError(f"field {key!r} must be a finite number or null")
     return float(value)
 
 
@@ -285,7 +308,7 @@ class Passage:
                 site=_str(data, "site"),
                 gate=_str(data, "gate"),
                 uuid=_str(data, "uuid"),
-                at=_str(data, "at"),
+                at=_at(data),
                 pass_id=_int(data, "pass_id"),
                 household=_str(data, "household"),
                 role=_str(data, "role"),

@@ -509,3 +509,36 @@ def test_epoch_is_optional_hex_and_travels_in_events_and_acks():
             Event.from_json({**base, "epoch": bad})
     assert Ack.decode(Ack("g", 5, "beef").encode()) == Ack("g", 5, "beef")
     assert Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5}').epoch == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("at", "yesterday"),  # the collector parses it to replay a household's day
+        ("at", "2026-11-29T08:00:00"),  # no offset: naive and aware times never compare
+        ("pass_id", 2**64),  # SQLite cannot store it: the whole batch would fail, unrecorded
+        ("pass_id", -1),
+        ("seq", 2**63),
+        ("temperature_c", float("nan")),
+        ("temperature_c", float("inf")),
+    ],
+)
+def test_event_with_unusable_value_is_a_message_error(key, value):
+    with pytest.raises(MessageError):
+        Event.from_json(event_json(**{key: value}))
+    raw = json.dumps({"schema": 1, "gate": GATE, "events": [event_json(**{key: value})]})
+    batch = decode_batch(raw.encode(), site=SITE, gate=GATE)
+    assert batch.events == [] and len(batch.rejected) == 1
+
+
+@pytest.mark.parametrize("at", ["soon", "2026-11-29T08:00:00", ""])
+def test_passage_without_an_aware_time_is_a_message_error(at):
+    from protocol.events import Passage
+
+    good = Passage(
+        SITE, "west", "u-1", "2026-11-29T08:00:00+08:00", 7, "1-1-101", "resident", "out"
+    )
+    assert Passage.decode(good.encode()) == good
+    raw = json.dumps({**json.loads(good.encode()), "at": at}).encode()
+    with pytest.raises(MessageError, match="at"):
+        Passage.decode(raw)

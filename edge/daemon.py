@@ -379,8 +379,11 @@ class GateDaemon:
             with self._know_lock:
                 keys = {**self.anchor, **self.know.trust_keys}
                 doc = decode_document(raw, kind=kind, site=self.know.site, trust_keys=keys)
+                # Applied before it is stored: a stored document the gate cannot apply would
+                # stop it from starting again (load_knowledge) and block a corrected one.
+                know = apply_document(self.know, kind, raw, self.anchor)
                 if accept_document(self.store, doc, raw):
-                    self.know = apply_document(self.know, kind, raw, self.anchor)
+                    self.know = know
                     log.info("applied %s version %d", kind, doc.version)
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)

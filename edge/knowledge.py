@@ -47,7 +47,7 @@ class Knowledge:
             self.register,
             doc.version,
             self.register_version,
-            datetime.fromisoformat(doc.issued_at),
+            _issued_at(doc),
             self.register_issued_at,
         )
 
@@ -60,5 +60,16 @@ class Knowledge:
             self.config_version,
             doc.version,
             self.config_issued_at,
-            datetime.fromisoformat(doc.issued_at),
+            _issued_at(doc),
         )
+
+
+def _issued_at(doc: SignedDocument) -> datetime:
+    """Its age is compared with the gate's (aware) clock on every decision."""
+    try:
+        issued = datetime.fromisoformat(doc.issued_at)
+    except ValueError:
+        issued = None
+    if issued is None or issued.tzinfo is None:
+        raise ProtocolError(f"{doc.kind} document issued_at {doc.issued_at!r} needs a UTC offset")
+    return issued

@@ -225,3 +225,45 @@ def test_camera_loss_is_logged_and_shown(gate_dir: Path) -> None:
         assert daemon.status()["camera"]["state"] == "ok"
     finally:
         daemon.close()
+
+
+def test_signed_document_the_gate_cannot_apply_is_not_stored(gate_dir: Path, site: Site) -> None:
+    """A config from a newer server (a policy key this gate does not know) is signed by a
+    trusted key: it must be refused without being kept, or the gate cannot start again."""
+    from protocol.documents import sign_document
+    from server.keys import load_key
+
+    daemon = make_daemon(gate_dir)
+    before = daemon.know
+    policy = {**site.config.policy.to_json(), "a_rule_of_the_future": True}
+    body = {"policy": policy, "trust_keys": [k.to_json() for k in site.trust_keys()]}
+    doc = sign_document(
+        "config", site.site, 999, "2026-11-29T00:00:00+00:00", body, 1, load_key(site.dir, 1)
+    )
+    daemon.on_document("config", doc.encode())
+    assert daemon.know == before
+    assert daemon.store.document("config") != doc.encode()
+    daemon.close()
+    again = make_daemon(gate_dir)  # starts, with the documents it had
+    assert again.know.config_version == before.config_version
+    again.close()
+
+
+@pytest.mark.parametrize("issued_at", ["2026-11-29T00:00:00", "last tuesday"])
+def test_signed_document_without_an_aware_issue_time_is_refused(
+    gate_dir: Path, site: Site, resident: IssuedPass, issued_at: str
+) -> None:
+    """Its age is compared with the gate's aware clock on every decision."""
+    from protocol.documents import sign_document
+    from server.keys import load_key
+
+    daemon = make_daemon(gate_dir)
+    before = daemon.know
+    doc = sign_document(
+        "register", site.site, 999, issued_at, site.register().to_json(), 1, load_key(site.dir, 1)
+    )
+    daemon.on_document("register", doc.encode())
+    assert daemon.know == before
+    daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}))
+    assert [e.event.reason for e in daemon.store.log()] == ["ok"]
+    daemon.close()

@@ -33,6 +33,9 @@ COLUMNS = (
     "fever_alerts",
     "outside_at_end",
 )
+# An accepted passage: a pass decision, an exit-button opening or a guard override (as the
+# dashboard counts them, server/web/figures.PASSAGE).
+PASSAGE_KINDS = ("decision", "exit_request", "override")
 
 
 @dataclass
@@ -73,7 +76,7 @@ def daily_report(site: Site, day: date) -> list[dict[str, Any]]:
     for kind, decision, reason, direction, pass_id, household, *place in events:
         for key in _keys(place if household is not None and place[0] is not None else None):
             f = groups.setdefault(key, _Figures())
-            if kind == "decision" and decision == "allow" and direction in ("in", "out"):
+            if kind in PASSAGE_KINDS and decision == "allow" and direction in ("in", "out"):
                 if direction == "in":
                     f.passages_in += 1
                 else:

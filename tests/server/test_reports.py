@@ -165,3 +165,35 @@ def test_cli_daily_report(site: Site, tmp_path: Path):
     run_menwei("report", "daily", str(site.dir), "--format", "xlsx", "--out",
                str(tmp_path / "r.xlsx"))  # fmt: skip
     assert openpyxl.load_workbook(tmp_path / "r.xlsx").worksheets[0]["A1"].value == "date"
+
+
+def test_exit_button_and_guard_override_openings_count_as_passages(site: Site, tmp_path: Path):
+    p = setup(site, tmp_path)
+    site.store.insert_events(
+        "east",
+        [
+            event(
+                1,
+                "2026-03-10T08:00:00",
+                "exit_request",
+                "exit_request",
+                decision="allow",
+                direction="out",
+            ),
+            event(
+                2,
+                "2026-03-10T09:00:00",
+                "override",
+                "guard_override",
+                decision="allow",
+                direction="in",
+                pass_id=p["H1"],
+                household="H1",
+            ),
+        ],
+    )
+    (whole,) = [r for r in daily_report(site, DAY) if r["level"] == "site"]
+    # The dashboard's overview counts these openings too (server/web/figures.PASSAGE).
+    assert (whole["passages_out"], whole["passages_in"]) == (1, 1)
+    g1 = next(r for r in daily_report(site, DAY) if r["grid"] == "网格一")
+    assert g1["passages_in"] == 1

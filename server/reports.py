@@ -138,10 +138,21 @@ def _table(rows: list[dict[str, Any]]) -> list[list[Any]]:
     reasons = sorted({r for row in rows for r in row.get("denials_by_reason", {})})
     header = [*COLUMNS, *(f"denials:{r}" for r in reasons)]
     body = [
-        [*(row[c] for c in COLUMNS), *(row["denials_by_reason"].get(r, 0) for r in reasons)]
+        [
+            *(_cell(row[c]) for c in COLUMNS),
+            *(row["denials_by_reason"].get(r, 0) for r in reasons),
+        ]
         for row in rows
     ]
     return [header, *body]
+
+
+def _cell(value: Any) -> Any:
+    """Names come from an imported register: one that starts like a formula (=, +, -, @)
+    would run as one when the export is opened in Excel, so it is written as text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def to_csv(rows: list[dict[str, Any]]) -> bytes:

@@ -14,7 +14,7 @@ import openpyxl
 
 from protocol.events import Event
 from server.register_import import import_register
-from server.reports import daily_report, to_csv, to_xlsx
+from server.reports import COLUMNS, daily_report, to_csv, to_xlsx
 from server.site import Site
 from tests.conftest import SITE, run_menwei
 
@@ -197,3 +197,31 @@ def test_exit_button_and_guard_override_openings_count_as_passages(site: Site, t
     assert (whole["passages_out"], whole["passages_in"]) == (1, 1)
     g1 = next(r for r in daily_report(site, DAY) if r["grid"] == "网格一")
     assert g1["passages_in"] == 1
+
+
+def test_names_that_look_like_formulas_are_exported_as_text():
+    rows = [
+        {
+            **{c: 0 for c in COLUMNS},
+            "date": "2026-03-10",
+            "level": "grid",
+            "district": '=HYPERLINK("http://x")',
+            "street": "+1",
+            "community": "@SUM(A1)",
+            "grid": "-网格",
+            "denials_by_reason": {},
+        }
+    ]
+    table = list(csv.reader(io.StringIO(to_csv(rows).decode("utf-8-sig"))))
+    row = dict(zip(table[0], table[1], strict=True))
+    assert (row["district"], row["street"], row["community"], row["grid"]) == (
+        '\'=HYPERLINK("http://x")',
+        "'+1",
+        "'@SUM(A1)",
+        "'-网格",
+    )
+    sheet = openpyxl.load_workbook(io.BytesIO(to_xlsx(rows))).worksheets[0]
+    cells = list(sheet.iter_rows(values_only=True))[1]
+    assert '\'=HYPERLINK("http://x")' in cells and not any(
+        isinstance(c, str) and c.startswith("=") for c in cells
+    )

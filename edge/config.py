@@ -57,6 +57,8 @@ class MqttSection:
             raise ValueError("window must be at least batch_size")
         if self.resend_after_s <= 0 or self.status_interval_s <= 0:
             raise ValueError("resend_after_s and status_interval_s must be positive")
+        if self.keepalive_s < 0:
+            raise ValueError("keepalive_s must be >= 0 (0: no keepalive)")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class CameraSection:
     scan_holdoff_s: float = 3.0
     """The same code seen again within this many seconds is the same scan."""
 
+    def __post_init__(self) -> None:
+        if self.scan_holdoff_s < 0:
+            raise ValueError("scan_holdoff_s must be >= 0")
+
 
 @dataclass(frozen=True)
 class ThermometerSection:
@@ -94,6 +100,10 @@ class ThermometerSection:
     recheck_delay_s: float = 2.0
     """After a first high reading, wait this long, then measure again."""
 
+    def __post_init__(self) -> None:
+        if self.recheck_delay_s < 0:
+            raise ValueError("recheck_delay_s must be >= 0")
+
 
 @dataclass(frozen=True)
 class GpioSection:
@@ -110,6 +120,12 @@ class GpioSection:
     door_pin: int | None = 25
     door_alert_s: float = 30.0
     """A door held open longer than this raises an alert."""
+
+    def __post_init__(self) -> None:
+        # The relay refuses a pulse of 0 s: found only after an allow was logged, it would
+        # stop the gate loop.
+        if self.relay_pulse_s <= 0 or self.door_alert_s <= 0:
+            raise ValueError("relay_pulse_s and door_alert_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,8 @@ class GuardSection:
             host, sep, port = self.http.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"http {self.http!r} must be HOST:PORT")
+        if self.override_pulse_s <= 0:
+            raise ValueError("override_pulse_s must be positive")
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,21 @@ def test_missing_gate_table_or_key(tmp_path, text, missing):
     with pytest.raises(ConfigError, match=f"missing .*'{missing}'") as err:
         load_config(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[gpio]\nrelay_pulse_s = 0\n", "relay_pulse_s"),  # Relay.pulse raises after the log
+        ("[gpio]\nrelay_pulse_s = -3\n", "relay_pulse_s"),
+        ("[gpio]\ndoor_alert_s = 0\n", "door_alert_s"),
+        ("[guard]\noverride_pulse_s = 0\n", "override_pulse_s"),
+        ("[thermometer]\nrecheck_delay_s = -1\n", "recheck_delay_s"),  # time.sleep raises
+        ("[camera]\nscan_holdoff_s = -1\n", "scan_holdoff_s"),
+        ("[mqtt]\nkeepalive_s = -1\n", "keepalive_s"),  # paho raises in the sync thread
+    ],
+)
+def test_durations_that_would_break_at_runtime_are_config_errors(tmp_path, text, key):
+    path = write(tmp_path, MINIMAL + text)
+    with pytest.raises(ConfigError, match=key):
+        load_config(path)

@@ -157,6 +157,18 @@ class GateStore:
                 self._set_meta("acked_seq", str(acked_seq))
             return cur.rowcount
 
+    def requeue_after(self, acked_seq: int) -> int:
+        """The collector acknowledges less than it did before (its store was restored from a
+        backup): put every logged event after `acked_seq` back into the outbox, so it is sent
+        again. Returns how many were queued again."""
+        with self._lock, self.db.atomic():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO outbox (seq) SELECT seq FROM events WHERE seq > ?",
+                [acked_seq],
+            )
+            self._set_meta("acked_seq", str(acked_seq))
+            return int(cur.rowcount)
+
     def acked_seq(self) -> int:
         return int(self._get_meta("acked_seq") or 0)
 

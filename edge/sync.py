@@ -77,12 +77,14 @@ class GateSync:
         self.sent_up_to = 0
         self.acked = store.acked_seq()
         self._last_progress = time.monotonic()
+        self._low_ack: tuple[int, float] | None = None  # (ack, first seen) below `acked`
         self.stats = {
             "batches": 0,
             "resends": 0,
             "publish_errors": 0,
             "bad_messages": 0,
             "foreign_acks": 0,
+            "requeued": 0,
         }
         self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
         self.client = mqtt.Client(
@@ -240,9 +242,33 @@ class GateSync:
             self.store.mark_acked(ack.acked_seq)
             self.acked = ack.acked_seq
             self._last_progress = time.monotonic()
+        if ack.acked_seq >= self.acked:
+            self._low_ack = None
+        elif self._low_ack is None:
+            # Less than the collector acknowledged before. A stale ack queued in our session
+            # is followed at once by newer ones; one that stays low means the collector's
+            # store lost events (restored from a backup): `_send` then queues them again.
+            self._low_ack = (ack.acked_seq, time.monotonic())
+
+    def _requeue_if_collector_lost_events(self, now: float) -> None:
+        low = self._low_ack
+        if low is None or now - low[1] <= self.s.resend_after_s:
+            return
+        self._low_ack = None
+        requeued = self.store.requeue_after(low[0])
+        log.warning(
+            "collector stays at ack %d below %d: %d events queued again",
+            low[0],
+            self.acked,
+            requeued,
+        )
+        self.stats["requeued"] += requeued
+        self.acked = self.sent_up_to = low[0]
+        self._last_progress = now
 
     def _send(self) -> None:
         now = time.monotonic()
+        self._requeue_if_collector_lost_events(now)
         if self._reconnected:
             self._reconnected = False
             self.sent_up_to = self.acked  # a new connection: everything unacked goes again

@@ -237,3 +237,41 @@ def test_each_new_database_has_its_own_epoch_stamped_on_every_event(tmp_path):
         with GateStore(tmp_path / name) as reopened:
             assert reopened.epoch == epochs[-1]  # stable across restarts
     assert epochs[0] != epochs[1]
+
+
+def test_a_stale_low_ack_is_ignored_and_a_lasting_one_requeues(tmp_path):
+    """A queued old ack (persistent session) is followed by newer ones: nothing to do. An ack
+    that stays low (the collector's store was restored) sends the lost events again."""
+    import time
+    from dataclasses import replace as with_
+
+    from edge.sync import GateSync, SyncSettings
+    from protocol.broker import parse_broker
+    from protocol.events import Ack
+    from tests.e2e.helpers import make_event
+
+    with GateStore(tmp_path / "gate.db") as store:
+        for _ in range(5):
+            store.append(lambda seq: with_(make_event("s", "g", seq)), state=None, clock_floor=0.0)
+        store.mark_acked(5)
+        sync = GateSync(
+            SyncSettings("s", "g", parse_broker("mqtt://127.0.0.1:1"), resend_after_s=1.0),
+            store,
+            on_document=lambda kind, raw: None,
+            status=dict,
+        )
+        sync.sent_up_to = 5
+
+        def ack(n: int) -> None:
+            sync._handle_ack(Ack("g", n, store.epoch).encode())
+
+        ack(3)
+        ack(5)  # the newer ones follow at once
+        sync._requeue_if_collector_lost_events(time.monotonic() + 100)
+        assert (sync.stats["requeued"], store.backlog(), store.acked_seq()) == (0, 0, 5)
+        ack(3)
+        sync._requeue_if_collector_lost_events(time.monotonic() + 0.5)  # not yet
+        assert store.backlog() == 0
+        sync._requeue_if_collector_lost_events(time.monotonic() + 100)
+        assert (sync.stats["requeued"], store.backlog(), store.acked_seq()) == (2, 2, 3)
+        assert [e.seq for e in store.unacked(0, 10)] == [4, 5]

@@ -9,6 +9,7 @@ reports jumps so they are logged.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from edge.decision import Now
 
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 JUMP_TOLERANCE_S = 2.0
+MAX_PENDING_JUMPS = 100
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,11 @@ class GateClock:
         self._flag = synced_flag
         self.floor = floor
         self._last: tuple[float, float] | None = None  # (wall, monotonic) of the previous call
-        self.jumps: list[ClockJump] = []
+        self.jumps: list[ClockJump] = []  # not yet logged (the daemon takes them)
+        self.jump_count = 0  # since start
+        # The loop, the sync thread and the guard page all ask the time: one at a time, so
+        # the floor only moves forward.
+        self._lock = threading.Lock()
 
     def synchronised(self) -> bool:
         if self._trust == "assume":
@@ -60,20 +66,24 @@ class GateClock:
         return self._flag.exists()
 
     def now(self) -> Now:
-        wall, mono = self._wall(), self._monotonic()
-        if self._last is not None:
-            expected = self._last[0] + (mono - self._last[1])
-            if abs(wall - expected) > JUMP_TOLERANCE_S:
-                self.jumps.append(ClockJump(_utc(expected), _utc(wall)))
-        self._last = (wall, mono)
-        behind = wall < self.floor
-        t = max(wall, self.floor)
-        self.floor = t
+        with self._lock:
+            wall, mono = self._wall(), self._monotonic()
+            if self._last is not None:
+                expected = self._last[0] + (mono - self._last[1])
+                if abs(wall - expected) > JUMP_TOLERANCE_S:
+                    self.jump_count += 1
+                    if len(self.jumps) < MAX_PENDING_JUMPS:
+                        self.jumps.append(ClockJump(_utc(expected), _utc(wall)))
+            self._last = (wall, mono)
+            behind = wall < self.floor
+            t = max(wall, self.floor)
+            self.floor = t
         # A clock behind what we already persisted is wrong, whatever timesyncd says.
         return Now(_utc(t), self.synchronised() and not behind)
 
     def take_jumps(self) -> list[ClockJump]:
-        jumps, self.jumps = self.jumps, []
+        with self._lock:
+            jumps, self.jumps = self.jumps, []
         return jumps
 
 

@@ -146,6 +146,7 @@ class GateDaemon:
             while not self.stop_event.is_set():
                 self.systemd.alive()
                 self._maybe_purge()
+                self._log_clock_jumps()
                 self._handle_inputs()
                 frame = self.hw.camera.read(0.2)
                 self._watch_camera()
@@ -158,6 +159,20 @@ class GateDaemon:
                 self._drain(timeout_s=10.0)
         finally:
             self.close()
+
+    def _log_clock_jumps(self) -> None:
+        """Time is a security input: every jump of the wall clock is in the log."""
+        for jump in self.clock.take_jumps():
+            log.warning("wall clock jumped %+.1f s", jump.seconds)
+            self.record(
+                "device",
+                "clock_jump",
+                detail={
+                    "from": jump.from_utc.isoformat(),
+                    "to": jump.to_utc.isoformat(),
+                    "seconds": round(jump.seconds, 3),
+                },
+            )
 
     def _maybe_purge(self) -> int:
         """Retention: drop acknowledged events older than [storage] retention_days."""
@@ -476,7 +491,7 @@ class GateDaemon:
             "acked_seq": self.store.acked_seq(),
             "versions": self.know.versions(),
             "data_age_h": data_age_hours(self.know, now.utc),
-            "clock": {"trusted": now.trusted, "jumps": len(self.clock.jumps)},
+            "clock": {"trusted": now.trusted, "jumps": self.clock.jump_count},
             "camera": {"state": self.hw.camera.state, "error": self.hw.camera.last_error},
             "thermometer": asdict(stats) if stats is not None else None,
             "counts": self.totals(),

@@ -112,6 +112,7 @@ FORGERY_REASONS = frozenset({"bad_signature", "unknown_key"})
 
 QUOTA_EXEMPT = frozenset({Role.STAFF, Role.VISITOR})
 PLAUSIBLE_BODY_C = (34.0, 43.0)  # the same range the screening pipeline accepts
+MAX_VISITOR_PASSES = 5000  # remembered visitor passes (a compound's ~100 a day: ~50 days)
 
 
 def decide(
@@ -295,6 +296,9 @@ def record_passage(
     if role == "visitor":
         ins, outs = visitors.get(pass_id, (0, 0))
         visitors[pass_id] = (ins + (direction == "in"), outs + (direction == "out"))
+        # Bounded over months: the oldest visitor passes (hours-long, expired long ago) go.
+        for old in list(visitors)[: max(0, len(visitors) - MAX_VISITOR_PASSES)]:
+            del visitors[old]
     today = policy.day_of(at).isoformat()
     exits = {h: v for h, v in exits.items() if v[0] >= today}
     return replace(

@@ -93,7 +93,7 @@ class GateCollector(Collector):
             1 if now.trusted else 0,
         )
         yield _counter(
-            "menwei_gate_clock_jumps", "Wall-clock jumps seen since start.", len(d.clock.jumps)
+            "menwei_gate_clock_jumps", "Wall-clock jumps seen since start.", d.clock.jump_count
         )
         age = data_age_hours(d.know, now.utc)
         if age is not None:

@@ -65,6 +65,7 @@ MESSAGES: dict[str, Message] = {
     "guard_override": Message("门卫人工放行", "Opened by the guard"),
     "camera_lost": Message("摄像头故障", "Camera lost"),
     "camera_ok": Message("摄像头已恢复", "Camera back"),
+    "clock_jump": Message("系统时间跳变", "The wall clock jumped"),
     "door_forced": Message("门被强行打开", "Door opened without a grant"),
     "door_held_open": Message("门长时间未关", "Door held open"),
     "gate_reset": Message(

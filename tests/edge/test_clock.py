@@ -143,3 +143,40 @@ def test_now_never_goes_back_and_is_never_below_the_floor(steps, start_offset):
         assert now.trusted == (bench.wall >= floor_before)
         assert clock.floor == max(bench.wall, floor_before)
         previous = now.utc
+
+
+def test_jumps_are_counted_and_handed_out_once_for_logging(tmp_path):
+    from edge.clock import GateClock
+
+    wall = [1_000_000.0]
+    mono = [50.0]
+    clock = GateClock("assume", wall=lambda: wall[0], monotonic=lambda: mono[0])
+    clock.now()
+    wall[0] += 3600  # the wall clock steps an hour while only a second passes
+    mono[0] += 1
+    clock.now()
+    [jump] = clock.take_jumps()
+    assert round(jump.seconds) == 3599 and clock.jump_count == 1
+    assert clock.take_jumps() == []  # handed out once
+    assert clock.jump_count == 1  # still counted for status and metrics
+
+
+def test_the_daemon_logs_a_clock_jump(gate_dir):
+    import io
+
+    from edge.config import load_config
+    from edge.daemon import GateDaemon
+
+    daemon = GateDaemon(load_config(gate_dir / "gate.toml"), broker="none", out=io.StringIO())
+    try:
+        wall = [1_900_000_000.0]
+        daemon.clock._wall = lambda: wall[0]
+        daemon.clock.now()
+        wall[0] -= 600  # stepped back ten minutes
+        daemon.clock.now()
+        daemon._log_clock_jumps()
+        [logged] = list(daemon.store.log())
+        assert (logged.event.kind, logged.event.reason) == ("device", "clock_jump")
+        assert round(logged.event.detail["seconds"]) == -600
+    finally:
+        daemon.close()

@@ -824,3 +824,31 @@ def test_passages_relayed_in_any_order_give_the_same_view(passages, policy, data
             and counting_day(policy, Now(when, True)) == counting_day(policy, end)
         )
         assert gate.exits(household, end) == exits, household
+
+
+def test_remembered_visitor_passes_are_bounded_oldest_first(monkeypatch):
+    from datetime import UTC, datetime
+
+    import edge.decision
+    from edge.decision import GateState, record_passage
+    from protocol.policy import Policy
+
+    assert edge.decision.MAX_VISITOR_PASSES == 5000
+    MAX_VISITOR_PASSES = 50  # the same code path, a smaller bound: the test stays fast
+    monkeypatch.setattr(edge.decision, "MAX_VISITOR_PASSES", MAX_VISITOR_PASSES)
+    state = GateState()
+    at = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+    for pass_id in range(1, MAX_VISITOR_PASSES + 11):
+        state = record_passage(
+            state,
+            Policy(),
+            pass_id=pass_id,
+            household="1-1-101",
+            role="visitor",
+            direction="in",
+            at=at,
+            uuid=f"u{pass_id}",
+        )
+    assert len(state.visitor_uses) == MAX_VISITOR_PASSES
+    assert 10 not in state.visitor_uses and 11 in state.visitor_uses
+    assert state.visitor_uses[MAX_VISITOR_PASSES + 10] == (1, 0)

@@ -84,6 +84,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
+    p = g.add_parser("clock", help="the gate's clock: wall time, persisted floor, trust")
+    _config_arg(p)
+    p.add_argument(
+        "--reset-floor",
+        action="store_true",
+        help="set the persisted floor to the current wall time (after a wrong future time was "
+        "persisted; run with the daemon stopped and the wall clock checked)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_clock)
+
     p = g.add_parser("check-config", help="validate gate.toml and the provisioned data")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
@@ -206,6 +217,28 @@ def cmd_log(args: argparse.Namespace) -> int:
                     f"{e.seq:6d} {e.at} {e.kind:12s} {e.decision or '-':5s} {e.reason:16s}"
                     f" {row['sync']}"
                 )
+    return 0
+
+
+def cmd_clock(args: argparse.Namespace) -> int:
+    import time
+    from datetime import UTC, datetime
+
+    config = load_config(args.config)
+    with GateStore(config.db_path) as store:
+        wall = time.time()
+        floor = store.clock_floor()
+        result: dict[str, Any] = {
+            "wall": datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds"),
+            "floor": datetime.fromtimestamp(floor, UTC).isoformat(timespec="seconds"),
+            "behind_floor_s": round(max(0.0, floor - wall), 3),
+            "synchronised": GateClock(config.clock.trust).synchronised(),
+        }
+        if args.reset_floor:
+            store.reset_clock_floor(wall)
+            result["floor_reset_from"] = result["floor"]
+            result["floor"] = result["wall"]
+    print(render(result, args.json))
     return 0
 
 

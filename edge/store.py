@@ -212,6 +212,14 @@ class GateStore:
             if floor > self.clock_floor():
                 self._set_meta("clock_floor", repr(floor))
 
+    def reset_clock_floor(self, floor: float) -> float:
+        """An installer's correction when a wrong future time was persisted (the gate would
+        distrust its clock until real time caught up). Returns the floor it replaced."""
+        with self._lock, self.db.atomic():
+            previous = self.clock_floor()
+            self._set_meta("clock_floor", repr(floor))
+        return previous
+
     def save_document(
         self,
         kind: str,

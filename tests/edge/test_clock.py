@@ -180,3 +180,23 @@ def test_the_daemon_logs_a_clock_jump(gate_dir):
         assert round(logged.event.detail["seconds"]) == -600
     finally:
         daemon.close()
+
+
+def test_an_installer_resets_a_floor_persisted_in_the_future(gate_dir):
+    import json
+    import time
+
+    from edge.config import load_config
+    from edge.store import GateStore
+    from tests.conftest import run_menwei
+
+    config = load_config(gate_dir / "gate.toml")
+    with GateStore(config.db_path) as store:
+        store.save_clock_floor(time.time() + 30 * 24 * 3600)  # a bad step to next month
+    before = json.loads(run_menwei("gate", "clock", "--config", str(config.path), "--json").stdout)
+    assert before["behind_floor_s"] > 29 * 24 * 3600
+    out = run_menwei("gate", "clock", "--config", str(config.path), "--reset-floor", "--json")
+    after = json.loads(out.stdout)
+    assert after["floor_reset_from"] == before["floor"] and after["floor"] == after["wall"]
+    with GateStore(config.db_path) as store:
+        assert abs(store.clock_floor() - time.time()) < 60

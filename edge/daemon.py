@@ -84,6 +84,7 @@ class GateDaemon:
         self.stop_event = threading.Event()
         self._inputs: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.recent: deque[dict[str, Any]] = deque(maxlen=10)  # for the guard's screen
+        self.measuring: dict[str, Any] | None = None  # whose temperature is being taken
         self._last_shown = 0.0
         self._camera_state = "recovering"
         self.doors = DoorWatch(config.gpio.relay_pulse_s, config.gpio.door_alert_s)
@@ -232,7 +233,16 @@ class GateDaemon:
         decision = decide(scan, None, self.state, self.know, now)
         if decision.outcome != "pending":
             return self.commit(decision, now, {}, scan.qr)
-        temperature, detail = self.measure(meta.get("forehead_c"))
+        p = decision.pass_
+        entry = self.know.register.passes.get(p.pass_id) if p is not None else None
+        self.measuring = {
+            "name": entry.display_name if entry else None,
+            "room": entry.room if entry else None,
+        }  # the guard screen says so
+        try:
+            temperature, detail = self.measure(meta.get("forehead_c"))
+        finally:
+            self.measuring = None
         decision = self.commit(
             decide(scan, temperature, self.state, self.know, now), now, detail, scan.qr
         )
@@ -457,6 +467,7 @@ class GateDaemon:
         return {
             "gate": f"{self.config.gate.site}/{self.config.gate.id}",
             "last": self.recent[0] if self.recent else None,
+            "measuring": self.measuring,
             "last_age_s": time.monotonic() - self._last_shown,
             "recent": list(self.recent),
             "health": {

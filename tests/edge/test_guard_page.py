@@ -100,3 +100,33 @@ def test_the_daemon_serves_the_page_over_http(gate_dir: Path) -> None:
         daemon.stop_event.set()
         runner.join(timeout=10)
     assert not runner.is_alive()
+
+
+def test_the_screen_says_measure_while_the_temperature_is_taken(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    toml = gate_dir / "gate.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            '[thermometer]\nbackend = "simulated"',
+            '[thermometer]\nbackend = "simulated"\nsamples = 15',
+        )
+    )
+    daemon = daemon_for(gate_dir)
+    try:
+        image = render_card_frame(resident.qr, module_px=4.5)
+        worker = threading.Thread(
+            target=daemon.handle_frame,
+            args=(Frame(image, time.monotonic(), 0, {"forehead_c": 34.6}),),
+        )
+        worker.start()
+        deadline = time.monotonic() + 10
+        while daemon.guard_state()["measuring"] is None:
+            assert time.monotonic() < deadline, "the screen never said to measure"
+            time.sleep(0.01)
+        assert daemon.guard_state()["measuring"] == {"name": "张*丰", "room": "1-1-101"}
+        worker.join(timeout=20)
+        state = daemon.guard_state()
+        assert state["measuring"] is None and state["last"]["reason"] == "ok"
+    finally:
+        daemon.close()

@@ -150,6 +150,25 @@ def run_decode_bench(dataset: pathlib.Path, *, variants: bool = True) -> dict[st
     return result
 
 
+def _field_baselines() -> dict[str, Decode]:
+    """Decoders compared with the chosen one on the same field frames."""
+    return {
+        # What the design card started from: one plain call on the BGR frame.
+        "pyzbar": _pyzbar_bare,
+        # zxing-cpp stage 1 alone: no upscale retry, no pyzbar fallback.
+        "zxing_only": QrDecoder(upscale_retry=False, pyzbar="never").decode,
+    }
+
+
+def _rates(read: int, wrong: int, frames: int) -> dict[str, object]:
+    return {
+        "frames": frames,
+        "read": read,
+        "wrong": wrong,
+        "read_rate": round(read / frames, 4) if frames else 0.0,
+    }
+
+
 def run_field_bench(n_per_condition: int, seed: int) -> dict[str, object]:
     """Read rate of the default `QrDecoder` on synthetic 640x480 gate frames.
 
@@ -157,9 +176,16 @@ def run_field_bench(n_per_condition: int, seed: int) -> dict[str, object]:
     distinct pass-like texts are rendered (deterministic from `seed`); a frame
     counts as read when its exact text is returned. Also reports wrong reads,
     the median/p95 decode time of code frames and of empty desk frames.
+
+    ``baseline`` scores, on the very same frames, a plain ``pyzbar.decode``
+    of the BGR frame and zxing-cpp alone (stage 1 of `QrDecoder`): per
+    condition ``{"frames", "read", "wrong", "read_rate"}`` and ``overall``.
+    Times are for the chosen decoder only.
     """
     decoder = QrDecoder()
+    baselines = _field_baselines()
     per_condition: dict[str, dict[str, object]] = {}
+    base_counts = {b: {name: [0, 0] for name in FIELD_CONDITIONS} for b in baselines}
     times: list[float] = []
     read_total = wrong_total = frames_total = 0
     for c_index, name in enumerate(FIELD_CONDITIONS):
@@ -173,15 +199,26 @@ def run_field_bench(n_per_condition: int, seed: int) -> dict[str, object]:
             times.append((time.perf_counter() - start) * 1000.0)
             read += text in texts
             wrong += bool(texts) and text not in texts
-        per_condition[name] = {
-            "frames": n_per_condition,
-            "read": read,
-            "wrong": wrong,
-            "read_rate": round(read / n_per_condition, 4) if n_per_condition else 0.0,
-        }
+            for b_name, b_decode in baselines.items():
+                b_texts = b_decode(image)
+                counts = base_counts[b_name][name]
+                counts[0] += text in b_texts
+                counts[1] += bool(b_texts) and text not in b_texts
+        per_condition[name] = _rates(read, wrong, n_per_condition)
         read_total += read
         wrong_total += wrong
         frames_total += n_per_condition
+    baseline: dict[str, dict[str, object]] = {}
+    for b_name, by_condition in base_counts.items():
+        rows: dict[str, object] = {
+            name: _rates(r, w, n_per_condition) for name, (r, w) in by_condition.items()
+        }
+        rows["overall"] = _rates(
+            sum(r for r, _ in by_condition.values()),
+            sum(w for _, w in by_condition.values()),
+            frames_total,
+        )
+        baseline[b_name] = rows
     empty_times = []
     for i in range(max(1, n_per_condition)):
         image = render_empty_frame(seed=seed + i)
@@ -201,6 +238,7 @@ def run_field_bench(n_per_condition: int, seed: int) -> dict[str, object]:
         "p95_ms": p95_ms,
         "empty_frame_median_ms": empty_median,
         "stages": dict(decoder.stats.by_stage),
+        "baseline": baseline,
     }
 
 

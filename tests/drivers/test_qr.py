@@ -36,17 +36,39 @@ def test_reference_photos_exact_no_wrong_no_false_positive(decoder):
     assert result["false_positives"] == 0
 
 
-@pytest.mark.parametrize("condition", sorted(FIELD_CONDITIONS))
-def test_field_conditions_read_at_least_90_percent(decoder, condition):
-    n = 10
+def _field_reads(decode, condition: str, n: int = 10) -> tuple[int, int]:
+    """(read, wrong) of `decode` on `n` frames of `condition`, the same frames for every decoder."""
     read = wrong = 0
     for seed in range(n):
         text = sample_pass_text(seed + 1000)
-        texts = decoder.decode(render_scene(text, condition_params(condition, seed)))
+        texts = decode(render_scene(text, condition_params(condition, seed)))
         read += text in texts
         wrong += bool(texts) and text not in texts
-    assert read >= 0.9 * n
+    return read, wrong
+
+
+def _bare_pyzbar(image) -> list[str]:
+    from pyzbar import pyzbar
+
+    return [s.data.decode("utf-8", "replace") for s in pyzbar.decode(image)]
+
+
+@pytest.mark.parametrize("condition", sorted(FIELD_CONDITIONS))
+def test_field_conditions_read_at_least_90_percent(decoder, condition):
+    read, wrong = _field_reads(decoder.decode, condition)
+    assert read >= 9, f"{condition}: {read}/10"
     assert wrong == 0
+
+
+@pytest.mark.parametrize("condition", ["dark_mode", "tilted"])
+def test_field_frames_separate_plain_pyzbar_from_our_decoder(decoder, condition):
+    # The frames must be hard enough to tell decoders apart (issue 3: plain
+    # pyzbar read no inverted or strongly tilted code): on the same frames a
+    # bare pyzbar.decode reads at least 4 fewer of 10 than our decoder.
+    ours, _ = _field_reads(decoder.decode, condition)
+    plain, plain_wrong = _field_reads(_bare_pyzbar, condition)
+    assert plain <= ours - 4, f"{condition}: pyzbar {plain}/10, ours {ours}/10"
+    assert plain_wrong == 0
 
 
 def test_empty_gate_scene_reads_nothing(decoder):

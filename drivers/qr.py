@@ -4,7 +4,7 @@ The order and options come from measurement (docs/decoding.md, reproduced by
 `menwei bench decode` / `menwei bench field`):
 
 1. zxing-cpp on the grey frame, QR Model 1/2 only, raw (``Plain``) text.
-   It reads 125/137 of the reference photos and every synthetic field frame,
+   It reads 125/137 of the reference photos and 98% of the synthetic field frames,
    at a fraction of pyzbar's cost, and handles dark-mode (inverted) codes,
    which zbar never reads.
 2. If nothing was read: zxing-cpp again on a 2x upscale with the global

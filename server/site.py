@@ -173,23 +173,12 @@ class Site:
         valid_from: datetime | None = None,
         valid_until: datetime | None = None,
         room: str = "",
+        *,
+        publish: bool = True,
     ) -> IssuedPass:
         """Sign a pass. The household's row is made to exist; a registered person (same
-        household and name) is linked and, without `room`, the register's place is shown."""
-        issued = self._issue(household, name, role, valid_from, valid_until, room)
-        self.publish_register()
-        return issued
-
-    def _issue(
-        self,
-        household: str,
-        name: str,
-        role: str = "resident",
-        valid_from: datetime | None = None,
-        valid_until: datetime | None = None,
-        room: str = "",
-    ) -> IssuedPass:
-        """issue_pass without publishing the register (issue_all publishes once)."""
+        household and name) is linked and, without `room`, the register's place is shown.
+        `publish=False` leaves the register document to the caller (issue_all publishes once)."""
         check_household(household)
         if not name.strip():
             raise SiteError("name must not be empty")
@@ -233,6 +222,8 @@ class Site:
                     None if person is None else person.person_id,
                 ],
             )
+        if publish:
+            self.publish_register()
         return IssuedPass(pass_id, household, r.label, start, end, qr)
 
     def issue_all(self) -> dict[str, int]:
@@ -255,7 +246,7 @@ class Site:
             ):
                 counts["over_cap"] += 1
                 continue
-            self._issue(person.household, person.name, person.role, now)
+            self.issue_pass(person.household, person.name, person.role, now, publish=False)
             counts["issued"] += 1
         if counts["issued"]:
             self.store.audit(actor(), "pass_issue_all", self.site, json.dumps(counts))

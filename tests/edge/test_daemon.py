@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from pathlib import Path
@@ -13,18 +12,10 @@ import pytest
 from drivers.camera import Frame
 from drivers.gpio import FakePins
 from drivers.sim_scene import render_card_frame
-from edge.config import load_config
-from edge.daemon import GateDaemon
 from server.site import IssuedPass, Site
+from tests.edge.gates import daemon_for
 
 RELAY, GREEN, RED, BUZZER, EXIT, DOOR = 17, 22, 27, 23, 24, 25
-
-
-def make_daemon(gate_dir: Path, extra: str = "") -> GateDaemon:
-    toml = gate_dir / "gate.toml"
-    if extra:
-        toml.write_text(toml.read_text() + extra)
-    return GateDaemon(load_config(toml), broker="none", out=io.StringIO())
 
 
 def frame(text: str, meta: dict[str, object] | None = None, index: int = 0) -> Frame:
@@ -51,7 +42,7 @@ def wait_until(predicate, timeout_s: float = 10.0) -> None:
 def test_allowed_entry_is_logged_then_opens_relay_and_close_locks(
     gate_dir: Path, resident: IssuedPass
 ) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     pins = daemon.hw.pins
     assert isinstance(pins, FakePins)
     daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}))
@@ -66,7 +57,7 @@ def test_allowed_entry_is_logged_then_opens_relay_and_close_locks(
 
 
 def test_same_card_held_for_many_frames_is_one_scan(gate_dir: Path, resident: IssuedPass) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     try:
         for i in range(5):
             daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}, index=i))
@@ -76,7 +67,7 @@ def test_same_card_held_for_many_frames_is_one_scan(gate_dir: Path, resident: Is
 
 
 def test_fever_is_rechecked_then_denied_with_an_alert(gate_dir: Path, resident: IssuedPass) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     try:
         daemon.handle_frame(frame(resident.qr, {"forehead_c": 36.5}))
         rows = [(e.event.kind, e.event.reason) for e in daemon.store.log()]
@@ -92,7 +83,7 @@ def test_two_passes_in_one_frame_ask_for_one_card(
     other = site.issue_pass("1-1-102", "李四")
     left = render_card_frame(resident.qr, size=(320, 480), module_px=2.2, seed=1)
     right = render_card_frame(other.qr, size=(320, 480), module_px=2.2, seed=2)
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     try:
         daemon.handle_frame(Frame(np.hstack([left, right]), time.monotonic(), 0))
         assert [e.event.reason for e in daemon.store.log()] == ["multiple_codes"]
@@ -101,7 +92,7 @@ def test_two_passes_in_one_frame_ask_for_one_card(
 
 
 def test_exit_button_opens_and_the_door_contact_confirms_the_passage(gate_dir: Path) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     pins = daemon.hw.pins
     assert isinstance(pins, FakePins)
     try:
@@ -119,7 +110,7 @@ def test_exit_button_opens_and_the_door_contact_confirms_the_passage(gate_dir: P
 
 
 def test_door_opened_without_a_grant_is_forced(gate_dir: Path) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     pins = daemon.hw.pins
     assert isinstance(pins, FakePins)
     try:
@@ -138,7 +129,7 @@ def test_door_opened_without_a_grant_is_forced(gate_dir: Path) -> None:
 def test_door_opened_after_a_grant_is_a_passage_and_held_open_alerts(
     gate_dir: Path, resident: IssuedPass
 ) -> None:
-    daemon = make_daemon(gate_dir, "")
+    daemon = daemon_for(gate_dir, "")
     pins = daemon.hw.pins
     assert isinstance(pins, FakePins)
     try:
@@ -175,7 +166,7 @@ class BrokenCamera:
 
 
 def test_crash_in_the_loop_leaves_outputs_safe(gate_dir: Path) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     pins = daemon.hw.pins
     assert isinstance(pins, FakePins)
     daemon.hw.relay.open()
@@ -187,7 +178,7 @@ def test_crash_in_the_loop_leaves_outputs_safe(gate_dir: Path) -> None:
 
 
 def test_fail_safe_gate_releases_on_stop(gate_dir: Path) -> None:
-    daemon = make_daemon(gate_dir, "")
+    daemon = daemon_for(gate_dir, "")
     toml = gate_dir / "gate.toml"
     toml.write_text(
         toml.read_text().replace(
@@ -196,7 +187,7 @@ def test_fail_safe_gate_releases_on_stop(gate_dir: Path) -> None:
         )
     )
     daemon.close()
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     pins = daemon.hw.pins
     assert isinstance(pins, FakePins)
     runner = threading.Thread(target=daemon.run)
@@ -208,7 +199,7 @@ def test_fail_safe_gate_releases_on_stop(gate_dir: Path) -> None:
 
 
 def test_camera_loss_is_logged_and_shown(gate_dir: Path) -> None:
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     try:
         stage = gate_dir / "stage"
         daemon.hw.camera.read(0.1)  # opens the stage folder: ok
@@ -233,7 +224,7 @@ def test_signed_document_the_gate_cannot_apply_is_not_stored(gate_dir: Path, sit
     from protocol.documents import sign_document
     from server.keys import load_key
 
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     before = daemon.know
     policy = {**site.config.policy.to_json(), "a_rule_of_the_future": True}
     body = {"policy": policy, "trust_keys": [k.to_json() for k in site.trust_keys()]}
@@ -244,7 +235,7 @@ def test_signed_document_the_gate_cannot_apply_is_not_stored(gate_dir: Path, sit
     assert daemon.know == before
     assert daemon.store.document("config") != doc.encode()
     daemon.close()
-    again = make_daemon(gate_dir)  # starts, with the documents it had
+    again = daemon_for(gate_dir)  # starts, with the documents it had
     assert again.know.config_version == before.config_version
     again.close()
 
@@ -257,7 +248,7 @@ def test_signed_document_without_an_aware_issue_time_is_refused(
     from protocol.documents import sign_document
     from server.keys import load_key
 
-    daemon = make_daemon(gate_dir)
+    daemon = daemon_for(gate_dir)
     before = daemon.know
     doc = sign_document(
         "register", site.site, 999, issued_at, site.register().to_json(), 1, load_key(site.dir, 1)

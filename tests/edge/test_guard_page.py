@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from starlette.testclient import TestClient
@@ -13,19 +11,11 @@ from starlette.testclient import TestClient
 from drivers.camera import Frame
 from drivers.gpio import FakePins
 from drivers.sim_scene import render_card_frame
-from edge.config import load_config
-from edge.daemon import GateDaemon
 from edge.guard_page import create_app
-from menwei.mosquitto import free_port
 from server.site import IssuedPass
+from tests.edge.gates import daemon_for, fetch, served
 
 RELAY = 17
-
-
-def daemon_for(gate_dir: Path, extra: str = "") -> GateDaemon:
-    toml = gate_dir / "gate.toml"
-    toml.write_text(toml.read_text() + extra)
-    return GateDaemon(load_config(toml), broker="none", out=io.StringIO())
 
 
 def test_state_shows_the_last_decision_with_masked_name_and_health(
@@ -81,25 +71,8 @@ def test_override_needs_a_guard_and_a_reason_and_is_logged(gate_dir: Path) -> No
 
 
 def test_the_daemon_serves_the_page_over_http(gate_dir: Path) -> None:
-    port = free_port()
-    daemon = daemon_for(gate_dir, f'\n[guard]\nhttp = "127.0.0.1:{port}"\n')
-    runner = threading.Thread(target=daemon.run)
-    runner.start()
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=1) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-    finally:
-        daemon.stop_event.set()
-        runner.join(timeout=10)
-    assert not runner.is_alive()
+    with served(gate_dir) as (_daemon, port):
+        assert b'"health"' in fetch(port, "/api/state")
 
 
 def test_the_screen_says_measure_while_the_temperature_is_taken(

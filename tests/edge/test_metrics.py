@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,20 +11,13 @@ from starlette.testclient import TestClient
 from drivers.camera import Frame
 from drivers.qr import ScanDebouncer
 from drivers.sim_scene import render_card_frame
-from edge.config import load_config
 from edge.daemon import GateDaemon
 from edge.guard_page import create_app
 from edge.metrics import gate_registry
-from menwei.mosquitto import free_port
 from server.site import IssuedPass
+from tests.edge.gates import daemon_for, fetch, served
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def daemon_for(gate_dir: Path, extra: str = "") -> GateDaemon:
-    toml = gate_dir / "gate.toml"
-    toml.write_text(toml.read_text() + extra)
-    return GateDaemon(load_config(toml), broker="none", out=io.StringIO())
 
 
 def parse(text: str) -> Samples:
@@ -131,23 +121,6 @@ def test_registries_are_per_daemon_and_the_route_is_optional(gate_dir: Path) -> 
 
 
 def test_the_running_daemon_serves_metrics(gate_dir: Path) -> None:
-    port = free_port()
-    daemon = daemon_for(gate_dir, f'\n[guard]\nhttp = "127.0.0.1:{port}"\n')
-    runner = threading.Thread(target=daemon.run)
-    runner.start()
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-                    samples = parse(r.read().decode())
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with served(gate_dir) as (_daemon, port):
+        samples = parse(fetch(port, "/metrics").decode())
         assert value(samples, "menwei_gate_outbox_backlog") == 0
-    finally:
-        daemon.stop_event.set()
-        runner.join(timeout=10)
-    assert not runner.is_alive()

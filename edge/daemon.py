@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from typing import Any, TextIO
@@ -42,7 +43,6 @@ from edge.hardware import GateHardware, build_hardware
 from edge.provision import (
     accept_document,
     apply_document,
-    data_age_hours,
     document_keys,
     load_knowledge,
 )
@@ -68,19 +68,26 @@ class GateDaemon:
         broker: str | None = None,
         hardware: GateHardware | None = None,
         out: TextIO = sys.stdout,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`wall` and `monotonic` are the system clocks (seconds) the gate's clock reads;
+        tests of site life pass simulated ones that run days ahead."""
         self.config = config
         self.out = out
         self.store = GateStore(config.db_path)
         self.anchor = document_keys(config, self.store)
-        self._held_register: bytes | None = None  # arrived before the config of its key
+        # Documents refused for their signing key: perhaps the next config introduces it.
+        self._held: dict[str, bytes] = {}
         self.know = load_knowledge(config, self.store)
         self._know_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
-        self.clock = GateClock(config.clock.trust, self.store.clock_floor())
+        self.clock = GateClock(
+            config.clock.trust, self.store.clock_floor(), wall=wall, monotonic=monotonic
+        )
         self.state = state_from_json(self.store.state())
         self.hw = hardware if hardware is not None else build_hardware(config)
-        self.debouncer = ScanDebouncer(config.camera.scan_holdoff_s)
+        self.debouncer = ScanDebouncer(config.camera.scan_holdoff_s, monotonic)
         self.stop_event = threading.Event()
         self._inputs: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.recent: deque[dict[str, Any]] = deque(maxlen=10)  # for the guard's screen
@@ -412,12 +419,15 @@ class GateDaemon:
                     log.info("applied %s version %d", kind, doc.version)
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)
-            if kind == "register":
-                self._held_register = raw  # perhaps signed by a key the next config brings
+            if kind != "config":
+                self._held[kind] = raw  # perhaps signed by a key the next config brings
             return
-        held, self._held_register = self._held_register, None
-        if kind == "config" and held is not None:
-            self.on_document("register", held)
+        self._held.pop(kind, None)
+        if kind == "config":
+            for held_kind in ("register", "freshness"):
+                held = self._held.pop(held_kind, None)
+                if held is not None:
+                    self.on_document(held_kind, held)
 
     def on_passage(self, raw: bytes) -> None:
         """A passage accepted by another gate of the site: count it here too."""
@@ -462,7 +472,7 @@ class GateDaemon:
 
     def guard_state(self) -> dict[str, Any]:
         now = self.clock.now()
-        age = data_age_hours(self.know, now.utc)
+        age = self.know.data_age_hours(now.utc)
         stats = getattr(self.hw.thermometer, "stats", None)
         return {
             "gate": f"{self.config.gate.site}/{self.config.gate.id}",
@@ -501,13 +511,24 @@ class GateDaemon:
             "last_seq": self.store.last_seq(),
             "acked_seq": self.store.acked_seq(),
             "versions": self.know.versions(),
-            "data_age_h": data_age_hours(self.know, now.utc),
+            "data_age_h": self.know.data_age_hours(now.utc),
+            "data_as_of": _iso(self.know.fresh_as_of()),
+            "freshness": None
+            if self.know.statement is None
+            else {
+                "serial": self.know.statement.serial,
+                "issued_at": _iso(self.know.statement.issued_at),
+            },
             "clock": {"trusted": now.trusted, "jumps": self.clock.jump_count},
             "camera": {"state": self.hw.camera.state, "error": self.hw.camera.last_error},
             "thermometer": asdict(stats) if stats is not None else None,
             "counts": self.totals(),
             "outside": len(outside_now(self.state, self.know.policy, now)),
         }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat(timespec="seconds")
 
 
 def _with_seq(event: Event, seq: int) -> Event:

@@ -217,9 +217,10 @@ def exits_today(state: GateState, policy: Policy, household: str, now: Now) -> i
 
 
 def data_too_old(know: Knowledge, now: Now) -> bool:
-    limit = timedelta(hours=know.policy.max_data_age_h)
-    issued = [t for t in (know.config_issued_at, know.register_issued_at) if t is not None]
-    return any(now.utc - t > limit for t in issued)
+    """Was what the gate decides with last proven current longer ago than max_data_age_h?
+    (Knowledge.fresh_as_of: the newest freshness statement, else the documents' issue.)"""
+    as_of = know.fresh_as_of()
+    return as_of is not None and now.utc - as_of > timedelta(hours=know.policy.max_data_age_h)
 
 
 def advance(

@@ -1,17 +1,25 @@
 """What a gate knows to decide with: site, trust keys, policy and register, with versions.
 
-Built from the signed config and register documents (`protocol.documents`);
-a value, never mutated: new documents make a new Knowledge.
+Built from the signed config and register documents (`protocol.documents`)
+and the newest freshness statement (`protocol.freshness`); a value, never
+mutated: new documents make a new Knowledge.
+
+How old is what the gate knows? Each document is proven current at its own
+`issued_at`, and again at the `issued_at` of a freshness statement that names
+its version; the knowledge is as fresh as its least recently proven document
+(`fresh_as_of`). A connected gate receives a statement every few minutes; a
+gate cut off from its server sees that time recede (DESIGN.md principle 5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from protocol.documents import SignedDocument
 from protocol.errors import ProtocolError
+from protocol.freshness import named_versions
 from protocol.passes import TrustKey
 from protocol.policy import Policy
 from protocol.register import EMPTY_REGISTER, Register
@@ -27,9 +35,36 @@ class Knowledge:
     register_version: int = 0
     config_issued_at: datetime | None = None
     register_issued_at: datetime | None = None
+    statement: Statement | None = None
+    """The newest verified freshness statement (it may name versions not yet held)."""
 
     def versions(self) -> dict[str, int]:
         return {"config": self.config_version, "register": self.register_version}
+
+    def proven_at(self, kind: str) -> datetime | None:
+        """The latest time the held `kind` document ("config" or "register") was proven
+        current: its own issue time, or the statement's when that names its version."""
+        version, issued = (
+            (self.config_version, self.config_issued_at)
+            if kind == "config"
+            else (self.register_version, self.register_issued_at)
+        )
+        if issued is None:
+            return None
+        s = self.statement
+        if s is not None and s.versions.get(kind) == version and s.issued_at > issued:
+            return s.issued_at
+        return issued
+
+    def fresh_as_of(self) -> datetime | None:
+        """When all held documents were last proven current (None: the gate holds none)."""
+        times = [t for t in map(self.proven_at, ("config", "register")) if t is not None]
+        return min(times) if times else None
+
+    def data_age_hours(self, now: datetime) -> float | None:
+        """Hours since `fresh_as_of` (0 when a statement is ahead of the gate's clock)."""
+        as_of = self.fresh_as_of()
+        return None if as_of is None else round(max(0.0, (now - as_of).total_seconds()) / 3600, 3)
 
     def with_config(self, doc: SignedDocument) -> Knowledge:
         """Apply a verified config document: policy and trust keys."""
@@ -40,28 +75,35 @@ class Knowledge:
             raise ProtocolError(f"config document lacks {exc}") from None
         if not keys:
             raise ProtocolError("config document has no trust keys")
-        return Knowledge(
-            self.site,
-            keys,
-            policy,
-            self.register,
-            doc.version,
-            self.register_version,
-            _issued_at(doc),
-            self.register_issued_at,
+        return replace(
+            self,
+            trust_keys=keys,
+            policy=policy,
+            config_version=doc.version,
+            config_issued_at=_issued_at(doc),
         )
 
     def with_register(self, doc: SignedDocument) -> Knowledge:
-        return Knowledge(
-            self.site,
-            self.trust_keys,
-            self.policy,
-            Register.from_json(doc.body),
-            self.config_version,
-            doc.version,
-            self.config_issued_at,
-            _issued_at(doc),
+        return replace(
+            self,
+            register=Register.from_json(doc.body),
+            register_version=doc.version,
+            register_issued_at=_issued_at(doc),
         )
+
+    def with_freshness(self, doc: SignedDocument) -> Knowledge:
+        """Apply a verified freshness statement (protocol.freshness)."""
+        return replace(self, statement=Statement(doc.version, _issued_at(doc), named_versions(doc)))
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A verified freshness statement: its serial, when the server issued it, and the
+    versions it names as current ({"config": n, "register": m})."""
+
+    serial: int
+    issued_at: datetime
+    versions: Mapping[str, int]
 
 
 def _issued_at(doc: SignedDocument) -> datetime:

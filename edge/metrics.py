@@ -21,8 +21,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from edge.provision import data_age_hours
-
 if TYPE_CHECKING:
     from edge.daemon import GateDaemon
 
@@ -95,11 +93,11 @@ class GateCollector(Collector):
         yield _counter(
             "menwei_gate_clock_jumps", "Wall-clock jumps seen since start.", d.clock.jump_count
         )
-        age = data_age_hours(d.know, now.utc)
+        age = d.know.data_age_hours(now.utc)
         if age is not None:
             yield _gauge(
                 "menwei_gate_data_age_hours",
-                "Age of the oldest of policy and register, in hours.",
+                "Hours since the gate last had signed proof that policy and register are current.",
                 age,
             )
         stale = age is None or age > d.know.policy.max_data_age_h

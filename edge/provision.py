@@ -19,6 +19,7 @@ from edge.store import GateStore
 from protocol.documents import (
     BUNDLE_DIR,
     CONFIG_FILE,
+    FRESHNESS_FILE,
     REGISTER_FILE,
     TRUST_FILE,
     SignedDocument,
@@ -33,7 +34,10 @@ class ProvisionError(ProtocolError):
     """The gate cannot be provisioned or its provisioned data is unusable."""
 
 
-DOC_FILES = {"config": CONFIG_FILE, "register": REGISTER_FILE}
+DOC_FILES = {"config": CONFIG_FILE, "register": REGISTER_FILE, "freshness": FRESHNESS_FILE}
+"""In the order a gate applies them: a statement names the documents before it."""
+OPTIONAL_DOCS = ("freshness",)
+"""Bundles of servers from before freshness statements have none."""
 
 
 def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, broker: str) -> str:
@@ -78,19 +82,24 @@ def provision(
         if simulated:
             (gate_dir / "stage").mkdir(exist_ok=True)
     shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
-    versions: dict[str, int] = {}
+    know = Knowledge(site, keys)
     with GateStore(gate_dir / "gate.db") as store:
         for kind, name in DOC_FILES.items():
+            if kind in OPTIONAL_DOCS and not (bundle / name).exists():
+                continue
             raw = (bundle / name).read_bytes()
-            doc = decode_document(raw, kind=kind, site=site, trust_keys=keys)
+            doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
+            know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
             accept_document(store, doc, raw)
-            versions[kind] = doc.version
+    as_of = know.fresh_as_of()
     return {
         "gate_dir": str(gate_dir),
         "site": site,
         "gate": gate,
         "config_created": created,
-        "versions": versions,
+        "versions": know.versions(),
+        "freshness": None if know.statement is None else know.statement.serial,
+        "data_as_of": None if as_of is None else as_of.isoformat(timespec="seconds"),
     }
 
 
@@ -139,7 +148,7 @@ def load_knowledge(config: GateConfig, store: GateStore) -> Knowledge:
     site, _ = trust_anchor(config)
     anchor = document_keys(config, store)
     know = Knowledge(site, anchor)
-    for kind in ("config", "register"):
+    for kind in DOC_FILES:
         raw = store.document(kind)
         if raw is None:
             continue
@@ -153,7 +162,9 @@ def apply_document(
     """Verify `raw` (against the anchor and the keys the gate has learnt) and apply it."""
     keys = {**anchor, **know.trust_keys}
     doc = decode_document(raw, kind=kind, site=know.site, trust_keys=keys)
-    return know.with_config(doc) if kind == "config" else know.with_register(doc)
+    if kind == "config":
+        return know.with_config(doc)
+    return know.with_register(doc) if kind == "register" else know.with_freshness(doc)
 
 
 def gate_stage(config: GateConfig) -> Path | None:
@@ -161,8 +172,3 @@ def gate_stage(config: GateConfig) -> Path | None:
     if src.startswith("watch:"):
         return config.resolve(src.removeprefix("watch:"))
     return None
-
-
-def data_age_hours(know: Knowledge, now: datetime) -> float | None:
-    times = [t for t in (know.config_issued_at, know.register_issued_at) if t is not None]
-    return None if not times else round((now - min(times)).total_seconds() / 3600, 3)

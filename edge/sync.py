@@ -157,6 +157,7 @@ class GateSync:
             (topics.ack(self.s.site, self.s.gate), 1),
             (topics.config(self.s.site), 1),
             (topics.register(self.s.site), 1),
+            (topics.freshness(self.s.site), 1),
             (topics.passages(self.s.site), 1),
         ]
         result, _mid = client.subscribe(subs)
@@ -215,6 +216,8 @@ class GateSync:
                 self._on_document("config", payload)
             elif topic == topics.register(self.s.site):
                 self._on_document("register", payload)
+            elif topic == topics.freshness(self.s.site):
+                self._on_document("freshness", payload)
             elif topic == topics.passages(self.s.site) and self._on_passage is not None:
                 self._on_passage(payload)
 

@@ -28,7 +28,7 @@ def canonical_json(body: object) -> bytes:
 
 @dataclass(frozen=True)
 class SignedDocument:
-    kind: str  # "config" or "register"
+    kind: str  # "config", "register" or "freshness" (protocol.freshness)
     site: str
     version: int
     issued_at: str  # ISO-8601 UTC, server time
@@ -113,6 +113,7 @@ BUNDLE_DIR = "bundle"
 TRUST_FILE = "trust.json"
 CONFIG_FILE = "config.json"
 REGISTER_FILE = "register.json"
+FRESHNESS_FILE = "freshness.json"
 
 
 def encode_trust(site: str, keys: list[TrustKey]) -> bytes:

@@ -30,6 +30,12 @@ def register(site: str) -> str:
     return f"{ROOT}/{site}/register"
 
 
+def freshness(site: str) -> str:
+    """server → gates, retained: signed statement naming the current config and register
+    versions, re-issued on a schedule (protocol.freshness)."""
+    return f"{ROOT}/{site}/freshness"
+
+
 def passages(site: str) -> str:
     """server → gates: accepted passages of other gates."""
     return f"{ROOT}/{site}/passages"

@@ -5,7 +5,9 @@ one transaction per batch, and then publishes the acknowledgement (retained,
 so a restarted gate learns it at once): the highest contiguous committed seq
 of that gate. A broken message is recorded in `rejected_messages` and never
 stops the collector. New bundle documents (a pass issued from the command
-line) are noticed and published on the retained config/register topics.
+line) are noticed and published on the retained config/register topics, and a
+signed freshness statement naming their versions is re-issued every
+`[server] freshness_interval_s` (protocol.freshness).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import topics
 from protocol.broker import BrokerAddress
-from protocol.documents import CONFIG_FILE, REGISTER_FILE
+from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, REGISTER_FILE
 from protocol.errors import MessageError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
 from server.alerts import Alert
@@ -58,7 +60,16 @@ class Collector:
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._published: dict[str, float] = {}  # bundle file → mtime last published
-        self.stats = {"batches": 0, "inserted": 0, "duplicates": 0, "rejected": 0, "conflicts": 0}
+        self.document_check_s = 1.0  # how often the bundle is looked at (changed documents)
+        self._next_freshness: datetime | None = None  # site clock: next statement due
+        self.stats = {
+            "batches": 0,
+            "inserted": 0,
+            "duplicates": 0,
+            "rejected": 0,
+            "conflicts": 0,
+            "freshness": 0,
+        }
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         acfg = site.config.alerts
         self.health = GateHealth(
@@ -158,8 +169,9 @@ class Collector:
                 if topic:
                     self.handle(topic, payload)
                 if self.connected.is_set() and time.monotonic() >= next_check:
+                    self._reaffirm()
                     self._publish_documents()
-                    next_check = time.monotonic() + 1.0
+                    next_check = time.monotonic() + self.document_check_s
                 if self.connected.is_set() and time.monotonic() >= next_health:
                     next_health = time.monotonic() + self.health_interval_s
                     for alert in self.health.check(listening_since=self.listening_since):
@@ -270,10 +282,24 @@ class Collector:
         log.warning("rejected message on %s: %s", topic, reason)
         self.store.reject_message(topic, reason, payload)
 
+    def _reaffirm(self) -> None:
+        """A freshness statement when the collector starts and every freshness_interval_s
+        (by the site's clock): connected gates never find their documents too old."""
+        now = self.site.now()
+        if self._next_freshness is not None and now < self._next_freshness:
+            return
+        interval = timedelta(seconds=self.site.config.server.freshness_interval_s)
+        if self.site.publish_freshness() is not None:
+            self.stats["freshness"] += 1
+        self._next_freshness = now + interval
+
     def _publish_documents(self) -> None:
+        # Documents before the statement that names them: a gate that applies them in the
+        # order they arrive can count the statement at once.
         for name, topic in (
             (CONFIG_FILE, topics.config(self.site.site)),
             (REGISTER_FILE, topics.register(self.site.site)),
+            (FRESHNESS_FILE, topics.freshness(self.site.site)),
         ):
             path: Path = self.site.bundle_path(name)
             try:

@@ -27,6 +27,10 @@ class ServerSection:
     """Local time of the site: dates typed on the command line are read in it."""
     pass_days: int = 30
     """Validity of a new pass when --valid-until is not given."""
+    freshness_interval_s: float = 300.0
+    """Seconds between freshness statements (the signed word that the gates' documents are
+    current; also issued whenever a document changes). A gate's data age is the time since
+    the last one it received, so keep it well below the policy's max_data_age_h."""
 
     def __post_init__(self) -> None:
         check_slug(self.site, "site")
@@ -36,6 +40,8 @@ class ServerSection:
             raise ValueError(f"unknown timezone {self.timezone!r}") from None
         if not 1 <= self.pass_days <= 3660:
             raise ValueError("pass_days must be 1..3660")
+        if not 5 <= self.freshness_interval_s <= 6 * 3600:
+            raise ValueError("freshness_interval_s must be 5..21600 seconds")
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,14 @@ class ServerConfig:
     alerts: AlertsSection = field(default_factory=AlertsSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
 
+    def __post_init__(self) -> None:
+        if self.server.freshness_interval_s * 2 > self.policy.max_data_age_h * 3600:
+            raise ValueError(
+                f"[server] freshness_interval_s = {self.server.freshness_interval_s:g} must be"
+                f" at most half of [policy] max_data_age_h ({self.policy.max_data_age_h:g} h),"
+                " or connected gates would find their data too old between statements"
+            )
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.server.timezone)
@@ -124,6 +138,7 @@ def render_server_toml(site: str) -> str:
 site = "{site}"              # site slug, in every pass and topic
 timezone = "Asia/Shanghai"   # dates on the command line are read in this zone
 pass_days = 30               # validity of a new pass without --valid-until
+freshness_interval_s = 300   # signed "your documents are current" to gates this often
 
 [mqtt]
 broker = "mqtt://127.0.0.1:1883"

@@ -34,6 +34,7 @@ COLLECTOR_COUNTERS = (
     ("duplicates", "Events received again and ignored (already stored)."),
     ("rejected", "Messages rejected as malformed."),
     ("conflicts", "Conflicts found in arriving events."),
+    ("freshness", "Freshness statements issued on schedule (documents are current)."),
 )
 WEBHOOK_COUNTERS = (
     ("queued", "Alerts queued for the webhook."),

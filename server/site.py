@@ -12,13 +12,15 @@ import getpass
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from protocol.documents import (
     BUNDLE_DIR,
     CONFIG_FILE,
+    FRESHNESS_FILE,
     REGISTER_FILE,
     TRUST_FILE,
     SignedDocument,
@@ -26,6 +28,8 @@ from protocol.documents import (
     sign_document,
 )
 from protocol.errors import ProtocolError
+from protocol.freshness import KIND as FRESHNESS
+from protocol.freshness import statement_body
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
 from protocol.register import PassEntry, Register, mask_name
 from server.alerts import AlertStore
@@ -57,9 +61,17 @@ class IssuedPass:
     qr: str
 
 
+def system_utc() -> datetime:
+    return datetime.now(UTC)
+
+
 class Site:
-    def __init__(self, directory: Path) -> None:
+    """A server directory. `clock` gives the aware UTC time signed into documents and
+    freshness statements (the system clock; a simulated one in tests of site life)."""
+
+    def __init__(self, directory: Path, *, clock: Callable[[], datetime] = system_utc) -> None:
         self.dir = directory
+        self.now = clock
         self.config: ServerConfig = load_server_config(directory)
         self.store = ServerStore(directory / STORE_NAME)
         # Feature modules own their tables; opening them here makes every table exist.
@@ -326,8 +338,9 @@ class Site:
         """Sign with the newest active key, or with `key_id` (rotation: see rotate_key)."""
         version = self.store.next_counter(f"{kind}_version")
         key_id = self.active_key_id() if key_id is None else key_id
+        issued_at = self.now().astimezone(UTC).isoformat(timespec="milliseconds")
         return sign_document(
-            kind, self.site, version, utcnow(), body, key_id, load_key(self.dir, key_id)
+            kind, self.site, version, issued_at, body, key_id, load_key(self.dir, key_id)
         )
 
     def publish_config(self) -> SignedDocument:
@@ -343,11 +356,34 @@ class Site:
         doc = self._sign("config", body, trust[0].key_id)
         self._write_bundle(CONFIG_FILE, doc.encode())
         self._write_bundle(TRUST_FILE, encode_trust(self.site, self.trust_keys()))
+        self.publish_freshness()
         return doc
 
     def publish_register(self, key_id: int | None = None) -> SignedDocument:
         doc = self._sign("register", self.register().to_json(), key_id)
         self._write_bundle(REGISTER_FILE, doc.encode())
+        self.publish_freshness()
+        return doc
+
+    def published_versions(self) -> dict[str, int]:
+        """Versions of the config and register documents in the bundle (0: none yet)."""
+        versions: dict[str, int] = {}
+        for kind, name in (("config", CONFIG_FILE), ("register", REGISTER_FILE)):
+            try:
+                versions[kind] = int(json.loads(self.bundle_path(name).read_bytes())["version"])
+            except FileNotFoundError:
+                versions[kind] = 0
+        return versions
+
+    def publish_freshness(self) -> SignedDocument | None:
+        """Sign a freshness statement naming the bundle's current versions (protocol.freshness)
+        and write it to the bundle; the collector publishes it. None until both documents
+        exist (during `server init`)."""
+        versions = self.published_versions()
+        if not all(versions.values()):
+            return None
+        doc = self._sign(FRESHNESS, statement_body(versions))
+        self._write_bundle(FRESHNESS_FILE, doc.encode())
         return doc
 
     def bundle_path(self, name: str) -> Path:
@@ -366,6 +402,5 @@ class Site:
             "site": self.site,
             "dir": str(self.dir),
             "keys": [k.key_id for k in self.trust_keys()],
-            "config": json.loads(self.bundle_path(CONFIG_FILE).read_bytes())["version"],
-            "register": json.loads(self.bundle_path(REGISTER_FILE).read_bytes())["version"],
+            **self.published_versions(),
         }

@@ -58,6 +58,13 @@ STRINGS: dict[str, tuple[str, str]] = {
     "gate.clock_trusted": ("已同步", "trusted"),
     "gate.clock_untrusted": ("未同步", "not trusted"),
     "gate.versions": ("配置/名册版本", "Config/register"),
+    "gate.data_age": ("数据时效", "Data age"),
+    "gate.data_age_help": (
+        "距闸机上次收到服务器签名确认（配置与名册为最新）的时间；超过上限时由门卫确认放行",
+        "Time since the gate last had the server's signed word that its policy and register"
+        " are current; past the limit the guard confirms every passage",
+    ),
+    "gate.hours": ("小时", "h"),
     "gate.camera": ("摄像头", "Camera"),
     "gate.direction": ("方向", "Direction"),
     "camera.ok": ("正常", "ok"),

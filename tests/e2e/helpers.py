@@ -33,6 +33,7 @@ from edge.config import load_config
 from edge.provision import provision
 from protocol.broker import parse_broker
 from protocol.events import Event
+from tests.e2e.simtime import SimTime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -285,12 +286,13 @@ def server_count(server_db: Path, gate: str | None = None) -> int:
 class GateThread:
     """The real GateDaemon (simulated hardware) on a thread of this process."""
 
-    def __init__(self, gate_dir: Path, broker_url: str) -> None:
+    def __init__(self, gate_dir: Path, broker_url: str, *, sim: SimTime | None = None) -> None:
         from edge.daemon import GateDaemon
 
         self.out = io.StringIO()
         config = load_config(gate_dir / "gate.toml")
-        self.daemon = GateDaemon(config, broker=broker_url, out=self.out)
+        clocks = {} if sim is None else {"wall": sim.wall, "monotonic": sim.monotonic}
+        self.daemon = GateDaemon(config, broker=broker_url, out=self.out, **clocks)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="gate-daemon", daemon=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -13,12 +13,14 @@ import pytest
 
 from protocol.documents import (
     CONFIG_FILE,
+    FRESHNESS_FILE,
     REGISTER_FILE,
     TRUST_FILE,
     decode_document,
     decode_trust,
 )
 from protocol.passes import verify_pass
+from server.config import ServerConfigError, load_server_config
 from server.keys import key_path
 from server.site import IssuedPass, Site, SiteError
 from tests.conftest import SITE
@@ -117,7 +119,9 @@ def test_bundle_files_are_replaced_atomically(site: Site) -> None:
     assert len(reads) > 0
     assert reads == sorted(reads), "versions read never go backwards"
     leftovers = [p.name for p in site.bundle_path(REGISTER_FILE).parent.iterdir()]
-    assert sorted(leftovers) == sorted([CONFIG_FILE, REGISTER_FILE, TRUST_FILE]), leftovers
+    assert sorted(leftovers) == sorted([CONFIG_FILE, FRESHNESS_FILE, REGISTER_FILE, TRUST_FILE]), (
+        leftovers
+    )
 
 
 def test_revoke_moves_the_pass_to_revoked_and_twice_is_an_error(
@@ -194,3 +198,70 @@ def test_reopening_a_site(site: Site) -> None:
         assert again.site == SITE
         assert issued.pass_id in again.register().passes
         assert again.issue_pass("1-1-101", "王五").pass_id == issued.pass_id + 1
+
+
+# --- freshness statements ---------------------------------------------------------------------
+
+
+def _bundle_doc(site: Site, name: str) -> dict[str, object]:
+    return dict(json.loads(site.bundle_path(name).read_bytes()))
+
+
+def test_every_document_change_is_followed_by_a_statement_naming_it(site: Site):
+    first = _bundle_doc(site, FRESHNESS_FILE)
+    site.issue_pass("3-3-303", "钱七")
+    after = _bundle_doc(site, FRESHNESS_FILE)
+    register = _bundle_doc(site, REGISTER_FILE)
+    config = _bundle_doc(site, CONFIG_FILE)
+    assert int(after["version"]) > int(first["version"])  # type: ignore[call-overload]
+    assert after["body"] == {
+        "versions": {"config": config["version"], "register": register["version"]}
+    }
+    keys = decode_trust(site.bundle_path(TRUST_FILE).read_bytes())[1]
+    doc = decode_document(
+        site.bundle_path(FRESHNESS_FILE).read_bytes(), kind="freshness", site=SITE, trust_keys=keys
+    )
+    assert doc.key_id == site.active_key_id()
+
+
+def test_statements_carry_the_site_clock(tmp_path: Path):
+    Site.init(tmp_path / "s", SITE).close()
+    moment = datetime(2027, 3, 1, 4, 5, 6, tzinfo=UTC)
+    with Site(tmp_path / "s", clock=lambda: moment) as site:
+        site.publish_freshness()
+        doc = _bundle_doc(site, FRESHNESS_FILE)
+    assert datetime.fromisoformat(str(doc["issued_at"])) == moment
+
+
+@pytest.mark.parametrize(
+    ("server_lines", "policy_line", "error"),
+    [
+        ("freshness_interval_s = 2\n", None, "freshness_interval_s must be 5..21600"),
+        ("freshness_interval_s = 30000\n", None, "freshness_interval_s must be 5..21600"),
+        ('freshness_interval_s = "5m"\n', None, "expected a number"),
+        ("freshness_interval_s = 1200\n", "max_data_age_h = 0.5", "at most half"),
+    ],
+)
+def test_bad_freshness_settings_are_refused(
+    tmp_path: Path, server_lines: str, policy_line: str | None, error: str
+):
+    Site.init(tmp_path / "s", SITE).close()
+    toml = tmp_path / "s" / "server.toml"
+    text = toml.read_text(encoding="utf-8")
+    text = text.replace("freshness_interval_s = 300   #", "# was:", 1)
+    text = text.replace("[server]\n", "[server]\n" + server_lines)
+    if policy_line:
+        text = text.replace("max_data_age_h = 24.0", policy_line)
+    toml.write_text(text, encoding="utf-8")
+    with pytest.raises(ServerConfigError, match=error):
+        load_server_config(tmp_path / "s")
+
+
+def test_fractional_data_age_and_a_short_interval_are_accepted(tmp_path: Path):
+    Site.init(tmp_path / "s", SITE).close()
+    toml = tmp_path / "s" / "server.toml"
+    text = toml.read_text(encoding="utf-8").replace("max_data_age_h = 24.0", "max_data_age_h = 0.5")
+    toml.write_text(text, encoding="utf-8")
+    config = load_server_config(tmp_path / "s")
+    assert config.policy.max_data_age_h == 0.5
+    assert config.server.freshness_interval_s == 300

@@ -288,6 +288,31 @@ def test_overview_shows_gates_from_their_retained_status_and_todays_figures(
     assert "Outside now" in client.get("/").text  # the choice sticks (cookie)
 
 
+def test_overview_shows_each_gates_data_age_from_its_last_proof(
+    client: TestClient, site: Site
+) -> None:
+    now = datetime.now(UTC)
+    for gate, as_of in (("east", now - timedelta(minutes=6)), ("west", now - timedelta(hours=30))):
+        site.store.set_gate_status(
+            gate,
+            {
+                "gate": gate,
+                "state": "online",
+                "data_age_h": 0.0,  # what it said when it last spoke; as_of keeps counting
+                "data_as_of": as_of.isoformat(timespec="seconds"),
+            },
+        )
+    site.store.set_gate_status("north", {"gate": "north", "state": "online", "data_age_h": 2})
+    logged_in(client, "vic")
+    html = client.get("/").text
+    rows = {g: html[html.index(f'data-gate="{g}"') :].split("</tr>")[0] for g in ("east", "west")}
+    assert re.search(r'class="ok"[^>]*>0\.1 小时', rows["east"]), rows["east"]
+    assert re.search(r'class="bad"[^>]*>30\.0 小时', rows["west"]), rows["west"]
+    north = html[html.index('data-gate="north"') :].split("</tr>")[0]
+    assert "2.0 小时" in north
+    assert "Data age" in client.get("/?lang=en").text
+
+
 def test_feed_filters_and_masks_names(client: TestClient, site: Site) -> None:
     issued = site.issue_pass("4-1-201", "欧阳娜娜", room="4-1-201")
     store_events(

@@ -36,6 +36,7 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
         state = status.get("state", "unknown")
         if state == "online" and last_seen and now - datetime.fromisoformat(last_seen) > silence:
             state = "silent"
+        age = data_age_hours(status, now)
         rows.append(
             {
                 "gate": gate,
@@ -49,9 +50,26 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
                 "register": versions.get("register"),
                 "camera": camera.get("state"),
                 "camera_error": camera.get("error"),
+                "data_age_h": age,
+                "data_stale": age is not None and age > dashboard.policy.max_data_age_h,
             }
         )
     return rows
+
+
+def data_age_hours(status: dict[str, Any], now: datetime) -> float | None:
+    """Hours since the gate last had signed proof that its documents are current: from the
+    `data_as_of` its status carries (so the age keeps growing while a gate is silent), or
+    the `data_age_h` it reported (gates from before freshness statements)."""
+    as_of = status.get("data_as_of")
+    try:
+        moment = datetime.fromisoformat(as_of) if isinstance(as_of, str) else None
+    except ValueError:
+        moment = None
+    if moment is not None and moment.tzinfo is not None:
+        return round(max(0.0, (now - moment).total_seconds() / 3600), 1)
+    reported = status.get("data_age_h")
+    return round(float(reported), 1) if isinstance(reported, int | float) else None
 
 
 def overview(request: Request) -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 from protocol.output import render
 from server.site import Site
+from server.validity import window_json
 
 
 def register(groups: dict[str, Any]) -> None:
@@ -119,6 +120,7 @@ def cmd_visitor_register(args: argparse.Namespace) -> int:
             args.hours,
             by=actor(),
         )
+        tz = site.config.tz
     if args.png:
         write_qr_png(issued.qr, args.png)
     _print(
@@ -126,8 +128,7 @@ def cmd_visitor_register(args: argparse.Namespace) -> int:
             "visitor_id": visitor.id,
             "pass_id": issued.pass_id,
             "host": issued.household,
-            "valid_from": issued.valid_from.isoformat(),
-            "valid_until": issued.valid_until.isoformat(),
+            **window_json(issued.valid_from, issued.valid_until, tz),
             "qr": issued.qr,
         },
         args.json,

@@ -1,17 +1,17 @@
 """Printable pass cards: A4 sheets of 8 cards (2 × 4) with cut marks, and one PNG per card.
 
 Each card carries the QR (segno, error level M exactly: the pass format is sized for QR
-version ≤ 7 at M), the holder's masked name (张*明), building-unit-room, the validity dates
-and a short instruction in zh and en. The PDF draws the QR as vector squares, so it prints
-sharp at any printer resolution; Chinese text uses reportlab's built-in CID font
-STSong-Light (no font file to ship; PDF viewers supply the glyphs).
+version ≤ 7 at M), the holder's masked name (张*明), building-unit-room, the validity (first
+and last valid day) and a short instruction in zh and en. The PDF draws the QR as vector
+squares, so it prints sharp at any printer resolution; Chinese text uses reportlab's built-in
+CID font STSong-Light (no font file to ship; PDF viewers supply the glyphs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,6 +20,7 @@ import segno
 
 from protocol.register import mask_name
 from server.site import Site
+from server.validity import from_text, until_text
 
 INSTRUCTION_ZH = "请出示此码，测温后通行"
 INSTRUCTION_EN = "Show this code at the gate"
@@ -52,9 +53,11 @@ class Card:
     qr: str
 
     def validity(self) -> str:
-        """Dates of the first and last valid day (the end of validity is exclusive)."""
-        last = self.valid_until - timedelta(seconds=1)
-        return f"{self.valid_from:%Y-%m-%d} ~ {last:%Y-%m-%d}"
+        """First and last valid day, `2026-12-01 ~ 2026-12-31`; a start or end during a day
+        shows its local time instead (`2026-12-01 18:30`; server/validity.py). Read in the
+        zone of `valid_until` (cards_for: the site's)."""
+        tz = self.valid_until.tzinfo or UTC
+        return f"{from_text(self.valid_from, tz)} ~ {until_text(self.valid_until, tz)}"
 
 
 def cards_for(site: Site, household: str | None = None, at: datetime | None = None) -> list[Card]:

@@ -19,6 +19,7 @@ from protocol.output import render
 from server import admin_cli
 from server.collector import Collector
 from server.site import Site
+from server.validity import window_json
 from server.web import cli as web_cli
 
 log = logging.getLogger("menwei.server")
@@ -63,8 +64,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--name", required=True, help="holder's name (kept on the server only)")
     p.add_argument("--role", choices=["resident", "visitor", "staff"], default="resident")
     p.add_argument("--room", default="", help="building-unit-room shown to the guard")
-    p.add_argument("--valid-from", help="YYYY-MM-DD or ISO time, site timezone (default: now)")
-    p.add_argument("--valid-until", help="YYYY-MM-DD or ISO time (default: +pass_days)")
+    p.add_argument(
+        "--valid-from",
+        metavar="DATE",
+        help="first valid day YYYY-MM-DD (from its start), or an exact ISO time;"
+        " site timezone (default: now)",
+    )
+    p.add_argument(
+        "--valid-until",
+        metavar="DATE",
+        help="last valid day YYYY-MM-DD (the whole day is included), or an exact ISO time"
+        " (exclusive); site timezone (default: now + pass_days)",
+    )
     p.add_argument("--png", type=Path, help="also write the QR code as a PNG image")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pass_issue)
@@ -135,8 +146,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_pass_issue(args: argparse.Namespace) -> int:
     with Site(args.dir) as site:
         start = site.parse_time(args.valid_from) if args.valid_from else None
-        end = site.parse_time(args.valid_until) if args.valid_until else None
+        end = site.parse_time(args.valid_until, end=True) if args.valid_until else None
         issued = site.issue_pass(args.household, args.name, args.role, start, end, args.room)
+        tz = site.config.tz
     if args.png:
         write_qr_png(issued.qr, args.png)
     _print(
@@ -144,8 +156,7 @@ def cmd_pass_issue(args: argparse.Namespace) -> int:
             "pass_id": issued.pass_id,
             "household": issued.household,
             "role": issued.role,
-            "valid_from": issued.valid_from.isoformat(),
-            "valid_until": issued.valid_until.isoformat(),
+            **window_json(issued.valid_from, issued.valid_until, tz),
             "qr": issued.qr,
         },
         args.json,

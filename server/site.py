@@ -37,6 +37,7 @@ from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_
 from server.keys import create_key, load_key
 from server.register import RegisterStore
 from server.store import STORE_NAME, ServerStore, utcnow
+from server.validity import read_time
 
 
 def actor() -> str:
@@ -169,13 +170,14 @@ class Site:
 
     # --- passes -------------------------------------------------------------------------
 
-    def parse_time(self, text: str) -> datetime:
-        """A date (YYYY-MM-DD, start of that day) or ISO time, read in the site's timezone."""
+    def parse_time(self, text: str, *, end: bool = False) -> datetime:
+        """A date or ISO time typed by an operator, read in the site's timezone: a bare date
+        is the start of that local day, or with `end` (a last valid day) the start of the next,
+        so the whole day is included (server/validity.py). Raises SiteError when unreadable."""
         try:
-            t = datetime.fromisoformat(text)
-        except ValueError:
-            raise SiteError(f"{text!r} is not a date (YYYY-MM-DD) or ISO-8601 time") from None
-        return t if t.tzinfo else t.replace(tzinfo=self.config.tz)
+            return read_time(text, self.config.tz, end=end)
+        except ValueError as exc:
+            raise SiteError(str(exc)) from None
 
     def issue_pass(
         self,
@@ -190,15 +192,23 @@ class Site:
     ) -> IssuedPass:
         """Sign a pass. The household's row is made to exist; a registered person (same
         household and name) is linked and, without `room`, the register's place is shown.
-        `publish=False` leaves the register document to the caller (issue_all publishes once)."""
+        `publish=False` leaves the register document to the caller (issue_all publishes once).
+        `valid_from`/`valid_until` are exact aware instants, the end exclusive (default: now and
+        now + pass_days); parse_time(text, end=True) turns a typed last day into its end."""
         check_household(household)
         if not name.strip():
             raise SiteError("name must not be empty")
         r = Role.parse(role)
         start = valid_from or datetime.now(self.config.tz).replace(microsecond=0)
         end = valid_until or start + timedelta(days=self.config.server.pass_days)
-        if end <= start:
-            raise SiteError("valid-until must be after valid-from")
+        if end.timestamp() <= start.timestamp():  # instants: wall times repeat when DST ends
+            raise SiteError(
+                f"valid-until must be after valid-from ({end.isoformat()} is not after"
+                f" {start.isoformat()})"
+            )
+        for label, t in (("valid-from", start), ("valid-until", end)):
+            if not 0 <= t.timestamp() < 2**32:  # the pass holds unsigned 32-bit Unix seconds
+                raise SiteError(f"{label} {t.isoformat()} is outside 1970-01-01..2106-02-07")
         held = self.active_passes(household, start)
         cap = self.config.policy.passes_per_household_max
         if held >= cap:

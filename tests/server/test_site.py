@@ -181,6 +181,9 @@ def test_parse_time_in_site_timezone(site: Site) -> None:
     assert t == datetime(2026, 3, 1, 7, 30, tzinfo=tz)
     explicit = site.parse_time("2026-03-01T07:30:00+00:00")
     assert explicit.utcoffset() == timedelta(0), "an explicit offset is kept"
+    # As a last valid day, a date includes that whole day; a time stays exact.
+    assert site.parse_time("2026-03-01", end=True) == datetime(2026, 3, 2, tzinfo=tz)
+    assert site.parse_time("2026-03-01T07:30", end=True) == t
     with pytest.raises(SiteError, match="not a date"):
         site.parse_time("tomorrow")
 

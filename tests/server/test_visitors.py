@@ -310,6 +310,35 @@ def test_a_fever_on_the_form_sends_to_the_fever_clinic(client: TestClient, site:
     assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 0
 
 
+def test_the_pass_page_shows_when_the_visitor_pass_ends(client: TestClient, site: Site):
+    visitor, issued = visit(site, hours=3)
+    logged_in(client, "olga")
+    tz = site.config.tz
+    end = issued.valid_until.astimezone(tz)
+    # A pass ending during a day shows that time; one ending as a day ends shows the day.
+    shown = (
+        (end - timedelta(seconds=1)).date().isoformat()
+        if (end.hour, end.minute, end.second) == (0, 0, 0)
+        else f"{end:%Y-%m-%d %H:%M}"
+    )
+    assert (
+        f"{issued.valid_from:%Y-%m-%d %H:%M} – {shown}"
+        in client.get(f"/visitors/{visitor.id}").text
+    )
+
+    # Ending at the start of a local day (the day after tomorrow): the last valid day is shown.
+    tomorrow = datetime.now(tz).date() + timedelta(days=1)
+    midnight = datetime.combine(tomorrow + timedelta(days=1), datetime.min.time(), tz)
+    with site.store.atomic() as db:
+        db.execute(
+            "UPDATE passes SET valid_until = ? WHERE pass_id = ?",
+            [int(midnight.timestamp()), issued.pass_id],
+        )
+    page = client.get(f"/visitors/{visitor.id}").text
+    assert f" – {tomorrow.isoformat()}</p>" in page
+    assert midnight.date().isoformat() not in page
+
+
 def test_viewers_see_masked_visitors_and_may_not_register_or_see_a_pass(
     client: TestClient, site: Site
 ):

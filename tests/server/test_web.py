@@ -378,6 +378,28 @@ def test_households_search_by_room_and_name_and_detail(client: TestClient, site:
     assert client.get("/households/nope").status_code == 404
 
 
+def test_household_page_shows_the_first_and_last_valid_day_of_each_pass(
+    client: TestClient, site: Site
+) -> None:
+    site.issue_pass(
+        "6-3-101",
+        "王五",
+        valid_from=site.parse_time("2026-12-01"),
+        valid_until=site.parse_time("2026-12-31", end=True),
+    )
+    site.issue_pass(
+        "6-3-101",
+        "赵六",
+        valid_from=site.parse_time("2026-12-01T08:30"),
+        valid_until=site.parse_time("2026-12-31T18:00", end=True),
+    )
+    logged_in(client, "olga")
+    detail = client.get("/households/6-3-101").text
+    assert "<td>2026-12-01 – 2026-12-31</td>" in detail  # the pass ends 2027-01-01T00:00
+    assert "<td>2026-12-01 08:30 – 2026-12-31 18:00</td>" in detail  # exact times stay exact
+    assert "2027-01-01" not in detail
+
+
 def test_charts_are_inline_svg(client: TestClient, site: Site) -> None:
     store_events(site, "east", {"direction": "out"}, {"decision": "deny", "reason": "expired"})
     logged_in(client, "vic")

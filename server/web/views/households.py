@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from protocol.errors import ProtocolError
 from protocol.register import mask_name
+from server.validity import from_text, until_text
 from server.web import figures
 from server.web.auth import checked_form, require
 from server.web.dashboard import Dashboard, dashboard_of
@@ -86,8 +87,8 @@ def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
     tz = d.site.config.tz
     for p in passes:
         p["holder"] = p["name"] if full else mask_name(p["name"])
-        p["from"] = datetime.fromtimestamp(p["valid_from"], tz).strftime("%Y-%m-%d")
-        p["until"] = datetime.fromtimestamp(p["valid_until"], tz).strftime("%Y-%m-%d")
+        p["from"] = from_text(datetime.fromtimestamp(p["valid_from"], tz), tz)
+        p["until"] = until_text(datetime.fromtimestamp(p["valid_until"], tz), tz)
     for m in members:
         m["name"] = m["name"] if full else mask_name(m["name"])
         m["phone"] = m["phone"] if full else mask_phone(m["phone"] or "")

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from protocol.register import mask_name
 from server.cards import qr_symbol
 from server.register import place_label
+from server.validity import from_text, until_text
 from server.visitors import HOURS_DEFAULT, HOURS_MAX, VisitorError, VisitorStore, register_visitor
 from server.web import figures
 from server.web.auth import checked_form, require
@@ -48,13 +49,15 @@ def today(d: Dashboard, full: bool) -> list[dict[str, Any]]:
         " WHERE julianday(v.at) >= julianday(?) ORDER BY v.id DESC LIMIT 500",
         [start.isoformat()],
     )
-    now = datetime.now(d.site.config.tz).timestamp()
+    tz = d.site.config.tz
+    now = datetime.now(tz)
     for r in rows:
         if not full:
             r["name"] = mask_name(r["name"])
             r["phone"] = mask_phone(r["phone"]) if r["phone"] else ""
-        r["valid"] = r["revoked_at"] is None and r["valid_until"] > now
-        r["until"] = datetime.fromtimestamp(r["valid_until"], d.site.config.tz).strftime("%H:%M")
+        r["valid"] = r["revoked_at"] is None and r["valid_until"] > now.timestamp()
+        # Today's list: an end today shows its time only, one on another day its date too.
+        r["until"] = until_text(datetime.fromtimestamp(r["valid_until"], tz), tz, now.date())
     return rows
 
 
@@ -142,6 +145,6 @@ def pass_page(request: Request) -> Response:
         svg=qr_symbol(row[0]).svg_inline(scale=1, border=4, omitsize=True, svgclass="qr")
         if valid and row is not None
         else "",
-        valid_from=datetime.fromtimestamp(row[1], tz).strftime("%Y-%m-%d %H:%M") if row else "",
-        valid_until=datetime.fromtimestamp(row[2], tz).strftime("%Y-%m-%d %H:%M") if row else "",
+        valid_from=from_text(datetime.fromtimestamp(row[1], tz), tz) if row else "",
+        valid_until=until_text(datetime.fromtimestamp(row[2], tz), tz) if row else "",
     )

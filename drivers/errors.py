@@ -26,3 +26,7 @@ class CameraError(DriverError, OSError):
 
 class GpioError(DriverError, OSError):
     """A GPIO pin could not be set up, driven or read."""
+
+
+class SystemClockError(DriverError, OSError):
+    """The kernel's clock state could not be read (not Linux, no adjtimex, the call failed)."""

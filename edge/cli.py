@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from edge.clock import GateClock
+from edge.clock import UNTRUSTED_EFFECT, GateClock
 from edge.config import GateConfig, load_config
 from edge.decision import (
     Direction,
@@ -114,7 +114,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         simulated=args.simulated,
         broker=args.broker,
     )
-    print(json.dumps(result, ensure_ascii=False) if args.json else _lines(result))
+    # The installer is at the gate now: say whether its clock will be trusted.
+    clock = GateClock.configured(load_config(args.gate_dir / "gate.toml").clock).assess()
+    if args.json:
+        print(json.dumps({**result, "clock": clock.to_json()}, ensure_ascii=False))
+    else:
+        print(_lines(result))
+        print(f"clock: {clock.detail()}")
+        if not clock.synchronised:
+            print(f"  effect: {UNTRUSTED_EFFECT}\n  fix: {clock.fix()}")
     return 0
 
 
@@ -142,7 +150,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     config, store, know = _open(args.config)
     with store:
         state = state_from_json(store.state())
-        clock = GateClock(config.clock.trust, store.clock_floor())
+        clock = GateClock.configured(config.clock, store.clock_floor())
     direction: Direction = args.direction or ("out" if config.gate.direction == "out" else "in")
     temperature = NOT_MEASURED if args.temperature is None else Temperature(args.temperature)
     decoder = QrDecoder()
@@ -225,14 +233,19 @@ def cmd_clock(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     config = load_config(args.config)
+    trust = GateClock.configured(config.clock).assess()
     with GateStore(config.db_path) as store:
         wall = time.time()
         floor = store.clock_floor()
+        behind = round(max(0.0, floor - wall), 3)
         result: dict[str, Any] = {
             "wall": datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds"),
             "floor": datetime.fromtimestamp(floor, UTC).isoformat(timespec="seconds"),
-            "behind_floor_s": round(max(0.0, floor - wall), 3),
-            "synchronised": GateClock(config.clock.trust).synchronised(),
+            "behind_floor_s": behind,
+            "synchronised": trust.synchronised,
+            # What decisions get now: synchronised and not behind what was persisted.
+            "trusted": trust.synchronised and behind == 0,
+            **trust.to_json(),
         }
         if args.reset_floor:
             store.reset_clock_floor(wall)

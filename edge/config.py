@@ -10,9 +10,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from drivers.systemclock import NTP_PHASE_LIMIT_US
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
 from protocol.schema import SchemaError, from_mapping, parse_toml
+
+MAX_ERROR_LIMIT_MS = NTP_PHASE_LIMIT_US // 1000
 
 
 class ConfigError(ProtocolError):
@@ -63,9 +66,21 @@ class MqttSection:
 
 @dataclass(frozen=True)
 class ClockSection:
-    trust: Literal["timesyncd", "assume", "never"] = "timesyncd"
-    """How the gate knows its clock is right: systemd-timesyncd's flag file, assume it is
-    (a gate with an RTC, tests, demo), or never (time-dependent checks go to the guard)."""
+    trust: Literal["kernel", "timesyncd", "assume", "never"] = "kernel"
+    """How the gate knows its clock is right: the kernel's NTP state (adjtimex; chrony,
+    ntpd or systemd-timesyncd synchronised it), `timesyncd` (the kernel, or else
+    systemd-timesyncd's flag file: older configs), assume it is (a gate with an RTC,
+    simulation, demo), or never (every genuine pass goes to the guard)."""
+    max_error_ms: int = MAX_ERROR_LIMIT_MS
+    """With the kernel: untrusted when its maximum error (set by the time daemon, growing
+    0.5 ms a second between corrections) exceeds this. 16000 is the kernel's own limit."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_error_ms <= MAX_ERROR_LIMIT_MS:
+            raise ValueError(
+                "max_error_ms must be 1..16000 (past 16 s the kernel itself marks the clock "
+                "unsynchronised)"
+            )
 
 
 @dataclass(frozen=True)

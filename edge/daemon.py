@@ -82,8 +82,8 @@ class GateDaemon:
         self.know = load_knowledge(config, self.store)
         self._know_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
-        self.clock = GateClock(
-            config.clock.trust, self.store.clock_floor(), wall=wall, monotonic=monotonic
+        self.clock = GateClock.configured(
+            config.clock, self.store.clock_floor(), wall=wall, monotonic=monotonic
         )
         self.state = state_from_json(self.store.state())
         self.hw = hardware if hardware is not None else build_hardware(config)

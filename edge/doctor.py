@@ -18,7 +18,7 @@ from drivers.errors import DriverError, PecError
 from drivers.gpio import FakePins, Pins, RPiGPIOPins
 from drivers.mlx90614 import MLX90614, SMBusLike, open_smbus
 from drivers.sim_i2c import SimulatedMLX90614Bus
-from edge.clock import GateClock
+from edge.clock import UNTRUSTED_EFFECT, GateClock
 from edge.config import GateConfig
 from edge.provision import load_knowledge
 from edge.store import GateStore
@@ -32,10 +32,16 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    effect: str = ""
+    """What the failure does to the gate's decisions, when that is not obvious."""
 
     def line(self) -> str:
-        head = f"{'PASS' if self.ok else 'FAIL'} {self.device:12s} {self.detail}"
-        return head if self.ok or not self.fix else f"{head}\n     fix: {self.fix}"
+        lines = [f"{'PASS' if self.ok else 'FAIL'} {self.device:12s} {self.detail}"]
+        if not self.ok:
+            lines += [
+                f"     {k}: {v}" for k, v in (("effect", self.effect), ("fix", self.fix)) if v
+            ]
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -217,17 +223,12 @@ def check_broker(config: GateConfig, url: str | None = None) -> Check:
     return Check("broker", True, f"{b} reachable")
 
 
-def check_clock(config: GateConfig) -> Check:
-    clock = GateClock(config.clock.trust)
-    if clock.synchronised():
-        return Check("clock", True, f"synchronised (trust = {config.clock.trust})")
-    return Check(
-        "clock",
-        False,
-        f"not known to be synchronised (trust = {config.clock.trust})",
-        "enable systemd-timesyncd (`timedatectl set-ntp true`) or fit an RTC; until "
-        "then time-dependent checks go to the guard",
-    )
+def check_clock(config: GateConfig, clock: GateClock | None = None) -> Check:
+    """Is the wall clock trusted, on what evidence; if not, what that does and the fix."""
+    trust = (clock or GateClock.configured(config.clock)).assess()
+    if trust.synchronised:
+        return Check("clock", True, trust.detail())
+    return Check("clock", False, trust.detail(), trust.fix(), UNTRUSTED_EFFECT)
 
 
 def run_doctor(config: GateConfig, broker: str | None = None) -> list[Check]:

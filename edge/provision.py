@@ -44,11 +44,11 @@ def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, brok
     hw = (
         '[camera]\nsource = "watch:stage"     # simulation: frames dropped into ./stage\n\n'
         '[thermometer]\nbackend = "simulated"\n\n[gpio]\nbackend = "simulated"\n\n'
-        '[clock]\ntrust = "assume"             # simulation: no timesyncd here\n'
+        '[clock]\ntrust = "assume"             # simulation: no time daemon vouches here\n'
         if simulated
         else '[camera]\nsource = "device:0"\n\n[thermometer]\nbackend = "mlx90614"\n'
         'i2c_bus = 1\naddress = 0x5A\n\n[gpio]\nbackend = "rpi"\nrelay_pin = 17\n\n'
-        '[clock]\ntrust = "timesyncd"\n\n'
+        '[clock]\ntrust = "kernel"  # synchronised by chrony, ntpd or systemd-timesyncd\n\n'
         '[guard]\nhttp = "127.0.0.1:8000"     # the guard screen, for the kiosk browser\n'
     )
     return (

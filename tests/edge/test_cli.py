@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.provision import provision
+from edge.provision import provision, render_gate_toml
 from menwei.cli import build_parser, main
 from protocol.passes import PassPayload, Role, sign_pass, unix, verify_pass
 from server.cli import write_qr_png
@@ -271,6 +271,37 @@ def test_init_again_refreshes_the_documents_and_keeps_gate_toml(site: Site, gate
     assert result["versions"]["config"] == first["config"]
     assert toml.read_text(encoding="utf-8") == edited + "# the guard's note\n"
     assert json.loads(run_menwei(*check).stdout)["versions"] == result["versions"]
+
+
+def test_init_of_a_hardware_gate_trusts_the_kernel_and_reports_the_clock(
+    site: Site, tmp_path: Path
+):
+    gate = tmp_path / "pi"
+    result = json.loads(
+        run_menwei(
+            "gate", "init", str(gate), "--server", str(site.dir), "--gate", "north", "--json"
+        ).stdout
+    )
+    assert 'trust = "kernel"' in (gate / "gate.toml").read_text(encoding="utf-8")
+    clock = result["clock"]
+    assert clock["source"] == "kernel" and isinstance(clock["maxerror_us"], int)
+    # This machine's clock may or may not be synchronised: what is said must match.
+    assert ("effect" in clock, "fix" in clock) == (not clock["synchronised"],) * 2
+
+
+def test_init_says_plainly_when_the_clock_is_not_trusted(site: Site, tmp_path: Path):
+    gate = tmp_path / "pi"
+    gate.mkdir()
+    toml = render_gate_toml(SITE, "north", "in", False, "mqtt://127.0.0.1:1883")
+    (gate / "gate.toml").write_text(toml.replace('trust = "kernel"', 'trust = "never"'))
+
+    out = run_menwei("gate", "init", str(gate), "--server", str(site.dir), "--gate", "north")
+
+    lines = out.stdout.splitlines()
+    assert "clock: never (trust = never)" in lines
+    effect = next(line for line in lines if line.startswith("  effect: "))
+    assert "请门卫人工核验" in effect and "guard_confirm" in effect
+    assert any(line.startswith("  fix: ") and 'trust = "kernel"' in line for line in lines)
 
 
 # --- server init, pass issue ----------------------------------------------------------------

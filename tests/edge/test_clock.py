@@ -1,16 +1,67 @@
-"""The gate's clock with an injected wall clock: never backwards, honest about trust."""
+"""The gate's clock with an injected wall clock and kernel: never backwards, honest about trust.
+
+The kernel's clock state is read for real once (`read_kernel_clock`, checked against the C
+header's layout and values); the trust logic gets kernel readings through its OS seam.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
+import shutil
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.clock import GateClock
+from drivers.errors import SystemClockError
+from drivers.systemclock import (
+    NTP_PHASE_LIMIT_US,
+    STA_UNSYNC,
+    TIME_ERROR,
+    TIME_OK,
+    KernelClock,
+    _Timex,
+    read_kernel_clock,
+)
+from edge.clock import UNTRUSTED_EFFECT, GateClock
+from edge.config import load_config
+from tests.conftest import REPO, run_menwei
 
 FLOOR = 1_790_000_000.0  # what the store persisted last, Unix seconds
+STA_PLL = 0x0001
+
+
+def kernel_reading(maxerror_us: int, *, unsync: bool = False) -> KernelClock:
+    """What adjtimex returns: a daemon's PLL, or STA_UNSYNC and TIME_ERROR."""
+    status = STA_PLL | (STA_UNSYNC if unsync else 0)
+    state = TIME_ERROR if unsync else TIME_OK
+    return KernelClock(not unsync, state, status, maxerror_us, maxerror_us // 2, FLOOR)
+
+
+SYNCED = kernel_reading(40_000)  # chrony with rtcsync, or timesyncd: 40 ms bound
+UNSYNCED = kernel_reading(NTP_PHASE_LIMIT_US, unsync=True)  # booted, no daemon yet
+CHRONY_NO_RTCSYNC = kernel_reading(25_000, unsync=True)  # STA_UNSYNC kept on purpose
+
+
+class Kernel:
+    """The OS seam: hands out the reading a test sets, or raises, and counts the calls."""
+
+    def __init__(self, reading: KernelClock | OSError = UNSYNCED) -> None:
+        self.reading = reading
+        self.calls = 0
+
+    def __call__(self) -> KernelClock:
+        self.calls += 1
+        if isinstance(self.reading, OSError):
+            raise self.reading
+        return self.reading
 
 
 class Bench:
@@ -21,6 +72,7 @@ class Bench:
         self.mono = mono
 
     def clock(self, trust: str = "assume", floor: float = FLOOR, **kw: object) -> GateClock:
+        kw.setdefault("kernel", Kernel())
         return GateClock(
             trust,  # type: ignore[arg-type]
             floor,
@@ -200,3 +252,245 @@ def test_an_installer_resets_a_floor_persisted_in_the_future(gate_dir):
     assert after["floor_reset_from"] == before["floor"] and after["floor"] == after["wall"]
     with GateStore(config.db_path) as store:
         assert abs(store.clock_floor() - time.time()) < 60
+
+
+# --- the kernel's clock state, read for real (read-only, no privilege) -----------------------
+
+C_READER = r"""
+#include <stdio.h>
+#include <stddef.h>
+#include <sys/timex.h>
+int main(void) {
+    struct timex t = {0};
+    int state = adjtimex(&t);
+    printf("%zu %zu %zu %zu %zu\n", sizeof t, offsetof(struct timex, maxerror),
+           offsetof(struct timex, esterror), offsetof(struct timex, status),
+           offsetof(struct timex, time));
+    printf("%d %d %ld %ld\n", state, t.status, (long)t.maxerror, (long)t.esterror);
+    return state < 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def c_reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same read through glibc's own <sys/timex.h>, compiled here."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to check the struct layout against the header")
+    d = tmp_path_factory.mktemp("timex")
+    (d / "timex.c").write_text(C_READER)
+    subprocess.run([cc, "-O0", "-o", str(d / "timex"), str(d / "timex.c")], check=True)
+    return d / "timex"
+
+
+def read_with_c(reader: Path) -> tuple[list[int], tuple[int, ...]]:
+    layout, values = subprocess.run(
+        [str(reader)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return [int(v) for v in layout.split()], tuple(int(v) for v in values.split())
+
+
+def test_the_kernel_clock_state_reads_without_privilege_and_is_consistent():
+    before = time.time()
+    k = read_kernel_clock()
+    after = time.time()
+
+    assert TIME_OK <= k.state <= TIME_ERROR
+    assert 0 <= k.maxerror_us <= NTP_PHASE_LIMIT_US and k.esterror_us >= 0
+    # The reading's own wall time: a wrong struct layout puts another field here.
+    assert before - 1 <= k.wall_s <= after + 1
+    assert k.synchronised == (k.state != TIME_ERROR and not k.status & STA_UNSYNC)
+    if k.status & STA_UNSYNC:  # the kernel answers TIME_ERROR whenever it is set (ntp.c)
+        assert k.state == TIME_ERROR and not k.synchronised
+    assert k.disciplined == (k.synchronised or k.maxerror_us < NTP_PHASE_LIMIT_US)
+
+
+def test_the_struct_layout_and_values_match_the_c_header(c_reader: Path):
+    layout, _ = read_with_c(c_reader)
+    assert layout == [
+        ctypes.sizeof(_Timex),
+        _Timex.maxerror.offset,
+        _Timex.esterror.offset,
+        _Timex.status.offset,
+        _Timex.time.offset,
+    ]
+    # maxerror grows each second and a daemon may correct it any time: compare when two
+    # Python readings around the C one agree.
+    for _ in range(20):
+        first = read_kernel_clock()
+        _, c_values = read_with_c(c_reader)
+        second = read_kernel_clock()
+        seen = (first.state, first.status, first.maxerror_us, first.esterror_us)
+        if seen == (second.state, second.status, second.maxerror_us, second.esterror_us):
+            assert c_values == seen
+            return
+    pytest.fail("the kernel's clock state never held still for three reads")
+
+
+def test_reading_the_kernel_off_linux_is_a_typed_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(sys, "platform", "darwin")  # the OS, not our code
+    with pytest.raises(SystemClockError, match="Linux only") as err:
+        read_kernel_clock()
+    assert isinstance(err.value, OSError)
+
+
+# --- trust from the kernel, through the OS seam ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reading", "trusted"),
+    [(SYNCED, True), (UNSYNCED, False), (CHRONY_NO_RTCSYNC, True)],
+    ids=["synchronised", "unsynchronised", "chrony-without-rtcsync"],
+)
+def test_kernel_trust_follows_the_kernel(reading: KernelClock, trusted: bool):
+    clock = Bench(FLOOR + 1).clock("kernel", kernel=Kernel(reading))
+
+    verdict = clock.assess()
+
+    assert (verdict.synchronised, verdict.source, verdict.kernel) == (trusted, "kernel", reading)
+    assert clock.now().trusted is trusted
+    out = verdict.to_json()
+    assert (out["source"], out["synchronised"], out["maxerror_us"], out["esterror_us"]) == (
+        "kernel",
+        trusted,
+        reading.maxerror_us,
+        reading.esterror_us,
+    )
+    assert ("effect" in out, "fix" in out) == (not trusted, not trusted)
+
+
+def test_trust_follows_the_kernel_as_soon_as_the_daemon_synchronises():
+    kernel = Kernel(UNSYNCED)
+    bench = Bench(FLOOR + 1)
+    clock = bench.clock("kernel", kernel=kernel)
+    assert clock.now().trusted is False
+
+    kernel.reading = SYNCED  # chrony answered
+    bench.tick(1)
+    assert clock.now().trusted is True
+    kernel.reading = UNSYNCED  # chrony gave up: maxerror back at 16 s, STA_UNSYNC set
+    bench.tick(1)
+    assert clock.now().trusted is False
+
+
+def test_a_maximum_error_above_the_bound_is_not_trusted():
+    drifting = kernel_reading(9_000_000)  # 9 s: no correction for hours (0.5 ms a second)
+    bench = Bench(FLOOR + 1)
+
+    bounded = bench.clock("kernel", kernel=Kernel(drifting), max_error_ms=5000)
+    verdict = bounded.assess()
+    assert (verdict.synchronised, bounded.now().trusted) == (False, False)
+    assert "maxerror 9000 ms" in verdict.detail() and "max_error_ms = 5000" in verdict.detail()
+    assert "chronyc sources" in verdict.fix()
+
+    at_bound = bench.clock("kernel", kernel=Kernel(kernel_reading(5_000_000)), max_error_ms=5000)
+    assert at_bound.assess().synchronised is True
+    # The default bound is the kernel's own 16 s limit.
+    assert bench.clock("kernel", kernel=Kernel(drifting)).assess().synchronised is True
+
+
+@pytest.mark.parametrize(
+    ("error", "fix"),
+    [
+        (SystemClockError(errno.EPERM, "adjtimex: Operation not permitted"), "ProtectClock="),
+        (SystemClockError("the kernel's clock state is read on Linux only"), 'trust = "assume"'),
+    ],
+    ids=["seccomp", "not-linux"],
+)
+def test_an_unreadable_kernel_leaves_the_clock_untrusted_and_says_why(
+    error: SystemClockError, fix: str
+):
+    clock = Bench(FLOOR + 1).clock("kernel", kernel=Kernel(error))
+
+    assert clock.now().trusted is False  # no exception out of now()
+    verdict = clock.assess()
+    assert (verdict.synchronised, verdict.kernel, verdict.kernel_error) == (False, None, str(error))
+    assert fix in verdict.fix() and str(error) in verdict.detail()
+    out = verdict.to_json()
+    assert out["kernel_error"] == str(error) and "maxerror_us" not in out
+
+
+def test_timesyncd_trust_is_the_kernel_or_else_timesyncds_flag(tmp_path: Path):
+    flag = tmp_path / "synchronized"
+    kernel = Kernel(SYNCED)
+    clock = Bench(FLOOR + 1).clock("timesyncd", kernel=kernel, synced_flag=flag)
+
+    def verdict() -> tuple[bool, str]:
+        v = clock.assess()
+        return v.synchronised, v.source
+
+    assert verdict() == (True, "kernel")  # chrony keeps the time: no flag, still trusted
+    kernel.reading = UNSYNCED
+    assert verdict() == (False, "timesyncd")
+    flag.touch()  # timesyncd synchronised once since boot, then lost its server for hours
+    assert verdict() == (True, "timesyncd")
+    kernel.reading = SystemClockError(errno.EPERM, "adjtimex: Operation not permitted")
+    assert verdict() == (True, "timesyncd")
+
+
+def test_assume_and_never_do_not_ask_the_kernel():
+    kernel = Kernel(SystemClockError("the kernel's clock state is read on Linux only"))
+    bench = Bench(FLOOR + 1)
+    assert bench.clock("assume", kernel=kernel).now().trusted is True
+    never = bench.clock("never", kernel=kernel)
+    assert never.now().trusted is False
+    assert 'trust = "kernel"' in never.assess().fix()
+    assert kernel.calls == 0
+
+
+def test_the_shipped_gate_unit_lets_the_gate_read_the_clock_state():
+    unit = (REPO / "systemd" / "menwei-gate.service").read_text(encoding="utf-8")
+    settings = [line for line in unit.splitlines() if line and not line.startswith("#")]
+    assert not [s for s in settings if s.startswith("ProtectClock=")]
+    assert not [s for s in settings if s.startswith("SystemCallFilter=") and "@clock" in s]
+
+
+# --- menwei gate clock ------------------------------------------------------------------------
+
+
+def clock_json(config: Path) -> dict[str, object]:
+    out = run_menwei("gate", "clock", "--config", str(config), "--json").stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_gate_clock_reports_source_synchronised_and_the_kernels_error_bounds(gate_dir: Path):
+    toml = gate_dir / "gate.toml"
+    assumed = clock_json(toml)  # the simulated gate assumes
+    assert (assumed["source"], assumed["synchronised"], assumed["trusted"]) == (
+        "assume",
+        True,
+        True,
+    )
+    assert {"wall", "floor", "behind_floor_s"} <= assumed.keys()
+    assert "maxerror_us" not in assumed
+
+    toml.write_text(toml.read_text().replace('trust = "assume"', 'trust = "kernel"'))
+    assert load_config(toml).clock.trust == "kernel"
+    before = read_kernel_clock()
+    out = clock_json(toml)
+    after = read_kernel_clock()
+
+    assert (out["source"], out["trust"], out["max_error_ms"]) == ("kernel", "kernel", 16000)
+    maxerror, esterror = out["maxerror_us"], out["esterror_us"]
+    assert isinstance(maxerror, int) and 0 <= maxerror <= NTP_PHASE_LIMIT_US
+    assert isinstance(esterror, int) and esterror >= 0
+    assert out["synchronised"] in (before.disciplined, after.disciplined)
+    assert out["trusted"] == (out["synchronised"] and out["behind_floor_s"] == 0)
+    if not out["synchronised"]:
+        assert out["effect"] == UNTRUSTED_EFFECT and out["fix"]
+
+    human = run_menwei("gate", "clock", "--config", str(toml)).stdout
+    assert "source: kernel" in human and "maxerror_us: " in human and "synchronised: " in human
+
+
+def test_gate_clock_says_what_an_untrusted_clock_does(gate_dir: Path):
+    toml = gate_dir / "gate.toml"
+    toml.write_text(toml.read_text().replace('trust = "assume"', 'trust = "never"'))
+
+    out = clock_json(toml)
+    assert (out["source"], out["synchronised"], out["trusted"]) == ("never", False, False)
+    effect = str(out["effect"])
+    assert "guard_confirm" in effect and "请门卫人工核验" in effect
+    assert 'trust = "kernel"' in str(out["fix"])

@@ -28,8 +28,9 @@ def test_minimal_file_gets_documented_defaults(tmp_path):
     assert (config.mqtt.batch_size, config.mqtt.window, config.clock.trust) == (
         50,
         500,
-        "timesyncd",
+        "kernel",
     )
+    assert config.clock.max_error_ms == 16000  # the kernel's own limit
     assert config.path == tmp_path / "gate.toml"
     assert config.db_path == tmp_path.resolve() / "gate.db"
 
@@ -62,6 +63,16 @@ def test_the_file_gate_init_writes_is_valid(tmp_path, simulated, direction):
     config = load_config(write(tmp_path, text))
     assert (config.gate.id, config.gate.direction) == ("east", direction)
     assert config.gpio.backend == ("simulated" if simulated else "rpi")
+    # A hardware gate trusts the kernel (chrony, ntpd or timesyncd); a simulation assumes.
+    assert config.clock.trust == ("assume" if simulated else "kernel")
+
+
+@pytest.mark.parametrize("trust", ["kernel", "timesyncd", "assume", "never"])
+def test_every_clock_trust_loads_and_an_old_timesyncd_config_still_does(tmp_path, trust):
+    config = load_config(
+        write(tmp_path, MINIMAL + f'[clock]\ntrust = "{trust}"\nmax_error_ms = 500\n')
+    )
+    assert (config.clock.trust, config.clock.max_error_ms) == (trust, 500)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +103,10 @@ def test_unknown_table_or_key_names_file_and_key(tmp_path, text, names):
         ("[gpio]\nrelay_active_low = 1\n", ["gpio relay_active_low", "true or false"]),
         ('[gpio]\nexit_button_pin = "24"\n', ["gpio exit_button_pin"]),
         ("[camera]\nscan_holdoff_s = false\n", ["camera scan_holdoff_s", "number"]),
-        ('[clock]\ntrust = "ntp"\n', ["clock trust", "'timesyncd', 'assume', 'never'"]),
+        ('[clock]\ntrust = "ntp"\n', ["clock trust", "'kernel', 'timesyncd', 'assume', 'never'"]),
+        ("[clock]\nmax_error_ms = 0\n", ["clock", "max_error_ms must be 1..16000"]),
+        ("[clock]\nmax_error_ms = 20000\n", ["clock", "max_error_ms must be 1..16000"]),
+        ("[clock]\nmax_error_ms = 500.5\n", ["clock max_error_ms", "whole number"]),
         ('[thermometer]\nbackend = "dht22"\n', ["thermometer backend", "'mlx90614'"]),
         ("[mqtt]\nusername = 5\n", ["mqtt username"]),
     ],

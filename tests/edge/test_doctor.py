@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 from drivers.sim_i2c import SimulatedMLX90614Bus
+from drivers.systemclock import STA_UNSYNC, TIME_ERROR, KernelClock
 from edge.calibration import calibration_path, load_offset
+from edge.clock import GateClock
 from edge.config import load_config
-from edge.doctor import check_gpio, check_thermometer
+from edge.doctor import check_clock, check_gpio, check_thermometer
 from tests.conftest import run_menwei
 
 
@@ -130,3 +132,31 @@ def test_calibrate_refuses_an_implausible_reference(gate_dir: Path) -> None:
     )
     assert proc.returncode == 2 and "35.0..42.0" in proc.stderr
     assert not (gate_dir / "calibration.json").exists()
+
+
+def test_doctor_says_what_an_untrusted_clock_does_and_what_to_do(gate_dir: Path) -> None:
+    config = load_config(gate_dir / "gate.toml")
+    booted = KernelClock(False, TIME_ERROR, STA_UNSYNC, 16_000_000, 16_000_000, 0.0)
+    synced = KernelClock(True, 0, 0x1, 30_000, 2_000, 0.0)
+
+    check = check_clock(config, GateClock("kernel", kernel=lambda: booted))
+    assert not check.ok and "TIME_ERROR" in check.detail and "maxerror 16000 ms" in check.detail
+    assert "guard_confirm" in check.effect and "请门卫人工核验" in check.effect
+    for step in ("timedatectl set-ntp true", "chronyc tracking", "UDP port 123"):
+        assert step in check.fix
+    assert "effect: " in check.line() and "fix: " in check.line()
+
+    ok = check_clock(config, GateClock("kernel", kernel=lambda: synced))
+    assert ok.ok and "maxerror 30 ms" in ok.detail and ok.line().count("\n") == 0
+
+
+def test_doctor_json_carries_the_clocks_effect(gate_dir: Path) -> None:
+    toml = gate_dir / "gate.toml"
+    toml.write_text(toml.read_text().replace('trust = "assume"', 'trust = "never"'))
+    proc = run_menwei("gate", "doctor", "--config", str(toml), "--json", check=False)
+    clock = {c["device"]: c for c in json.loads(proc.stdout)["checks"]}["clock"]
+    assert not clock["ok"] and clock["detail"] == "never (trust = never)"
+    assert "guard_confirm" in clock["effect"] and 'trust = "kernel"' in clock["fix"]
+    assert proc.returncode == 1
+    human = run_menwei("gate", "doctor", "--config", str(toml), check=False).stdout
+    assert "FAIL clock" in human and "     effect: 时钟不可信" in human

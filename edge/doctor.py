@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 from drivers.camera import open_source
 from drivers.errors import DriverError, PecError
@@ -201,11 +202,24 @@ def check_provisioning(config: GateConfig) -> Check:
             "no config or register document",
             "run `menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG` again",
         )
-    return Check(
-        "provisioning",
-        True,
-        f"site {know.site}, keys {sorted(know.trust_keys)}, versions {know.versions()}",
-    )
+    held = f"site {know.site}, keys {sorted(know.trust_keys)}, versions {know.versions()}"
+    age = know.data_age_hours(datetime.now(UTC))
+    limit = know.policy.max_data_age_h
+    as_of = know.fresh_as_of()
+    proof = "" if as_of is None else f", proven current {age:g} h ago ({as_of:%Y-%m-%d %H:%M} UTC)"
+    if age is not None and age > limit:
+        return Check(
+            "provisioning",
+            False,
+            f"{held}{proof}: older than max_data_age_h = {limit:g} h",
+            "the collector re-affirms the documents every freshness_interval_s: check that"
+            " `menwei server run` is running, that this gate reaches the broker and may read"
+            f" menwei/{know.site}/freshness (ACL); a gate without a network: `menwei gate init`"
+            " again from a fresh copy of the server's bundle/",
+            "every passage needs the guard (请门卫人工核验, rule data_age) until a freshness"
+            " statement arrives",
+        )
+    return Check("provisioning", True, held + proof)
 
 
 def check_broker(config: GateConfig, url: str | None = None) -> Check:

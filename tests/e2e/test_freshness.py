@@ -13,7 +13,6 @@ import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,6 +24,7 @@ from server.site import IssuedPass, Site
 from tests.conftest import SITE
 from tests.e2e.helpers import GateThread, Stage, provision_gate, wait_until
 from tests.e2e.simtime import SimTime
+from tests.e2e.sitelife import heard_since, scan
 
 HOUSEHOLD = "7-1-701"
 
@@ -35,24 +35,6 @@ def start_collector(site: Site, broker: MosquittoBroker) -> Collector:
     c.start()
     wait_until(c.connected.is_set, 15, "collector did not connect")
     return c
-
-
-def scan(gate: GateThread, stage: Stage, sim: SimTime, qr: str, **meta: Any) -> dict[str, Any]:
-    """A minute later, show a card to the gate's camera; the gate's final decision on it."""
-    sim.advance(60)
-    before = gate.daemon.store.last_seq()
-    stage.drop(qr, meta)
-
-    def final() -> dict[str, Any] | None:
-        for logged in reversed(list(gate.daemon.store.log())):
-            e = logged.event
-            if e.seq <= before:
-                return None
-            if e.kind == "decision" and e.reason != "fever_recheck":
-                return e.to_json()
-        return None
-
-    return wait_until(final, 20, "the gate did not decide")
 
 
 @pytest.fixture
@@ -74,12 +56,6 @@ def world(
     finally:
         gate.stop()
         site.close()
-
-
-def heard_since(gate: GateThread, moment: datetime) -> bool:
-    """Does the gate hold a freshness statement issued after `moment`?"""
-    t = statement_at(gate)
-    return t is not None and t > moment
 
 
 def statement_at(gate: GateThread) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from drivers.sim_i2c import SimulatedMLX90614Bus
@@ -10,7 +11,9 @@ from drivers.systemclock import STA_UNSYNC, TIME_ERROR, KernelClock
 from edge.calibration import calibration_path, load_offset
 from edge.clock import GateClock
 from edge.config import load_config
-from edge.doctor import check_clock, check_gpio, check_thermometer
+from edge.doctor import check_clock, check_gpio, check_provisioning, check_thermometer
+from edge.provision import provision
+from server.site import Site
 from tests.conftest import run_menwei
 
 
@@ -160,3 +163,25 @@ def test_doctor_json_carries_the_clocks_effect(gate_dir: Path) -> None:
     assert proc.returncode == 1
     human = run_menwei("gate", "doctor", "--config", str(toml), check=False).stdout
     assert "FAIL clock" in human and "     effect: 时钟不可信" in human
+
+
+def test_doctor_fails_documents_without_recent_proof_and_says_why(tmp_path: Path) -> None:
+    """A gate provisioned from a bundle last re-affirmed 30 hours ago (a USB stick copied the
+    day before): every passage would need the guard; a fresh statement ends that."""
+    Site.init(tmp_path / "srv", "old-site").close()
+    then = datetime.now(UTC) - timedelta(hours=30)
+    with Site(tmp_path / "srv", clock=lambda: then) as site:
+        site.publish_config()
+        site.publish_register()
+    provision(tmp_path / "gate", tmp_path / "srv", "east", simulated=True)
+    config = load_config(tmp_path / "gate" / "gate.toml")
+    stale = check_provisioning(config)
+    assert not stale.ok
+    assert "older than max_data_age_h = 24 h" in stale.detail and "30 h ago" in stale.detail
+    assert "rule data_age" in stale.effect and "menwei server run" in stale.fix
+
+    with Site(tmp_path / "srv") as site:
+        site.publish_freshness()
+    provision(tmp_path / "gate", tmp_path / "srv", "east", simulated=True)
+    fresh = check_provisioning(config)
+    assert fresh.ok and "proven current 0 h ago" in fresh.detail

@@ -291,8 +291,12 @@ class GateThread:
 
         self.out = io.StringIO()
         config = load_config(gate_dir / "gate.toml")
-        clocks = {} if sim is None else {"wall": sim.wall, "monotonic": sim.monotonic}
-        self.daemon = GateDaemon(config, broker=broker_url, out=self.out, **clocks)
+        if sim is None:
+            self.daemon = GateDaemon(config, broker=broker_url, out=self.out)
+        else:
+            self.daemon = GateDaemon(
+                config, broker=broker_url, out=self.out, wall=sim.wall, monotonic=sim.monotonic
+            )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="gate-daemon", daemon=True)
 

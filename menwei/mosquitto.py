@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 
 class BrokerError(RuntimeError):
@@ -26,17 +27,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_mosquitto() -> str:
+def find_mosquitto(program: str = "mosquitto") -> str:
+    """The path of Debian's `mosquitto` (or another program of the package, such as
+    `mosquitto_passwd`). Raises BrokerError saying how to install it."""
     for candidate in (
-        shutil.which("mosquitto"),
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
+        shutil.which(program),
+        f"/usr/sbin/{program}",
+        f"/usr/bin/{program}",
+        f"/usr/local/sbin/{program}",
     ):
         if candidate and Path(candidate).exists():
             return candidate
     raise BrokerError(
-        "mosquitto not found: install it (make install, or apt-get install mosquitto)"
+        f"{program} not found: install it (make install, or apt-get install mosquitto)"
     )
+
+
+def start_mosquitto(
+    conf: Path, port: int, log: IO[bytes], timeout_s: float = 10.0
+) -> subprocess.Popen[bytes]:
+    """Run `mosquitto -c conf` (its output to `log`) and return once it accepts TCP
+    connections on 127.0.0.1:`port`. Raises BrokerError if it exits or does not listen
+    within `timeout_s` seconds (the process is stopped then)."""
+    proc = subprocess.Popen(
+        [find_mosquitto(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+    )
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise BrokerError(f"mosquitto exited with {proc.returncode}; see {conf}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.2),
+        ):
+            return proc
+        time.sleep(0.05)
+    stop_mosquitto(proc)
+    raise BrokerError(f"mosquitto did not listen on port {port} in {timeout_s}s")
+
+
+def stop_mosquitto(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (Mosquitto saves its persistence file), SIGKILL after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class MosquittoBroker:
@@ -64,30 +102,12 @@ class MosquittoBroker:
             "log_type error\nlog_type warning\n"
         )
         self.log = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives with proc
-        self.proc = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited with {self.proc.returncode}; see {conf}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise BrokerError(f"mosquitto did not listen on port {self.port} in {timeout_s}s")
+        self.proc = start_mosquitto(conf, self.port, self.log, timeout_s)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_mosquitto(self.proc)
         self.proc = None
         if getattr(self, "log", None) is not None:
             self.log.close()

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import cv2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.sim_scene import render_card_frame, render_empty_frame
 from edge.config import load_config
@@ -64,13 +66,21 @@ def wait_until(
 # --- MQTT -----------------------------------------------------------------------------------
 
 
-def mqtt_client(url: str, client_id: str | None = None) -> mqtt.Client:
+def mqtt_client(
+    url: str,
+    client_id: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> mqtt.Client:
     b = parse_broker(url)
     c = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id or f"test-{uuidlib.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
+    if username is not None:
+        c.username_pw_set(username, password)
     c.connect(b.host, b.port, keepalive=30)
     c.loop_start()
     return c
@@ -89,29 +99,106 @@ class Message:
     retain: bool
 
 
-class MqttWatcher:
-    """Subscribes (QoS 1) to topic filters and records every message it receives."""
+class MqttRefused(AssertionError):
+    """The broker refused a connection; `reason` is the CONNACK reason code."""
 
-    def __init__(self, url: str, *filters: str) -> None:
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(f"{message} (reason code {reason:#x})")
+        self.reason = reason
+
+
+class MqttWatcher:
+    """Subscribes (QoS 1) to topic filters and records every message it receives.
+
+    With `username`/`password` it is an authenticated client of a broker with an ACL (see
+    tests/e2e/shipped_broker.py): `publish` then reports the broker's verdict,
+    `will` sets a Last Will (retained, QoS 1), `kill` drops the connection as a crash would.
+    Raises MqttRefused when the broker refuses the connection, Timeout when it does not
+    answer or the subscriptions do not complete."""
+
+    def __init__(
+        self,
+        url: str,
+        *filters: str,
+        username: str | None = None,
+        password: str | None = None,
+        will: tuple[str, bytes] | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self.messages: list[Message] = []
         self._filters = filters
         self._subscribed = threading.Event()
+        self._acks: dict[int, int] = {}  # mid -> PUBACK reason code
+        self.connect_reason: int | None = None
+        self._killed = False
+        self.disconnected = threading.Event()
         b = parse_broker(url)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"test-watch-{uuidlib.uuid4().hex[:8]}",
+            client_id=client_id or f"test-watch-{uuidlib.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self.client.on_disconnect = lambda *a: self.disconnected.set()
         self.client.connect(b.host, b.port, keepalive=30)
         self.client.loop_start()
-        wait_until(self._subscribed.is_set, 10, f"watcher did not subscribe to {filters}")
+        who = f"watcher {username or '(anonymous)'}"
+        wait_until(lambda: self.connect_reason is not None, 10, f"{who}: no CONNACK")
+        if self.connect_reason != 0:
+            self.client.loop_stop()
+            raise MqttRefused(self.connect_reason or 0, f"{who}: connection refused")
+        if not filters:
+            self._subscribed.set()
+        wait_until(self._subscribed.is_set, 10, f"{who} did not subscribe to {filters}")
 
-    def _on_connect(self, client: mqtt.Client, *_: object) -> None:
-        client.subscribe([(f, 1) for f in self._filters])
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+    ) -> None:
+        self.connect_reason = rc.value
+        if not rc.is_failure and self._filters:
+            client.subscribe([(f, 1) for f in self._filters])
+
+    def _on_publish(
+        self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object
+    ) -> None:
+        with self._lock:
+            self._acks[mid] = rc.value
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool = False, timeout: float = 10
+    ) -> int | None:
+        """Publish at QoS 1 and wait for the broker's verdict: the PUBACK reason code (0
+        accepted, 0x87 not authorized, ...), or None when the broker closed the connection
+        without one. Mosquitto 2.0 closes the connection after a refusal: use a new watcher
+        for the next attempt."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+
+        def verdict() -> bool:
+            with self._lock:
+                return info.mid in self._acks or self.disconnected.is_set()
+
+        wait_until(verdict, timeout, f"no PUBACK and no disconnection after publishing {topic}")
+        with self._lock:
+            return self._acks.get(info.mid)
+
+    def kill(self) -> None:
+        """Stop the network loop and shut the socket without DISCONNECT, as a crash or a
+        pulled cable would: the broker publishes this client's Last Will."""
+        self._killed = True
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -139,7 +226,8 @@ class MqttWatcher:
         return wait_until(find, timeout, state)  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self.client.disconnect()
+        if not self._killed:
+            self.client.disconnect()
         self.client.loop_stop()
 
     def __enter__(self) -> MqttWatcher:
@@ -226,14 +314,18 @@ def provision_gate(
     gate: str,
     direction: Literal["in", "out", "both"],
     broker_url: str,
-    **mqtt_settings: float,
+    **mqtt_settings: float | str,
 ) -> Path:
-    """A simulated gate; extra [mqtt] keys (keepalive_s, resend_after_s, ...) go in gate.toml."""
+    """A simulated gate; extra [mqtt] keys (keepalive_s, resend_after_s, username, ...) go in
+    gate.toml (strings as TOML strings)."""
     d = root / gate
     provision(d, server_dir, gate, direction, simulated=True, broker=broker_url)
     if mqtt_settings:
         toml = d / "gate.toml"
-        extra = "".join(f"{k} = {v}\n" for k, v in mqtt_settings.items())
+        extra = "".join(
+            f"{k} = {json.dumps(v) if isinstance(v, str) else v}\n"
+            for k, v in mqtt_settings.items()
+        )
         text = toml.read_text(encoding="utf-8")
         head = f'[mqtt]\nbroker = "{broker_url}"\n'
         assert head in text, "gate.toml layout changed: cannot add [mqtt] settings"
@@ -272,6 +364,12 @@ def gate_progress(gate_dir: Path) -> GateProgress:
 def gate_seqs(gate_dir: Path) -> list[int]:
     with contextlib.closing(_ro(gate_dir / "gate.db")) as conn:
         return [int(r[0]) for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+
+
+def gate_document_versions(gate_dir: Path) -> dict[str, int]:
+    """kind -> version of the signed documents (config, register, ...) the gate holds."""
+    with contextlib.closing(_ro(gate_dir / "gate.db")) as conn:
+        return {str(k): int(v) for k, v in conn.execute("SELECT kind, version FROM documents")}
 
 
 def server_count(server_db: Path, gate: str | None = None) -> int:

@@ -1,0 +1,190 @@
+"""A real Mosquitto set up the way docs/configuration.md tells an installer to set it up.
+
+    with ShippedBroker(tmp_path / "broker", {"collector": "pw1", "east": "pw2"}) as broker:
+        ...  # broker.url, broker.host, broker.port; broker.restart(); broker.log()
+
+What runs, for site "sunny" (the site slug of the shipped ACL):
+- Debian's `/etc/mosquitto/mosquitto.conf` of this machine (the file the `mosquitto`
+  package installs: pid file, persistence location, log file, `include_dir conf.d`);
+- `systemd/mosquitto-menwei.conf` in its `conf.d/`, and `systemd/menwei-acl.example`
+  as `menwei.acl`, both put there by the documented commands (`INSTALL_COMMANDS`);
+- a password file made by the documented `mosquitto_passwd` commands, one per user, the
+  password typed twice on its standard input as a person would.
+
+Every file is read as it is in the checkout when the broker first starts, so an edit to a
+shipped file is what the tests run. Only these change: every absolute path under /etc, /var or
+/run moves under `workdir` (which mirrors that tree), the `listener` line gets a free port
+on 127.0.0.1 instead of 1883 on every interface, and, when the tests run as root, the
+main config says `user root` (Mosquitto would otherwise drop to the `mosquitto` user, which
+cannot read a private temporary directory). Not run: the documented `chown` (needs root
+and the `mosquitto` user) and `systemctl restart mosquitto` (this helper starts it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import IO
+
+from menwei.mosquitto import BrokerError, free_port, start_mosquitto, stop_mosquitto
+
+REPO = Path(__file__).resolve().parents[2]
+SITE = "sunny"
+"""The site slug written in the shipped ACL."""
+DEBIAN_CONF = Path("/etc/mosquitto/mosquitto.conf")
+"""The main config of Debian's `mosquitto` package; it includes /etc/mosquitto/conf.d/."""
+
+# The installer's commands, exactly as docs/configuration.md gives them (tests check that the
+# page contains each line). SITE and GATE are the placeholders the page tells people to fill.
+INSTALL_COMMANDS = (
+    "sudo cp systemd/mosquitto-menwei.conf /etc/mosquitto/conf.d/menwei.conf",
+    "sed 's/sunny/SITE/g' systemd/menwei-acl.example"
+    " | sudo tee /etc/mosquitto/menwei.acl >/dev/null",
+)
+FIRST_USER_COMMAND = "sudo mosquitto_passwd -c /etc/mosquitto/menwei.passwd collector"
+NEXT_USER_COMMAND = "sudo mosquitto_passwd /etc/mosquitto/menwei.passwd GATE"
+PERMISSIONS_COMMAND = "sudo chmod 0600 /etc/mosquitto/menwei.passwd"
+
+_SYSTEM_PATH = re.compile(r"(?<![\w/])(/(?:etc|var|run)/)")
+
+
+class ShippedBroker:
+    """Debian's Mosquitto with the shipped Menwei configuration, ACL and a password file.
+
+    `users` maps MQTT usernames to passwords: "collector" (required: the documented `-c`
+    command creates the file with it) and one per gate, named as the gate (its slug). `workdir`
+    holds the moved /etc/mosquitto, /var/lib/mosquitto, /var/log/mosquitto and
+    /run/mosquitto. Raises BrokerError when Mosquitto or a documented step fails (it is
+    never skipped: `make test` installs Debian's `mosquitto`)."""
+
+    def __init__(self, workdir: Path, users: dict[str, str], port: int | None = None) -> None:
+        if "collector" not in users:
+            raise BrokerError("users must include 'collector' (the documented -c command)")
+        if re.search(r"\s", str(workdir)):
+            raise BrokerError(f"{workdir}: the documented commands need a path without spaces")
+        self.workdir = workdir
+        # The documented order: the collector's command creates the file, gates follow.
+        self.users = {"collector": users["collector"]} | users
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        self._installed = False
+
+    @property
+    def url(self) -> str:
+        """`mqtt://127.0.0.1:PORT`, as gate.toml and server.toml write a broker."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def etc(self) -> Path:
+        """The moved /etc/mosquitto."""
+        return self.workdir / "etc" / "mosquitto"
+
+    def start(self, timeout_s: float = 15.0) -> ShippedBroker:
+        """Install (first start only: a restart keeps the files and the persistence) and run
+        until the listener accepts connections."""
+        if self.proc is not None:
+            raise BrokerError("the broker is already running")
+        if not self._installed:
+            self._install()
+            self._installed = True
+        self._out = open(self.workdir / "mosquitto.out", "ab")  # noqa: SIM115 - closed in stop()
+        try:
+            self.proc = start_mosquitto(
+                self.etc / "mosquitto.conf", self.port, self._out, timeout_s
+            )
+        except BrokerError as exc:
+            self._out.close()
+            raise BrokerError(f"{exc}\n{self.log()}") from None
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto saves its persistence file (retained messages, sessions) and
+        exits. Idempotent."""
+        if self.proc is not None:
+            stop_mosquitto(self.proc)
+            self.proc = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def restart(self) -> None:
+        """Stop, then start on the same port with the same files and persistence."""
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        """The end of the broker's log file and of its standard output (for failures)."""
+        parts = []
+        for path in (
+            self.workdir / "var" / "log" / "mosquitto" / "mosquitto.log",
+            self.workdir / "mosquitto.out",
+        ):
+            if path.exists():
+                parts.append(f"--- {path.name}\n{path.read_text('utf-8', 'replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def __enter__(self) -> ShippedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- installation, as documented ------------------------------------------------------
+
+    def _install(self) -> None:
+        for sub in (
+            "etc/mosquitto/conf.d",
+            "var/lib/mosquitto",
+            "var/log/mosquitto",
+            "run/mosquitto",
+        ):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        if not DEBIAN_CONF.exists():
+            raise BrokerError(f"{DEBIAN_CONF} missing: install Debian's mosquitto package")
+        main = self._moved(DEBIAN_CONF.read_text(encoding="utf-8"))
+        if os.geteuid() == 0:
+            main += "\n# Tests run as root: stay root (tests/e2e/shipped_broker.py).\nuser root\n"
+        (self.etc / "mosquitto.conf").write_text(main, encoding="utf-8")
+        for command in INSTALL_COMMANDS:
+            self._run(command)
+        conf = self.etc / "conf.d" / "menwei.conf"
+        conf.write_text(self._moved(self._listening_here(conf.read_text("utf-8"))), "utf-8")
+        for i, (user, password) in enumerate(self.users.items()):
+            command = FIRST_USER_COMMAND if i == 0 else NEXT_USER_COMMAND.replace("GATE", user)
+            self._run(command, typed=f"{password}\n{password}\n")
+        self._run(PERMISSIONS_COMMAND)
+
+    def _moved(self, text: str) -> str:
+        """Every absolute /etc, /var or /run path moved under the workdir."""
+        return _SYSTEM_PATH.sub(lambda m: f"{self.workdir}{m.group(1)}", text)
+
+    def _listening_here(self, conf: str) -> str:
+        """The shipped conf with its one `listener` on this broker's port, loopback only."""
+        lines = conf.splitlines(keepends=True)
+        listeners = [i for i, line in enumerate(lines) if line.split()[:1] == ["listener"]]
+        if len(listeners) != 1:
+            raise BrokerError(
+                f"systemd/mosquitto-menwei.conf has {len(listeners)} listener lines; "
+                "tests/e2e/shipped_broker.py moves exactly one"
+            )
+        lines[listeners[0]] = f"listener {self.port} {self.host}\n"
+        return "".join(lines)
+
+    def _run(self, command: str, typed: str = "") -> None:
+        """A documented command with `sudo` left out, SITE as the shipped slug and system
+        paths moved, run by the shell from the checkout (as the docs' `cd` says)."""
+        line = self._moved(command.replace("sudo ", "").replace("SITE", SITE))
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", line],
+            cwd=REPO,
+            input=typed,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            raise BrokerError(f"documented step failed ({done.returncode}): {line}\n{done.stderr}")

@@ -244,7 +244,16 @@ def advance(
     window = timedelta(hours=1)  # forget stale first readings so the state stays small
     pending = {k: v for k, v in pending.items() if now.utc - v <= window}
     state = replace(state, fever_pending=MappingProxyType(pending))
-    if decision.outcome != "allow":
+    return count_passage(state, decision, now, policy=policy, uuid=uuid)
+
+
+def count_passage(
+    state: GateState, decision: Decision, now: Now, *, policy: Policy, uuid: str = ""
+) -> GateState:
+    """Count `decision` if it let a pass through (pure; any other decision changes nothing):
+    at the gate that decided (`advance`), and where a relayed passage is replayed."""
+    p = decision.pass_
+    if p is None or decision.outcome != "allow":
         return state
     return record_passage(
         state,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +55,12 @@ def parse_line(line: str) -> ReplayItem:
     item = json.loads(line)
     if not isinstance(item, dict):
         raise ValueError("each line must be a JSON object")
+    return parse_item(item)
+
+
+def parse_item(item: Mapping[str, Any]) -> ReplayItem:
+    """A scripted scan or an exported event (a JSON object). Raises Skip for events that
+    are not pass decisions, ValueError/KeyError/TypeError for unusable ones."""
     if "kind" in item and item["kind"] != "decision":
         raise Skip()
     at = datetime.fromisoformat(str(item["at"]))

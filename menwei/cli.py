@@ -1,4 +1,4 @@
-"""The one command line: `menwei demo|gate|server|pass|bench ...`."""
+"""The one command line: `menwei demo|gate|server|pass|policy|bench ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge import cli as gate_cli
+from menwei import policy_cli
+from menwei.policy_trial import run_trial
 from protocol.errors import ProtocolError
 from protocol.output import render
 from server import cli as server_cli
@@ -34,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     gate_cli.register(sub)
-    server_cli.register(sub)
+    # The dashboard's policy try-out runs the gates' decision core: `server` cannot import it.
+    server_cli.register(sub, trial=run_trial)
+    policy_cli.register(sub)
 
     bench = sub.add_parser("bench", help="measurements that print numbers")
     b = bench.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
         encoding="utf-8",
     )
     with Site(server_dir) as site:
-        site.publish_config()
+        site.publish_policy("demo")
         pop = build_population(site, args.residents, rng)
         AccountStore(site.store).add(DEMO_OPERATOR, "admin", DEMO_PASSWORD, actor="demo")
     _say(f"[demo] site {SITE}: {len(pop.residents)} people with passes issued", quiet)

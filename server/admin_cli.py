@@ -213,7 +213,7 @@ def cmd_report_daily(args: argparse.Namespace) -> int:
             day = (
                 date.fromisoformat(args.date)
                 if args.date
-                else site.config.policy.day_of(datetime.now(UTC))
+                else site.published_policy().policy.day_of(datetime.now(UTC))
             )
         except ValueError:
             raise SiteError(f"--date {args.date!r} is not YYYY-MM-DD") from None

@@ -18,6 +18,7 @@ from protocol.broker import parse_broker
 from protocol.output import render
 from server import admin_cli
 from server.collector import Collector
+from server.policy_rollout import PolicyTrial
 from server.site import Site
 from server.validity import window_json
 from server.web import cli as web_cli
@@ -25,7 +26,12 @@ from server.web import cli as web_cli
 log = logging.getLogger("menwei.server")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], trial: PolicyTrial | None = None
+) -> None:
+    """Add `server`, `pass`, `household` and the feature modules' commands. `trial` (the
+    policy try-out over the gates' decision core, which `server` cannot import) is handed to
+    the dashboard of `server run`."""
     server = sub.add_parser("server", help="the central collector and its directory")
     s = server.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -44,7 +50,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help="also serve the operator dashboard here (e.g. 127.0.0.1:8080)",
     )
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, trial=trial)
 
     p = s.add_parser("export", help="every stored event, one JSON object per line")
     p.add_argument("dir", type=Path)
@@ -210,7 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 host, port = args.http
                 # Its own Site and connections: pages never wait on the collector's lock.
                 dashboard = web.enter_context(
-                    web_cli.DashboardServer(args.dir, collector.feed, host, port, collector)
+                    web_cli.DashboardServer(
+                        args.dir, collector.feed, host, port, collector, trial=args.trial
+                    )
                 )
                 dashboard.start()
                 print(f"dashboard on http://{host}:{port}/", flush=True)

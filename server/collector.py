@@ -249,7 +249,9 @@ class Collector:
             alert = self.alerts.from_event(event)
             if alert is not None:
                 self._raised(alert)
-        for c in find_conflicts(self.store, self.site.config.policy, result.new_events):
+        # The rules the gates were given (the published config), not server.toml's candidate.
+        policy = self.site.published_policy().policy
+        for c in find_conflicts(self.store, policy, result.new_events):
             self.stats["conflicts"] += 1
             log.warning("conflict %s at %s/%d: %s", c.kind, c.gate, c.seq, c.detail)
             conflict = self.alerts.raise_alert(

@@ -90,7 +90,8 @@ def import_register(site: Site, path: Path) -> ImportResult:
     rows = [(n, {c: _cell(values, i) for c, i in columns.items()}) for n, values in records]
     households = {r["household_id"] for _, r in rows if r.get("household_id")}
     checker = RowChecker(
-        site.registry.member_roles(households), site.config.policy.passes_per_household_max
+        site.registry.member_roles(households),
+        site.published_policy().policy.passes_per_household_max,
     )
     accepted: list[RegisterRow] = []
     rejected: list[Rejection] = []

@@ -50,7 +50,7 @@ class _Figures:
 
 def day_span(site: Site, day: date) -> tuple[datetime, datetime]:
     """The counting day's [start, end) as aware datetimes in the policy's timezone."""
-    policy = site.config.policy
+    policy = site.published_policy().policy
     start = parse_clock(policy.day_starts_at, "day_starts_at")
     begin = datetime.combine(day, start, policy.tz)
     return begin, datetime.combine(day + timedelta(days=1), start, policy.tz)

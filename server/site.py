@@ -31,10 +31,21 @@ from protocol.errors import ProtocolError
 from protocol.freshness import KIND as FRESHNESS
 from protocol.freshness import statement_body
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
+from protocol.policy import Policy
 from protocol.register import PassEntry, Register, mask_name
 from server.alerts import AlertStore
 from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_server_toml
 from server.keys import create_key, load_key
+from server.policy_rollout import (
+    CandidateChanged,
+    NothingToPublish,
+    Publication,
+    PublishedPolicy,
+    audit_detail,
+    policy_diff,
+    policy_digest,
+    read_published,
+)
 from server.register import RegisterStore
 from server.store import STORE_NAME, ServerStore, utcnow
 from server.validity import read_time
@@ -106,7 +117,7 @@ class Site:
                 "INSERT INTO keys (key_id, public_key, created_at) VALUES (1, ?, ?)",
                 [public_bytes(key), utcnow()],
             )
-        self.publish_config()
+        self.publish_config(self.config.policy)
         self.publish_register()
         return self
 
@@ -210,7 +221,7 @@ class Site:
             if not 0 <= t.timestamp() < 2**32:  # the pass holds unsigned 32-bit Unix seconds
                 raise SiteError(f"{label} {t.isoformat()} is outside 1970-01-01..2106-02-07")
         held = self.active_passes(household, start)
-        cap = self.config.policy.passes_per_household_max
+        cap = self.published_policy().policy.passes_per_household_max
         if held >= cap:
             raise SiteError(
                 f"household {household} already holds {held} valid passes (cap {cap}, "
@@ -264,7 +275,7 @@ class Site:
                 counts["already_valid"] += 1
                 continue
             if self.active_passes(person.household, now) >= (
-                self.config.policy.passes_per_household_max
+                self.published_policy().policy.passes_per_household_max
             ):
                 counts["over_cap"] += 1
                 continue
@@ -353,14 +364,18 @@ class Site:
             kind, self.site, version, issued_at, body, key_id, load_key(self.dir, key_id)
         )
 
-    def publish_config(self) -> SignedDocument:
-        """Signed by the oldest active key, not the newest: every gate provisioned while that
+    def publish_config(self, policy: Policy | None = None) -> SignedDocument:
+        """The next config document: `policy` (default: the published one, so a key rotation
+        or retirement never rolls out unreviewed server.toml edits) and the active keys.
+
+        Signed by the oldest active key, not the newest: every gate provisioned while that
         key was active holds it in its trust anchor, so a gate that missed a rotation's config
         (offline, or restarted: it re-verifies its stored config against the anchor) still
         accepts this one and learns the newer keys from it."""
+        policy = self.published_policy().policy if policy is None else policy
         trust = self.trust_keys()
         body: dict[str, object] = {
-            "policy": self.config.policy.to_json(),
+            "policy": policy.to_json(),
             "trust_keys": [k.to_json() for k in trust],
         }
         doc = self._sign("config", body, trust[0].key_id)
@@ -395,6 +410,45 @@ class Site:
         doc = self._sign(FRESHNESS, statement_body(versions))
         self._write_bundle(FRESHNESS_FILE, doc.encode())
         return doc
+
+    # --- policy rollout ------------------------------------------------------------------
+
+    def published_policy(self) -> PublishedPolicy:
+        """What gates enforce: the policy in the current config document (bundle/config.json),
+        with its version and issue time. server.toml's [policy] is only a candidate until
+        `publish_policy`. Raises RolloutError when the document is missing or unusable."""
+        with self.store._lock:  # the dashboard's pages call this from several threads
+            rows = self.store.db.execute("SELECT key_id, public_key FROM keys").fetchall()
+        keys = {int(k): TrustKey(int(k), bytes(p)) for k, p in rows}
+        return read_published(self.bundle_path(CONFIG_FILE), self.site, keys)
+
+    def candidate_policy(self) -> Policy:
+        """server.toml's [policy] as the file says now (re-read: a long-running dashboard sees
+        edits). Strict: ServerConfigError names an unknown key or a bad value."""
+        return load_server_config(self.dir).policy
+
+    def publish_policy(self, by: str, *, expect_digest: str | None = None) -> Publication:
+        """Sign server.toml's [policy] as the next config version (same trust keys and signing
+        key as every config), write the bundle (the collector publishes it to running gates)
+        and audit who did it and every changed key. `expect_digest` (policy_digest of the
+        candidate the publisher reviewed) refuses a candidate edited since.
+        Raises ServerConfigError (bad [policy]), NothingToPublish, CandidateChanged."""
+        candidate = self.candidate_policy()
+        if expect_digest is not None and policy_digest(candidate) != expect_digest:
+            raise CandidateChanged(
+                "server.toml [policy] changed after it was reviewed: review the difference again"
+            )
+        published = self.published_policy()
+        changes = policy_diff(published.policy, candidate)
+        if not changes:
+            raise NothingToPublish(published.version)
+        doc = self.publish_config(candidate)
+        self.store.audit(
+            by, "policy_publish", f"config v{doc.version}", audit_detail(published.version, changes)
+        )
+        return Publication(
+            doc.version, published.version, datetime.fromisoformat(doc.issued_at), tuple(changes)
+        )
 
     def bundle_path(self, name: str) -> Path:
         return self.dir / BUNDLE_DIR / name

@@ -257,6 +257,21 @@ class ServerStore:
         for (body,) in rows:
             yield json.loads(body)
 
+    def decision_events(
+        self, since: datetime | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The latest `limit` pass decisions at or after `since` (every one when None), oldest
+        first, as exported; and whether older ones in that span were left out."""
+        start = None if since is None else since.isoformat()
+        with self._lock:  # gates' times carry their own offsets: compared as instants
+            rows = self.db.execute(
+                "SELECT body FROM events WHERE kind = 'decision'"
+                " AND (? IS NULL OR julianday(at) >= julianday(?))"
+                " ORDER BY julianday(at) DESC, gate DESC, seq DESC LIMIT ?",
+                [start, start, limit + 1],
+            ).fetchall()
+        return [json.loads(body) for (body,) in reversed(rows[:limit])], len(rows) > limit
+
     def event_keys(self) -> list[tuple[str, str, int, str]]:
         """(gate, epoch, seq, uuid) of every stored event."""
         with self._lock:

@@ -171,7 +171,7 @@ def check_input(
             "visitor.err.temperature",
             f"{temperature_c} °C is not a plausible body temperature ({low}–{high}): measure again",
         )
-    threshold = site.config.policy.fever_threshold_c
+    threshold = site.published_policy().policy.fever_threshold_c
     if temperature_c >= threshold:
         raise VisitorError(
             "visitor.err.fever",

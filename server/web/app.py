@@ -28,11 +28,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.live import LiveFeed
 from server.metrics import server_registry
+from server.policy_rollout import PolicyTrial
 from server.site import Site
 from server.web import i18n
 from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
 from server.web.dashboard import Dashboard
-from server.web.views import alerts, audit, charts, households, login, overview, reports, visitors
+from server.web.views import (
+    alerts,
+    audit,
+    charts,
+    households,
+    login,
+    overview,
+    policy,
+    reports,
+    visitors,
+)
 from server.web.views import feed as feed_view
 
 if TYPE_CHECKING:
@@ -52,13 +63,20 @@ SECURITY_HEADERS = {
 
 
 def create_app(
-    site: Site | Path, feed: LiveFeed | None = None, collector: Collector | None = None
+    site: Site | Path,
+    feed: LiveFeed | None = None,
+    collector: Collector | None = None,
+    trial: PolicyTrial | None = None,
 ) -> Starlette:
     """The dashboard for a server directory (opened here, closed at shutdown) or an open Site.
-    `collector` (read only, for /metrics) adds its in-memory counters to the store's figures."""
+    `collector` (read only, for /metrics) adds its in-memory counters to the store's figures.
+    `trial` runs the policy page's try-out (the command line injects the gates' decision core;
+    without it the page says the try-out is unavailable)."""
     owns = not isinstance(site, Site)
     opened = Site(Path(site)) if not isinstance(site, Site) else site
-    dashboard = Dashboard(opened, feed if feed is not None else LiveFeed(), owns_site=owns)
+    dashboard = Dashboard(
+        opened, feed if feed is not None else LiveFeed(), owns_site=owns, trial=trial
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -85,6 +103,7 @@ def create_app(
         *charts.routes(),
         *reports.routes(),
         *audit.routes(),
+        *policy.routes(),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

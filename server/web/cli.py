@@ -17,6 +17,7 @@ from typing import Any
 
 from server.collector import Collector
 from server.live import LiveFeed
+from server.policy_rollout import PolicyTrial
 from server.site import Site, actor
 from server.web.accounts import PASSWORD_MIN, ROLES, AccountError, AccountStore
 
@@ -105,12 +106,13 @@ class DashboardServer:
         host: str,
         port: int,
         collector: Collector | None = None,
+        trial: PolicyTrial | None = None,
     ) -> None:
         import uvicorn
 
         from server.web.app import create_app
 
-        self.app = create_app(directory, feed, collector)
+        self.app = create_app(directory, feed, collector, trial)
         config = uvicorn.Config(
             self.app,
             host=host,

@@ -6,7 +6,9 @@ import threading
 
 from starlette.requests import Request
 
+from protocol.policy import Policy
 from server.live import LiveFeed
+from server.policy_rollout import PolicyTrial
 from server.site import Site
 from server.store import STORE_NAME
 from server.web.accounts import AccountStore
@@ -15,17 +17,26 @@ from server.web.reading import Reader
 
 
 class Dashboard:
-    """What the pages need: the site (writes), accounts, a reader, the live feed, templates."""
+    """What the pages need: the site (writes), accounts, a reader, the live feed, templates,
+    and the policy try-out when the command line injected one (None: unavailable)."""
 
-    def __init__(self, site: Site, feed: LiveFeed, *, owns_site: bool) -> None:
+    def __init__(
+        self, site: Site, feed: LiveFeed, *, owns_site: bool, trial: PolicyTrial | None = None
+    ) -> None:
         self.site = site
         self.accounts = AccountStore(site.store)
         self.reader = Reader(site.dir / STORE_NAME)
         self.feed = feed
         self.pages = Pages(site.config.tz, site.site)
-        self.policy = site.config.policy
+        self.trial = trial
+        self.trial_lock = threading.Lock()  # one try-out at a time: each replays many events
         self.stopping = threading.Event()  # live streams end when the server shuts down
         self._owns_site = owns_site
+
+    @property
+    def policy(self) -> Policy:
+        """The published policy (what gates enforce): figures count days as the gates do."""
+        return self.site.published_policy().policy
 
     def close(self) -> None:
         self.stopping.set()

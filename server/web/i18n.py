@@ -23,6 +23,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "nav.reports": ("报表", "Reports"),
     "nav.audit": ("审计日志", "Audit log"),
     "nav.visitors": ("访客登记", "Visitors"),
+    "nav.policy": ("通行规则", "Policy"),
     "lang.switch": ("English", "中文"),
     "logout": ("退出", "Log out"),
     "login.title": ("操作员登录", "Operator login"),
@@ -229,6 +230,75 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "visitor.err.fever": ("体温异常，不发放访客证。", "Fever: no visitor pass."),
     "visitor.err.hours": ("有效时长应为 1–24 小时", "Valid for 1 to 24 hours"),
+    "policy.published": ("已发布的规则（闸机执行的）", "Published rules (what gates enforce)"),
+    "policy.version": ("配置版本", "Config version"),
+    "policy.issued": ("签发时间", "Issued"),
+    "policy.key": ("规则项", "Rule"),
+    "policy.value": ("值", "Value"),
+    "policy.state": ("状态", "State"),
+    "policy.published_value": ("已发布", "Published"),
+    "policy.candidate_value": ("server.toml 中", "In server.toml"),
+    "policy.diff": ("与 server.toml 的差异", "Difference to server.toml"),
+    "policy.same": (
+        "server.toml 的 [policy] 与已发布规则相同，无需发布",
+        "server.toml's [policy] is the published policy: nothing to publish",
+    ),
+    "policy.invalid": (
+        "server.toml 的 [policy] 有错误，不能试运行或发布：",
+        "server.toml's [policy] has an error and can be neither tried nor published:",
+    ),
+    "policy.publish": ("发布新规则", "Publish"),
+    "policy.publish_note": (
+        "发布后在线闸机几秒内生效；发布人和每项变更记入审计日志",
+        "Online gates apply it within seconds; who published what goes to the audit log",
+    ),
+    "policy.admin_only": ("只有管理员可以发布", "Only an admin may publish"),
+    "policy.candidate_changed": (
+        "您查看之后 server.toml 又被修改：请重新检查差异后再发布",
+        "server.toml's [policy] changed after you loaded this page: review the difference again",
+    ),
+    "policy.try": ("试运行", "Try"),
+    "policy.try_title": ("用已记录的通行试运行", "Try on recorded traffic"),
+    "policy.try_intro": (
+        "把已记录的扫码按已发布规则和 server.toml 中的规则各判定一次，列出会改变的结果",
+        "Replays recorded scans under the published rules and under server.toml's, and lists"
+        " the decisions that would change",
+    ),
+    "policy.try_unavailable": (
+        "此控制台未加载判定核心，不能试运行：请用命令 menwei policy try",
+        "Try-out is unavailable in this dashboard (no decision core): use menwei policy try",
+    ),
+    "policy.bad_since": ("起始日期应为 YYYY-MM-DD", "Since must be a date, YYYY-MM-DD"),
+    "policy.since": ("起始日期", "Since"),
+    "policy.replayed": ("重放的判定", "Decisions replayed"),
+    "policy.changed": ("会改变的判定", "Decisions that would change"),
+    "policy.from_to": ("原因（已发布 → 新规则）", "Reason (published → candidate)"),
+    "policy.count": ("次数", "Count"),
+    "policy.sample": ("最近会改变的判定", "Latest decisions that would change"),
+    "policy.register_note": (
+        "按今天的名册重放：此后注销的通行证、隔离的住户在旧记录中同样被拒绝（两种规则都一样）",
+        "Replayed with today's register: passes revoked and households quarantined since are"
+        " refused in old traffic too (under both rules)",
+    ),
+    "policy.truncated": (
+        "记录太多，只重放了最近的一部分",
+        "Too many records: only the latest were replayed",
+    ),
+    "policy.skipped": (
+        "没有扫码内容、未重放的判定（出门按钮、人工放行）",
+        "Decisions without a scanned text, not replayed (exit button, guard override)",
+    ),
+    "policy.not_reproduced": (
+        "按已发布规则重放、与闸机当时结果不同的判定",
+        "Decisions whose replay under the published rules differs from what the gate recorded",
+    ),
+    "policy.rollout": ("各闸机运行的配置版本", "Config version per gate"),
+    "policy.rollout_progress": ("已更新闸机", "Gates updated"),
+    "policy.rollout_complete": ("全部闸机已更新", "Rollout complete"),
+    "policy.rollout_pending": ("等待更新", "waiting"),
+    "policy.current": ("已是最新", "current"),
+    "done.published": ("新规则已发布", "Policy published"),
+    "done.unchanged": ("没有需要发布的变更", "Nothing to publish"),
     "none": ("—", "—"),
 }
 

@@ -19,7 +19,17 @@ from server.web.auth import LANG_COOKIE, lang_of
 TEMPLATES = Path(__file__).with_name("templates")
 LANG_COOKIE_AGE_S = 365 * 86400
 
-NAV = ("overview", "feed", "alerts", "households", "visitors", "charts", "reports", "audit")
+NAV = (
+    "overview",
+    "feed",
+    "alerts",
+    "households",
+    "visitors",
+    "charts",
+    "reports",
+    "policy",
+    "audit",
+)
 
 
 def environment() -> Environment:

@@ -45,7 +45,7 @@ def allday_site(tmp_path: Path) -> Iterator[Site]:
     )
     with Site(server) as site:
         assert site.config.policy.outing_windows == ("00:00-24:00",)
-        site.publish_config()
+        site.publish_policy("test")
         yield site
 
 

@@ -146,7 +146,7 @@ def allow_exits_all_day(site: Site, gate_dir: Path) -> None:
     if 'outing_windows = ["06:00-20:00"]' in text:
         toml.write_text(text.replace('["06:00-20:00"]', '["00:00-24:00"]'), encoding="utf-8")
         with Site(site.dir) as fresh:
-            fresh.publish_config()
+            fresh.publish_policy("test")
         provision(gate_dir, site.dir, "east", "in", simulated=True)
 
 

@@ -33,6 +33,11 @@ TEMPLATES = REPO / "server" / "web" / "templates"
 
 @pytest.fixture
 def accounts(site: Site) -> AccountStore:
+    return add_operators(site)
+
+
+def add_operators(site: Site) -> AccountStore:
+    """ada (admin), olga (operator) and vic (viewer), all with PASSWORD."""
     store = AccountStore(site.store)
     for name, role in (("ada", "admin"), ("olga", "operator"), ("vic", "viewer")):
         store.add(name, role, PASSWORD, actor="test")

@@ -69,11 +69,8 @@ def provision(
 ) -> dict[str, object]:
     check_slug(gate, "gate id")
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
-    try:
-        trust_raw = (bundle / TRUST_FILE).read_bytes()
-    except OSError as exc:
-        raise ProvisionError(f"{bundle}: no provisioning bundle ({exc.strerror})") from None
-    site, keys = decode_trust(trust_raw)
+    know, documents = read_bundle(bundle)  # all verified before anything is written
+    site = know.site
     gate_dir.mkdir(parents=True, exist_ok=True)
     toml = gate_dir / "gate.toml"
     created = not toml.exists()
@@ -82,14 +79,8 @@ def provision(
         if simulated:
             (gate_dir / "stage").mkdir(exist_ok=True)
     shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
-    know = Knowledge(site, keys)
     with GateStore(gate_dir / "gate.db") as store:
-        for kind, name in DOC_FILES.items():
-            if kind in OPTIONAL_DOCS and not (bundle / name).exists():
-                continue
-            raw = (bundle / name).read_bytes()
-            doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
-            know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
+        for doc, raw in documents:
             accept_document(store, doc, raw)
     as_of = know.fresh_as_of()
     return {
@@ -101,6 +92,26 @@ def provision(
         "freshness": None if know.statement is None else know.statement.serial,
         "data_as_of": None if as_of is None else as_of.isoformat(timespec="seconds"),
     }
+
+
+def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, bytes]]]:
+    """What a gate provisioned from `bundle` (a server's `bundle/` or a copy) knows, and the
+    verified documents it stores, in order. Raises ProvisionError (no trust file),
+    MessageError (a document that does not verify) or ProtocolError (one it cannot apply)."""
+    try:
+        site, keys = decode_trust((bundle / TRUST_FILE).read_bytes())
+    except OSError as exc:
+        raise ProvisionError(f"{bundle}: no provisioning bundle ({exc.strerror})") from None
+    know = Knowledge(site, keys)
+    documents = []
+    for kind, name in DOC_FILES.items():
+        if kind in OPTIONAL_DOCS and not (bundle / name).exists():
+            continue
+        raw = (bundle / name).read_bytes()
+        doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
+        know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
+        documents.append((doc, raw))
+    return know, documents
 
 
 def accept_document(store: GateStore, doc: SignedDocument, raw: bytes) -> bool:

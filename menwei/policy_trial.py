@@ -24,9 +24,9 @@ from typing import Any
 
 from edge.decision import Decision, GateState, Now, Scan, advance, count_passage, decide
 from edge.knowledge import Knowledge
-from edge.provision import apply_document
+from edge.provision import read_bundle
 from edge.replay import ReplayItem, Skip, parse_item
-from protocol.documents import CONFIG_FILE, REGISTER_FILE, TRUST_FILE, decode_trust
+from protocol.documents import TRUST_FILE
 from server.policy_rollout import (
     REGISTER_NOTE,
     ChangedDecision,
@@ -39,12 +39,12 @@ from server.site import Site
 
 def bundle_knowledge(site: Site) -> Knowledge:
     """What a gate provisioned from the site's bundle now knows: the trust file as anchor,
-    the config and register documents verified against it (as `menwei gate init` does).
-    Raises MessageError (a document that does not verify) or OSError (a missing file)."""
-    name, anchor = decode_trust(site.bundle_path(TRUST_FILE).read_bytes())
-    know = Knowledge(name, anchor)
-    for kind, file in (("config", CONFIG_FILE), ("register", REGISTER_FILE)):
-        know = apply_document(know, kind, site.bundle_path(file).read_bytes(), anchor)
+    the config and register documents and the freshness statement verified against it (as
+    `menwei gate init` does: edge.provision.read_bundle). The statement is issued after the
+    traffic replayed, so the replay never takes the documents for too old (rule data_age):
+    a trial shows what the policy changes, not what a link did. Raises MessageError (a
+    document that does not verify) or OSError (a missing file)."""
+    know, _ = read_bundle(site.bundle_path(TRUST_FILE).parent)
     return know
 
 

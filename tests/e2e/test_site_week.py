@@ -331,6 +331,8 @@ def live_a_week(week: Week) -> None:
     def change_policy() -> None:
         set_policy(week.site.dir, "household_max_exits_per_day", "3")
         week.tried = menwei("policy", "try", server, "--json")
+        # Monday's and Tuesday's third exit (refused, daily_exit_limit) would have been allowed.
+        assert {"from": "daily_exit_limit", "to": "ok", "count": 2} in week.tried["changes"]
         rollout(lambda: menwei("policy", "publish", server, "--json"))
         for gate in week.gates.values():
             assert gate.daemon.know.policy.household_max_exits_per_day == 3
@@ -413,6 +415,7 @@ def check(week: Week) -> dict[str, Any]:
         "lost": r.lost,
         "duplicates": r.duplicates,
         "conflicts": week.collector.stats["conflicts"],
+        "policy_try": {k: week.tried.get(k) for k in ("decisions", "changed", "not_reproduced")},
     }
     print(json.dumps(summary, ensure_ascii=False))
     assert not unasked, f"guard_confirm the rules do not call for: {[vars(o) for o in unasked]}"

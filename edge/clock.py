@@ -39,6 +39,9 @@ KernelQuery = Callable[[], KernelClock]
 
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 JUMP_TOLERANCE_S = 2.0
+DOCUMENT_FLOOR_MARGIN_S = 900.0
+"""A signed document issued at T proves the time is at least T minus this (server and gate
+clocks may differ a little): the floor rises to it (GateClock.raise_floor)."""
 MAX_PENDING_JUMPS = 100
 
 
@@ -233,6 +236,16 @@ class GateClock:
             self.floor = t
         # A clock behind what we already persisted is wrong, whatever timesyncd says.
         return Now(_utc(t), self.synchronised() and not behind)
+
+    def raise_floor(self, evidence: datetime) -> float:
+        """Evidence that the time is at least `evidence` (the issue time of a signed document
+        the gate holds, less DOCUMENT_FLOOR_MARGIN_S): the floor rises to it, so a clock
+        behind it (a first boot in the past, a flat RTC battery, a spoofed NTP answer) is
+        not trusted whatever its source says. Returns how many seconds the floor is now
+        ahead of the wall clock (0: not ahead)."""
+        with self._lock:
+            self.floor = max(self.floor, evidence.timestamp() - DOCUMENT_FLOOR_MARGIN_S)
+            return max(0.0, self.floor - self._wall())
 
     def take_jumps(self) -> list[ClockJump]:
         with self._lock:

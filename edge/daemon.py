@@ -85,6 +85,7 @@ class GateDaemon:
         self.clock = GateClock.configured(
             config.clock, self.store.clock_floor(), wall=wall, monotonic=monotonic
         )
+        self._floor_from_documents()
         self.state = state_from_json(self.store.state())
         self.hw = hardware if hardware is not None else build_hardware(config)
         self.debouncer = ScanDebouncer(config.camera.scan_holdoff_s, monotonic)
@@ -417,6 +418,7 @@ class GateDaemon:
                 if accept_document(self.store, doc, raw):
                     self.know = know
                     log.info("applied %s version %d", kind, doc.version)
+                    self._floor_from_documents()
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)
             if kind != "config":
@@ -428,6 +430,23 @@ class GateDaemon:
                 held = self._held.pop(held_kind, None)
                 if held is not None:
                     self.on_document(held_kind, held)
+
+    def _floor_from_documents(self) -> None:
+        """Signed documents prove the time is at least when they were issued (less a margin):
+        the clock floor rises to that, persisted, and a clock behind it is not trusted."""
+        newest = self.know.newest_issued_at()
+        if newest is None:
+            return
+        ahead = self.clock.raise_floor(newest)
+        self.store.save_clock_floor(self.clock.floor)
+        if ahead > 0:
+            log.warning(
+                "the clock is %.0f s behind a signed document issued at %s: time-dependent"
+                " decisions need the guard until it is right (check the time daemon, or the"
+                " server's clock if it runs ahead; `menwei gate clock`)",
+                ahead,
+                newest.isoformat(timespec="seconds"),
+            )
 
     def on_passage(self, raw: bytes) -> None:
         """A passage accepted by another gate of the site: count it here too."""

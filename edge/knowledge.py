@@ -61,6 +61,14 @@ class Knowledge:
         times = [t for t in map(self.proven_at, ("config", "register")) if t is not None]
         return min(times) if times else None
 
+    def newest_issued_at(self) -> datetime | None:
+        """The newest server time any held document or statement was signed at: the gate's
+        clock cannot be earlier than that (edge.clock.GateClock.raise_floor)."""
+        times = [self.config_issued_at, self.register_issued_at]
+        times.append(None if self.statement is None else self.statement.issued_at)
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
     def data_age_hours(self, now: datetime) -> float | None:
         """Hours since `fresh_as_of` (0 when a statement is ahead of the gate's clock)."""
         as_of = self.fresh_as_of()

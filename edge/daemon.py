@@ -417,7 +417,9 @@ class GateDaemon:
                 know = apply_document(self.know, kind, raw, self.anchor)
                 if accept_document(self.store, doc, raw):
                     self.know = know
-                    log.info("applied %s version %d", kind, doc.version)
+                    # Statements come every few minutes: not worth a line in the journal each.
+                    level = logging.DEBUG if kind == "freshness" else logging.INFO
+                    log.log(level, "applied %s version %d", kind, doc.version)
                     self._floor_from_documents()
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)
@@ -532,6 +534,7 @@ class GateDaemon:
             "versions": self.know.versions(),
             "data_age_h": self.know.data_age_hours(now.utc),
             "data_as_of": _iso(self.know.fresh_as_of()),
+            "max_data_age_h": self.know.policy.max_data_age_h,
             "freshness": None
             if self.know.statement is None
             else {

@@ -85,6 +85,7 @@ class GateSync:
             "bad_messages": 0,
             "foreign_acks": 0,
             "requeued": 0,
+            "statements_skipped": 0,
         }
         self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
         self.client = mqtt.Client(
@@ -205,19 +206,30 @@ class GateSync:
                 time.sleep(0.5)
 
     def _drain_inbox(self) -> None:
+        freshness = topics.freshness(self.s.site)
+        messages = []
         while True:
             try:
-                topic, payload = self._inbox.get_nowait()
+                messages.append(self._inbox.get_nowait())
             except queue.Empty:
-                return
+                break
+        # A gate back from a long absence gets every statement its session queued (one per
+        # freshness_interval_s): only the newest counts, so only the last one is verified.
+        last_statement = max(
+            (i for i, (topic, _) in enumerate(messages) if topic == freshness), default=-1
+        )
+        for i, (topic, payload) in enumerate(messages):
             if topic == topics.ack(self.s.site, self.s.gate):
                 self._handle_ack(payload)
             elif topic == topics.config(self.s.site):
                 self._on_document("config", payload)
             elif topic == topics.register(self.s.site):
                 self._on_document("register", payload)
-            elif topic == topics.freshness(self.s.site):
-                self._on_document("freshness", payload)
+            elif topic == freshness:
+                if i == last_statement:
+                    self._on_document("freshness", payload)
+                else:
+                    self.stats["statements_skipped"] += 1
             elif topic == topics.passages(self.s.site) and self._on_passage is not None:
                 self._on_passage(payload)
 

@@ -66,6 +66,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         " are current; past the limit the guard confirms every passage",
     ),
     "gate.hours": ("小时", "h"),
+    "gate.minutes": ("分钟", "min"),
     "gate.camera": ("摄像头", "Camera"),
     "gate.direction": ("方向", "Direction"),
     "camera.ok": ("正常", "ok"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 import urllib.request
 from collections.abc import Iterator
@@ -159,6 +160,17 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
         expect(page.locator("#count-in")).to_have_text("1")
         expect(state_b).to_have_text("离线")
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+        # a gate's data age keeps growing on an open page (no reload) and turns red past
+        # max_data_age_h (24 h): the browser's clock is moved 25 hours on
+        page.clock.install()
+        page.goto(f"{base}/")
+        age = page.locator('tr[data-gate="gate-a"] [data-role="data-age"] span')
+        expect(age).to_have_text(re.compile(r"^\d+ 分钟$"))
+        expect(age).to_have_class("ok")
+        page.clock.fast_forward("25:00:00")
+        expect(age).to_have_class("bad")
+        expect(age).to_have_text(re.compile(r"^25\.\d 小时$"))
         # SIGTERM with a live stream open: the collector and the dashboard stop cleanly
         assert server.stop() == 0, server.output()
 

@@ -297,25 +297,32 @@ def test_overview_shows_each_gates_data_age_from_its_last_proof(
     client: TestClient, site: Site
 ) -> None:
     now = datetime.now(UTC)
-    for gate, as_of in (("east", now - timedelta(minutes=6)), ("west", now - timedelta(hours=30))):
-        site.store.set_gate_status(
-            gate,
-            {
-                "gate": gate,
-                "state": "online",
-                "data_age_h": 0.0,  # what it said when it last spoke; as_of keeps counting
-                "data_as_of": as_of.isoformat(timespec="seconds"),
-            },
-        )
-    site.store.set_gate_status("north", {"gate": "north", "state": "online", "data_age_h": 2})
+    statuses = {
+        "east": {"data_as_of": now - timedelta(minutes=6, seconds=10)},
+        "west": {"data_as_of": now - timedelta(hours=30)},
+        # Past its own limit (0.5 h, a policy the server has replaced since) by 2 minutes.
+        "south": {"data_as_of": now - timedelta(minutes=32), "max_data_age_h": 0.5},
+        "north": {"data_age_h": 2},  # a gate from before freshness statements
+    }
+    for gate, fields in statuses.items():
+        as_of = fields.get("data_as_of")
+        if isinstance(as_of, datetime):
+            fields["data_as_of"] = as_of.isoformat(timespec="seconds")
+        status = {"gate": gate, "state": "online", "data_age_h": 0.0, **fields}
+        site.store.set_gate_status(gate, status)
     logged_in(client, "vic")
     html = client.get("/").text
-    rows = {g: html[html.index(f'data-gate="{g}"') :].split("</tr>")[0] for g in ("east", "west")}
-    assert re.search(r'class="ok"[^>]*>0\.1 小时', rows["east"]), rows["east"]
-    assert re.search(r'class="bad"[^>]*>30\.0 小时', rows["west"]), rows["west"]
-    north = html[html.index('data-gate="north"') :].split("</tr>")[0]
-    assert "2.0 小时" in north
-    assert "Data age" in client.get("/?lang=en").text
+
+    def age_cell(gate: str) -> str:
+        row = html[html.index(f'data-gate="{gate}"') :].split("</tr>")[0]
+        return row[row.index('data-role="data-age"') :]
+
+    assert re.search(r'class="ok">6 分钟<', age_cell("east")), age_cell("east")
+    assert re.search(r'class="bad">30\.0 小时<', age_cell("west")), age_cell("west")
+    assert re.search(r'class="bad">32 分钟<', age_cell("south")), age_cell("south")
+    assert 'data-limit-h="0.5"' in age_cell("south")
+    assert re.search(r'class="ok">2\.0 小时<', age_cell("north")), age_cell("north")
+    assert "data-as-of" in age_cell("east") and "Data age" in client.get("/?lang=en").text
 
 
 def test_feed_filters_and_masks_names(client: TestClient, site: Site) -> None:

@@ -51,6 +51,26 @@
     if (el) el.textContent = String(parseInt(el.textContent, 10) + 1);
   }
 
+  // A gate's data age grows while it is silent: recomputed from its data_as_of every 30 s,
+  // in the units and limit the page rendered (server/web/views/overview.py DataAge).
+  function renderAge(td) {
+    var asOf = Date.parse(td.dataset.asOf || "");
+    if (isNaN(asOf)) return;
+    var hours = Math.max(0, (Date.now() - asOf) / 3600000);
+    var span = td.querySelector("span");
+    if (!span) {
+      td.textContent = "";
+      span = td.appendChild(document.createElement("span"));
+    }
+    span.textContent = hours < 1 ? Math.floor(hours * 60) + " " + td.dataset.min
+      : hours.toFixed(1) + " " + td.dataset.h;
+    span.className = hours > parseFloat(td.dataset.limitH) ? "bad" : "ok";
+  }
+
+  function renderAges() {
+    document.querySelectorAll('td[data-role="data-age"][data-as-of]').forEach(renderAge);
+  }
+
   function setStatus(s) {
     var row = document.querySelector('tr[data-gate="' + CSS.escape(s.gate) + '"]');
     if (!row) return;
@@ -59,7 +79,15 @@
     state.textContent = s.state_text;
     if (s.time) row.querySelector('[data-role="seen"]').textContent = s.time;
     if (typeof s.backlog === "number") row.querySelector('[data-role="backlog"]').textContent = s.backlog;
+    var age = row.querySelector('[data-role="data-age"]');
+    if (age && s.data_as_of) {
+      age.dataset.asOf = s.data_as_of;
+      if (typeof s.max_data_age_h === "number") age.dataset.limitH = s.max_data_age_h;
+      renderAge(age);
+    }
   }
+
+  if (live) window.setInterval(renderAges, 30000);
 
   var source = new EventSource(host.dataset.stream);
   source.onopen = function () { setPill("live"); };

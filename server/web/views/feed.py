@@ -178,6 +178,8 @@ def _message(d: Dashboard, lang: str, item: dict[str, Any], gate: str, decision:
                 "state_text": i18n.text(lang, f"gate.{item.get('state', 'unknown')}"),
                 "backlog": item.get("backlog"),
                 "time": d.pages.when(item.get("at")),
+                "data_as_of": item.get("data_as_of"),
+                "max_data_age_h": item.get("max_data_age_h"),
             },
         )
     if kind == "alert":

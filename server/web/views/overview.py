@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.web import figures
+from server.web import figures, i18n
 from server.web.auth import require
 from server.web.dashboard import Dashboard, dashboard_of
 
@@ -36,7 +37,7 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
         state = status.get("state", "unknown")
         if state == "online" and last_seen and now - datetime.fromisoformat(last_seen) > silence:
             state = "silent"
-        age = data_age_hours(status, now)
+        age = data_age(status, now, dashboard.policy.max_data_age_h)
         rows.append(
             {
                 "gate": gate,
@@ -50,26 +51,49 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
                 "register": versions.get("register"),
                 "camera": camera.get("state"),
                 "camera_error": camera.get("error"),
-                "data_age_h": age,
-                "data_stale": age is not None and age > dashboard.policy.max_data_age_h,
+                "data_age": age,
             }
         )
     return rows
 
 
-def data_age_hours(status: dict[str, Any], now: datetime) -> float | None:
-    """Hours since the gate last had signed proof that its documents are current: from the
-    `data_as_of` its status carries (so the age keeps growing while a gate is silent), or
-    the `data_age_h` it reported (gates from before freshness statements)."""
-    as_of = status.get("data_as_of")
+@dataclass(frozen=True)
+class DataAge:
+    """A gate's data age on the overview: from the `data_as_of` its status carries, so the
+    age keeps growing while a gate is silent; the limit is the `max_data_age_h` the gate
+    holds (it may not have the newest policy yet), else the published one."""
+
+    hours: float
+    as_of: str | None
+    limit_h: float
+
+    @property
+    def stale(self) -> bool:
+        return self.hours > self.limit_h
+
+    def text(self, lang: str) -> str:
+        """Minutes under an hour ("12 分钟"), else hours with one decimal ("1.5 小时")."""
+        if self.hours < 1:
+            return f"{int(self.hours * 60)} {i18n.text(lang, 'gate.minutes')}"
+        return f"{self.hours:.1f} {i18n.text(lang, 'gate.hours')}"
+
+
+def data_age(status: dict[str, Any], now: datetime, published_limit_h: float) -> DataAge | None:
+    """None when the gate reported no age (not provisioned, or a Last Will)."""
+    limit = status.get("max_data_age_h")
+    limit_h = float(limit) if isinstance(limit, int | float) and limit > 0 else published_limit_h
+    raw = status.get("data_as_of")
     try:
-        moment = datetime.fromisoformat(as_of) if isinstance(as_of, str) else None
+        moment = datetime.fromisoformat(raw) if isinstance(raw, str) else None
     except ValueError:
         moment = None
     if moment is not None and moment.tzinfo is not None:
-        return round(max(0.0, (now - moment).total_seconds() / 3600), 1)
-    reported = status.get("data_age_h")
-    return round(float(reported), 1) if isinstance(reported, int | float) else None
+        hours = max(0.0, (now - moment).total_seconds() / 3600)
+        return DataAge(hours, moment.isoformat(), limit_h)
+    reported = status.get("data_age_h")  # gates from before freshness statements
+    if isinstance(reported, int | float) and not isinstance(reported, bool):
+        return DataAge(max(0.0, float(reported)), None, limit_h)
+    return None
 
 
 def overview(request: Request) -> Response:

@@ -414,8 +414,9 @@ class GateDaemon:
                 doc = decode_document(raw, kind=kind, site=self.know.site, trust_keys=keys)
                 # Applied before it is stored: a stored document the gate cannot apply would
                 # stop it from starting again (load_knowledge) and block a corrected one.
-                know = apply_document(self.know, kind, raw, self.anchor)
-                if accept_document(self.store, doc, raw):
+                arrived = self.clock.now().utc
+                know = apply_document(self.know, kind, raw, self.anchor, arrived)
+                if accept_document(self.store, doc, raw, arrived):
                     self.know = know
                     # Statements come every few minutes: not worth a line in the journal each.
                     level = logging.DEBUG if kind == "freshness" else logging.INFO

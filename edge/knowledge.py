@@ -52,8 +52,8 @@ class Knowledge:
         if issued is None:
             return None
         s = self.statement
-        if s is not None and s.versions.get(kind) == version and s.issued_at > issued:
-            return s.issued_at
+        if s is not None and s.versions.get(kind) == version and s.proves > issued:
+            return s.proves
         return issued
 
     def fresh_as_of(self) -> datetime | None:
@@ -99,9 +99,14 @@ class Knowledge:
             register_issued_at=_issued_at(doc),
         )
 
-    def with_freshness(self, doc: SignedDocument) -> Knowledge:
-        """Apply a verified freshness statement (protocol.freshness)."""
-        return replace(self, statement=Statement(doc.version, _issued_at(doc), named_versions(doc)))
+    def with_freshness(self, doc: SignedDocument, received_at: datetime | None = None) -> Knowledge:
+        """Apply a verified freshness statement (protocol.freshness). It proves the documents
+        current at its issue time, but never later than it arrived (`received_at`, the
+        gate's clock): a statement from a server whose clock ran ahead does not keep a gate
+        that is cut off looking fresh."""
+        issued = _issued_at(doc)
+        counted = issued if received_at is None else min(issued, received_at)
+        return replace(self, statement=Statement(doc.version, issued, named_versions(doc), counted))
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,13 @@ class Statement:
     serial: int
     issued_at: datetime
     versions: Mapping[str, int]
+    counted_at: datetime | None = None
+    """The time it proves the documents current at: issued_at, or when it arrived if that
+    was earlier (None: issued_at)."""
+
+    @property
+    def proves(self) -> datetime:
+        return self.issued_at if self.counted_at is None else self.counted_at
 
 
 def _issued_at(doc: SignedDocument) -> datetime:

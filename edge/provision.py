@@ -8,6 +8,7 @@ refreshes the documents and keeps the gate's config and log.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ from protocol.documents import (
 )
 from protocol.errors import ProtocolError
 from protocol.passes import TrustKey, check_slug
+
+log = logging.getLogger("menwei.gate")
 
 
 class ProvisionError(ProtocolError):
@@ -114,8 +117,11 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
     return know, documents
 
 
-def accept_document(store: GateStore, doc: SignedDocument, raw: bytes) -> bool:
-    """Store a verified document if it is newer than the one held. Returns True if stored."""
+def accept_document(
+    store: GateStore, doc: SignedDocument, raw: bytes, received_at: datetime | None = None
+) -> bool:
+    """Store a verified document if it is newer than the one held, with when it arrived by
+    the gate's clock (`received_at`, default the system's). Returns True if stored."""
     held = store.document(doc.kind)
     if held is not None and int(json.loads(held)["version"]) >= doc.version:
         return False
@@ -123,7 +129,7 @@ def accept_document(store: GateStore, doc: SignedDocument, raw: bytes) -> bool:
     store.save_document(
         doc.kind,
         doc.version,
-        datetime.now(UTC).isoformat(),
+        (received_at or datetime.now(UTC)).isoformat(),
         raw,
         learnt_keys=list(learnt) if isinstance(learnt, list) else None,
     )
@@ -163,19 +169,34 @@ def load_knowledge(config: GateConfig, store: GateStore) -> Knowledge:
         raw = store.document(kind)
         if raw is None:
             continue
-        know = apply_document(know, kind, raw, anchor)
+        try:
+            know = apply_document(know, kind, raw, anchor, store.document_received_at(kind))
+        except ProtocolError as exc:
+            if kind not in OPTIONAL_DOCS:
+                raise
+            # A statement signed by a key retired since: it proves nothing any more, and
+            # the next one replaces it. Never a reason not to start.
+            log.warning("stored %s no longer verifies, ignored: %s", kind, exc)
     return know
 
 
 def apply_document(
-    know: Knowledge, kind: str, raw: bytes, anchor: dict[int, TrustKey]
+    know: Knowledge,
+    kind: str,
+    raw: bytes,
+    anchor: dict[int, TrustKey],
+    received_at: datetime | None = None,
 ) -> Knowledge:
-    """Verify `raw` (against the anchor and the keys the gate has learnt) and apply it."""
+    """Verify `raw` (against the anchor and the keys the gate has learnt) and apply it.
+    `received_at`: when a freshness statement arrived by the gate's clock (it proves no
+    later than that, however far ahead its issue time)."""
     keys = {**anchor, **know.trust_keys}
     doc = decode_document(raw, kind=kind, site=know.site, trust_keys=keys)
     if kind == "config":
         return know.with_config(doc)
-    return know.with_register(doc) if kind == "register" else know.with_freshness(doc)
+    if kind == "register":
+        return know.with_register(doc)
+    return know.with_freshness(doc, received_at)
 
 
 def gate_stage(config: GateConfig) -> Path | None:

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,18 @@ class GateStore:
         with self._lock:
             row = self.db.execute("SELECT raw FROM documents WHERE kind = ?", [kind]).fetchone()
         return None if row is None else bytes(row[0])
+
+    def document_received_at(self, kind: str) -> datetime | None:
+        """When the held `kind` document arrived (the gate's clock, UTC), None if unknown."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT received_at FROM documents WHERE kind = ?", [kind]
+            ).fetchone()
+        try:
+            t = datetime.fromisoformat(str(row[0])) if row else None
+        except ValueError:
+            return None
+        return t if t is not None and t.tzinfo is not None else None
 
     def _get_meta(self, key: str) -> str | None:
         with self._lock:

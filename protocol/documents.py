@@ -20,6 +20,8 @@ from protocol.errors import MessageError
 from protocol.passes import TrustKey
 
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+MAX_VERSION = 2**53
+"""Versions (and statement serials) are stored as SQLite integers and read by JavaScript."""
 
 
 def canonical_json(body: object) -> bytes:
@@ -95,6 +97,10 @@ def decode_document(
         )
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # int(1e999) overflows
         raise MessageError(f"{kind} document is malformed: {exc}") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise MessageError(f"{kind} document is nested too deeply") from None
+    if not 1 <= doc.version <= MAX_VERSION:
+        raise MessageError(f"{kind} document version {doc.version} is not 1..{MAX_VERSION}")
     if doc.kind != kind or doc.site != site:
         raise MessageError(f"document is {doc.kind!r} for site {doc.site!r}, expected {kind!r}")
     key = trust_keys.get(doc.key_id)

@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from protocol import topics
 from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, REGISTER_FILE
-from protocol.errors import MessageError
+from protocol.errors import MessageError, ProtocolError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
 from server.alerts import Alert
 from server.conflicts import find_conflicts
@@ -62,6 +62,7 @@ class Collector:
         self._published: dict[str, float] = {}  # bundle file → mtime last published
         self.document_check_s = 1.0  # how often the bundle is looked at (changed documents)
         self._next_freshness: datetime | None = None  # site clock: next statement due
+        self._interval_warned = False
         self.stats = {
             "batches": 0,
             "inserted": 0,
@@ -288,12 +289,34 @@ class Collector:
         """A freshness statement when the collector starts and every freshness_interval_s
         (by the site's clock): connected gates never find their documents too old."""
         now = self.site.now()
-        if self._next_freshness is not None and now < self._next_freshness:
+        interval = self.freshness_interval()
+        due = self._next_freshness
+        # Not yet due, unless the clock stepped back (then `due` would wait for it).
+        if due is not None and due - interval <= now < due:
             return
-        interval = timedelta(seconds=self.site.config.server.freshness_interval_s)
         if self.site.publish_freshness() is not None:
             self.stats["freshness"] += 1
         self._next_freshness = now + interval
+
+    def freshness_interval(self) -> timedelta:
+        """[server] freshness_interval_s, but at most half of the *published* max_data_age_h:
+        server.toml is checked against its own candidate policy, and gates enforce the
+        published one (a shorter limit published after this collector started counts too)."""
+        configured = self.site.config.server.freshness_interval_s
+        try:
+            limit_s = self.site.published_policy().policy.max_data_age_h * 3600 / 2
+        except ProtocolError as exc:  # no usable published config: the statement says so
+            log.warning("published policy unreadable: %s", exc)
+            limit_s = configured
+        if limit_s < configured and not self._interval_warned:
+            self._interval_warned = True
+            log.warning(
+                "freshness_interval_s = %g is more than half the published max_data_age_h;"
+                " statements every %g s instead",
+                configured,
+                limit_s,
+            )
+        return timedelta(seconds=min(configured, limit_s))
 
     def _publish_documents(self) -> None:
         # Documents before the statement that names them: a gate that applies them in the

@@ -119,8 +119,10 @@ def test_a_restarted_gate_keeps_its_proof(
     site, gate, _, _ = world
     collector = start_collector(site, broker)
     try:
-        sim.advance(30 * 3600)
-        wait_until(functools.partial(heard_since, gate, sim.utc()), 15, "no statement")
+        before = sim.utc()
+        sim.advance(30 * 3600)  # the collector may re-affirm at once: `before` is earlier
+        since = before + timedelta(hours=30) - timedelta(seconds=1)
+        wait_until(functools.partial(heard_since, gate, since), 15, "no statement")
         serial = gate.daemon.know.statement.serial  # type: ignore[union-attr]
     finally:
         collector.close()

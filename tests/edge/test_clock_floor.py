@@ -116,3 +116,38 @@ def test_a_statement_that_arrives_later_raises_the_floor_and_it_persists(
         assert again.clock.floor >= floor and not again.clock.now().trusted
     finally:
         again.close()
+
+
+def test_a_stored_statement_signed_by_a_key_retired_since_does_not_stop_the_gate(
+    site: Site, tmp_path: Path
+):
+    """Rotate 1→2 (the gate stores a statement signed by key 2), rotate 2→3 and retire 2;
+    the gate gets the new config but not the next statement, and restarts."""
+    daemon = gate_with_wall(site, tmp_path, time.time)
+    config = daemon.config
+
+    def deliver(d: GateDaemon, *kinds: str) -> None:
+        files = {"config": "config.json", "register": "register.json", "freshness": FRESHNESS_FILE}
+        for kind in kinds:
+            d.on_document(kind, site.bundle_path(files[kind]).read_bytes())
+
+    try:
+        site.rotate_key()
+        deliver(daemon, "config", "register", "freshness")
+        assert daemon.know.statement is not None and 2 in daemon.know.trust_keys
+        held = daemon.know.statement.serial
+        site.rotate_key()
+        site.retire_key(2)
+        deliver(daemon, "config")  # the link drops before the statement
+        assert 2 not in daemon.know.trust_keys
+    finally:
+        daemon.close()
+    again = GateDaemon(config, broker="none", out=io.StringIO())
+    try:
+        assert again.know.config_version == daemon.know.config_version
+        assert again.know.statement is None, f"statement {held} signed by retired key 2"
+        site.publish_freshness()
+        deliver(again, "freshness")
+        assert again.know.statement is not None and again.know.statement.serial > held
+    finally:
+        again.close()

@@ -68,6 +68,22 @@ def test_a_statement_ahead_of_the_gate_clock_is_age_zero_not_negative():
     assert know.data_age_hours(T0) == 0.0
 
 
+def test_a_statement_from_a_server_clock_far_ahead_proves_no_later_than_its_arrival():
+    """Issued a year ahead (a server clock that ran ahead), received at T0: a gate cut off
+    after T0 still degrades max_data_age_h after T0, not a year later."""
+    ahead = statement(5, (T0 + timedelta(days=365)).isoformat())
+    know = OLD.with_freshness(ahead, received_at=T0)
+    assert know.fresh_as_of() == T0
+    assert know.statement is not None and know.statement.issued_at == T0 + timedelta(days=365)
+    later = Now(T0 + timedelta(hours=25), True)
+    assert decide(Scan(qr(1), "in"), NORMAL, GateState(), know, later).reason == "guard_confirm"
+
+
+def test_a_statement_received_after_it_was_issued_counts_from_its_issue():
+    know = OLD.with_freshness(statement(5, T0.isoformat()), received_at=T0 + timedelta(hours=3))
+    assert know.fresh_as_of() == T0
+
+
 @pytest.mark.parametrize(
     ("statement_age", "limit_h", "outcome"),
     [

@@ -3,6 +3,7 @@ until `publish_policy` signs it. Real Site in tmp, real signatures, real audit r
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -188,3 +189,35 @@ def test_the_collector_checks_conflicts_against_the_published_policy(site: Site)
         assert len(site.store.conflicts()) == 1  # two out at once is now the rule
     finally:
         collector.close()
+
+
+def test_statements_come_at_least_twice_per_published_data_age_limit(tmp_path: Path):
+    """server.toml is checked against its own candidate; gates enforce the published policy.
+    Published 0.5 h, then server.toml back to 24 h with an hour between statements: the
+    collector still re-affirms every 15 minutes, and again at once after its clock steps back."""
+    from datetime import UTC, datetime, timedelta
+
+    from protocol.broker import parse_broker
+    from server.collector import Collector
+
+    Site.init(tmp_path / "s", SITE).close()
+    edit_policy(tmp_path / "s", max_data_age_h=0.5)
+    with Site(tmp_path / "s") as site:
+        site.publish_policy("test")
+    edit_policy(tmp_path / "s", max_data_age_h=24.0)
+    text = (tmp_path / "s" / CONFIG_NAME).read_text(encoding="utf-8")
+    (tmp_path / "s" / CONFIG_NAME).write_text(
+        text.replace("freshness_interval_s = 300", "freshness_interval_s = 3600"), "utf-8"
+    )
+    clock = [datetime(2026, 12, 1, 8, 0, tzinfo=UTC)]
+    with Site(tmp_path / "s", clock=lambda: clock[0]) as site:
+        assert site.config.server.freshness_interval_s == 3600
+        collector = Collector(site, parse_broker("mqtt://127.0.0.1:1"))
+        assert collector.freshness_interval() == timedelta(minutes=15)
+        serials = []
+        for minutes in (0, 10, 16, 20, 31, -60):  # the last: the clock stepped back an hour
+            clock[0] = datetime(2026, 12, 1, 8, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+            collector._reaffirm()
+            serials.append(json.loads(site.bundle_path("freshness.json").read_bytes())["version"])
+    issued = [b > a for a, b in itertools.pairwise(serials)]
+    assert issued == [False, True, False, True, True], serials

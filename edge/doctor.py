@@ -206,7 +206,8 @@ def check_provisioning(config: GateConfig) -> Check:
     age = know.data_age_hours(datetime.now(UTC))
     limit = know.policy.max_data_age_h
     as_of = know.fresh_as_of()
-    proof = "" if as_of is None else f", proven current {age:g} h ago ({as_of:%Y-%m-%d %H:%M} UTC)"
+    local = None if as_of is None else as_of.astimezone(know.policy.tz)
+    proof = "" if local is None else f", proven current {age:g} h ago ({local:%Y-%m-%d %H:%M})"
     if age is not None and age > limit:
         return Check(
             "provisioning",

@@ -475,6 +475,9 @@ def test_policy_defaults_and_round_trip():
         ({"fever_threshold_c": 45.0}, "between 34.0 and 42.0"),
         ({"fever_recheck_window_s": 5}, "10..3600"),
         ({"max_data_age_h": 0}, "max_data_age_h"),
+        ({"timezone": "localtime"}, "'localtime' is each machine's own system zone"),
+        ({"timezone": "Factory"}, "'Factory' is the tz database's 'zone not set'"),
+        ({"timezone": "Asia/Shanghia"}, "unknown timezone 'Asia/Shanghia': use an IANA name"),
     ],
 )
 def test_policy_refuses(data, message):

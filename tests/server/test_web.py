@@ -548,3 +548,43 @@ def test_hourly_chart_counts_a_passage_at_a_full_hour_in_that_hour(site: Site) -
     finally:
         reader.close()
     assert [b["out"] for b in bins] == [0] + [1] * 23
+
+
+def test_household_page_says_which_passes_are_not_yet_valid_expired_or_revoked(
+    client: TestClient, site: Site
+) -> None:
+    today = now_local(site).date()
+    day = timedelta(days=1)
+    issue = {
+        "active": (today - day, today + day),
+        "not_yet_valid": (today + 5 * day, today + 5 * day),  # one day, in five days
+        "expired": (today - 9 * day, today - 2 * day),
+        "revoked": (today - day, today + day),
+    }
+    ids = {}
+    for state, (first, last) in issue.items():
+        ids[state] = site.issue_pass(
+            "6-4-101",
+            "王五",
+            valid_from=site.parse_time(first.isoformat()),
+            valid_until=site.parse_time(last.isoformat(), end=True),
+        ).pass_id
+    site.revoke_pass(ids["revoked"], "lost")
+    logged_in(client, "olga")
+
+    def states(html: str) -> dict[int, str]:
+        pattern = r'<tr><td>(\d+)</td>.*?data-role="pass-state"><span[^>]*>([^<]+)<'
+        rows = re.findall(pattern, html, re.S)
+        return {int(pass_id): text for pass_id, text in rows}
+
+    zh = states(client.get("/households/6-4-101").text)
+    assert zh == {
+        ids["active"]: "有效",
+        ids["not_yet_valid"]: "尚未生效",
+        ids["expired"]: "已过期",
+        ids["revoked"]: "已注销",
+    }
+    en = states(client.get("/households/6-4-101?lang=en").text)
+    assert en[ids["not_yet_valid"]] == "not yet valid" and en[ids["active"]] == "valid"
+    assert en[ids["expired"]] == "expired" and en[ids["revoked"]] == "revoked"
+

@@ -108,7 +108,11 @@ def _positive(text: str) -> int:
 
 
 def _local(site: Site, t: datetime) -> str:
-    return t.astimezone(site.config.tz).strftime("%Y-%m-%d %H:%M:%S")
+    """`t` in the site's local time; as ISO text when it has none (year 9999 overflows)."""
+    try:
+        return t.astimezone(site.config.tz).strftime("%Y-%m-%d %H:%M:%S")
+    except OverflowError:
+        return t.isoformat()
 
 
 def _changes(changes: list[PolicyChange]) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeGuard
 
 from protocol.errors import MessageError
 
@@ -24,6 +24,11 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 MAX_PASS_ID = 2**32 - 1  # 4 unsigned bytes in the pass
+EARLIEST_AT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_AT = datetime(2101, 1, 1, tzinfo=UTC)
+"""Times a gate reports lie in [EARLIEST_AT, LATEST_AT): years 2000 through 2100 (UTC). A gate's
+clock never goes below its floor (the issue time of the documents it holds); readers convert
+times to the site's zone, where a year 9999 overflows."""
 
 KINDS = frozenset({"decision", "exit_request", "passed", "alert", "override", "device"})
 DECISIONS = frozenset({"allow", "deny"})
@@ -109,17 +114,33 @@ def _epoch(data: Mapping[str, Any]) -> str:
     return value
 
 
-def _at(data: Mapping[str, Any]) -> str:
-    """An ISO-8601 time with a UTC offset: the collector and the gates compare these times
-    with aware ones (a naive one would raise there, after the message was accepted)."""
-    value = _str(data, "at")
-    try:
-        aware = datetime.fromisoformat(value).tzinfo is not None
-    except ValueError:
-        aware = False
-    if not aware:
-        raise ValueError("field 'at' must be an ISO-8601 time with a UTC offset")
+def _at(data: Mapping[str, Any], key: str = "at") -> str:
+    """An ISO-8601 time with a UTC offset, in years 2000..2100 (EARLIEST_AT, LATEST_AT): the
+    collector and the gates compare these times with aware ones (a naive one would raise there,
+    after the message was accepted) and show them in local time (year 9999 overflows)."""
+    value = _str(data, key)
+    if not is_time(value):
+        raise ValueError(f"field {key!r} must be an ISO-8601 time with a UTC offset")
+    if not in_range(datetime.fromisoformat(value)):
+        raise ValueError(
+            f"field {key!r} is {value}: outside {EARLIEST_AT:%Y}..{LATEST_AT.year - 1} (UTC)"
+        )
     return value
+
+
+def is_time(value: object) -> bool:
+    """Whether `value` is an ISO-8601 time text with a UTC offset."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def in_range(t: datetime) -> bool:
+    """Whether aware `t` lies in years 2000..2100 (UTC), the times gates report."""
+    return EARLIEST_AT <= t < LATEST_AT
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -257,13 +278,86 @@ def encode_status(status: Mapping[str, Any]) -> bytes:
 
 
 def decode_status(raw: bytes) -> dict[str, Any]:
+    """Parse a gate's retained status (topic menwei/{site}/{gate}/status).
+
+    An object with `state` online|offline (a Last Will carries little more); every other
+    field of STATUS_FIELDS is optional but, when present, of its shape there. Unknown fields
+    are kept (newer gates report more). Raises MessageError naming each ill-shaped field."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"status is not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("state") not in ("online", "offline"):
+    if not isinstance(data, dict) or data.get("state") not in STATUS_STATES:
         raise MessageError("status must be an object with state online|offline")
+    problems = [
+        f"field {key!r} must be {what}"
+        for key, (fits, what) in STATUS_FIELDS.items()
+        if key in data and not fits(data[key])
+    ]
+    if problems:
+        raise MessageError(f"bad status: {'; '.join(problems)}")
     return data
+
+
+def readable_status(data: object) -> dict[str, Any]:
+    """A stored status for readers: the fields of STATUS_FIELDS that are not of their shape
+    are left out (statuses stored before decode_status checked shapes), {} when `data` is
+    not an object. Unknown fields are kept as they are."""
+    if not isinstance(data, Mapping):
+        return {}
+    return {
+        str(key): value
+        for key, value in data.items()
+        if key not in STATUS_FIELDS or STATUS_FIELDS[key][0](value)
+    }
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQ
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    # json.loads reads NaN and Infinity: they are numbers to Python, not an age
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_time_in_range(value: object) -> bool:
+    return is_time(value) and in_range(datetime.fromisoformat(str(value)))
+
+
+def _is_versions(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and _is_count(v) for k, v in value.items()
+    )
+
+
+def _or_null(fits: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or fits(value)
+
+
+STATUS_STATES = ("online", "offline")
+STATUS_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "state": (lambda v: v in STATUS_STATES, "online or offline"),
+    "gate": (lambda v: isinstance(v, str), "a string"),
+    "site": (lambda v: isinstance(v, str), "a string"),
+    "direction": (_or_null(lambda v: isinstance(v, str)), "a string or null"),
+    "at": (_is_time_in_range, "an ISO-8601 time with a UTC offset in years 2000..2100"),
+    "backlog": (_is_count, f"a whole number 0..{MAX_SEQ}"),
+    "last_seq": (_is_count, f"a whole number 0..{MAX_SEQ}"),
+    "acked_seq": (_is_count, f"a whole number 0..{MAX_SEQ}"),
+    "versions": (_is_versions, f"an object of names to whole numbers 0..{MAX_SEQ}"),
+    "clock": (lambda v: isinstance(v, Mapping), "an object"),
+    "camera": (lambda v: isinstance(v, Mapping), "an object"),
+    "data_age_h": (_or_null(_is_number), "a finite number or null"),
+    "data_as_of": (
+        _or_null(_is_time_in_range),
+        "an ISO-8601 time with a UTC offset in years 2000..2100, or null",
+    ),
+    "max_data_age_h": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "freshness": (_or_null(lambda v: isinstance(v, Mapping)), "an object or null"),
+    "storage": (_or_null(lambda v: isinstance(v, Mapping)), "an object or null"),
+}
+"""The fields of a gate status the server reads, each with its test and what it must be."""
 
 
 @dataclass(frozen=True)

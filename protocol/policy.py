@@ -12,14 +12,45 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
+from functools import cache
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 from protocol.errors import ProtocolError
 from protocol.schema import from_mapping
 
 _CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WINDOW_RE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+NOT_SITE_ZONES = {
+    "localtime": "each machine's own system zone (Debian links it to /etc/localtime),"
+    " so the server and every gate could each read a different one",
+    "posixrules": "a default for POSIX TZ strings, not a place",
+    "Factory": "the tz database's 'zone not set', not a place",
+}
+"""Names zoneinfo finds that are no place's time, and why."""
+
+
+@cache
+def _site_zones() -> frozenset[str]:
+    # available_timezones() scans the zoneinfo directories: once per process
+    return frozenset(available_timezones() - NOT_SITE_ZONES.keys())
+
+
+def check_timezone(name: str) -> None:
+    """`name` must be an IANA zone name (e.g. "Asia/Shanghai", "UTC"), exactly as spelled in
+    the tz database, that zoneinfo has here, and not one of NOT_SITE_ZONES. Raises
+    ProtocolError naming it."""
+    if name in NOT_SITE_ZONES:
+        raise ProtocolError(
+            f"timezone {name!r} is {NOT_SITE_ZONES[name]}: use the site's IANA zone name,"
+            " such as 'Asia/Shanghai'"
+        )
+    if name not in _site_zones():
+        raise ProtocolError(
+            f"unknown timezone {name!r}: use an IANA name such as 'Asia/Shanghai' or 'UTC'"
+        )
 
 
 def parse_clock(text: str, what: str) -> time:
@@ -87,10 +118,7 @@ class Policy:
             parse_window(window)
         if any(not 1 <= d <= 7 for d in self.outing_weekdays):
             raise ProtocolError("outing_weekdays are 1 (Monday) .. 7 (Sunday)")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ProtocolError(f"unknown timezone {self.timezone!r}") from None
+        check_timezone(self.timezone)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

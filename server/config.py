@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
-from protocol.policy import Policy
+from protocol.policy import Policy, check_timezone
 from protocol.schema import SchemaError, from_mapping, parse_toml
 
 CONFIG_NAME = "server.toml"
@@ -34,10 +34,7 @@ class ServerSection:
 
     def __post_init__(self) -> None:
         check_slug(self.site, "site")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+        check_timezone(self.timezone)
         if not 1 <= self.pass_days <= 3660:
             raise ValueError("pass_days must be 1..3660")
         if not 5 <= self.freshness_interval_s <= 6 * 3600:

@@ -48,7 +48,7 @@ from server.policy_rollout import (
 )
 from server.register import RegisterStore
 from server.store import STORE_NAME, ServerStore, utcnow
-from server.validity import read_time
+from server.validity import local_text, read_time, typed_text
 
 
 def actor() -> str:
@@ -210,16 +210,24 @@ class Site:
         if not name.strip():
             raise SiteError("name must not be empty")
         r = Role.parse(role)
-        start = valid_from or datetime.now(self.config.tz).replace(microsecond=0)
+        tz = self.config.tz
+        start = valid_from or datetime.now(tz).replace(microsecond=0)
         end = valid_until or start + timedelta(days=self.config.server.pass_days)
+        # Messages name the bounds as typed: a last day, not the exclusive end it stands for.
+        start_label = "valid-from" if valid_from else "the start (now)"
         if end.timestamp() <= start.timestamp():  # instants: wall times repeat when DST ends
             raise SiteError(
-                f"valid-until must be after valid-from ({end.isoformat()} is not after"
-                f" {start.isoformat()})"
+                f"valid-until {typed_text(end, tz, end=True)} is not after"
+                f" {start_label} {typed_text(start, tz)}"
             )
-        for label, t in (("valid-from", start), ("valid-until", end)):
+        for label, t, is_end in ((start_label, start, False), ("valid-until", end, True)):
             if not 0 <= t.timestamp() < 2**32:  # the pass holds unsigned 32-bit Unix seconds
-                raise SiteError(f"{label} {t.isoformat()} is outside 1970-01-01..2106-02-07")
+                first, last = (datetime.fromtimestamp(x, UTC) for x in (0, 2**32 - 1))
+                raise SiteError(
+                    f"{label} {typed_text(t, tz, end=is_end)} is outside the times a pass can"
+                    f" hold: {local_text(first, tz)} to {local_text(last, tz)}"
+                    f" ({self.config.server.timezone})"
+                )
         held = self.active_passes(household, start)
         cap = self.published_policy().policy.passes_per_household_max
         if held >= cap:

@@ -86,6 +86,32 @@ def until_text(valid_until: datetime, tz: tzinfo, today: date | None = None) -> 
     return f"{local:%H:%M}" if local.date() == today else f"{local:%Y-%m-%d %H:%M}"
 
 
+def local_text(instant: datetime, tz: tzinfo) -> str:
+    """`instant` as the site's clocks show it, to the minute (`2026-12-05 08:30`), with the
+    seconds when it has some; its ISO text when it has no local time (year 9999 overflows)."""
+    try:
+        local = instant.astimezone(tz)
+    except OverflowError:
+        return instant.isoformat()
+    return f"{local:%Y-%m-%d %H:%M:%S}" if local.second else f"{local:%Y-%m-%d %H:%M}"
+
+
+def typed_text(instant: datetime, tz: tzinfo, *, end: bool = False) -> str:
+    """A validity bound in a message to the operator, in the words they typed it: a start at
+    the beginning of a day as that day (`2026-12-05`); an `end` at the beginning of a day as
+    the last valid day and the instant it ends (`2026-12-04 (the whole day, ends 2026-12-05
+    00:00)`); any other instant as local_text. Never raises."""
+    try:
+        if starts_a_day(instant, tz):
+            if not end:
+                return instant.astimezone(tz).date().isoformat()
+            day = last_valid_day(instant, tz)
+            return f"{day.isoformat()} (the whole day, ends {local_text(instant, tz)})"
+    except (OverflowError, ValueError):
+        return instant.isoformat()
+    return local_text(instant, tz)
+
+
 def window_json(valid_from: datetime, valid_until: datetime, tz: tzinfo) -> dict[str, str]:
     """The validity fields of `pass issue --json` and `visitor register --json`:
     `valid_from`, `valid_until` (exact ISO-8601 instants, the end exclusive), `valid_through`

@@ -272,3 +272,19 @@ def test_gate_init_after_publish_gets_the_new_version_and_replay_decides_by_it(
     run_menwei("policy", "publish", str(site.dir))
     assert json.loads(run_menwei(*init, "--json").stdout)["versions"]["config"] == 2
     assert json.loads(run_menwei(*replay).stdout)["reason"] == "outside_window"
+
+
+def test_try_prints_a_time_out_of_range_as_stored_not_a_traceback(
+    site: Site, traffic: dict[str, Any], menwei
+) -> None:
+    """An event of year 9999 stored before the collector refused such times has no local
+    time: the text output shows it as the gate sent it."""
+    far = "9999-12-31T20:00:00+00:00"
+    a = traffic["a"]
+    site.store.insert_events(
+        "east", [make_event(SITE, "east", 5, at=far, pass_id=a.pass_id, detail={"qr": a.qr})]
+    )
+    r = menwei("policy", "try", str(site.dir))
+    assert r.code == 0, r.err
+    assert "replayed 6 decisions of 2 gate(s) (east, west), " in r.out
+    assert f" – {far} (Asia/Shanghai)" in r.out

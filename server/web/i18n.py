@@ -150,6 +150,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "households.valid": ("有效期", "Valid"),
     "households.revoked": ("已注销", "revoked"),
     "households.active": ("有效", "valid"),
+    "households.not_yet_valid": ("尚未生效", "not yet valid"),
+    "households.expired": ("已过期", "expired"),
     "households.recent": ("最近通行", "Recent passages"),
     "charts.day": ("今日每小时通行", "Passages per hour today"),
     "charts.week": ("近 7 天每小时通行", "Passages per hour, last 7 days"),

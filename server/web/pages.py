@@ -50,15 +50,16 @@ class Pages:
         self.site = site
 
     def when(self, iso: str | None, with_date: bool = True) -> str:
-        """A stored ISO time as the site's local time (MM-DD HH:MM:SS)."""
+        """A stored ISO time as the site's local time (MM-DD HH:MM:SS); the text as stored
+        when it is not an ISO time or has no local time (year 9999 overflows there)."""
         if not iso:
             return "—"
         try:
             t = datetime.fromisoformat(iso)
-        except ValueError:
-            return iso
-        if t.tzinfo is not None:
-            t = t.astimezone(self.tz)
+            if t.tzinfo is not None:
+                t = t.astimezone(self.tz)
+        except (ValueError, TypeError, OverflowError):
+            return str(iso)
         return t.strftime("%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
 
     def render(

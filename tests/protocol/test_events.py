@@ -475,6 +475,9 @@ def test_policy_defaults_and_round_trip():
         ({"fever_threshold_c": 45.0}, "between 34.0 and 42.0"),
         ({"fever_recheck_window_s": 5}, "10..3600"),
         ({"max_data_age_h": 0}, "max_data_age_h"),
+        ({"timezone": "localtime"}, "'localtime' is each machine's own system zone"),
+        ({"timezone": "Factory"}, "'Factory' is the tz database's 'zone not set'"),
+        ({"timezone": "Asia/Shanghia"}, "unknown timezone 'Asia/Shanghia': use an IANA name"),
     ],
 )
 def test_policy_refuses(data, message):
@@ -542,3 +545,132 @@ def test_passage_without_an_aware_time_is_a_message_error(at):
     raw = json.dumps({**json.loads(good.encode()), "at": at}).encode()
     with pytest.raises(MessageError, match="at"):
         Passage.decode(raw)
+
+
+# --- times out of range -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("at", "accepted"),
+    [
+        ("9999-12-31T20:00:00+00:00", False),  # local time overflows: readers would crash
+        ("0001-01-01T00:00:00+00:00", False),
+        ("1999-12-31T23:59:59+00:00", False),
+        ("2000-01-01T07:59:59+08:00", False),  # 1999 in UTC, whatever the local date says
+        ("2000-01-01T00:00:00+00:00", True),
+        ("2100-12-31T23:59:59.999+00:00", True),
+        ("2101-01-01T07:00:00+08:00", True),  # 2100-12-31T23:00Z: still 2100
+        ("2101-01-01T00:00:00+00:00", False),
+    ],
+)
+def test_event_and_passage_times_outside_2000_to_2100_are_refused(at, accepted):
+    from protocol.events import Passage
+
+    passage = json.dumps(
+        {"schema": 1, "site": SITE, "gate": GATE, "uuid": "u", "at": at, "pass_id": 7,
+         "household": "1-1-101", "role": "resident", "direction": "out"}
+    ).encode()  # fmt: skip
+    raw = json.dumps({"schema": 1, "gate": GATE, "events": [event_json(at=at)]}).encode()
+    batch = decode_batch(raw, site=SITE, gate=GATE)
+    if accepted:
+        assert [e.at for e in batch.events] == [at]
+        assert Passage.decode(passage).at == at
+        return
+    [(index, reason)] = batch.rejected
+    assert index == 0 and "'at'" in reason and "2000..2100" in reason and at in reason
+    with pytest.raises(MessageError, match=r"2000\.\.2100"):
+        Passage.decode(passage)
+
+
+# --- gate status --------------------------------------------------------------------------
+
+
+def gate_status(**changes: Any) -> dict[str, Any]:
+    """A status as edge/daemon.py publishes it."""
+    return {
+        "schema": 1,
+        "gate": GATE,
+        "site": SITE,
+        "state": "online",
+        "at": "2026-11-29T00:20:20+00:00",
+        "direction": "in",
+        "backlog": 0,
+        "last_seq": 17,
+        "acked_seq": 17,
+        "versions": {"config": 3, "register": 9, "trust": 1},
+        "data_age_h": 0.1,
+        "data_as_of": "2026-11-29T00:15:00+00:00",
+        "max_data_age_h": 24.0,
+        "freshness": {"serial": 4, "issued_at": "2026-11-29T00:15:00+00:00"},
+        "clock": {"trusted": True, "jumps": 0},
+        "camera": {"state": "ok", "error": None},
+        "thermometer": None,
+        "counts": {"decisions": 3, "allowed": 2, "denied": 1},
+        "outside": 1,
+        **changes,
+    }
+
+
+def test_a_gates_status_and_its_last_will_are_accepted_unknown_fields_kept():
+    from protocol.events import decode_status, encode_status
+
+    full = gate_status(storage={"free_mb": 900}, newer_field=[1, 2])
+    assert decode_status(json.dumps(full).encode()) == full
+    will = encode_status({"gate": GATE, "site": SITE, "state": "offline"})
+    assert decode_status(will)["state"] == "offline"
+    nulls = gate_status(data_age_h=None, data_as_of=None, freshness=None, storage=None)
+    assert decode_status(json.dumps(nulls).encode()) == nulls
+
+
+BAD_STATUS_FIELDS = [
+    ("versions", "x"),
+    ("versions", {"config": "3"}),
+    ("versions", {"config": -1}),
+    ("versions", {"config": True}),
+    ("clock", [1]),
+    ("clock", None),
+    ("camera", "ok"),
+    ("backlog", "7"),
+    ("backlog", 1.5),
+    ("backlog", -1),
+    ("backlog", 2**64),  # Prometheus cannot hold it as a float
+    ("last_seq", None),
+    ("acked_seq", True),
+    ("data_age_h", "1"),
+    ("data_age_h", float("nan")),
+    ("data_as_of", 5),
+    ("data_as_of", "yesterday"),
+    ("data_as_of", "2026-11-29T00:15:00"),  # no offset
+    ("data_as_of", "9999-12-31T20:00:00+00:00"),
+    ("max_data_age_h", 0),
+    ("max_data_age_h", None),
+    ("max_data_age_h", float("inf")),
+    ("freshness", "yes"),
+    ("storage", []),
+    ("at", "9999-12-31T20:00:00+00:00"),
+    ("direction", 3),
+    ("gate", ["east"]),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_STATUS_FIELDS)
+def test_a_status_field_of_the_wrong_shape_is_refused_by_name(key, value):
+    from protocol.events import decode_status, readable_status
+
+    raw = json.dumps(gate_status(**{key: value})).encode()
+    with pytest.raises(MessageError, match=rf"bad status: field '{key}' must be"):
+        decode_status(raw)
+    # a status stored before intake checked shapes: readers get the rest of it
+    readable = readable_status(json.loads(raw))
+    assert set(readable) == set(gate_status()) - {key}
+    assert readable["state"] == "online"
+
+
+def test_a_status_with_several_bad_fields_names_each():
+    from protocol.events import decode_status, readable_status
+
+    raw = json.dumps(gate_status(versions="x", clock=[1], backlog="lots")).encode()
+    with pytest.raises(MessageError) as err:
+        decode_status(raw)
+    assert all(f"'{k}'" in str(err.value) for k in ("versions", "clock", "backlog"))
+    assert readable_status([1, 2]) == {} and readable_status(None) == {}

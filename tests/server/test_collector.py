@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -294,3 +295,60 @@ def test_passes_issued_in_the_collector_process_while_events_stream_in(
     wait_acked(acks, last, timeout=30)
     assert site.store.count_events() == last
     assert collector.stats["inserted"] == last, collector.stats
+
+
+def test_an_event_time_out_of_range_is_rejected_and_the_batch_is_still_checked(
+    site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
+) -> None:
+    """A gate credential publishing year 9999 (which overflows every local-time conversion)
+    loses that event to rejected_messages; the good event of the batch is stored, acked and
+    still checked for conflicts (a pass used after its revocation)."""
+    issued = site.issue_pass("1-1-101", "张三丰")
+    site.revoke_pass(issued.pass_id, "lost")
+    revoked = site.store.revoked_at(issued.pass_id)
+    assert revoked is not None
+    used = ev(1, pass_id=issued.pass_id, at=(revoked + timedelta(minutes=1)).isoformat())
+    far = ev(2, pass_id=issued.pass_id, at="9999-12-31T20:00:00+00:00")
+    publish(gate_client, EVENTS, encode_batch("g1", [used, far]))
+
+    wait_acked(acks, 1)
+    assert stored_keys(site) == [(1, used.uuid)]
+    wait_until(lambda: rejected(site), 10, "the far event recorded")
+    [(topic, reason)] = rejected(site)
+    assert topic == EVENTS
+    assert "event 1" in reason and "'at'" in reason and "2000..2100" in reason
+    conflicts = wait_until(site.store.conflicts, 10, "the conflict check ran")
+    assert [(c["kind"], c["seq"]) for c in conflicts] == [("revoked_pass_used", 1)]
+
+
+def test_a_status_of_the_wrong_shape_is_rejected_naming_the_field(
+    site: Site, collector: Collector, gate_client: mqtt.Client
+) -> None:
+    status_topic = topics.status(SITE, "g1")
+    good = {"schema": 1, "gate": "g1", "state": "online", "backlog": 3}
+    bad = [
+        ("versions", "x"),
+        ("clock", [1]),
+        ("camera", "ok"),
+        ("backlog", "7"),
+        ("last_seq", -1),
+        ("acked_seq", 1.5),
+        ("data_age_h", "old"),
+        ("data_as_of", "9999-12-31T20:00:00+00:00"),
+        ("max_data_age_h", 0),
+        ("freshness", [1]),
+        ("storage", "full"),
+    ]
+    publish(gate_client, status_topic, json.dumps(good).encode(), retain=True)
+    for key, value in bad:
+        publish(gate_client, status_topic, json.dumps(good | {key: value}).encode(), retain=True)
+    publish(gate_client, topics.status(SITE, "g2"), json.dumps(good | {"gate": "g2"}).encode())
+
+    def seen(gate: str) -> dict[str, Any] | None:
+        return next((g["status"] for g in site.store.gates() if g["gate"] == gate), None)
+
+    wait_until(lambda: seen("g2"), 10, "status of g2 stored")  # after every bad one
+    wait_until(lambda: len(rejected(site)) == len(bad), 10, lambda: f"{rejected(site)}")
+    for (key, _), (topic, reason) in zip(bad, rejected(site), strict=True):
+        assert topic == status_topic and f"field {key!r} must be" in reason, reason
+    assert seen("g1") == good  # the last status of the right shape stays

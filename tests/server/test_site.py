@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import threading
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from protocol.documents import (
     decode_trust,
 )
 from protocol.passes import verify_pass
-from server.config import ServerConfigError, load_server_config
+from server.config import CONFIG_NAME, ServerConfigError, load_server_config
 from server.keys import key_path
 from server.site import IssuedPass, Site, SiteError
 from tests.conftest import SITE
@@ -268,3 +269,34 @@ def test_fractional_data_age_and_a_short_interval_are_accepted(tmp_path: Path):
     config = load_server_config(tmp_path / "s")
     assert config.policy.max_data_age_h == 0.5
     assert config.server.freshness_interval_s == 300
+
+
+@pytest.mark.parametrize("table", ["server", "policy"])
+def test_a_timezone_that_names_no_place_is_refused(site: Site, table: str) -> None:
+    """Debian's zoneinfo has `localtime` (a link to /etc/localtime): the server and each gate
+    would read their own system zone. Only the tz database's place names are accepted."""
+    path = site.dir / CONFIG_NAME
+    original = path.read_text(encoding="utf-8")
+    assert original.count('timezone = "Asia/Shanghai"') == 2
+
+    def with_zone(zone: str) -> str:
+        line = 'timezone = "Asia/Shanghai"'
+        at = original.index(line, original.index(f"[{table}]"))
+        return f'{original[:at]}timezone = "{zone}"{original[at + len(line) :]}'
+
+    for zone, why in (
+        ("localtime", "each machine's own system zone"),
+        ("Factory", "zone not set"),
+        ("posixrules", "POSIX TZ strings"),
+        ("asia/shanghai", "unknown timezone"),
+        ("/etc/localtime", "unknown timezone"),
+        ("Asia/../Asia/Shanghai", "unknown timezone"),
+    ):
+        path.write_text(with_zone(zone), encoding="utf-8")
+        with pytest.raises(ServerConfigError, match=re.escape(repr(zone))) as err:
+            load_server_config(site.dir)
+        assert why in str(err.value) and "Asia/Shanghai" in str(err.value)
+    path.write_text(with_zone("UTC"), encoding="utf-8")
+    config = load_server_config(site.dir)
+    zones = {"server": config.server.timezone, "policy": config.policy.timezone}
+    assert zones == {"server": "Asia/Shanghai", "policy": "Asia/Shanghai"} | {table: "UTC"}

@@ -29,8 +29,16 @@ from edge.knowledge import Knowledge
 from edge.provision import load_knowledge, provision
 from edge.store import GateStore
 from server.cards import cards_for, write_pdf
-from server.site import Site
-from server.validity import day_start, from_text, last_valid_day, read_time, until_text
+from server.site import Site, SiteError
+from server.validity import (
+    day_start,
+    from_text,
+    last_valid_day,
+    local_text,
+    read_time,
+    typed_text,
+    until_text,
+)
 from tests.conftest import run_menwei
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -200,8 +208,29 @@ def test_how_an_end_reads() -> None:
         ("--valid-until", "2026-12-31T25:00", "not a date"),
         ("--valid-from", "someday", "not a date"),
         ("--valid-until", "9999-12-31", "out of range"),
-        ("--valid-until", "2200-01-01", "outside 1970-01-01..2106-02-07"),
-        ("--valid-until", "2026-11-30", "must be after valid-from"),
+        # Messages name the day typed (and the instant it ends), never only the exclusive end.
+        (
+            "--valid-until",
+            "2107-01-01",
+            "valid-until 2107-01-01 (the whole day, ends 2107-01-02 00:00) is outside the"
+            " times a pass can hold: 1970-01-01 08:00 to 2106-02-07 14:28:15 (Asia/Shanghai)",
+        ),
+        (
+            "--valid-until",
+            "2026-11-30",
+            "valid-until 2026-11-30 (the whole day, ends 2026-12-01 00:00) is not after"
+            " valid-from 2026-12-01",
+        ),
+        (
+            "--valid-from",
+            "1969-12-31",
+            "valid-from 1969-12-31 is outside the times a pass can hold: 1970-01-01 08:00",
+        ),
+        (
+            "--valid-until",
+            "9999-12-31T23:00-12:00",  # no local time: shown as typed
+            "valid-until 9999-12-31T23:00:00-12:00 is outside",
+        ),
     ],
 )
 def test_a_bad_date_is_refused_and_nothing_is_issued(
@@ -221,6 +250,45 @@ def test_a_bad_date_is_refused_and_nothing_is_issued(
     assert out.stdout == ""
     assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 0
     assert site.summary()["register"] == register_before
+
+
+def test_the_day_before_the_first_day_is_refused_naming_both_days_as_typed(site: Site) -> None:
+    """The dates typed, not the exclusive end one day later that they stand for (which read as
+    if the two dates were equal)."""
+    out = run_menwei(
+        "pass", "issue", str(site.dir), "--household", "5-1-101", "--name", "测试",
+        "--valid-from", "2026-12-05", "--valid-until", "2026-12-04", check=False,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        "valid-until 2026-12-04 (the whole day, ends 2026-12-05 00:00) is not after"
+        " valid-from 2026-12-05"
+    ) in out.stderr
+    assert "T00:00:00+08:00" not in out.stderr
+
+
+def test_exact_times_in_messages_keep_their_seconds_and_never_raise(site: Site) -> None:
+    start = site.parse_time("2026-12-05T10:00:30")
+    with pytest.raises(SiteError) as err:
+        site.issue_pass(
+            "5-1-101", "测试", valid_from=start, valid_until=start - timedelta(seconds=20)
+        )
+    assert str(err.value) == (
+        "valid-until 2026-12-05 10:00:10 is not after valid-from 2026-12-05 10:00:30"
+    )
+    with pytest.raises(
+        SiteError, match=r"valid-until 2000-01-01 \(the whole day, .* the start \(now\)"
+    ):
+        site.issue_pass("5-1-101", "测试", valid_until=site.parse_time("2000-01-01", end=True))
+    far = datetime(9999, 12, 31, 23, tzinfo=UTC)
+    assert typed_text(far, SHANGHAI, end=True) == far.isoformat()
+    assert local_text(far, SHANGHAI) == far.isoformat()
+    # In a DST zone the end of a typed day is the next day's first instant as clocks show it.
+    spring = day_start(date(2026, 3, 29), BERLIN)
+    assert typed_text(spring, BERLIN, end=True) == (
+        "2026-03-28 (the whole day, ends 2026-03-29 00:00)"
+    )
+    assert typed_text(spring, BERLIN) == "2026-03-29"
 
 
 def test_human_output_shows_the_last_valid_day(site: Site) -> None:

@@ -548,3 +548,91 @@ def test_hourly_chart_counts_a_passage_at_a_full_hour_in_that_hour(site: Site) -
     finally:
         reader.close()
     assert [b["out"] for b in bins] == [0] + [1] * 23
+
+
+def test_household_page_says_which_passes_are_not_yet_valid_expired_or_revoked(
+    client: TestClient, site: Site
+) -> None:
+    today = now_local(site).date()
+    day = timedelta(days=1)
+    issue = {
+        "active": (today - day, today + day),
+        "not_yet_valid": (today + 5 * day, today + 5 * day),  # one day, in five days
+        "expired": (today - 9 * day, today - 2 * day),
+        "revoked": (today - day, today + day),
+    }
+    ids = {}
+    for state, (first, last) in issue.items():
+        ids[state] = site.issue_pass(
+            "6-4-101",
+            "王五",
+            valid_from=site.parse_time(first.isoformat()),
+            valid_until=site.parse_time(last.isoformat(), end=True),
+        ).pass_id
+    site.revoke_pass(ids["revoked"], "lost")
+    logged_in(client, "olga")
+
+    def states(html: str) -> dict[int, str]:
+        pattern = r'<tr><td>(\d+)</td>.*?data-role="pass-state"><span[^>]*>([^<]+)<'
+        rows = re.findall(pattern, html, re.S)
+        return {int(pass_id): text for pass_id, text in rows}
+
+    zh = states(client.get("/households/6-4-101").text)
+    assert zh == {
+        ids["active"]: "有效",
+        ids["not_yet_valid"]: "尚未生效",
+        ids["expired"]: "已过期",
+        ids["revoked"]: "已注销",
+    }
+    en = states(client.get("/households/6-4-101?lang=en").text)
+    assert en[ids["not_yet_valid"]] == "not yet valid" and en[ids["active"]] == "valid"
+    assert en[ids["expired"]] == "expired" and en[ids["revoked"]] == "revoked"
+
+
+def test_pages_render_with_a_stored_gate_status_of_the_wrong_shape(
+    client: TestClient, site: Site
+) -> None:
+    """Statuses stored before the collector checked shapes: the overview, the policy page and
+    /metrics show what is readable and leave the rest out."""
+    site.store.set_gate_status(
+        "east",
+        {
+            "gate": "east",
+            "state": "online",
+            "versions": "x",
+            "clock": [1],
+            "camera": "ok",
+            "backlog": "7",
+            "at": "9999-12-31T20:00:00+00:00",
+            "data_as_of": "9999-12-31T20:00:00+00:00",
+            "max_data_age_h": "never",
+        },
+    )
+    site.store.set_gate_status(
+        "north",
+        {
+            "gate": "north",
+            "state": "online",
+            "backlog": 2**70,
+            "clock": {"trusted": "yes"},
+            "camera": {"state": ["ok"], "error": 5},
+            "versions": {"config": "one"},
+            "data_age_h": 1.5,
+        },
+    )
+    site.store.set_gate_status("west", {"gate": "west", "state": "online", "backlog": 4})
+    logged_in(client, "vic")
+    page = client.get("/")
+    assert page.status_code == 200
+    east = page.text[page.text.index('data-gate="east"') :].split("</tr>")[0]
+    assert "在线" in east and "— / —" in east and 'data-role="backlog" class="">—<' in east
+    north = page.text[page.text.index('data-gate="north"') :].split("</tr>")[0]
+    assert "1.5 小时" in north and "['ok']" not in north
+    assert ">4<" in page.text[page.text.index('data-gate="west"') :]
+    policy = client.get("/policy")
+    assert policy.status_code == 200 and "north" in policy.text
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'menwei_server_gate_backlog{gate="west"} 4.0' in metrics.text
+    assert 'menwei_server_gate_backlog{gate="east"}' not in metrics.text
+    assert 'menwei_server_gates{state="online"} 3.0' in metrics.text

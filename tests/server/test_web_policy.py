@@ -17,6 +17,7 @@ from protocol.documents import CONFIG_FILE
 from server.site import Site
 from server.web.accounts import AccountStore
 from server.web.app import create_app
+from tests.e2e.helpers import make_event
 from tests.server.test_policy_rollout import audit_rows, edit_policy
 from tests.server.test_web import add_operators, csrf_of, logged_in
 from tests.test_policy_cli import CANDIDATE, record_traffic
@@ -177,3 +178,23 @@ def test_rollout_counts_gates_on_the_published_version(client: TestClient, site:
     assert text_of(page.text, "rollout") == "1/2"
     rows = text_of(page.text, "rollout-gates")
     assert "east 在线 2 已是最新" in rows and "west 在线 1 等待更新" in rows
+
+
+def test_try_out_over_traffic_with_a_time_far_out_of_range_shows_it_as_stored(
+    client: TestClient, site: Site, traffic: dict[str, Any]
+) -> None:
+    """An event of year 9999 stored before the collector refused such times: the try-out
+    page shows its time as the gate sent it instead of failing for everyone."""
+    far = "9999-12-31T20:00:00+00:00"
+    a = traffic["a"]
+    site.store.insert_events(
+        "east",
+        [make_event(site.site, "east", 5, at=far, pass_id=a.pass_id, detail={"qr": a.qr})],
+    )
+    edit_policy(site.dir, **CANDIDATE)
+    csrf = logged_in(client, "vic")
+    since = (a.valid_from).date().isoformat()
+    r = client.post("/policy/try", data={"csrf": csrf, "since": since})
+    assert r.status_code == 200
+    assert text_of(r.text, "trial-decisions").startswith("6")
+    assert far in r.text

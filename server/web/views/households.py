@@ -64,6 +64,19 @@ def mask_phone(phone: str) -> str:
     return phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
 
 
+def pass_state(row: dict[str, Any], now: float) -> str:
+    """A pass's state at `now` (Unix seconds), as the gate judges its window: `revoked`,
+    `not_yet_valid` (it starts after now), `expired` (its exclusive end is past) or `active`.
+    `row`: a passes row (`revoked_at`, `valid_from`/`valid_until` in Unix seconds)."""
+    if row["revoked_at"]:
+        return "revoked"
+    if now < row["valid_from"]:
+        return "not_yet_valid"
+    if now >= row["valid_until"]:
+        return "expired"
+    return "active"
+
+
 def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
     place = d.reader.dicts(
         "SELECT building, unit, room, grid, community, quarantined, quarantine_until"
@@ -85,7 +98,9 @@ def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
     if not place and not passes and not members:
         raise HTTPException(404, "error.not_found")
     tz = d.site.config.tz
+    now = d.site.now().timestamp()
     for p in passes:
+        p["state"] = pass_state(p, now)
         p["holder"] = p["name"] if full else mask_name(p["name"])
         p["from"] = from_text(datetime.fromtimestamp(p["valid_from"], tz), tz)
         p["until"] = until_text(datetime.fromtimestamp(p["valid_until"], tz), tz)

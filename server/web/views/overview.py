@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from protocol.events import readable_status
 from server.web import figures, i18n
 from server.web.auth import require
 from server.web.dashboard import Dashboard, dashboard_of
+
+T = TypeVar("T")
 
 
 def routes() -> list[Route]:
@@ -30,7 +33,7 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
     for gate, last_seen, raw in dashboard.reader.rows(
         "SELECT gate, last_seen, status FROM gates ORDER BY gate"
     ):
-        status: dict[str, Any] = json.loads(raw) if raw else {}
+        status = stored_status(raw)
         clock = status.get("clock") or {}
         camera = status.get("camera") or {}
         versions = status.get("versions") or {}
@@ -46,15 +49,29 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
                 "status_at": status.get("at"),
                 "direction": status.get("direction"),
                 "backlog": status.get("backlog"),
-                "clock_trusted": clock.get("trusted"),
+                "clock_trusted": _of(bool, clock.get("trusted")),
                 "config": versions.get("config"),
                 "register": versions.get("register"),
-                "camera": camera.get("state"),
-                "camera_error": camera.get("error"),
+                "camera": _of(str, camera.get("state")),
+                "camera_error": _of(str, camera.get("error")),
                 "data_age": age,
             }
         )
     return rows
+
+
+def stored_status(raw: str | None) -> dict[str, Any]:
+    """A gate's stored status with fields of the wrong shape left out: statuses stored before
+    the collector checked shapes may hold `"versions": "x"`; a page must still render."""
+    try:
+        return readable_status(json.loads(raw)) if raw else {}
+    except ValueError:
+        return {}
+
+
+def _of(kind: type[T], value: object) -> T | None:
+    """`value` when it is a `kind`, else None (a field inside a stored status's object)."""
+    return value if isinstance(value, kind) else None
 
 
 @dataclass(frozen=True)

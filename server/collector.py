@@ -205,7 +205,8 @@ class Collector:
                 self._reject(topic, str(exc), payload)
                 return
             self.store.set_gate_status(gate, status)
-            self.feed.publish({"type": "status", "gate": gate, **status})
+            # The topic names the gate (the ACL binds it to the login); the payload may lie.
+            self.feed.publish({"type": "status", **status, "gate": gate})
             return
         if leaf != "events":
             return

@@ -189,6 +189,20 @@ def test_status_messages_update_the_gates_table(
     assert got["state"] == "online" and got["backlog"] == 7
 
 
+def test_a_status_is_shown_under_the_gate_its_topic_names(
+    collector: Collector, gate_client: mqtt.Client
+) -> None:
+    """The ACL binds a gate's login to its own status topic; the payload may claim another."""
+    with collector.feed.subscribe() as sub:
+        publish(
+            gate_client,
+            topics.status(SITE, "g1"),
+            json.dumps({"schema": 1, "gate": "g2", "state": "online"}).encode(),
+        )
+        item = wait_until(lambda: sub.get(0.2), 10, "no status on the live feed")
+    assert (item["type"], item["gate"]) == ("status", "g1")
+
+
 def test_documents_are_published_retained_and_verify(
     site: Site, collector: Collector, broker: MosquittoBroker
 ) -> None:

@@ -542,3 +542,13 @@ def test_passage_without_an_aware_time_is_a_message_error(at):
     raw = json.dumps({**json.loads(good.encode()), "at": at}).encode()
     with pytest.raises(MessageError, match="at"):
         Passage.decode(raw)
+
+
+def test_an_ack_names_the_event_it_acknowledges_and_older_acks_still_decode():
+    from protocol.events import Ack
+
+    named = Ack("g", 5, "beef", "0b8c7a52-0000-4000-8000-000000000005")
+    assert Ack.decode(named.encode()) == named
+    assert Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5, "epoch": "beef"}').uuid is None
+    with pytest.raises(MessageError):
+        Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5, "uuid": 7}')

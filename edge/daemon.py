@@ -47,7 +47,7 @@ from edge.provision import (
     load_knowledge,
 )
 from edge.recording import console_line, decision_event, decision_json, simple_event
-from edge.store import GateStore
+from edge.store import EpochMove, GateStore
 from edge.sync import GateSync, SyncSettings
 from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
@@ -133,6 +133,7 @@ class GateDaemon:
                 self.store,
                 on_document=self.on_document,
                 on_passage=self.on_passage,
+                on_history_lost=self.on_history_lost,
                 status=self.status,
             )
 
@@ -472,6 +473,37 @@ class GateDaemon:
                 uuid=passage.uuid,
             )
             self.store.save_state(state_to_json(self.state))
+
+    def on_history_lost(self, collector_seq: int) -> EpochMove:
+        """The collector holds events of this gate's epoch that its database lost (see
+        GateSync): move to a new epoch and log a high-priority `gate_history_lost` alert
+        with the move, in one transaction (GateStore.start_new_epoch)."""
+        now = self.clock.now()
+        site, gate = self.config.gate.site, self.config.gate.id
+
+        def alert(move: EpochMove, seq: int) -> Event:
+            detail = {"priority": "high", **move.detail()}
+            return _with_seq(
+                simple_event(
+                    "alert",
+                    "gate_history_lost",
+                    site=site,
+                    gate=gate,
+                    now=now,
+                    know=self.know,
+                    detail=detail,
+                ),
+                seq,
+            )
+
+        move, _event = self.store.start_new_epoch(collector_seq, alert)
+        print(
+            f"[FAULT] {message('gate_history_lost').zh} / {message('gate_history_lost').en}:"
+            f" epoch {move.lost_epoch} -> {move.epoch}",
+            file=self.out,
+            flush=True,
+        )
+        return move
 
     # --- the guard's screen ----------------------------------------------------------------
 

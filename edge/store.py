@@ -6,6 +6,14 @@ written in one SQLite transaction with `synchronous=FULL` (WAL) before the
 relay moves, so a power cut loses nothing that was acted on. The outbox holds
 the sequence numbers the collector has not acknowledged; an acknowledgement
 deletes them. paho's in-memory queue is never relied on.
+
+Seqs are numbered per epoch (the database's random id, carried by every event). The
+`seq` column is the event's position in this database's log, which never goes back;
+the seq an event carries is its position minus the epoch's base (meta `epoch_base`, 0
+for a database's first epoch). A gate that learns it lost committed history (a damaged
+WAL, see `start_new_epoch`) moves to a new epoch whose base is its last confirmed
+position, so its unconfirmed events are numbered 1, 2, ... again, never with numbers the
+collector holds for other events.
 """
 
 from __future__ import annotations
@@ -63,6 +71,34 @@ def m002_epoch(db: Database) -> None:
 
 
 @dataclass(frozen=True)
+class EpochMove:
+    """What `start_new_epoch` did: the numbering this gate left and the one it goes on with."""
+
+    lost_epoch: str
+    epoch: str
+    confirmed_seq: int
+    """The last seq of `lost_epoch` the collector had acknowledged to this gate: every event
+    up to it is held by the collector exactly as the gate logged it."""
+    last_seq: int
+    """The last seq of `lost_epoch` this gate still held."""
+    collector_seq: int
+    """What the collector acknowledges for `lost_epoch` (the evidence of the loss)."""
+    moved: int
+    """Unconfirmed events renumbered 1..moved in `epoch` (each keeps its uuid and carries
+    `detail.moved_from`: the epoch and seq it had)."""
+
+    def detail(self) -> dict[str, Any]:
+        return {
+            "epoch": self.lost_epoch,
+            "new_epoch": self.epoch,
+            "confirmed_seq": self.confirmed_seq,
+            "last_seq": self.last_seq,
+            "collector_seq": self.collector_seq,
+            "moved": self.moved,
+        }
+
+
+@dataclass(frozen=True)
 class LoggedEvent:
     event: Event
     acked: bool
@@ -104,27 +140,65 @@ class GateStore:
         """Log one event (built for the next seq) with its outbox entry, state and clock floor,
         atomically. Returns the stored event."""
         with self._lock, self.db.atomic():
-            row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            event = replace(build(row[0] + 1), epoch=self.epoch)
-            self.db.execute(
-                "INSERT INTO events (seq, uuid, at, kind, decision, reason, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    event.seq,
-                    event.uuid,
-                    event.at,
-                    event.kind,
-                    event.decision,
-                    event.reason,
-                    json.dumps(event.to_json(), ensure_ascii=False),
-                ],
-            )
-            self.db.execute("INSERT INTO outbox (seq) VALUES (?)", [event.seq])
+            event = self._insert(build)
             if state is not None:
                 self._set_meta("state", json.dumps(state))
             if clock_floor > self.clock_floor():  # the floor never goes back (save_clock_floor)
                 self._set_meta("clock_floor", repr(clock_floor))
         return event
+
+    def _insert(self, build: Callable[[int], Event]) -> Event:
+        """The next event and its outbox entry (inside the caller's transaction)."""
+        position = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+        event = replace(build(position - self._base()), epoch=self.epoch)
+        self.db.execute(
+            "INSERT INTO events (seq, uuid, at, kind, decision, reason, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                position,
+                event.uuid,
+                event.at,
+                event.kind,
+                event.decision,
+                event.reason,
+                json.dumps(event.to_json(), ensure_ascii=False),
+            ],
+        )
+        self.db.execute("INSERT INTO outbox (seq) VALUES (?)", [position])
+        return event
+
+    def start_new_epoch(
+        self, collector_seq: int, alert: Callable[[EpochMove, int], Event] | None = None
+    ) -> tuple[EpochMove, Event | None]:
+        """The collector holds events of this epoch that this database lost (committed
+        transactions gone with a damaged WAL): its numbers past the last confirmed seq are
+        no longer this gate's to use. In one transaction: a new random epoch begins; every
+        event after the last acknowledged one is renumbered 1, 2, ... in it (in log order,
+        keeping its uuid, with `detail.moved_from`) and queued again; then the event
+        `alert(move, seq)` builds (the gate_history_lost alert) is logged after them.
+        Returns the move and the logged alert event."""
+        with self._lock, self.db.atomic():
+            base, confirmed = self._base(), self.acked_seq()
+            lost, epoch = self.epoch, secrets.token_hex(8)
+            new_base = base + confirmed
+            last = self.last_seq()
+            self.db.execute(
+                "UPDATE events SET body = json_set(body, '$.epoch', ?, '$.seq', seq - ?,"
+                " '$.detail.moved_from', json_object('epoch', ?, 'seq', seq - ?))"
+                " WHERE seq > ?",
+                [epoch, new_base, lost, base, new_base],
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO outbox (seq) SELECT seq FROM events WHERE seq > ?",
+                [new_base],
+            )
+            self._set_meta("epoch", epoch)
+            self._set_meta("epoch_base", str(new_base))
+            self._set_meta("acked_seq", "0")
+            self.epoch = epoch
+            move = EpochMove(lost, epoch, confirmed, last, collector_seq, last - confirmed)
+            event = None if alert is None else self._insert(lambda seq: alert(move, seq))
+        return move, event
 
     def purge(self, before: str) -> int:
         """Delete acknowledged events logged before `before` (ISO UTC). Never an event still in
@@ -142,18 +216,19 @@ class GateStore:
         return int(deleted)
 
     def unacked(self, after_seq: int, limit: int) -> list[Event]:
+        """Up to `limit` queued events of the current epoch after `after_seq`, in order."""
         with self._lock:
             rows = self.db.execute(
                 "SELECT e.body FROM outbox o JOIN events e ON e.seq = o.seq"
                 " WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
-                [after_seq, limit],
+                [after_seq + self._base(), limit],
             ).fetchall()
         return [Event.from_json(json.loads(r[0])) for r in rows]
 
     def mark_acked(self, acked_seq: int) -> int:
         """Record the collector's acknowledgement; returns how many outbox entries it cleared."""
         with self._lock, self.db.atomic():
-            cur = self.db.execute("DELETE FROM outbox WHERE seq <= ?", [acked_seq])
+            cur = self.db.execute("DELETE FROM outbox WHERE seq <= ?", [acked_seq + self._base()])
             if acked_seq > self.acked_seq():
                 self._set_meta("acked_seq", str(acked_seq))
             return cur.rowcount
@@ -165,17 +240,34 @@ class GateStore:
         with self._lock, self.db.atomic():
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO outbox (seq) SELECT seq FROM events WHERE seq > ?",
-                [acked_seq],
+                [acked_seq + self._base()],
             )
             self._set_meta("acked_seq", str(acked_seq))
             return int(cur.rowcount)
 
     def acked_seq(self) -> int:
+        """The collector's acknowledgement in the current epoch."""
         return int(self._get_meta("acked_seq") or 0)
 
     def last_seq(self) -> int:
+        """The seq of the newest event in the current epoch (0 when it has none yet)."""
         with self._lock:
-            return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            top = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            return max(0, top - self._base())
+
+    def uuid_at(self, seq: int) -> str | None:
+        """The uuid of the current epoch's event `seq`, None if this log does not hold it."""
+        if seq < 1:
+            return None
+        with self._lock:
+            row = self.db.execute(
+                "SELECT uuid FROM events WHERE seq = ?", [seq + self._base()]
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _base(self) -> int:
+        """Positions in the log before the current epoch's seq 1."""
+        return int(self._get_meta("epoch_base") or 0)
 
     def backlog(self) -> int:
         with self._lock:

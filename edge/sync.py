@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.store import GateStore
+from edge.store import EpochMove, GateStore
 from protocol import topics
 from protocol.broker import BrokerAddress
 from protocol.errors import MessageError
@@ -61,12 +61,16 @@ class GateSync:
         *,
         on_document: Callable[[str, bytes], None],
         on_passage: Callable[[bytes], None] | None = None,
+        on_history_lost: Callable[[int], EpochMove] | None = None,
         status: Callable[[], dict[str, Any]],
     ) -> None:
+        """`on_history_lost(collector_seq)` moves the store to a new epoch and logs the
+        alert (GateDaemon.on_history_lost); without it the store moves with no alert."""
         self.s = settings
         self.store = store
         self._on_document = on_document
         self._on_passage = on_passage
+        self._on_history_lost = on_history_lost or (lambda n: store.start_new_epoch(n)[0])
         self._status = status
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._stop = threading.Event()
@@ -86,6 +90,7 @@ class GateSync:
             "foreign_acks": 0,
             "requeued": 0,
             "statements_skipped": 0,
+            "history_lost": 0,
         }
         self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
         self.client = mqtt.Client(
@@ -247,11 +252,13 @@ class GateSync:
             self.stats["foreign_acks"] += 1
             return
         last = self.store.last_seq()
-        if ack.acked_seq > last:
-            # Same epoch, yet seqs this gate never wrote: never acknowledge what we do not
-            # have (it would drop events); report it instead.
-            log.error("collector acknowledges seq %d beyond our last seq %d", ack.acked_seq, last)
-            self.stats["bad_messages"] += 1
+        mine = self.store.uuid_at(ack.acked_seq) if ack.uuid is not None else None
+        if ack.acked_seq > last or (mine is not None and mine != ack.uuid):
+            # The collector holds seqs of our epoch that this log does not (beyond our last
+            # seq, or another event at the acknowledged one): committed history was lost
+            # here. Never acknowledge by these numbers (it would drop our events) and never
+            # use them again: move to a new epoch.
+            self._move_epoch(ack.acked_seq, last)
             return
         if ack.acked_seq > self.acked:
             self.store.mark_acked(ack.acked_seq)
@@ -264,6 +271,25 @@ class GateSync:
             # is followed at once by newer ones; one that stays low means the collector's
             # store lost events (restored from a backup): `_send` then queues them again.
             self._low_ack = (ack.acked_seq, time.monotonic())
+
+    def _move_epoch(self, collector_seq: int, last: int) -> None:
+        move = self._on_history_lost(collector_seq)
+        log.error(
+            "history lost: the collector holds epoch %r up to seq %d, this gate %d (confirmed"
+            " %d); %d unconfirmed events go again as epoch %r seq 1..%d. Check the storage.",
+            move.lost_epoch,
+            collector_seq,
+            last,
+            move.confirmed_seq,
+            move.moved,
+            move.epoch,
+            move.moved,
+        )
+        self.stats["history_lost"] += 1
+        self.acked = self.sent_up_to = 0
+        self._low_ack = None
+        self._last_progress = time.monotonic()
+        self._wake.set()
 
     def _requeue_if_collector_lost_events(self, now: float) -> None:
         low = self._low_ack

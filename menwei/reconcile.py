@@ -14,7 +14,7 @@ from server.store import ServerStore
 class Reconciliation:
     gate_events: int
     collector_events: int
-    lost: int  # logged by a gate, absent at the collector
+    lost: int  # logged by a gate, absent at the collector (under its number or as an alias)
     duplicates: int  # stored more than once at the collector, or stored but never logged
     pending: int  # still in a gate's outbox (not yet acknowledged)
 
@@ -30,7 +30,8 @@ def reconcile(gate_dbs: list[Path], server_db: Path) -> Reconciliation:
                 pending += not item.acked
     with ServerStore(server_db) as store:
         keys = store.event_keys()
+        aliases = set(store.alias_keys())  # renumbered by a gate that lost its history
     counts = Counter(keys)
     stored = set(keys)
     doubled = sum(n - 1 for n in counts.values()) + len(stored - logged)
-    return Reconciliation(len(logged), len(keys), len(logged - stored), doubled, pending)
+    return Reconciliation(len(logged), len(keys), len(logged - stored - aliases), doubled, pending)

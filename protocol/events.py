@@ -251,10 +251,19 @@ class Ack:
     gate: str
     acked_seq: int  # every seq <= this of this epoch is committed at the collector
     epoch: str = ""
+    uuid: str | None = None
+    """The uuid of the event the collector holds at `acked_seq` (None for 0, and from
+    collectors before it was added): a gate whose own event there differs lost history."""
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"schema": SCHEMA, "gate": self.gate, "acked_seq": self.acked_seq, "epoch": self.epoch}
+            {
+                "schema": SCHEMA,
+                "gate": self.gate,
+                "acked_seq": self.acked_seq,
+                "epoch": self.epoch,
+                "uuid": self.uuid,
+            }
         ).encode()
 
     @classmethod
@@ -264,7 +273,10 @@ class Ack:
             if not isinstance(data, Mapping):
                 raise ValueError("ack must be a JSON object")
             ack = cls(
-                gate=_str(data, "gate"), acked_seq=_int(data, "acked_seq"), epoch=_epoch(data)
+                gate=_str(data, "gate"),
+                acked_seq=_int(data, "acked_seq"),
+                epoch=_epoch(data),
+                uuid=_opt(data, "uuid", str),
             )
         except ValueError as exc:  # a strict parse: 1e999, "3" or true are not a seq
             raise MessageError(f"bad ack: {exc}") from None

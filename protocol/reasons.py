@@ -71,6 +71,9 @@ MESSAGES: dict[str, Message] = {
     "gate_reset": Message(
         "闸机数据库已更换，序号重新开始", "Gate database replaced: numbering restarted"
     ),
+    "gate_history_lost": Message(
+        "闸机丢失了已提交的记录，已改用新编号", "Gate lost committed records: numbering moved on"
+    ),
 }
 
 ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})

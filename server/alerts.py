@@ -1,5 +1,6 @@
 """Operator alerts: fever, forged or unknown-key passes, revoked pass used, cross-gate
-conflicts, gates offline, door held open, camera lost. Each can be acknowledged with a note.
+conflicts, gates offline, door held open, camera lost, a gate that lost its history. Each
+can be acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
 never raises the same alert twice. Tables are this module's own migration set.
@@ -19,7 +20,8 @@ from server.store import ServerStore, utcnow
 
 migrations = Migrations("menwei-alerts")
 
-HIGH_PRIORITY = frozenset({"fever", "forged", "revoked", "door_forced", "conflict"})
+HISTORY_LOST = "gate_history_lost"
+HIGH_PRIORITY = frozenset({"fever", "forged", "revoked", "door_forced", "conflict", HISTORY_LOST})
 
 
 @migrations()
@@ -112,6 +114,8 @@ class AlertStore:
         else:
             return None
         detail = json.dumps(event.detail, ensure_ascii=False) if event.detail else ""
+        if kind == HISTORY_LOST:
+            detail = self._history_lost_detail(event)
         return self.raise_alert(
             f"event:{event.uuid}",
             kind,
@@ -121,6 +125,22 @@ class AlertStore:
             detail=detail,
             event_at=event.at,
             priority=str(event.detail.get("priority")) if event.detail.get("priority") else None,
+        )
+
+    def _history_lost_detail(self, event: Event) -> str:
+        """What the gate lost, from what this store holds: the gate's alert follows the events
+        it sent again under its new epoch, so those are already recorded as aliases."""
+        d = event.detail
+        try:
+            lost, new = str(d["epoch"]), str(d["new_epoch"])
+            confirmed, moved = int(d["confirmed_seq"]), int(d["moved"])
+        except (KeyError, TypeError, ValueError):
+            return json.dumps(d, ensure_ascii=False)
+        ranges = self.store.missing_from_gate(event.gate, lost, confirmed, new)
+        held = ", ".join(f"{a}..{b}" for a, b in ranges) or "none"
+        return (
+            f"epoch {lost} seq {held} held by the collector, not by the gate;"
+            f" {moved} unconfirmed events sent again as epoch {new}"
         )
 
     def get(self, alert_id: int) -> Alert | None:

@@ -30,7 +30,7 @@ from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, REGISTER_FILE
 from protocol.errors import MessageError, ProtocolError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
-from server.alerts import Alert
+from server.alerts import HISTORY_LOST, Alert
 from server.conflicts import find_conflicts
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
@@ -70,6 +70,7 @@ class Collector:
             "rejected": 0,
             "conflicts": 0,
             "freshness": 0,
+            "renumbered": 0,
         }
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         acfg = site.config.alerts
@@ -221,16 +222,17 @@ class Collector:
         self.stats["batches"] += 1
         self.stats["inserted"] += result.inserted
         self.stats["duplicates"] += result.duplicates
+        self.stats["renumbered"] += result.renumbered
         info = self.client.publish(
             topics.ack(site, gate),
-            Ack(gate, result.contiguous_seq, result.epoch).encode(),
+            Ack(gate, result.contiguous_seq, result.epoch, result.contiguous_uuid).encode(),
             qos=1,
             retain=True,
         )
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # The gate resends when its ack does not advance; the next batch acks again.
             log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
-        if result.replaced_epoch is not None:
+        if result.replaced_epoch is not None and not _history_move(batch.events):
             log.warning(
                 "gate %s numbers from a new database (epoch %r, was %r)",
                 gate,
@@ -338,3 +340,11 @@ class Collector:
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._published[name] = mtime
                 log.info("published %s", name)
+
+
+def _history_move(events: list[Event]) -> bool:
+    """Whether a batch that begins a new epoch comes from a gate that moved there after losing
+    committed history (its alert or its renumbered events), not from a replaced database."""
+    return any(
+        "moved_from" in e.detail or (e.kind == "alert" and e.reason == HISTORY_LOST) for e in events
+    )

@@ -1,10 +1,16 @@
 """The collector's store (SQLite; PostgreSQL at scale is a later backend behind the same API).
 
-Events are inserted idempotently on (gate, seq): a resent event is counted
-once. An event whose (gate, seq) is already stored with a different UUID is
-not overwritten: it is kept in `conflicts` for operators (a gate whose
-database was replaced). Per gate, `contiguous_seq` is the highest seq up to
-which every event is committed: that is what the collector acknowledges.
+Events are inserted idempotently on (gate, epoch, seq): a resent event is
+counted once. An event whose (gate, epoch, seq) is already stored with a
+different UUID is not overwritten: it is kept in `conflicts` for operators,
+once per event however often it is resent (a gate that lost committed history
+and numbered new events with seqs the collector holds). An event whose UUID is
+already stored under another (epoch, seq) of its gate is the same event,
+renumbered by a gate that moved to a new epoch after such a loss: it is stored
+once, and its new number is kept in `event_aliases` so the new epoch's
+numbering has no gap. Per gate, `contiguous_seq` is the highest seq up to which
+every event of its current epoch is committed: that is what the collector
+acknowledges, with the uuid of the event there.
 """
 
 from __future__ import annotations
@@ -115,6 +121,15 @@ def m004_epochs(db: Database) -> None:
     db.execute("UPDATE gates SET epoch = ''")
 
 
+@migrations()
+def m005_event_aliases(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE event_aliases (gate TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT"
+        " NULL, uuid TEXT NOT NULL, PRIMARY KEY (gate, epoch, seq))"
+    )
+    db.execute("CREATE INDEX events_uuid ON events(gate, uuid)")
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -128,6 +143,8 @@ class InsertResult:
     new_events: tuple[Event, ...] = ()
     epoch: str = ""
     replaced_epoch: str | None = None  # the gate's previous epoch, when this batch began a new one
+    contiguous_uuid: str | None = None  # the uuid of the event at contiguous_seq
+    renumbered: int = 0  # events already stored under another (epoch, seq): aliases recorded
 
 
 class ServerStore:
@@ -166,10 +183,24 @@ class ServerStore:
     def insert_events(self, gate: str, events: list[Event]) -> InsertResult:
         """Insert one batch in one transaction; returns counts and the new contiguous seq."""
         now = utcnow()
-        inserted = duplicates = conflicts = 0
+        inserted = duplicates = conflicts = renumbered = 0
         new: list[Event] = []
         with self._lock, self.db.atomic():
             for e in events:
+                held = self.db.execute(
+                    "SELECT epoch, seq FROM events WHERE gate = ? AND uuid = ?", [gate, e.uuid]
+                ).fetchone()
+                if held is not None:
+                    if (held[0], held[1]) == (e.epoch, e.seq):
+                        duplicates += 1
+                    else:  # the same event under a new number: stored once, its number noted
+                        renumbered += 1
+                        self.db.execute(
+                            "INSERT OR IGNORE INTO event_aliases (gate, epoch, seq, uuid)"
+                            " VALUES (?, ?, ?, ?)",
+                            [gate, e.epoch, e.seq, e.uuid],
+                        )
+                    continue
                 body = json.dumps(e.to_json(), ensure_ascii=False)
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO events (gate, epoch, seq, uuid, at, kind, decision,"
@@ -195,27 +226,63 @@ class ServerStore:
                     inserted += 1
                     new.append(e)
                     continue
-                row = self.db.execute(
-                    "SELECT uuid FROM events WHERE gate = ? AND epoch = ? AND seq = ?",
-                    [gate, e.epoch, e.seq],
-                ).fetchone()
-                if row[0] == e.uuid:
-                    duplicates += 1
-                else:
-                    conflicts += 1
-                    self.add_conflict(
-                        gate,
-                        e.seq,
-                        "seq_reused",
-                        f"seq {e.seq} already stored with uuid {row[0]}",
-                        body,
-                    )
+                conflicts += 1
+                other = self._uuid_at(gate, e.epoch, e.seq)
+                self._add_conflict(
+                    gate,
+                    e.seq,
+                    "seq_reused",
+                    f"epoch {e.epoch!r} seq {e.seq} already stored with uuid {other}",
+                    body,
+                    e.uuid,
+                )
             # A gate writes one database at a time: its batch's epoch is its current one.
             epoch = events[-1].epoch if events else self.gate_epoch(gate) or ""
             contiguous, replaced = self._advance_contiguous(gate, epoch, now)
+            at_contiguous = self._uuid_at(gate, epoch, contiguous)
         return InsertResult(
-            inserted, duplicates, conflicts, contiguous, tuple(new), epoch, replaced
+            inserted,
+            duplicates,
+            conflicts,
+            contiguous,
+            tuple(new),
+            epoch,
+            replaced,
+            at_contiguous,
+            renumbered,
         )
+
+    def _uuid_at(self, gate: str, epoch: str, seq: int) -> str | None:
+        row = self.db.execute(
+            "SELECT uuid FROM events WHERE gate = ? AND epoch = ? AND seq = ?"
+            " UNION ALL SELECT uuid FROM event_aliases WHERE gate = ? AND epoch = ? AND seq = ?",
+            [gate, epoch, seq, gate, epoch, seq],
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def missing_from_gate(
+        self, gate: str, epoch: str, confirmed_seq: int, new_epoch: str
+    ) -> list[tuple[int, int]]:
+        """After `gate` moved from `epoch` to `new_epoch` (it lost committed history): the
+        seq ranges of `epoch` above `confirmed_seq` held here whose events the gate did not
+        send again under `new_epoch`, i.e. held by the collector and no longer by the gate."""
+        with self._lock:
+            seqs = [
+                int(r[0])
+                for r in self.db.execute(
+                    "SELECT seq FROM events WHERE gate = ? AND epoch = ? AND seq > ?"
+                    " AND uuid NOT IN (SELECT uuid FROM event_aliases WHERE gate = ?"
+                    " AND epoch = ?) ORDER BY seq",
+                    [gate, epoch, confirmed_seq, gate, new_epoch],
+                )
+            ]
+        ranges: list[tuple[int, int]] = []
+        for seq in seqs:
+            if ranges and ranges[-1][1] == seq - 1:
+                ranges[-1] = (ranges[-1][0], seq)
+            else:
+                ranges.append((seq, seq))
+        return ranges
 
     def gate_epoch(self, gate: str) -> str | None:
         row = self.db.execute("SELECT epoch FROM gates WHERE gate = ?", [gate]).fetchone()
@@ -230,8 +297,10 @@ class ServerStore:
         held = None if row is None else row[1]
         c = row[0] if row is not None and held == epoch else 0
         for (seq,) in self.db.execute(
-            "SELECT seq FROM events WHERE gate = ? AND epoch = ? AND seq > ? ORDER BY seq",
-            [gate, epoch, c],
+            "SELECT seq FROM events WHERE gate = ? AND epoch = ? AND seq > ?"
+            " UNION SELECT seq FROM event_aliases WHERE gate = ? AND epoch = ? AND seq > ?"
+            " ORDER BY seq",
+            [gate, epoch, c, gate, epoch, c],
         ):
             if seq != c + 1:
                 break
@@ -282,18 +351,33 @@ class ServerStore:
                 ).fetchall()
             ]
 
+    def alias_keys(self) -> list[tuple[str, str, int, str]]:
+        """(gate, epoch, seq, uuid) under which gates sent again events stored under another
+        number (after a move to a new epoch)."""
+        with self._lock:
+            return [
+                (str(g), str(e), int(s), str(u))
+                for g, e, s, u in self.db.execute(
+                    "SELECT gate, epoch, seq, uuid FROM event_aliases"
+                ).fetchall()
+            ]
+
     def count_events(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     # --- problems ----------------------------------------------------------------------
 
-    def add_conflict(self, gate: str, seq: int, kind: str, detail: str, body: str | None) -> None:
-        with self._lock, self.db.atomic():
-            self.db.execute(
-                "INSERT INTO conflicts (gate, seq, kind, detail, body, at) VALUES (?,?,?,?,?,?)",
-                [gate, seq, kind, detail, body, utcnow()],
-            )
+    def _add_conflict(
+        self, gate: str, seq: int, kind: str, detail: str, body: str, uuid: str
+    ) -> None:
+        """Keep a refused event for operators, once per (kind, event uuid): a gate resends
+        what it was not acknowledged for, every resend_after_s."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO conflicts (gate, seq, kind, detail, body, uuid, at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [gate, seq, kind, detail, body, uuid, utcnow()],
+        )
 
     def add_conflict_once(self, gate: str, seq: int, kind: str, detail: str, uuid: str) -> bool:
         """Record a conflict about event `uuid` unless it is already recorded. True if new."""

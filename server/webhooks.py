@@ -48,6 +48,7 @@ KIND_TEXT: dict[str, tuple[str, str]] = {
     "door_held_open": ("门长时间未关", "Door held open"),
     "camera_lost": ("摄像头故障", "Camera lost"),
     "gate_offline": ("门岗离线", "Gate offline"),
+    "gate_history_lost": ("门岗丢失已提交记录", "Gate lost committed records"),
 }
 
 

@@ -17,7 +17,10 @@ from hypothesis import HealthCheck, settings
 
 from edge.provision import provision
 from menwei.mosquitto import MosquittoBroker
+from protocol.broker import parse_broker
+from server.collector import Collector
 from server.site import IssuedPass, Site
+from tests.e2e.helpers import wait_until
 
 # CI runs on 2 shared cores: timing-based health checks and deadlines would make the
 # property tests flaky without making them stronger.
@@ -48,6 +51,16 @@ def broker() -> Iterator[MosquittoBroker]:
 def site(tmp_path: Path) -> Iterator[Site]:
     with Site.init(tmp_path / "server", SITE) as s:
         yield s
+
+
+@pytest.fixture
+def collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
+    """The real collector of `site` on this test's own `broker`, connected."""
+    c = Collector(site, parse_broker(broker.url))
+    c.start()
+    wait_until(c.connected.is_set, 15, "collector did not connect to the broker")
+    yield c
+    c.close()
 
 
 @pytest.fixture

@@ -353,7 +353,12 @@ def gate_progress(gate_dir: Path) -> GateProgress:
         return GateProgress(0, 0, 0)
     with contextlib.closing(_ro(db)) as conn:
         try:
-            last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            # The log's position minus the current epoch's base: the seq of the newest event
+            # (edge/store.py; the base moves when a gate that lost its history moves epoch).
+            last = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) - COALESCE((SELECT CAST(value AS INTEGER)"
+                " FROM meta WHERE key = 'epoch_base'), 0) FROM events"
+            ).fetchone()[0]
             backlog = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
             row = conn.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
         except sqlite3.OperationalError:  # not migrated yet

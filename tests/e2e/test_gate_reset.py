@@ -7,28 +7,15 @@ their own, no seq conflict, one alert for operators — and the gate's outbox em
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edge.store import GateStore
 from menwei.mosquitto import MosquittoBroker
 from protocol import topics
-from protocol.broker import parse_broker
 from protocol.events import Ack
 from server.collector import Collector
 from server.site import Site
 from tests.e2e.helpers import GateThread, Stage, gate_progress, provision_gate, wait_until
-
-
-@pytest.fixture
-def collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
-    c = Collector(site, parse_broker(broker.url))
-    c.start()
-    wait_until(c.connected.is_set, 15, "collector did not connect to the broker")
-    yield c
-    c.close()
 
 
 def run_until_acked(gate_dir: Path, broker: MosquittoBroker, qrs: list[str]) -> str:

@@ -12,14 +12,12 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from menwei.mosquitto import MosquittoBroker
 from menwei.reconcile import reconcile
-from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import Site
 from server.store import STORE_NAME
@@ -45,15 +43,6 @@ def test_demo_three_gates_two_minutes_loses_and_doubles_nothing() -> None:
     assert (summary["lost"], summary["duplicates"], summary["pending"]) == (0, 0, 0), summary
     assert summary["decisions"] > 100, summary
     assert summary["collector_events"] == summary["gate_events"], summary
-
-
-@pytest.fixture
-def collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
-    c = Collector(site, parse_broker(broker.url))
-    c.start()
-    wait_until(c.connected.is_set, 15, "collector did not connect to the broker")
-    yield c
-    c.close()
 
 
 class Feeder:

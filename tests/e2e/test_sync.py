@@ -5,7 +5,6 @@ SQLite logs against the collector's store: nothing lost, nothing counted twice."
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from edge.store import GateStore
 from menwei.mosquitto import MosquittoBroker
 from menwei.reconcile import reconcile
 from protocol import topics
-from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import IssuedPass, Site
 from server.store import STORE_NAME
@@ -43,15 +41,6 @@ def passes(site: Site) -> list[str]:
     return [
         site.issue_pass(f"7-1-{701 + i}", f"住户{i}号", room=f"7-1-{701 + i}").qr for i in range(3)
     ]
-
-
-@pytest.fixture
-def collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
-    c = Collector(site, parse_broker(broker.url))
-    c.start()
-    wait_until(c.connected.is_set, 15, "collector did not connect to the broker")
-    yield c
-    c.close()
 
 
 def server_db(site: Site) -> Path:

@@ -275,3 +275,92 @@ def test_a_stale_low_ack_is_ignored_and_a_lasting_one_requeues(tmp_path):
         sync._requeue_if_collector_lost_events(time.monotonic() + 100)
         assert (sync.stats["requeued"], store.backlog(), store.acked_seq()) == (2, 2, 3)
         assert [e.seq for e in store.unacked(0, 10)] == [4, 5]
+
+
+def test_a_new_epoch_renumbers_the_unconfirmed_events_from_1(store):
+    events = fill(store, 5)
+    store.mark_acked(2)
+    lost = store.epoch
+
+    move, alert = store.start_new_epoch(9, lambda m, seq: builder("gate_history_lost")(seq))
+
+    assert (move.lost_epoch, move.confirmed_seq, move.last_seq, move.collector_seq) == (
+        lost,
+        2,
+        5,
+        9,
+    )
+    assert move.epoch == store.epoch != lost and move.moved == 3
+    assert alert is not None and (alert.epoch, alert.seq) == (move.epoch, 4)
+    sent = store.unacked(0, 100)
+    assert [(e.epoch, e.seq, e.uuid) for e in sent] == [
+        (move.epoch, 1, events[2].uuid),
+        (move.epoch, 2, events[3].uuid),
+        (move.epoch, 3, events[4].uuid),
+        (move.epoch, 4, alert.uuid),
+    ]
+    assert [e.detail.get("moved_from") for e in sent] == [
+        {"epoch": lost, "seq": 3},
+        {"epoch": lost, "seq": 4},
+        {"epoch": lost, "seq": 5},
+        None,
+    ]
+    assert (store.last_seq(), store.acked_seq(), store.backlog()) == (4, 0, 4)
+    assert store.uuid_at(1) == events[2].uuid and store.uuid_at(5) is None
+    nxt = store.append(builder(), state=None, clock_floor=0.0)
+    assert (nxt.epoch, nxt.seq) == (move.epoch, 5)
+    assert store.mark_acked(3) == 3
+    assert [e.seq for e in store.unacked(0, 100)] == [4, 5]
+    # The log keeps every event in order, each under the number it now has.
+    logged = [(item.event.epoch, item.event.seq) for item in store.log()]
+    assert logged == [(lost, 1), (lost, 2), *[(move.epoch, s) for s in range(1, 6)]]
+
+
+def test_the_new_epoch_survives_a_restart(tmp_path):
+    with GateStore(tmp_path / "gate.db") as store:
+        fill(store, 3)
+        store.mark_acked(1)
+        move, _ = store.start_new_epoch(7)
+    with GateStore(tmp_path / "gate.db") as store:
+        assert store.epoch == move.epoch
+        assert (store.last_seq(), store.acked_seq(), store.backlog()) == (2, 0, 2)
+        assert store.append(builder(), state=None, clock_floor=0.0).seq == 3
+
+
+def test_an_ack_for_history_this_gate_does_not_hold_moves_it_to_a_new_epoch(tmp_path):
+    """Beyond the last seq, or another event at the acknowledged seq: the collector holds
+    what this database lost (a damaged WAL). Acknowledging by those numbers would drop
+    events; the gate moves on under a new epoch instead."""
+    from dataclasses import replace as with_
+
+    from edge.sync import GateSync, SyncSettings
+    from protocol.broker import parse_broker
+    from protocol.events import Ack
+    from tests.e2e.helpers import make_event
+
+    with GateStore(tmp_path / "gate.db") as store:
+        events = [
+            store.append(lambda seq: with_(make_event("s", "g", seq)), state=None, clock_floor=0.0)
+            for _ in range(4)
+        ]
+        sync = GateSync(
+            SyncSettings("s", "g", parse_broker("mqtt://127.0.0.1:1")),
+            store,
+            on_document=lambda kind, raw: None,
+            status=dict,
+        )
+        first = store.epoch
+        sync._handle_ack(Ack("g", 2, first, events[1].uuid).encode())  # ours: acknowledged
+        assert (store.acked_seq(), store.backlog(), sync.stats["history_lost"]) == (2, 2, 0)
+
+        sync._handle_ack(Ack("g", 3, first, "another-event").encode())
+        second = store.epoch
+        assert second != first and sync.stats["history_lost"] == 1
+        assert (store.last_seq(), store.acked_seq(), store.backlog()) == (2, 0, 2)
+        assert [e.uuid for e in store.unacked(0, 10)] == [events[2].uuid, events[3].uuid]
+
+        sync._handle_ack(Ack("g", 3, first, events[2].uuid).encode())  # the old epoch's: foreign
+        assert (store.epoch, sync.stats["foreign_acks"]) == (second, 1)
+        sync._handle_ack(Ack("g", 9, second).encode())  # beyond our last seq, no uuid needed
+        assert store.epoch not in (first, second) and sync.stats["history_lost"] == 2
+        assert (store.last_seq(), store.backlog()) == (2, 2)

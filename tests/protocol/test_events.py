@@ -674,3 +674,13 @@ def test_a_status_with_several_bad_fields_names_each():
         decode_status(raw)
     assert all(f"'{k}'" in str(err.value) for k in ("versions", "clock", "backlog"))
     assert readable_status([1, 2]) == {} and readable_status(None) == {}
+
+
+def test_an_ack_names_the_event_it_acknowledges_and_older_acks_still_decode():
+    from protocol.events import Ack
+
+    named = Ack("g", 5, "beef", "0b8c7a52-0000-4000-8000-000000000005")
+    assert Ack.decode(named.encode()) == named
+    assert Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5, "epoch": "beef"}').uuid is None
+    with pytest.raises(MessageError):
+        Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5, "uuid": 7}')

@@ -14,7 +14,6 @@ import pytest
 
 from menwei.mosquitto import MosquittoBroker
 from protocol import topics
-from protocol.broker import parse_broker
 from protocol.documents import decode_document
 from protocol.events import Ack, Event, encode_batch
 from server.collector import Collector
@@ -31,15 +30,6 @@ from tests.e2e.helpers import (
 
 EVENTS = topics.events(SITE, "g1")
 ACK = topics.ack(SITE, "g1")
-
-
-@pytest.fixture
-def collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
-    c = Collector(site, parse_broker(broker.url))
-    c.start()
-    wait_until(c.connected.is_set, 15, "collector did not connect to the broker")
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -140,3 +140,43 @@ def test_a_new_epoch_numbers_from_one_beside_the_old_one(tmp_path):
         again = store.insert_events("g1", new)  # a resend of the new epoch
         assert (again.duplicates, again.replaced_epoch, again.contiguous_seq) == (2, None, 2)
         assert store.count_events() == 5 and store.conflicts() == []
+
+
+def test_a_reused_seq_is_recorded_once_however_often_it_is_resent(store: ServerStore) -> None:
+    """A gate that lost its history numbers new events with seqs the collector holds, and
+    resends them every resend_after_s while they stay unacknowledged."""
+    store.insert_events("g1", [ev(1), ev(2)])
+    reused = [ev(1), ev(2)]
+    for _ in range(8):
+        r = store.insert_events("g1", reused)
+        assert (r.inserted, r.conflicts, r.contiguous_seq) == (0, 2, 2)
+    rows = store.conflicts()
+    assert [(c["seq"], c["kind"]) for c in rows] == [(1, "seq_reused"), (2, "seq_reused")]
+
+
+def test_an_event_renumbered_under_a_new_epoch_is_stored_once(store: ServerStore) -> None:
+    """A gate moved to a new epoch after losing history sends its unconfirmed events again,
+    numbered from 1: those the collector already holds are not stored twice, yet the new
+    epoch's numbering has no gap, and the ack names the event at its seq."""
+    old = [dataclasses.replace(ev(s), epoch="aa") for s in (1, 2, 3)]
+    store.insert_events("g1", old)
+    moved = [dataclasses.replace(e, epoch="bb", seq=i) for i, e in enumerate(old[1:], 1)]
+    fresh = dataclasses.replace(ev(3), epoch="bb")
+    r = store.insert_events("g1", [*moved, fresh])
+    assert (r.inserted, r.duplicates, r.renumbered, r.conflicts) == (1, 0, 2, 0)
+    assert (r.epoch, r.contiguous_seq, r.contiguous_uuid) == ("bb", 3, fresh.uuid)
+    assert store.count_events() == 4
+    assert sorted(store.alias_keys()) == [
+        ("g1", "bb", 1, old[1].uuid),
+        ("g1", "bb", 2, old[2].uuid),
+    ]
+    again = store.insert_events("g1", moved)
+    assert (again.inserted, again.renumbered, again.contiguous_seq) == (0, 2, 3)
+    assert store.missing_from_gate("g1", "aa", 0, "bb") == [(1, 1)]
+    assert store.missing_from_gate("g1", "aa", 1, "bb") == []
+
+
+def test_the_missing_range_is_what_the_gate_did_not_send_again(store: ServerStore) -> None:
+    store.insert_events("g1", [dataclasses.replace(ev(s), epoch="aa") for s in range(1, 10)])
+    assert store.missing_from_gate("g1", "aa", 3, "bb") == [(4, 9)]
+    assert store.missing_from_gate("g1", "aa", 9, "bb") == []

@@ -228,6 +228,31 @@ def test_kinds_select_what_is_pushed(site: Site, hook: Hook) -> None:
     assert [high.wants(a) for a in (fever, forged, offline)] == [True, True, True]
 
 
+def test_a_gate_that_lost_its_history_is_a_high_alert_naming_the_range(
+    site: Site, hook: Hook
+) -> None:
+    site.store.insert_events("east", [make_event(SITE, "east", s, epoch="aa") for s in (1, 2, 3)])
+    detail = {
+        "priority": "high",
+        "epoch": "aa",
+        "new_epoch": "bb",
+        "confirmed_seq": 1,
+        "last_seq": 1,
+        "collector_seq": 3,
+        "moved": 0,
+    }
+    lost = make_event(
+        SITE, "east", 1, epoch="bb", kind="alert", decision=None, reason="gate_history_lost",
+        direction=None, pass_id=None, household=None, role=None, detail=detail,
+    )  # fmt: skip
+    site.store.insert_events("east", [lost])
+    alert = site.alerts.from_event(lost)
+    assert alert is not None and (alert.kind, alert.priority) == ("gate_history_lost", "high")
+    assert alert.detail.startswith("epoch aa seq 2..3 held by the collector, not by the gate")
+    assert sender(hook, webhook_kinds=("high",)).wants(alert)
+    assert not sender(hook).wants(alert)  # fever only, by default
+
+
 # --- masked content, end to end ----------------------------------------------------------------
 
 

@@ -71,6 +71,9 @@ MESSAGES: dict[str, Message] = {
     "gate_reset": Message(
         "闸机数据库已更换，序号重新开始", "Gate database replaced: numbering restarted"
     ),
+    "document_too_large": Message(
+        "名册或配置过大，无法下发到门岗", "Register or config too large to send to the gates"
+    ),
 }
 
 ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})

@@ -48,6 +48,10 @@ KIND_TEXT: dict[str, tuple[str, str]] = {
     "door_held_open": ("门长时间未关", "Door held open"),
     "camera_lost": ("摄像头故障", "Camera lost"),
     "gate_offline": ("门岗离线", "Gate offline"),
+    "document_too_large": (
+        "名册或配置过大，无法下发到门岗",
+        "Register or config too large to send to the gates",
+    ),
 }
 
 

@@ -11,6 +11,7 @@ nothing arrived yet. Then the real collector and a real gate daemon run through 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ import pytest
 
 from protocol import topics
 from protocol.broker import parse_broker
-from server.collector import Collector
+from protocol.documents import MAX_DOCUMENT_BYTES, MQTT_HEADROOM_BYTES
+from protocol.events import Ack, encode_batch
+from server.collector import Collector, max_payload
 from server.config import CONFIG_NAME, load_server_config
 from server.site import Site
 from server.store import STORE_NAME
@@ -32,6 +35,7 @@ from tests.e2e.helpers import (
     Stage,
     gate_document_versions,
     gate_progress,
+    make_event,
     provision_gate,
     server_count,
     wait_until,
@@ -521,6 +525,81 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
         finally:
             collector.close()
         assert collector.stats["rejected"] == 0
+
+
+def test_the_brokers_packet_limit_fits_the_largest_document_a_gate_accepts() -> None:
+    """The broker must take every document a gate would accept (else the collector gets
+    disconnected publishing it); the collector learns the limit from the broker (MQTT v5
+    CONNACK), which announces max_packet_size and not message_size_limit."""
+    conf = (REPO / "systemd" / "mosquitto-menwei.conf").read_text("utf-8").splitlines()
+    settings = {line.split()[0]: line.split()[1:] for line in conf if line and line[0] != "#"}
+    assert settings["max_packet_size"] == [str(MAX_DOCUMENT_BYTES + MQTT_HEADROOM_BYTES)]
+    assert "message_size_limit" not in settings
+    assert max_payload(topics.register(SITE), MAX_DOCUMENT_BYTES + MQTT_HEADROOM_BYTES) > (
+        MAX_DOCUMENT_BYTES
+    )
+
+
+def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in an attack on the shipped setup: a register over the broker's limit got the
+    collector disconnected at every publish, and paho resent it after every reconnect: no
+    acks, nothing stored, forever. Now a document over the bound is not published: one error,
+    one alert, and the collector keeps storing and acknowledging events, also after a
+    reconnect. The register is made over 8 MiB with 100 passes whose room text is 100 kB (the
+    size of ~90,000 ordinary passes, made fast)."""
+    with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
+        server_dir = tmp_path / "server"
+        Site.init(server_dir, SITE).close()
+        configure_collector(server_dir, broker)
+        with Site(server_dir) as site:
+            for i in range(100):
+                site.issue_pass(f"9-9-{i:03d}", "孙八", room="x" * 100_000, publish=False)
+            site.publish_register()
+            register = site.bundle_path("register.json").read_bytes()
+            assert len(register) > MAX_DOCUMENT_BYTES
+            documents = (topics.config(SITE), topics.register(SITE), FRESHNESS)
+            collector = Collector(site, parse_broker(broker.url))
+            collector.document_check_s = 0.1
+            with caplog.at_level(logging.ERROR, logger="menwei.collector"):
+                try:
+                    collector.start()
+                    with client(broker, "east", *documents, topics.ack(SITE, "east")) as east:
+                        east.wait_for(FRESHNESS, lambda m: True, 15, "the freshness statement")
+                        send_event_and_wait_for_its_ack(east, 1)
+                    wait_until(
+                        lambda: site.alerts.open_counts().get("document_too_large") == 1,
+                        15,
+                        "the document_too_large alert",
+                    )
+                    broker.restart()  # the collector reconnects: nothing is resent
+                    with client(broker, "east", *documents, topics.ack(SITE, "east")) as east:
+                        # Republished after the reconnect, in the order of the bundle: config,
+                        # (register), freshness. A live freshness means the register was passed.
+                        east.wait_for(FRESHNESS, lambda m: not m.retain, 30, "a live statement")
+                        send_event_and_wait_for_its_ack(east, 2)
+                        assert east.on(topics.register(SITE)) == []
+                    assert collector.connected.is_set()
+                finally:
+                    collector.close()
+            assert server_count(site.dir / STORE_NAME, "east") == 2
+            (alert,) = [a for a in site.alerts.list() if a.kind == "document_too_large"]
+            assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
+        errors = [r for r in caplog.records if "document_too_large" in r.getMessage()]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert "oversize" not in broker.log()
+
+
+def send_event_and_wait_for_its_ack(east: MqttWatcher, seq: int) -> None:
+    batch = encode_batch("east", [make_event(SITE, "east", seq)])
+    assert accepted(east.publish(topics.events(SITE, "east"), batch))
+    east.wait_for(
+        topics.ack(SITE, "east"),
+        lambda m: Ack.decode(m.payload).acked_seq == seq,
+        30,
+        f"the ack of seq {seq}",
+    )
 
 
 def test_a_restart_keeps_the_retained_documents(tmp_path: Path) -> None:

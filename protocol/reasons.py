@@ -74,6 +74,9 @@ MESSAGES: dict[str, Message] = {
     "gate_history_lost": Message(
         "闸机丢失了已提交的记录，已改用新编号", "Gate lost committed records: numbering moved on"
     ),
+    "document_too_large": Message(
+        "名册或配置过大，无法下发到门岗", "Register or config too large to send to the gates"
+    ),
 }
 
 ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})

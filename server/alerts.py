@@ -1,6 +1,7 @@
 """Operator alerts: fever, forged or unknown-key passes, revoked pass used, cross-gate
-conflicts, gates offline, door held open, camera lost, a gate that lost its history. Each
-can be acknowledged with a note.
+conflicts, gates offline, door held open, camera lost, a gate that lost its history, a
+document too large to publish (the collector's `document_too_large`). Each can be
+acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
 never raises the same alert twice. Tables are this module's own migration set.
@@ -21,7 +22,9 @@ from server.store import ServerStore, utcnow
 migrations = Migrations("menwei-alerts")
 
 HISTORY_LOST = "gate_history_lost"
-HIGH_PRIORITY = frozenset({"fever", "forged", "revoked", "door_forced", "conflict", HISTORY_LOST})
+HIGH_PRIORITY = frozenset(
+    {"fever", "forged", "revoked", "door_forced", "conflict", HISTORY_LOST, "document_too_large"}
+)
 
 
 @migrations()

@@ -7,16 +7,22 @@ of that gate. A broken message is recorded in `rejected_messages` and never
 stops the collector. New bundle documents (a pass issued from the command
 line) are noticed and published on the retained config/register topics, and a
 signed freshness statement naming their versions is re-issued every
-`[server] freshness_interval_s` (protocol.freshness).
+`[server] freshness_interval_s` (protocol.freshness). Once a day (site local
+date) the register is re-signed when passes dropped out of it (Site.register).
+A document larger than a gate accepts or the broker announces it takes is not
+published: one error, one `document_too_large` alert, and the collector goes
+on (publishing it would get the connection closed, and paho resends it after
+every reconnect).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -27,7 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import topics
 from protocol.broker import BrokerAddress
-from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, REGISTER_FILE
+from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, MAX_DOCUMENT_BYTES, REGISTER_FILE
 from protocol.errors import MessageError, ProtocolError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
 from server.alerts import HISTORY_LOST, Alert
@@ -60,6 +66,10 @@ class Collector:
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._published: dict[str, float] = {}  # bundle file → mtime last published
+        # bundle file → (mtime, bound) of a document found too large: not tried again
+        self._too_large: dict[str, tuple[float, int]] = {}
+        self.broker_max_packet: int | None = None  # announced by the broker (MQTT v5 CONNACK)
+        self._register_day: date | None = None  # site local date of the last register check
         self.document_check_s = 1.0  # how often the bundle is looked at (changed documents)
         self._next_freshness: datetime | None = None  # site clock: next statement due
         self._interval_warned = False
@@ -130,11 +140,12 @@ class Collector:
     # --- paho callbacks (network thread) -------------------------------------------------
 
     def _on_connect(
-        self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None
+        self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, props: Properties | None
     ) -> None:
         if rc.is_failure:
             log.warning("broker refused connection: %s", rc)
             return
+        self.broker_max_packet = getattr(props, "MaximumPacketSize", None)
         self.listening_since = datetime.now(UTC)  # before subscribing: retained status follows
         group = self.site.config.mqtt.shared_group
         subs = []
@@ -171,6 +182,7 @@ class Collector:
                 if topic:
                     self.handle(topic, payload)
                 if self.connected.is_set() and time.monotonic() >= next_check:
+                    self._refresh_register()
                     self._reaffirm()
                     self._publish_documents()
                     next_check = time.monotonic() + self.document_check_s
@@ -321,6 +333,27 @@ class Collector:
             )
         return timedelta(seconds=min(configured, limit_s))
 
+    def _refresh_register(self) -> None:
+        """When the collector starts and when the site's local date changes: a new register
+        version if passes ended (or quarantines ran out) since the last one, so the document
+        stays the size of what can still be presented (Site.register)."""
+        today = self.site.now().astimezone(self.site.config.tz).date()
+        if today == self._register_day:
+            return
+        doc = self.site.refresh_register()
+        if doc is not None:
+            log.info("register v%d: passes that ended dropped out", doc.version)
+        self._register_day = today
+
+    def document_bound(self, topic: str) -> int:
+        """The largest document, in bytes, that may be published on `topic`: what a gate
+        accepts (MAX_DOCUMENT_BYTES) and, when the broker announced a maximum packet size,
+        what fits in a packet of that size."""
+        bound = MAX_DOCUMENT_BYTES
+        if self.broker_max_packet is not None:
+            bound = min(bound, max_payload(topic, self.broker_max_packet))
+        return bound
+
     def _publish_documents(self) -> None:
         # Documents before the statement that names them: a gate that applies them in the
         # order they arrive can count the statement at once.
@@ -336,10 +369,37 @@ class Collector:
                 continue
             if self._published.get(name) == mtime:
                 continue
-            info = self.client.publish(topic, path.read_bytes(), qos=1, retain=True)
+            bound = self.document_bound(topic)
+            if self._too_large.get(name) == (mtime, bound):
+                continue
+            data = path.read_bytes()
+            if len(data) > bound:
+                self._too_large[name] = (mtime, bound)
+                self._refuse_large(name, data, bound)
+                continue
+            info = self.client.publish(topic, data, qos=1, retain=True)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._published[name] = mtime
                 log.info("published %s", name)
+
+    def _refuse_large(self, name: str, data: bytes, bound: int) -> None:
+        """One error and one high-priority alert per document version; the gates keep the
+        version they hold (docs/alerts.md, "Document too large")."""
+        try:
+            version = f"v{int(json.loads(data)['version'])}"
+        except (ValueError, KeyError, TypeError):
+            version = "?"
+        kind = name.removesuffix(".json")
+        detail = (
+            f"{kind} {version} is {len(data)} bytes, over the {bound} bytes that gates accept"
+            f" and the broker takes: not published; gates keep the {kind} they hold"
+        )
+        log.error("%s (docs/alerts.md, document_too_large)", detail)
+        alert = self.alerts.raise_alert(
+            f"document_too_large:{kind}:{version}:{len(data)}", "document_too_large", detail=detail
+        )
+        if alert is not None:
+            self._raised(alert)
 
 
 def _history_move(events: list[Event]) -> bool:
@@ -348,3 +408,12 @@ def _history_move(events: list[Event]) -> bool:
     return any(
         "moved_from" in e.detail or (e.kind == "alert" and e.reason == HISTORY_LOST) for e in events
     )
+
+
+def max_payload(topic: str, max_packet: int) -> int:
+    """The largest payload, in bytes, of an MQTT v5 PUBLISH on `topic` (QoS 1, no properties,
+    as the collector sends them) that fits in `max_packet` bytes: 1 byte of packet type, the
+    remaining length (1-4 bytes, 7 bits each), topic length (2) and UTF-8 topic, packet id (2),
+    property length (1), payload."""
+    fixed = 2 + len(topic.encode()) + 2 + 1
+    return max(min(max_packet - 1 - n, 128**n - 1) for n in (1, 2, 3, 4)) - fixed

@@ -73,6 +73,12 @@ class IssuedPass:
     qr: str
 
 
+REGISTER_KEEP_EXPIRED = timedelta(days=1)
+"""How long after its end a pass (and its revocation) stays in the register document: room
+for a gate clock behind the server's. Gates never lean on it: their clock floor is the newest
+document's issued_at less 15 minutes."""
+
+
 def system_utc() -> datetime:
     return datetime.now(UTC)
 
@@ -342,8 +348,22 @@ class Site:
         self.publish_register()
 
     def register(self) -> Register:
+        """What gates need of the register now (by the site clock): the passes that can still
+        be presented and the revocations among them, and the households under quarantine.
+
+        A pass that ended more than REGISTER_KEEP_EXPIRED ago is left out, revoked or not, so
+        the document does not grow with every pass ever issued (visitor passes: ~100 a day).
+        Passes not valid yet are in (an offline gate must know them when they start). A gate
+        decides on a pass it does not find here by its signed validity window: one left out
+        is `expired`, since a gate trusts its clock only when it is not behind the newest
+        document's issued_at less 15 minutes (its clock floor). So a revoked pass that ended
+        over a day ago is refused `expired`, not `revoked` (docs/protocol.md, "What the
+        register holds")."""
+        ended = self.now() - REGISTER_KEEP_EXPIRED
         rows = self.store.db.execute(
             "SELECT pass_id, household, name, room, role, revoked_at, revoke_reason FROM passes"
+            " WHERE valid_until > ?",
+            [int(ended.timestamp())],
         ).fetchall()
         passes = {
             int(pid): PassEntry(int(pid), hh, mask_name(name), room, role)
@@ -351,13 +371,25 @@ class Site:
             if revoked is None
         }
         revoked = {int(pid): why or "" for pid, _, _, _, _, rev, why in rows if rev is not None}
-        quarantine = {
-            str(h): None if until is None else datetime.fromisoformat(until)
-            for h, until in self.store.db.execute(
-                "SELECT household, quarantine_until FROM households WHERE quarantined = 1"
-            ).fetchall()
-        }
+        quarantine: dict[str, datetime | None] = {}
+        for household, text in self.store.db.execute(
+            "SELECT household, quarantine_until FROM households WHERE quarantined = 1"
+        ).fetchall():
+            until = None if text is None else datetime.fromisoformat(text)
+            if until is None or until > ended:  # one that ran out has no effect at a gate
+                quarantine[str(household)] = until
         return Register(passes, revoked, quarantine)
+
+    def refresh_register(self) -> SignedDocument | None:
+        """Sign a new register version when what register() holds now differs from the bundle's
+        (passes that ended and quarantines that ran out since, without any edit); the collector
+        calls it once a day. None when the published register already holds exactly that."""
+        body = self.register().to_json()
+        try:
+            held = json.loads(self.bundle_path(REGISTER_FILE).read_bytes())["body"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            held = None
+        return None if held == body else self.publish_register()
 
     # --- documents and the provisioning bundle ------------------------------------------
 

@@ -49,6 +49,10 @@ KIND_TEXT: dict[str, tuple[str, str]] = {
     "camera_lost": ("摄像头故障", "Camera lost"),
     "gate_offline": ("门岗离线", "Gate offline"),
     "gate_history_lost": ("门岗丢失已提交记录", "Gate lost committed records"),
+    "document_too_large": (
+        "名册或配置过大，无法下发到门岗",
+        "Register or config too large to send to the gates",
+    ),
 }
 
 

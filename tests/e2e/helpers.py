@@ -28,6 +28,8 @@ from typing import Any, Literal
 import cv2
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.sim_scene import render_card_frame, render_empty_frame
@@ -113,8 +115,11 @@ class MqttWatcher:
     With `username`/`password` it is an authenticated client of a broker with an ACL (see
     tests/e2e/shipped_broker.py): `publish` then reports the broker's verdict,
     `will` sets a Last Will (retained, QoS 1), `kill` drops the connection as a crash would.
-    Raises MqttRefused when the broker refuses the connection, Timeout when it does not
-    answer or the subscriptions do not complete."""
+    With `session_expiry_s` it connects as the gates and the collector do: clean_start=False
+    and a persistent session the broker keeps that long after a disconnection
+    (`session_present` says whether the broker still had one). `disconnects` counts the
+    connections lost (paho reconnects by itself). Raises MqttRefused when the broker refuses
+    the connection, Timeout when it does not answer or the subscriptions do not complete."""
 
     def __init__(
         self,
@@ -124,6 +129,7 @@ class MqttWatcher:
         password: str | None = None,
         will: tuple[str, bytes] | None = None,
         client_id: str | None = None,
+        session_expiry_s: int | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self.messages: list[Message] = []
@@ -131,8 +137,10 @@ class MqttWatcher:
         self._subscribed = threading.Event()
         self._acks: dict[int, int] = {}  # mid -> PUBACK reason code
         self.connect_reason: int | None = None
+        self.session_present: bool | None = None
         self._killed = False
         self.disconnected = threading.Event()
+        self.disconnects = 0
         b = parse_broker(url)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -147,8 +155,13 @@ class MqttWatcher:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
-        self.client.on_disconnect = lambda *a: self.disconnected.set()
-        self.client.connect(b.host, b.port, keepalive=30)
+        self.client.on_disconnect = self._on_disconnect
+        if session_expiry_s is None:
+            self.client.connect(b.host, b.port, keepalive=30)
+        else:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = session_expiry_s
+            self.client.connect(b.host, b.port, keepalive=30, clean_start=False, properties=props)
         self.client.loop_start()
         who = f"watcher {username or '(anonymous)'}"
         wait_until(lambda: self.connect_reason is not None, 10, f"{who}: no CONNACK")
@@ -160,11 +173,17 @@ class MqttWatcher:
         wait_until(self._subscribed.is_set, 10, f"{who} did not subscribe to {filters}")
 
     def _on_connect(
-        self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object
+        self, client: mqtt.Client, _u: object, flags: Any, rc: ReasonCode, _p: object
     ) -> None:
         self.connect_reason = rc.value
+        self.session_present = bool(flags.session_present)
         if not rc.is_failure and self._filters:
             client.subscribe([(f, 1) for f in self._filters])
+
+    def _on_disconnect(self, *_a: object) -> None:
+        with self._lock:
+            self.disconnects += 1
+        self.disconnected.set()
 
     def _on_publish(
         self, _c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: object

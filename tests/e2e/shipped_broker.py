@@ -45,6 +45,14 @@ INSTALL_COMMANDS = (
 )
 FIRST_USER_COMMAND = "sudo mosquitto_passwd -c /etc/mosquitto/menwei.passwd collector"
 NEXT_USER_COMMAND = "sudo mosquitto_passwd /etc/mosquitto/menwei.passwd GATE"
+# A second collector process (docs/configuration.md, "Several collectors"): its own user, made
+# by NEXT_USER_COMMAND with its name, and its own copy of the ACL's collector section.
+EXTRA_COLLECTOR = "collector-2"
+EXTRA_COLLECTOR_ACL_COMMAND = (
+    "sed -n '/^user collector$/,$p' systemd/menwei-acl.example"
+    " | sed 's/sunny/SITE/g; s/^user collector$/user collector-2/'"
+    " | sudo tee -a /etc/mosquitto/menwei.acl >/dev/null"
+)
 PERMISSIONS_COMMAND = "sudo chmod 0600 /etc/mosquitto/menwei.passwd"
 
 _SYSTEM_PATH = re.compile(r"(?<![\w/])(/(?:etc|var|run)/)")
@@ -54,7 +62,9 @@ class ShippedBroker:
     """Debian's Mosquitto with the shipped Menwei configuration, ACL and a password file.
 
     `users` maps MQTT usernames to passwords: "collector" (required: the documented `-c`
-    command creates the file with it) and one per gate, named as the gate (its slug). `workdir`
+    command creates the file with it), one per gate, named as the gate (its slug), and
+    "collector-2", "collector-3"... for more collectors (their ACL sections are appended as
+    documented; without them the ACL is the shipped file unchanged). `workdir`
     holds the moved /etc/mosquitto, /var/lib/mosquitto, /var/log/mosquitto and
     /run/mosquitto. Raises BrokerError when Mosquitto or a documented step fails (it is
     never skipped: `make test` installs Debian's `mosquitto`)."""
@@ -156,6 +166,8 @@ class ShippedBroker:
         for i, (user, password) in enumerate(self.users.items()):
             command = FIRST_USER_COMMAND if i == 0 else NEXT_USER_COMMAND.replace("GATE", user)
             self._run(command, typed=f"{password}\n{password}\n")
+            if re.fullmatch(r"collector-[0-9]+", user):
+                self._run(EXTRA_COLLECTOR_ACL_COMMAND.replace(EXTRA_COLLECTOR, user))
         self._run(PERMISSIONS_COMMAND)
 
     def _moved(self, text: str) -> str:

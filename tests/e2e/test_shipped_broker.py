@@ -11,6 +11,8 @@ nothing arrived yet. Then the real collector and a real gate daemon run through 
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,9 @@ import pytest
 
 from protocol import topics
 from protocol.broker import parse_broker
-from server.collector import Collector
+from protocol.documents import MAX_DOCUMENT_BYTES, MQTT_HEADROOM_BYTES
+from protocol.events import Ack, encode_batch
+from server.collector import Collector, max_payload
 from server.config import CONFIG_NAME, load_server_config
 from server.site import Site
 from server.store import STORE_NAME
@@ -31,11 +35,14 @@ from tests.e2e.helpers import (
     Stage,
     gate_document_versions,
     gate_progress,
+    make_event,
     provision_gate,
     server_count,
     wait_until,
 )
 from tests.e2e.shipped_broker import (
+    EXTRA_COLLECTOR,
+    EXTRA_COLLECTOR_ACL_COMMAND,
     FIRST_USER_COMMAND,
     INSTALL_COMMANDS,
     NEXT_USER_COMMAND,
@@ -67,6 +74,7 @@ def client(
     *filters: str,
     will: tuple[str, bytes] | None = None,
     client_id: str | None = None,
+    session_expiry_s: int | None = None,
 ) -> MqttWatcher:
     """An MQTT v5 client logged in as `user` (password from PASSWORDS)."""
     return MqttWatcher(
@@ -76,6 +84,7 @@ def client(
         password=PASSWORDS[user],
         will=will,
         client_id=client_id,
+        session_expiry_s=session_expiry_s,
     )
 
 
@@ -107,7 +116,14 @@ def test_the_test_runs_the_documented_commands() -> None:
         line.strip()
         for line in (REPO / "docs" / "configuration.md").read_text("utf-8").splitlines()
     }
-    commands = (*INSTALL_COMMANDS, FIRST_USER_COMMAND, NEXT_USER_COMMAND, PERMISSIONS_COMMAND)
+    commands = (
+        *INSTALL_COMMANDS,
+        FIRST_USER_COMMAND,
+        NEXT_USER_COMMAND,
+        PERMISSIONS_COMMAND,
+        NEXT_USER_COMMAND.replace("GATE", EXTRA_COLLECTOR),
+        EXTRA_COLLECTOR_ACL_COMMAND,
+    )
     assert [c for c in commands if c not in lines] == []
 
 
@@ -211,35 +227,48 @@ def test_a_gate_cannot_publish_as_another_gate_or_as_the_server(
 ) -> None:
     """Gate east forges `topic`. Sequence: genuine, forged, genuine again. The reader must
     see both genuine messages and never the forgery; a retained topic must keep the first
-    genuine message (the forgery did not replace it)."""
+    genuine message (the forgery did not replace it). A user holds one connection at a time
+    (use_username_as_clientid): the reader's connections follow each other, and when the
+    reader is east itself, the retained message is what shows a forgery."""
     retain = topic != PASSAGES and not topic.endswith("/events")
     genuine, forged, genuine_after = tagged("genuine"), tagged("forged"), tagged("genuine after")
+    seen: list[bytes] = []
     with client(broker, reader, watch) as watcher:
         with client(broker, entitled) as real:
             assert accepted(real.publish(topic, genuine, retain=retain))
         receive(watcher, topic, genuine, "control: the entitled publisher gets through")
-        with client(broker, "east") as forger:
-            assert refused(forger.publish(topic, forged, retain=retain))
-        if retain:
-            with client(broker, reader, topic) as late:
-                got = late.wait_for(topic, lambda m: m.retain, 15, "the retained message")
-                assert got.payload == genuine
+        if reader != "east":  # live while east forges
+            forge(broker, topic, forged, retain)
+        seen += [m.payload for m in watcher.on(topic)]
+    if reader == "east":
+        forge(broker, topic, forged, retain)
+    if retain:
+        with client(broker, reader, topic) as late:
+            got = late.wait_for(topic, lambda m: m.retain, 15, "the retained message")
+            assert got.payload == genuine
+    with client(broker, reader, watch) as watcher:
         with client(broker, entitled) as real:
             assert accepted(real.publish(topic, genuine_after, retain=retain))
         # Sent after the forgery was refused: once it is here, a forgery would be here too.
         receive(watcher, topic, genuine_after, "control after the forgery")
-        assert forged not in [m.payload for m in watcher.on(topic)]
+        seen += [m.payload for m in watcher.on(topic)]
+    assert forged not in seen
+
+
+def forge(broker: ShippedBroker, topic: str, payload: bytes, retain: bool) -> None:
+    with client(broker, "east") as forger:
+        assert refused(forger.publish(topic, payload, retain=retain))
 
 
 def test_a_gate_cannot_leave_a_last_will_for_another_gate(broker: ShippedBroker) -> None:
     forged, genuine = tagged("forged will"), tagged("genuine will")
     west_status = topics.status(SITE, "west")
     with client(broker, "collector", ALL_STATUS) as server:
-        cid = f"forger-{uuid.uuid4().hex[:8]}"
-        client(broker, "east", will=(west_status, forged), client_id=cid).kill()
-        # Taking over the forger's client id: once connected, the broker has finished with
-        # the old connection (and published or dropped its Will).
-        with client(broker, "east", client_id=cid):
+        client(broker, "east", will=(west_status, forged)).kill()
+        # Taking over the forger's connection (its client id is its username, east): once
+        # connected, the broker has finished with the old one (and published or dropped its
+        # Will).
+        with client(broker, "east"):
             pass
         client(broker, "west", will=(west_status, genuine)).kill()
         receive(server, west_status, genuine, "control: west's own Last Will")
@@ -280,6 +309,132 @@ def barrier(server: MqttWatcher, east: MqttWatcher) -> None:
     marker = tagged("marker")
     assert accepted(server.publish(topics.ack(SITE, "east"), marker, retain=True))
     receive(east, topics.ack(SITE, "east"), marker, "the marker")
+
+
+# --- one connection and one session per user (use_username_as_clientid) ---------------------
+
+COLLECTOR_ID = f"menwei-collector-{SITE}"
+"""The client id server/collector.py sends."""
+WEST_ID = f"menwei-gate-{SITE}-west"
+"""The client id edge/sync.py sends for gate west."""
+SESSION_S = 300
+ATTACK_S = 3.0
+
+
+def take_over(broker: ShippedBroker, victim_ids: tuple[str, ...], seconds: float) -> int:
+    """Gate east connects again and again with the victims' client ids (clean_start, as the
+    attack that wiped sessions did), for `seconds`. Returns how many connections it made."""
+    made = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or made < 2 * len(victim_ids):
+        for victim in victim_ids:
+            with client(broker, "east", client_id=victim) as attacker:
+                assert attacker.connect_reason == 0
+                made += 1
+    return made
+
+
+def test_a_gate_cannot_disconnect_the_collector_or_another_gate(broker: ShippedBroker) -> None:
+    """Found in an attack on the shipped setup: logged in as east, looping connects with the
+    collector's client id kept the real collector connected 3% of 30 s. Now the broker uses
+    each login's username as its client id: east's connections replace only each other."""
+    with (
+        client(
+            broker, "collector", ALL_EVENTS, client_id=COLLECTOR_ID, session_expiry_s=SESSION_S
+        ) as server,
+        client(broker, "west", PASSAGES, client_id=WEST_ID, session_expiry_s=SESSION_S) as west,
+    ):
+        made = take_over(broker, (COLLECTOR_ID, WEST_ID), ATTACK_S)
+        # Control: both still work on the connection they had (and were never dropped).
+        event, passage = tagged("west event"), tagged("passage")
+        assert accepted(west.publish(topics.events(SITE, "west"), event))
+        receive(server, topics.events(SITE, "west"), event, "the collector, after the attack")
+        assert accepted(server.publish(PASSAGES, passage))
+        receive(west, PASSAGES, passage, "west, after the attack")
+        assert (server.disconnects, west.disconnects, made >= 4) == (0, 0, True)
+
+
+def test_a_gate_cannot_wipe_the_collectors_or_another_gates_session(
+    broker: ShippedBroker,
+) -> None:
+    """The collector and gate west leave persistent sessions (a restart); east connects with
+    their client ids and clean_start. Their sessions are their usernames': what was queued for
+    them while away still reaches them."""
+    for user, wanted, cid in (("collector", ALL_EVENTS, COLLECTOR_ID), ("west", PASSAGES, WEST_ID)):
+        with client(broker, user, wanted, client_id=cid, session_expiry_s=SESSION_S):
+            pass
+    take_over(broker, (COLLECTOR_ID, WEST_ID), 1.0)
+    event, passage = tagged("east event"), tagged("passage")
+    with client(broker, "east") as east:
+        assert accepted(east.publish(topics.events(SITE, "east"), event))
+    with client(
+        broker, "collector", ALL_EVENTS, client_id=COLLECTOR_ID, session_expiry_s=SESSION_S
+    ) as server:
+        assert server.session_present
+        receive(server, topics.events(SITE, "east"), event, "queued for the collector")
+        assert accepted(server.publish(PASSAGES, passage))
+    with client(broker, "west", PASSAGES, client_id=WEST_ID, session_expiry_s=SESSION_S) as west:
+        assert west.session_present
+        receive(west, PASSAGES, passage, "queued for west")
+
+
+def test_a_gates_session_is_its_usernames_and_survives_restarts(tmp_path: Path) -> None:
+    """A gate restarted (any client id: the broker uses its username), also across a broker
+    restart, gets what was queued for it while it was away."""
+    with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
+        with client(broker, "west", PASSAGES, client_id=WEST_ID, session_expiry_s=SESSION_S):
+            pass
+        before_restart, after_restart = tagged("passage 1"), tagged("passage 2")
+        with client(broker, "collector") as server:
+            assert accepted(server.publish(PASSAGES, before_restart))
+        broker.restart()
+        with client(broker, "collector") as server:
+            assert accepted(server.publish(PASSAGES, after_restart))
+        with client(
+            broker, "west", PASSAGES, client_id="another-id", session_expiry_s=SESSION_S
+        ) as west:
+            assert west.session_present
+            receive(west, PASSAGES, before_restart, "queued before the broker restarted")
+            receive(west, PASSAGES, after_restart, "queued after it")
+
+
+def test_two_collectors_with_their_own_users_share_the_events(tmp_path: Path) -> None:
+    """docs/configuration.md, "Several collectors": collector-2 with its own password and ACL
+    section, both in the shared group. Both send the client id server/collector.py sends, as
+    two `menwei server run` would; both stay connected (two processes with one username would
+    replace each other), and the gates' events are dealt between them, each once."""
+    users = {**PASSWORDS, EXTRA_COLLECTOR: "collector-Secret-4"}
+    shared = f"$share/collectors/{ALL_EVENTS}"
+    sent = [tagged(f"event {i}") for i in range(20)]
+    with ShippedBroker(tmp_path / "broker", users) as broker:
+        acl = (broker.etc / "menwei.acl").read_text("utf-8")
+        assert f"user {EXTRA_COLLECTOR}\ntopic read menwei/{SITE}/+/events\n" in acl
+        collectors = [
+            MqttWatcher(
+                broker.url,
+                shared,
+                username=u,
+                password=users[u],
+                client_id=COLLECTOR_ID,
+                session_expiry_s=SESSION_S,
+            )
+            for u in ("collector", EXTRA_COLLECTOR)
+        ]
+        try:
+            with client(broker, "east") as east:
+                for payload in sent:
+                    assert accepted(east.publish(topics.events(SITE, "east"), payload))
+
+            def dealt() -> list[bytes]:
+                return [m.payload for c in collectors for m in c.on(topics.events(SITE, "east"))]
+
+            wait_until(lambda: len(dealt()) >= len(sent), 15, lambda: f"dealt {len(dealt())}")
+            assert sorted(dealt()) == sorted(sent)
+            assert [bool(c.on(topics.events(SITE, "east"))) for c in collectors] == [True, True]
+            assert [c.disconnects for c in collectors] == [0, 0]
+        finally:
+            for c in collectors:
+                c.close()
 
 
 # --- the real collector and gate ------------------------------------------------------------
@@ -370,6 +525,81 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
         finally:
             collector.close()
         assert collector.stats["rejected"] == 0
+
+
+def test_the_brokers_packet_limit_fits_the_largest_document_a_gate_accepts() -> None:
+    """The broker must take every document a gate would accept (else the collector gets
+    disconnected publishing it); the collector learns the limit from the broker (MQTT v5
+    CONNACK), which announces max_packet_size and not message_size_limit."""
+    conf = (REPO / "systemd" / "mosquitto-menwei.conf").read_text("utf-8").splitlines()
+    settings = {line.split()[0]: line.split()[1:] for line in conf if line and line[0] != "#"}
+    assert settings["max_packet_size"] == [str(MAX_DOCUMENT_BYTES + MQTT_HEADROOM_BYTES)]
+    assert "message_size_limit" not in settings
+    assert max_payload(topics.register(SITE), MAX_DOCUMENT_BYTES + MQTT_HEADROOM_BYTES) > (
+        MAX_DOCUMENT_BYTES
+    )
+
+
+def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in an attack on the shipped setup: a register over the broker's limit got the
+    collector disconnected at every publish, and paho resent it after every reconnect: no
+    acks, nothing stored, forever. Now a document over the bound is not published: one error,
+    one alert, and the collector keeps storing and acknowledging events, also after a
+    reconnect. The register is made over 8 MiB with 100 passes whose room text is 100 kB (the
+    size of ~90,000 ordinary passes, made fast)."""
+    with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
+        server_dir = tmp_path / "server"
+        Site.init(server_dir, SITE).close()
+        configure_collector(server_dir, broker)
+        with Site(server_dir) as site:
+            for i in range(100):
+                site.issue_pass(f"9-9-{i:03d}", "孙八", room="x" * 100_000, publish=False)
+            site.publish_register()
+            register = site.bundle_path("register.json").read_bytes()
+            assert len(register) > MAX_DOCUMENT_BYTES
+            documents = (topics.config(SITE), topics.register(SITE), FRESHNESS)
+            collector = Collector(site, parse_broker(broker.url))
+            collector.document_check_s = 0.1
+            with caplog.at_level(logging.ERROR, logger="menwei.collector"):
+                try:
+                    collector.start()
+                    with client(broker, "east", *documents, topics.ack(SITE, "east")) as east:
+                        east.wait_for(FRESHNESS, lambda m: True, 15, "the freshness statement")
+                        send_event_and_wait_for_its_ack(east, 1)
+                    wait_until(
+                        lambda: site.alerts.open_counts().get("document_too_large") == 1,
+                        15,
+                        "the document_too_large alert",
+                    )
+                    broker.restart()  # the collector reconnects: nothing is resent
+                    with client(broker, "east", *documents, topics.ack(SITE, "east")) as east:
+                        # Republished after the reconnect, in the order of the bundle: config,
+                        # (register), freshness. A live freshness means the register was passed.
+                        east.wait_for(FRESHNESS, lambda m: not m.retain, 30, "a live statement")
+                        send_event_and_wait_for_its_ack(east, 2)
+                        assert east.on(topics.register(SITE)) == []
+                    assert collector.connected.is_set()
+                finally:
+                    collector.close()
+            assert server_count(site.dir / STORE_NAME, "east") == 2
+            (alert,) = [a for a in site.alerts.list() if a.kind == "document_too_large"]
+            assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
+        errors = [r for r in caplog.records if "document_too_large" in r.getMessage()]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert "oversize" not in broker.log()
+
+
+def send_event_and_wait_for_its_ack(east: MqttWatcher, seq: int) -> None:
+    batch = encode_batch("east", [make_event(SITE, "east", seq)])
+    assert accepted(east.publish(topics.events(SITE, "east"), batch))
+    east.wait_for(
+        topics.ack(SITE, "east"),
+        lambda m: Ack.decode(m.payload).acked_seq == seq,
+        30,
+        f"the ack of seq {seq}",
+    )
 
 
 def test_a_restart_keeps_the_retained_documents(tmp_path: Path) -> None:

@@ -121,6 +121,36 @@ def test_scan_decides_on_each_image_in_order_and_writes_nothing(
     assert run_menwei("gate", "log", "--config", config_of(gate_dir), "--json").stdout == ""
 
 
+def test_a_pass_the_register_no_longer_holds_is_refused_as_expired(
+    tmp_path: Path, site: Site, resident: IssuedPass
+):
+    """The register carries only passes that can still be presented (server/site.py): passes
+    that ended days ago, revoked or not, are not in it, and a gate provisioned from it refuses
+    them by their signed validity window."""
+    now = datetime.now(UTC)
+    ended = {"valid_from": now - timedelta(days=10), "valid_until": now - timedelta(days=3)}
+    old = site.issue_pass("1-1-102", "李四", **ended)
+    stolen = site.issue_pass("1-1-103", "王五", **ended)
+    site.revoke_pass(stolen.pass_id, "lost card")
+    register = json.loads(site.bundle_path("register.json").read_bytes())["body"]
+    assert ([p["pass_id"] for p in register["passes"]], register["revoked"]) == (
+        [resident.pass_id],
+        [],
+    )
+    gate = tmp_path / "gate"
+    provision(gate, site.dir, "east", "in", simulated=True)
+    images = tmp_path / "images"
+    cards = [png(images, f"{p.pass_id}.png", p.qr) for p in (old, stolen, resident)]
+
+    results = scan(gate, *cards, extra=("--temperature", "36.5"))
+
+    assert [(r["reason"], r["pass_id"]) for r in results] == [
+        ("expired", old.pass_id),
+        ("expired", stolen.pass_id),
+        ("ok", resident.pass_id),
+    ]
+
+
 def test_scan_temperature_rules(tmp_path: Path, resident: IssuedPass, gate_dir: Path):
     image = png(tmp_path / "images", "valid.png", resident.qr)
 

@@ -4,22 +4,27 @@ garbage recorded and survived, signed documents published and republished."""
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from menwei.mosquitto import MosquittoBroker
+from menwei.mosquitto import MosquittoBroker, free_port, start_mosquitto, stop_mosquitto
 from protocol import topics
+from protocol.broker import parse_broker
 from protocol.documents import decode_document
 from protocol.events import Ack, Event, encode_batch
-from server.collector import Collector
+from server.collector import Collector, max_payload
 from server.site import Site
 from tests.conftest import SITE
 from tests.e2e.helpers import (
+    Message,
     MqttWatcher,
     json_of,
     make_event,
@@ -356,3 +361,110 @@ def test_a_status_of_the_wrong_shape_is_rejected_naming_the_field(
     for (key, _), (topic, reason) in zip(bad, rejected(site), strict=True):
         assert topic == status_topic and f"field {key!r} must be" in reason, reason
     assert seen("g1") == good  # the last status of the right shape stays
+
+
+# --- the register re-signed daily; documents too large for the gates or the broker -----------
+
+
+def test_the_register_is_re_signed_when_the_day_rolls(tmp_path: Path, broker: MosquittoBroker):
+    """Passes that ended drop out of the register without any edit: the collector re-signs it
+    once a day (site local date), so the document does not grow with every pass ever issued."""
+    start = datetime.now(UTC).replace(microsecond=0)
+    clock = [start]
+    Site.init(tmp_path / "server", SITE).close()
+    with Site(tmp_path / "server", clock=lambda: clock[0]) as site:
+        keys = {k.key_id: k for k in site.trust_keys()}
+        stays = site.issue_pass("1-1-101", "张三丰")
+        ends = site.issue_pass(
+            "1-1-102", "李四", valid_from=start - timedelta(days=1), valid_until=start
+        )
+        reg_topic = topics.register(SITE)
+
+        def body(m: Message) -> dict[str, Any]:
+            doc = decode_document(m.payload, kind="register", site=SITE, trust_keys=keys)
+            return doc.body
+
+        with (
+            Collector(site, parse_broker(broker.url)) as collector,
+            MqttWatcher(broker.url, reg_topic) as gate,
+        ):
+            collector.document_check_s = 0.1
+            collector.start()
+            first = gate.wait_for(reg_topic, lambda m: True, 15, "the register")
+            assert [p["pass_id"] for p in body(first)["passes"]] == [stays.pass_id, ends.pass_id]
+
+            clock[0] = start + timedelta(days=2)  # two days later, nothing edited
+
+            later = gate.wait_for(
+                reg_topic, lambda m: len(body(m)["passes"]) == 1, 15, "the register without it"
+            )
+            assert [p["pass_id"] for p in body(later)["passes"]] == [stays.pass_id]
+
+
+def small_broker(workdir: Path, max_packet: int) -> tuple[str, subprocess.Popen[bytes]]:
+    """A Mosquitto whose max_packet_size is `max_packet` (announced to MQTT v5 clients)."""
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"max_packet_size {max_packet}\nlog_dest stderr\n"
+    )
+    out = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 - closed by the test's finally
+    try:
+        return f"mqtt://127.0.0.1:{port}", start_mosquitto(conf, port, out)
+    finally:
+        out.close()  # the broker process holds its own descriptor
+
+
+def test_the_collector_publishes_no_document_over_the_brokers_packet_size(
+    tmp_path: Path, site: Site, caplog: pytest.LogCaptureFixture
+):
+    """A broker announcing 4096 bytes: a register of ~40 passes does not fit. The collector
+    does not publish it (the broker would close its connection, and paho would resend it at
+    every reconnect), logs one error, raises one alert, and keeps doing its job."""
+    for i in range(40):
+        site.issue_pass(f"2-1-{i:03d}", "孙八", room=f"2-1-{i:03d}", publish=False)
+    site.publish_register()
+    register = site.bundle_path("register.json").read_bytes()
+    assert len(register) > 4096 > len(site.bundle_path("config.json").read_bytes())
+    url, proc = small_broker(tmp_path, 4096)
+    try:
+        reg_topic, cfg_topic = topics.register(SITE), topics.config(SITE)
+        with (
+            caplog.at_level(logging.ERROR, logger="menwei.collector"),
+            MqttWatcher(url, cfg_topic, reg_topic, ACK) as gate,
+            Collector(site, parse_broker(url)) as collector,
+        ):
+            collector.document_check_s = 0.1
+            collector.start()
+            wait_until(collector.connected.is_set, 15, "collector did not connect")
+            gate.wait_for(cfg_topic, lambda m: True, 15, "the config, which fits")
+            wait_until(
+                lambda: site.alerts.open_counts().get("document_too_large") == 1, 15, "alert"
+            )
+            # Its bound is what the broker takes: the broker's verdict on payloads around it
+            # (on a topic of its own: the bound depends on the topic's length).
+            assert collector.document_bound(reg_topic) == max_payload(reg_topic, 4096)
+            bound = collector.document_bound("menwei-probe")
+            for size, verdict in ((bound, "accepted"), (bound + 8, "refused")):
+                with MqttWatcher(url) as probe:
+                    reason = probe.publish("menwei-probe", b"x" * size)
+                assert ("accepted" if reason is not None and reason < 0x80 else "refused") == (
+                    verdict
+                ), size
+            # Still at work: a batch is stored and acked, over the same connection.
+            client = mqtt_client(url)
+            try:
+                publish(client, EVENTS, encode_batch("g1", [ev(1)]))
+                wait_acked(gate, 1)
+            finally:
+                client.disconnect()
+                client.loop_stop()
+            assert collector.connected.is_set()
+            assert gate.on(reg_topic) == []
+        errors = [r for r in caplog.records if "document_too_large" in r.getMessage()]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        (alert,) = [a for a in site.alerts.list() if a.kind == "document_too_large"]
+        assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
+    finally:
+        stop_mosquitto(proc)

@@ -300,3 +300,93 @@ def test_a_timezone_that_names_no_place_is_refused(site: Site, table: str) -> No
     config = load_server_config(site.dir)
     zones = {"server": config.server.timezone, "policy": config.policy.timezone}
     assert zones == {"server": "Asia/Shanghai", "policy": "Asia/Shanghai"} | {table: "UTC"}
+
+
+# --- what the register document holds ------------------------------------------------------
+
+
+class Clock:
+    """The site's clock, moved by the test (the seam Site takes for its time)."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def test_the_register_holds_only_passes_that_can_still_be_presented(tmp_path: Path) -> None:
+    """A site that has issued passes for months: the expired ones (residents' and visitors',
+    revoked or not) are left out, so the document is the size of what is current."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    Site.init(tmp_path / "server", SITE).close()
+    with Site(tmp_path / "server", clock=Clock(now)) as site:
+        for i in range(120):  # months of visitors and former residents, all ended days ago
+            start = now - timedelta(days=90 - i // 2)
+            site.issue_pass(
+                f"old-{i}",
+                "访客甲",
+                role="visitor" if i % 2 else "resident",
+                valid_from=start,
+                valid_until=start + timedelta(days=1),
+                publish=False,
+            )
+        site.revoke_pass(1, "lost")  # ended long ago: its revocation goes too
+        current = site.issue_pass("1-1-101", "张三丰", room="1-1-101", publish=False)
+        lost = site.issue_pass("1-1-102", "李四", publish=False)
+        site.revoke_pass(lost.pass_id, "lost")
+        later = site.issue_pass(
+            "1-1-103",
+            "王五",
+            valid_from=now + timedelta(days=3),
+            valid_until=now + timedelta(days=30),
+            publish=False,
+        )
+        just_ended = site.issue_pass(
+            "1-1-104",
+            "赵六",
+            valid_from=now - timedelta(days=5),
+            valid_until=now - timedelta(hours=20),  # within the day of margin
+            publish=False,
+        )
+        site.publish_register()
+        doc = register_doc(site)
+        raw = site.bundle_path(REGISTER_FILE).read_bytes()
+
+    held = [p["pass_id"] for p in doc.body["passes"]]
+    assert held == [current.pass_id, later.pass_id, just_ended.pass_id]
+    assert doc.body["revoked"] == [{"pass_id": lost.pass_id, "reason": "lost"}]
+    # ~112 bytes a pass: 123 issued would be over 13 kB.
+    assert len(raw) < 1500, len(raw)
+
+
+def test_the_register_is_refreshed_when_passes_end_and_only_then(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    clock = Clock(now)
+    Site.init(tmp_path / "server", SITE).close()
+    with Site(tmp_path / "server", clock=clock) as site:
+        stays = site.issue_pass("1-1-101", "张三丰")
+        ends = site.issue_pass(
+            "1-1-102",
+            "李四",
+            valid_from=now - timedelta(days=1),
+            valid_until=now + timedelta(hours=1),
+        )
+        site.set_quarantine("1-1-103", now + timedelta(hours=2))
+        site.set_quarantine("1-1-104", None)
+        v = register_doc(site).version
+        assert site.refresh_register() is None, "nothing ended: nothing to sign"
+        clock.at = now + timedelta(hours=12)
+        assert site.refresh_register() is None, "ended, but within the day of margin"
+
+        clock.at = now + timedelta(days=1, hours=2)
+        fresh = site.refresh_register()
+
+        assert fresh is not None and fresh.version == v + 1
+        doc = register_doc(site)
+        assert doc.version == v + 1
+        assert [p["pass_id"] for p in doc.body["passes"]] == [stays.pass_id]
+        assert ends.pass_id not in [p["pass_id"] for p in doc.body["passes"]]
+        assert doc.body["quarantine"] == [{"household": "1-1-104", "until": None}]
+        assert site.refresh_register() is None
+        assert register_doc(site).version == v + 1

@@ -71,6 +71,11 @@ MESSAGES: dict[str, Message] = {
     "gate_reset": Message(
         "闸机数据库已更换，序号重新开始", "Gate database replaced: numbering restarted"
     ),
+    "storage_fault": Message("系统存储故障，请联系门卫", "Storage fault: please ask the guard"),
+    "storage_ok": Message("闸机存储已恢复", "Gate storage works again"),
+    "database_recovered": Message(
+        "闸机数据库已损坏并重建，序号重新开始", "Gate database was damaged and rebuilt: a new epoch"
+    ),
 }
 
 ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})

@@ -1,5 +1,6 @@
 """Operator alerts: fever, forged or unknown-key passes, revoked pass used, cross-gate
-conflicts, gates offline, door held open, camera lost. Each can be acknowledged with a note.
+conflicts, gates offline, gate storage faults, door held open, camera lost. Each can be
+acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
 never raises the same alert twice. Tables are this module's own migration set.
@@ -19,7 +20,9 @@ from server.store import ServerStore, utcnow
 
 migrations = Migrations("menwei-alerts")
 
-HIGH_PRIORITY = frozenset({"fever", "forged", "revoked", "door_forced", "conflict"})
+HIGH_PRIORITY = frozenset(
+    {"fever", "forged", "revoked", "door_forced", "conflict", "storage_fault"}
+)
 
 
 @migrations()

@@ -205,6 +205,9 @@ class Collector:
                 return
             self.store.set_gate_status(gate, status)
             self.feed.publish({"type": "status", "gate": gate, **status})
+            alert = self.health.on_status(gate, status)
+            if alert is not None:
+                self._raised(alert)
             return
         if leaf != "events":
             return

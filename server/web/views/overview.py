@@ -32,6 +32,7 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
         status: dict[str, Any] = json.loads(raw) if raw else {}
         clock = status.get("clock") or {}
         camera = status.get("camera") or {}
+        storage = status.get("storage") or {}
         versions = status.get("versions") or {}
         state = status.get("state", "unknown")
         if state == "online" and last_seen and now - datetime.fromisoformat(last_seen) > silence:
@@ -50,6 +51,10 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
                 "register": versions.get("register"),
                 "camera": camera.get("state"),
                 "camera_error": camera.get("error"),
+                "storage": storage.get("kind")
+                if storage.get("state") == "fault"
+                else storage.get("state"),
+                "storage_error": storage.get("error"),
                 "data_age_h": age,
                 "data_stale": age is not None and age > dashboard.policy.max_data_age_h,
             }

@@ -145,6 +145,8 @@ class Relay(_Lifecycle):
         self._generation = 0
         self._deadline: float | None = None  # end of the running pulse
         self._is_open = False
+        self.releases = 0
+        """Times the gate went from locked to released (pulses, holds, a fail-safe stop)."""
 
     @property
     def is_open(self) -> bool:
@@ -215,6 +217,8 @@ class Relay(_Lifecycle):
             self._timer = None
 
     def _set(self, released: bool) -> None:
+        if released and not self._is_open:
+            self.releases += 1
         self._out.set(released)
         self._is_open = released
 

@@ -77,6 +77,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 
+    p = g.add_parser(
+        "recover",
+        help="move a damaged database aside and start a new one (new epoch); gate stopped",
+        description="For a database the gate refuses as damaged (see `menwei gate doctor`): "
+        "moves gate.db and its -wal/-shm files into DATA_DIR/damaged-<time>/, untouched, and "
+        "creates a new database (a new epoch), carrying over the signed documents, the clock "
+        "floor and the gate state where they can still be read. Refuses while the gate runs, "
+        "and for a sound database. See docs/hardware.md.",
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recover)
+
     p = g.add_parser("calibrate", help="record this device's offset from a reference thermometer")
     _config_arg(p)
     p.add_argument("--reference", type=float, required=True, help="reference body temperature °C")
@@ -281,6 +294,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for c in checks:
             print(c.line())
     return 0 if ok else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from edge.recovery import recover
+
+    result = recover(load_config(args.config))
+    print(render(result, args.json))
+    return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -4,10 +4,19 @@ Order for every decision (DESIGN.md principle 3): decide (pure), write the
 event, its outbox entry and the new state in one transaction, and only then
 move the relay. The loop never blocks on the network; sync runs on its own
 thread from the outbox.
+
+A decision that cannot be logged is not taken: while the store has a fault (a
+full, read-only or failing card, a damaged database) every scan is refused with
+`storage_fault`, the relay stays shut, the guard screen, the LEDs and the
+retained status say so, one log line says what to do, and the loop retries
+(every STORAGE_RETRY_S, and at each scan) until the store works again. The exit
+button still opens (nobody is locked in by a full card); a guard override, which
+cannot be recorded, is refused (the mechanical key remains).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -28,6 +37,7 @@ from edge.config import GateConfig
 from edge.decision import (
     Decision,
     Direction,
+    GateState,
     Now,
     Scan,
     Temperature,
@@ -40,13 +50,17 @@ from edge.decision import (
 )
 from edge.door import DoorEvent, DoorWatch
 from edge.hardware import GateHardware, build_hardware
+from edge.knowledge import Knowledge
 from edge.provision import (
     accept_document,
     apply_document,
     document_keys,
     load_knowledge,
+    trust_anchor,
 )
 from edge.recording import console_line, decision_event, decision_json, simple_event
+from edge.recovery import hold_data_dir
+from edge.storage_fault import OVERRIDE_REFUSED, StorageFault, free_bytes, iso_utc
 from edge.store import EpochMove, GateStore
 from edge.sync import GateSync, SyncSettings
 from edge.watchdog import SystemdNotifier
@@ -54,10 +68,15 @@ from protocol.broker import parse_broker
 from protocol.documents import decode_document
 from protocol.errors import ProtocolError
 from protocol.events import Event, Passage
-from protocol.passes import PREFIX
+from protocol.passes import PREFIX, TrustKey
 from protocol.reasons import message
 
 log = logging.getLogger("menwei.gate")
+
+STORAGE_RETRY_S = 5.0
+"""While a storage fault lasts, how often the loop tries the store again (seconds)."""
+SCAN_RETRY_S = 1.0
+"""A scan retries the store at once, but not more often than this (seconds)."""
 
 
 class GateDaemon:
@@ -75,18 +94,23 @@ class GateDaemon:
         tests of site life pass simulated ones that run days ahead."""
         self.config = config
         self.out = out
-        self.store = GateStore(config.db_path)
-        self.anchor = document_keys(config, self.store)
+        # Held while running: `menwei gate recover` never moves the database from under us.
+        self._data_lock = hold_data_dir(config.data_dir)
+        # A storage fault at start (a full card, a damaged file) leaves the gate up, refusing.
+        self.store = GateStore(config.db_path, verify=True, resilient=True)
         # Documents refused for their signing key: perhaps the next config introduces it.
         self._held: dict[str, bytes] = {}
-        self.know = load_knowledge(config, self.store)
+        self.anchor, self.know, state, floor = self._read_store()
         self._know_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
-        self.clock = GateClock.configured(
-            config.clock, self.store.clock_floor(), wall=wall, monotonic=monotonic
-        )
+        self.clock = GateClock.configured(config.clock, floor, wall=wall, monotonic=monotonic)
         self._floor_from_documents()
-        self.state = state_from_json(self.store.state())
+        self.state = state
+        self._storage_seen = 0  # StorageHealth.changes already acted on
+        self._storage_episode = 0
+        self._next_storage_retry = 0.0
+        self._fault_denied = 0  # scans refused during the current storage fault
+        self._fault_exits = 0  # exit-button openings that could not be logged
         self.hw = hardware if hardware is not None else build_hardware(config)
         self.debouncer = ScanDebouncer(config.camera.scan_holdoff_s, monotonic)
         self.stop_event = threading.Event()
@@ -155,6 +179,7 @@ class GateDaemon:
         try:
             while not self.stop_event.is_set():
                 self.systemd.alive()
+                self._watch_storage()
                 self._maybe_purge()
                 self._log_clock_jumps()
                 self._handle_inputs()
@@ -191,7 +216,10 @@ class GateDaemon:
         storage = self.config.storage
         self._next_purge = time.monotonic() + storage.purge_interval_h * 3600
         before = self.clock.now().utc - timedelta(days=storage.retention_days)
-        deleted = self.store.purge(before.isoformat(timespec="milliseconds"))
+        try:
+            deleted = self.store.purge(before.isoformat(timespec="milliseconds"))
+        except StorageFault:
+            return 0  # in `store.health`: shown and retried by _watch_storage
         if deleted:
             log.info("retention: deleted %d acknowledged events before %s", deleted, before)
         return deleted
@@ -199,7 +227,7 @@ class GateDaemon:
     def _drain(self, timeout_s: float) -> None:
         """Give sync a moment to empty the outbox before a finite run exits."""
         end = time.monotonic() + timeout_s
-        while self.store.backlog() and time.monotonic() < end:
+        while self.store_figures()["backlog"] and time.monotonic() < end:
             time.sleep(0.1)
 
     def close(self) -> None:
@@ -212,8 +240,10 @@ class GateDaemon:
                 part.close()
         if self.sync is not None:
             self.sync.close()
-        self.store.save_clock_floor(self.clock.floor)
+        with contextlib.suppress(StorageFault):  # a store at fault keeps the floor it has
+            self.store.save_clock_floor(self.clock.floor)
         self.store.close()
+        self._data_lock.close()
 
     # --- frames and scans ----------------------------------------------------------------------
 
@@ -242,6 +272,8 @@ class GateDaemon:
         decision = decide(scan, None, self.state, self.know, now)
         if decision.outcome != "pending":
             return self.commit(decision, now, {}, scan.qr)
+        if self._storage_down():
+            return self._refuse_for_storage(decision, now)  # before anyone measures in vain
         p = decision.pass_
         entry = self.know.register.passes.get(p.pass_id) if p is not None else None
         self.measuring = {
@@ -285,18 +317,23 @@ class GateDaemon:
     def commit(
         self, decision: Decision, now: Now, detail: dict[str, Any], qr: str | None = None
     ) -> Decision:
+        if self._storage_down():
+            return self._refuse_for_storage(decision, now)
         site, gate = self.config.gate.site, self.config.gate.id
         event = decision_event(
             decision, site=site, gate=gate, now=now, know=self.know, detail=detail, qr=qr
         )
-        with self._state_lock:
-            state = advance(self.state, decision, now, policy=self.know.policy, uuid=event.uuid)
-            self.store.append(
-                lambda seq: _with_seq(event, seq),
-                state=state_to_json(state),
-                clock_floor=self.clock.floor,
-            )
-            self.state = state
+        try:
+            with self._state_lock:
+                state = advance(self.state, decision, now, policy=self.know.policy, uuid=event.uuid)
+                self.store.append(
+                    lambda seq: _with_seq(event, seq),
+                    state=state_to_json(state),
+                    clock_floor=self.clock.floor,
+                )
+                self.state = state
+        except StorageFault:
+            return self._refuse_for_storage(decision, now)  # not logged: not taken
         self.decisions[(decision.reason, decision.decision, decision.direction)] += 1
         if decision.outcome == "allow":
             self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
@@ -324,8 +361,9 @@ class GateDaemon:
             self.sync.notify()
         return decision
 
-    def record(self, kind: str, reason: str, **kw: Any) -> Event:
-        """Log a non-decision event (exit button, passage, alert, device) with its outbox entry."""
+    def record(self, kind: str, reason: str, **kw: Any) -> Event | None:
+        """Log a non-decision event (exit button, passage, alert, device) with its outbox entry.
+        Returns None when the store has a fault (shown and retried by _watch_storage)."""
         now = self.clock.now()
         site, gate = self.config.gate.site, self.config.gate.id
 
@@ -334,10 +372,133 @@ class GateDaemon:
                 simple_event(kind, reason, site=site, gate=gate, now=now, know=self.know, **kw), seq
             )
 
-        event = self.store.append(build, state=None, clock_floor=self.clock.floor)
+        try:
+            event = self.store.append(build, state=None, clock_floor=self.clock.floor)
+        except StorageFault:
+            log.warning("not logged (storage fault): %s %s", kind, reason)
+            return None
         if self.sync is not None:
             self.sync.notify()
         return event
+
+    # --- storage faults ------------------------------------------------------------------------
+
+    def _read_store(self) -> tuple[dict[int, TrustKey], Knowledge, GateState, float]:
+        """Trust keys, knowledge, state and clock floor from the store; with the store
+        unreadable (a fault at start), the provisioned trust anchor alone: every scan is then
+        refused until the store opens, and this is read again."""
+        try:
+            anchor = document_keys(self.config, self.store)
+            know = load_knowledge(self.config, self.store)
+            self._store_read = True
+            return anchor, know, state_from_json(self.store.state()), self.store.clock_floor()
+        except StorageFault:
+            self._store_read = False
+            site, keys = trust_anchor(self.config)
+            return keys, Knowledge(site, keys), state_from_json(None), 0.0
+
+    def _storage_down(self) -> bool:
+        """Is the store at fault even after trying it again (at most every SCAN_RETRY_S)?"""
+        if self.store.health.fault is None:
+            return False
+        self._retry_storage(SCAN_RETRY_S)
+        return self.store.health.fault is not None
+
+    def _retry_storage(self, interval_s: float) -> None:
+        now = time.monotonic()
+        if now < self._next_storage_retry - STORAGE_RETRY_S + interval_s:
+            return
+        self._next_storage_retry = now + STORAGE_RETRY_S
+        with contextlib.suppress(StorageFault):
+            self.store.probe(self.clock.now().utc.isoformat(timespec="seconds"))
+
+    def _refuse_for_storage(self, decision: Decision, now: Now) -> Decision:
+        """The decision cannot be logged, so it is not taken: deny, relay shut, say why."""
+        refused = Decision(
+            "deny", "storage_fault", "storage", decision.direction, pass_=decision.pass_
+        )
+        self.decisions[(refused.reason, refused.decision, refused.direction)] += 1
+        self._new_fault_episode()
+        self._fault_denied += 1
+        self.hw.indicator.show("fault")
+        self._show(decision_json(refused), now, refused.pass_.pass_id if refused.pass_ else None)
+        print(
+            console_line(refused, self.know, self.config.gate.language), file=self.out, flush=True
+        )
+        return refused
+
+    def _new_fault_episode(self) -> None:
+        """Count refusals and unlogged openings per fault: start again when a new one began."""
+        episode = self.store.health.episodes
+        if episode != self._storage_episode:
+            self._storage_episode = episode
+            self._fault_denied = self._fault_exits = 0
+
+    def _watch_storage(self) -> None:
+        """Act once on each storage transition, whichever thread met it: one log line, the
+        LEDs, the retained status at once; while a fault lasts, retry every STORAGE_RETRY_S;
+        when it clears, log what happened meanwhile and decide again."""
+        health = self.store.health
+        if health.fault is not None:
+            self._retry_storage(STORAGE_RETRY_S)
+        if health.changes == self._storage_seen:
+            return
+        self._storage_seen = health.changes
+        fault = health.fault
+        if fault is not None:
+            self._new_fault_episode()
+            then = (
+                f"the gate retries every {STORAGE_RETRY_S:.0f} s and resumes by itself"
+                if fault.transient
+                else "the gate does not decide on this database"
+            )
+            log.error(
+                "STORAGE FAULT (%s): %s — every scan is refused (storage_fault), the relay "
+                "stays shut; %s. Fix: %s",
+                fault.kind,
+                f"{fault.path}: {fault.error}",
+                then,
+                fault.advice.fix.en,
+            )
+            self.hw.indicator.show("fault")
+        else:
+            self._storage_recovered()
+        if self.sync is not None and self.sync.connected:
+            self.sync.publish_status()  # the dashboard hears it now, not in status_interval_s
+
+    def _storage_recovered(self) -> None:
+        if not self._store_read:  # the store could not be read at start: now it can
+            anchor, know, state, floor = self._read_store()
+            with self._know_lock:
+                self.anchor, self.know = anchor, know
+            with self._state_lock:
+                self.state = state
+            self.clock.floor = max(self.clock.floor, floor)
+            self._floor_from_documents()
+        cleared = self.store.health.cleared_fault
+        kind, error, since = (
+            (cleared[0].kind, cleared[0].error, iso_utc(cleared[1])) if cleared else ("", "", "")
+        )
+        log.warning(
+            "storage works again after a %s fault since %s: %d scans were refused, %d exit-button"
+            " openings could not be logged; deciding again",
+            kind,
+            since,
+            self._fault_denied,
+            self._fault_exits,
+        )
+        self.record(
+            "device",
+            "storage_ok",
+            detail={
+                "fault": kind,
+                "error": error,
+                "since": since,
+                "refused": self._fault_denied,
+                "unlogged_exits": self._fault_exits,
+            },
+        )
+        self.hw.indicator.show("idle")
 
     # --- inputs and devices ------------------------------------------------------------------
 
@@ -348,10 +509,17 @@ class GateDaemon:
             except queue.Empty:
                 break
             if what == "exit":
-                self.record("exit_request", "exit_request", decision="allow", direction="out")
+                # Egress is never refused: with the store at fault the opening is counted and
+                # reported once the store works again (storage_ok).
+                logged = self.record(
+                    "exit_request", "exit_request", decision="allow", direction="out"
+                )
+                if logged is None:
+                    self._new_fault_episode()
+                    self._fault_exits += 1
                 self.decisions[("exit_request", "allow", "out")] += 1
                 self.hw.relay.pulse(self.config.gpio.relay_pulse_s)
-                self.hw.indicator.show("allow")
+                self.hw.indicator.show("allow" if logged is not None else "fault")
                 self.doors.granted(None, None, "out")
             elif what == "override":
                 guard, reason, direction = value
@@ -362,6 +530,12 @@ class GateDaemon:
                     direction=direction,
                     detail={"guard": guard, "reason": reason},
                 )
+                if event is None:  # every override is recorded: one that cannot be is refused
+                    log.warning("guard override by %s refused: it cannot be logged", guard)
+                    self._refuse_for_storage(
+                        Decision("deny", "storage_fault", "storage", direction), self.clock.now()
+                    )
+                    continue
                 self.decisions[("guard_override", "allow", direction)] += 1
                 self.hw.relay.pulse(self.config.guard.override_pulse_s)
                 self.hw.indicator.show("allow")
@@ -417,7 +591,12 @@ class GateDaemon:
                 # stop it from starting again (load_knowledge) and block a corrected one.
                 arrived = self.clock.now().utc
                 know = apply_document(self.know, kind, raw, self.anchor, arrived)
-                if accept_document(self.store, doc, raw, arrived):
+                try:
+                    stored = accept_document(self.store, doc, raw, arrived)
+                except StorageFault:
+                    # Verified, so decided with now; stored when it is delivered again.
+                    stored = doc.version > self._held_version(kind)
+                if stored:
                     self.know = know
                     # Statements come every few minutes: not worth a line in the journal each.
                     level = logging.DEBUG if kind == "freshness" else logging.INFO
@@ -435,14 +614,22 @@ class GateDaemon:
                 if held is not None:
                     self.on_document(held_kind, held)
 
+    def _held_version(self, kind: str) -> int:
+        """The version (a statement: its serial) of the `kind` document the gate decides with."""
+        if kind == "freshness":
+            return 0 if self.know.statement is None else self.know.statement.serial
+        return self.know.versions().get(kind, 0)
+
     def _floor_from_documents(self) -> None:
         """Signed documents prove the time is at least when they were issued (less a margin):
-        the clock floor rises to that, persisted, and a clock behind it is not trusted."""
+        the clock floor rises to that, persisted (with the next decision when the store is
+        faulted), and a clock behind it is not trusted."""
         newest = self.know.newest_issued_at()
         if newest is None:
             return
         ahead = self.clock.raise_floor(newest)
-        self.store.save_clock_floor(self.clock.floor)
+        with contextlib.suppress(StorageFault):
+            self.store.save_clock_floor(self.clock.floor)
         if ahead > 0:
             log.warning(
                 "the clock is %.0f s behind a signed document issued at %s: time-dependent"
@@ -472,7 +659,8 @@ class GateDaemon:
                 at=datetime.fromisoformat(passage.at),
                 uuid=passage.uuid,
             )
-            self.store.save_state(state_to_json(self.state))
+            with contextlib.suppress(StorageFault):  # saved with the next decision instead
+                self.store.save_state(state_to_json(self.state))
 
     def on_history_lost(self, collector_seq: int) -> EpochMove:
         """The collector holds events of this gate's epoch that its database lost (see
@@ -507,9 +695,14 @@ class GateDaemon:
 
     # --- the guard's screen ----------------------------------------------------------------
 
-    def request_override(self, guard: str, reason: str, direction: str) -> None:
-        """From the guard page (its own thread): the loop opens the gate and logs it."""
+    def request_override(self, guard: str, reason: str, direction: str) -> dict[str, str] | None:
+        """From the guard page (its own thread): the loop opens the gate and logs it. Returns
+        the refusal ({"zh", "en"}) while the store has a fault: an override is always
+        recorded, so one that cannot be is not made (the mechanical key remains)."""
+        if self.store.health.fault is not None:
+            return OVERRIDE_REFUSED.as_dict()
         self._inputs.put(("override", (guard, reason, direction)))
+        return None
 
     def _show(self, shown: dict[str, Any], now: Now, pass_id: int | None) -> None:
         entry = self.know.register.passes.get(pass_id) if pass_id is not None else None
@@ -528,6 +721,17 @@ class GateDaemon:
         now = self.clock.now()
         age = self.know.data_age_hours(now.utc)
         stats = getattr(self.hw.thermometer, "stats", None)
+        storage = self.store.health.to_json()
+        fault = self.store.health.fault
+        since = self.store.health.since
+        if fault is not None:
+            storage |= {
+                "message": fault.advice.message.as_dict(),
+                "fix": fault.advice.fix.as_dict(),
+                "since_local": None
+                if since is None
+                else datetime.fromtimestamp(since, self.know.policy.tz).strftime("%H:%M:%S"),
+            }
         return {
             "gate": f"{self.config.gate.site}/{self.config.gate.id}",
             "last": self.recent[0] if self.recent else None,
@@ -536,7 +740,8 @@ class GateDaemon:
             "recent": list(self.recent),
             "health": {
                 "online": bool(self.sync and self.sync.connected),
-                "backlog": self.store.backlog(),
+                "backlog": self.store_figures()["backlog"],
+                "storage": storage,
                 "camera": self.hw.camera.state,
                 "thermometer_ok": self.hw.thermometer is not None
                 and (stats is None or stats.failures == 0 or stats.reads > stats.failures),
@@ -545,6 +750,21 @@ class GateDaemon:
                 "data_stale": age is None or age > self.know.policy.max_data_age_h,
             },
         }
+
+    def store_figures(self) -> dict[str, int | None]:
+        """backlog, last_seq and acked_seq of the store (None each while it cannot be read)."""
+        try:
+            return {
+                "backlog": self.store.backlog(),
+                "last_seq": self.store.last_seq(),
+                "acked_seq": self.store.acked_seq(),
+            }
+        except StorageFault:
+            return {"backlog": None, "last_seq": None, "acked_seq": None}
+
+    def data_free_bytes(self) -> int | None:
+        """Bytes free on the data partition (None when the file system cannot be asked)."""
+        return free_bytes(self.config.data_dir)
 
     def totals(self) -> dict[str, int]:
         """Since start: pass decisions, and how many allowed or denied (openings included)."""
@@ -561,9 +781,8 @@ class GateDaemon:
             "site": self.config.gate.site,
             "at": now.utc.isoformat(timespec="seconds"),
             "direction": self.config.gate.direction,
-            "backlog": self.store.backlog(),
-            "last_seq": self.store.last_seq(),
-            "acked_seq": self.store.acked_seq(),
+            **self.store_figures(),
+            "storage": self.store.health.to_json(),
             "versions": self.know.versions(),
             "data_age_h": self.know.data_age_hours(now.utc),
             "data_as_of": _iso(self.know.fresh_as_of()),
@@ -593,4 +812,6 @@ def _with_seq(event: Event, seq: int) -> Event:
 def _indicator_kind(decision: Decision) -> IndicatorKind:
     if decision.outcome == "allow":
         return "allow"
+    if decision.reason == "storage_fault":
+        return "fault"
     return "recheck" if decision.reason == "fever_recheck" else "deny"

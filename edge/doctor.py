@@ -22,6 +22,14 @@ from drivers.sim_i2c import SimulatedMLX90614Bus
 from edge.clock import UNTRUSTED_EFFECT, GateClock
 from edge.config import GateConfig
 from edge.provision import load_knowledge
+from edge.storage_fault import (
+    MIN_FREE_BYTES,
+    RECOVERY_STEPS_EN,
+    StorageFault,
+    filesystem_fault,
+    free_bytes,
+    inspect_database,
+)
 from edge.store import GateStore
 from protocol.broker import parse_broker
 from protocol.errors import ProtocolError
@@ -189,10 +197,61 @@ def check_camera(config: GateConfig, timeout_s: float = 5.0) -> Check:
     )
 
 
+DOCTOR_MIN_FREE_BYTES = 64 << 20
+"""Below this much free on the data partition the doctor warns (a full one stops the gate)."""
+
+
+def check_database(config: GateConfig) -> Check:
+    """The whole database read (`PRAGMA integrity_check`) and the data partition's room."""
+    path = config.db_path
+    if not path.exists():
+        return Check(
+            "database",
+            False,
+            f"{path}: no database",
+            "provision the gate: `menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG`",
+        )
+    fault = inspect_database(path, full=True)
+    if fault is not None and not fault.transient:
+        return Check(
+            "database",
+            False,
+            f"{path}: damaged: {fault.error}",
+            RECOVERY_STEPS_EN,
+            "every scan is refused (storage_fault) until the database is restored or recovered",
+        )
+    room = filesystem_fault(config.data_dir)
+    free = free_bytes(config.data_dir)
+    effect = "every scan is refused (storage_fault) until it clears; the gate resumes by itself"
+    if fault is not None or room == "readonly":
+        what = fault.error if fault is not None else "the file system is mounted read-only"
+        return Check(
+            "database",
+            False,
+            f"{path}: {what}",
+            "check the SD card (dmesg, mount); remount read-write or replace it",
+            effect,
+        )
+    free_text = "unknown" if free is None else f"{free / (1 << 20):.1f} MiB"
+    detail = f"{path}: integrity ok, {path.stat().st_size / (1 << 20):.1f} MiB; {free_text} free"
+    if free is not None and free < max(DOCTOR_MIN_FREE_BYTES, MIN_FREE_BYTES):
+        return Check(
+            "database",
+            False,
+            f"{detail}, below {DOCTOR_MIN_FREE_BYTES >> 20} MiB",
+            f"free space on the data partition (df -h {config.data_dir}); lower [storage] "
+            "retention_days; see docs/hardware.md (SD cards)",
+            "a full partition stops the gate: " + effect,
+        )
+    return Check("database", True, detail)
+
+
 def check_provisioning(config: GateConfig) -> Check:
     try:
         with GateStore(config.db_path) as store:
             know = load_knowledge(config, store)
+    except StorageFault as exc:
+        return Check("provisioning", False, str(exc.error), "see the database check above")
     except (ProtocolError, OSError) as exc:
         return Check("provisioning", False, str(exc), "run `menwei gate init` from the server")
     if know.config_version == 0 or know.register_version == 0:
@@ -248,6 +307,7 @@ def check_clock(config: GateConfig, clock: GateClock | None = None) -> Check:
 
 def run_doctor(config: GateConfig, broker: str | None = None) -> list[Check]:
     return [
+        check_database(config),
         check_provisioning(config),
         check_camera(config),
         check_thermometer(config),

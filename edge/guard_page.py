@@ -2,10 +2,12 @@
 
 Glanceable: the last decision in big green or red, the reason in Chinese and
 English, the holder's masked name and room, the temperature; below it the
-gate's health (sync, camera, thermometer, clock, data age) and the last
-decisions. The override opens the gate only with the guard's name and a
-reason, and is logged like every decision. Served by uvicorn on its own thread;
-bind it to localhost (the kiosk browser runs on the gate).
+gate's health (sync, camera, thermometer, clock, data age, storage) and the
+last decisions; a storage fault takes the verdict area, with what to do. The
+override opens the gate only with the guard's name and a reason, and is logged
+like every decision (refused while a storage fault stops logging). Served by
+uvicorn on its own thread; bind it to localhost (the kiosk browser runs on the
+gate).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ MAX_FIELD = 200
 
 def create_app(
     state: Callable[[], dict[str, Any]],
-    override: Callable[[str, str, str], None],
+    override: Callable[[str, str, str], dict[str, str] | None],
     metrics: CollectorRegistry | None = None,
 ) -> Starlette:
+    """`override(guard, reason, direction)` queues the override, or returns why it is refused
+    ({"zh", "en"}): the page then answers 503 with that text."""
     page = resources.files("edge").joinpath("guard_page.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:
@@ -54,7 +58,9 @@ def create_app(
                 },
                 status_code=400,
             )
-        override(guard, reason, direction)
+        refused = override(guard, reason, direction)
+        if refused is not None:
+            return JSONResponse({"error": refused["en"], "zh": refused["zh"]}, status_code=503)
         return JSONResponse({"ok": True})
 
     def prometheus(_: Request) -> Response:  # sync: Starlette runs it in its thread pool

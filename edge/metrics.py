@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from edge.daemon import GateDaemon
 
 CAMERA_STATES = ("ok", "lost", "recovering")
+STORAGE_FAULT_KINDS = ("full", "readonly", "io", "corrupt")
 THERMOMETER_COUNTERS = (
     ("reads", "Register reads requested from the MLX90614."),
     ("retries", "Extra I2C attempts after a failed one."),
@@ -68,16 +69,11 @@ class GateCollector(Collector):
             decisions.add_metric([reason, decision, direction], n)
         yield decisions
 
-        yield _gauge(
-            "menwei_gate_outbox_backlog",
-            "Events not yet acknowledged by the collector.",
-            d.store.backlog(),
-        )
-        yield _gauge(
-            "menwei_gate_last_seq", "Sequence number of the last logged event.", d.store.last_seq()
-        )
-        yield _gauge(
-            "menwei_gate_acked_seq", "Highest seq the collector acknowledged.", d.store.acked_seq()
+        yield from _storage(d)
+        yield _counter(
+            "menwei_gate_relay_releases",
+            "Times the relay released the gate since start.",
+            d.hw.relay.releases,
         )
         yield from _sync(d)
         yield from _camera(d)
@@ -120,6 +116,42 @@ def gate_registry(daemon: GateDaemon) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GateCollector(daemon))
     return registry
+
+
+def _storage(d: GateDaemon) -> Iterable[Metric]:
+    """The store's figures (absent while it cannot be read) and its health."""
+    figures = d.store_figures()
+    for name, key, doc in (
+        ("menwei_gate_outbox_backlog", "backlog", "Events not yet acknowledged by the collector."),
+        ("menwei_gate_last_seq", "last_seq", "Sequence number of the last logged event."),
+        ("menwei_gate_acked_seq", "acked_seq", "Highest seq the collector acknowledged."),
+    ):
+        value = figures[key]
+        if value is not None:
+            yield _gauge(name, doc, value)
+    fault = d.store.health.fault
+    yield _gauge(
+        "menwei_gate_storage_ok",
+        "1 while the gate's database can be written; 0 during a storage fault (every scan "
+        "refused).",
+        1 if fault is None else 0,
+    )
+    kinds = GaugeMetricFamily(
+        "menwei_gate_storage_fault",
+        "1 for the kind of the current storage fault.",
+        labels=["kind"],
+    )
+    for kind in STORAGE_FAULT_KINDS:
+        kinds.add_metric([kind], 1 if fault is not None and fault.kind == kind else 0)
+    yield kinds
+    yield _counter(
+        "menwei_gate_storage_faults", "Storage faults since start.", d.store.health.episodes
+    )
+    free = d.data_free_bytes()
+    if free is not None:
+        yield _gauge(
+            "menwei_gate_data_free_bytes", "Bytes free on the data partition (data_dir).", free
+        )
 
 
 def _sync(d: GateDaemon) -> Iterable[Metric]:

@@ -14,11 +14,21 @@ for a database's first epoch). A gate that learns it lost committed history (a d
 WAL, see `start_new_epoch`) moves to a new epoch whose base is its last confirmed
 position, so its unconfirmed events are numbered 1, 2, ... again, never with numbers the
 collector holds for other events.
+
+Storage faults (a full, read-only or failing SD card, a damaged file) leave every
+method as a `StorageFault` (edge/storage_fault.py), recorded in `health` for the
+daemon to show; the daemon's store survives them (`resilient`) and reopens itself
+(`probe`). A file that exists but is empty or not a database is refused, never
+replaced: a new database is built beside its name and renamed into place, so an
+empty `gate.db` is always damage, never a creation cut short.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -26,12 +36,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from edge.storage_fault import (
+    MIN_FREE_BYTES,
+    StorageFault,
+    StorageHealth,
+    check_header,
+    classify,
+    damage,
+    free_bytes,
+)
 from protocol.events import Event
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 migrations = Migrations("menwei-gate")
 
@@ -104,27 +126,126 @@ class LoggedEvent:
     acked: bool
 
 
-class GateStore:
-    """Thread-safe: the gate loop appends, the sync thread reads and acknowledges."""
+def _guarded(
+    method: Callable[Concatenate[GateStore, P], R],
+) -> Callable[Concatenate[GateStore, P], R]:
+    """A store method whose storage failures become a StorageFault, recorded in `health`."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self.db = Database(conn)
-        # Takes effect on a new file only: freed pages can then be returned after a purge.
-        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+    @functools.wraps(method)
+    def guarded(self: GateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            fault = classify(exc, self.path)
+            if fault is None:
+                raise
+            self.health.failed(fault)
+            if fault is exc:
+                raise
+            raise fault from exc
+
+    return guarded
+
+
+class GateStore:
+    """Thread-safe: the gate loop appends, the sync thread reads and acknowledges.
+
+    Opens (or creates) the database at `path`. `verify`: run `PRAGMA quick_check` at
+    opening (the daemon at start). `resilient` (the daemon): a fault at opening is kept in
+    `health` instead of raised; every call then raises it until `probe()` opens the
+    database. Otherwise a fault raises StorageFault (an OSError). A damaged database, once
+    seen, is refused for the rest of this object's life: nothing more is written to it."""
+
+    def __init__(self, path: Path, *, verify: bool = False, resilient: bool = False) -> None:
+        self.path = path
+        self.health = StorageHealth()
+        self._verify = verify
         self._lock = threading.RLock()
         self._closed = False
-        migrations.apply(self.db)
-        self.epoch = self._get_meta("epoch") or ""
+        self._db: Database | None = None
+        self.epoch = ""
+        try:
+            self._open()
+        except StorageFault as fault:
+            if not resilient:
+                raise
+            self.health.failed(fault)
+
+    @property
+    def db(self) -> Database:
+        """The open database; raises StorageFault while it cannot be used."""
+        if self._closed:
+            raise sqlite3.ProgrammingError("the gate store is closed")
+        fault = self.health.fault
+        if fault is not None and not fault.transient:
+            raise fault.again()
+        if self._db is None:
+            if fault is not None:
+                raise fault.again()
+            raise StorageFault("io", "the database is not open", self.path)
+        return self._db
+
+    @_guarded
+    def _open(self) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_header(self.path)
+            if not self.path.exists():
+                _create(self.path)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            try:
+                db = Database(conn)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                if self._verify:
+                    bad = damage(
+                        db.execute("PRAGMA quick_check(10)").fetchall(), self.path, "quick_check"
+                    )
+                    if bad is not None:
+                        raise bad
+                migrations.apply(db)
+                row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            self._db = db
+            self.epoch = "" if row is None else str(row[0])
+
+    @_guarded
+    def probe(self, at: str) -> None:
+        """Prove the database writable again while a fault lasts (the daemon retries this):
+        reopen it when it is not open or the fault may have left the connection unusable
+        (read-only, I/O), then commit one small write. Clears `health` on success; raises
+        StorageFault otherwise. A full partition must have MIN_FREE_BYTES free first; a
+        damaged database is never probed (it needs `menwei gate recover`)."""
+        fault = self.health.fault
+        if fault is not None and not fault.transient:
+            raise fault.again()
+        if fault is not None and fault.kind == "full":
+            free = free_bytes(self.path.parent)
+            if free is not None and free < MIN_FREE_BYTES:
+                raise StorageFault(
+                    "full", f"only {free} bytes free on the data partition", self.path
+                )
+        with self._lock:
+            if self._db is None or (fault is not None and fault.kind in ("readonly", "io")):
+                self._close_connection()
+                self._open()
+            with self.db.atomic():
+                self._set_meta("storage_probe", at)
+        self.health.cleared()
+
+    def _close_connection(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):  # a failing card: dropped either way
+                db.close()
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self.db.close()
+                self._close_connection()
 
     def __enter__(self) -> GateStore:
         return self
@@ -134,6 +255,7 @@ class GateStore:
 
     # --- the log and its outbox -------------------------------------------------------
 
+    @_guarded
     def append(
         self, build: Callable[[int], Event], *, state: dict[str, Any] | None, clock_floor: float
     ) -> Event:
@@ -145,6 +267,7 @@ class GateStore:
                 self._set_meta("state", json.dumps(state))
             if clock_floor > self.clock_floor():  # the floor never goes back (save_clock_floor)
                 self._set_meta("clock_floor", repr(clock_floor))
+        self.health.cleared()  # a decision committed: the storage works
         return event
 
     def _insert(self, build: Callable[[int], Event]) -> Event:
@@ -167,6 +290,7 @@ class GateStore:
         self.db.execute("INSERT INTO outbox (seq) VALUES (?)", [position])
         return event
 
+    @_guarded
     def start_new_epoch(
         self, collector_seq: int, alert: Callable[[EpochMove, int], Event] | None = None
     ) -> tuple[EpochMove, Event | None]:
@@ -200,6 +324,7 @@ class GateStore:
             event = None if alert is None else self._insert(lambda seq: alert(move, seq))
         return move, event
 
+    @_guarded
     def purge(self, before: str) -> int:
         """Delete acknowledged events logged before `before` (ISO UTC). Never an event still in
         the outbox, and never the newest event (its seq is where numbering continues)."""
@@ -215,6 +340,7 @@ class GateStore:
                 self.db.execute("PRAGMA incremental_vacuum")
         return int(deleted)
 
+    @_guarded
     def unacked(self, after_seq: int, limit: int) -> list[Event]:
         """Up to `limit` queued events of the current epoch after `after_seq`, in order."""
         with self._lock:
@@ -225,6 +351,7 @@ class GateStore:
             ).fetchall()
         return [Event.from_json(json.loads(r[0])) for r in rows]
 
+    @_guarded
     def mark_acked(self, acked_seq: int) -> int:
         """Record the collector's acknowledgement; returns how many outbox entries it cleared."""
         with self._lock, self.db.atomic():
@@ -233,6 +360,7 @@ class GateStore:
                 self._set_meta("acked_seq", str(acked_seq))
             return cur.rowcount
 
+    @_guarded
     def requeue_after(self, acked_seq: int) -> int:
         """The collector acknowledges less than it did before (its store was restored from a
         backup): put every logged event after `acked_seq` back into the outbox, so it is sent
@@ -245,16 +373,19 @@ class GateStore:
             self._set_meta("acked_seq", str(acked_seq))
             return int(cur.rowcount)
 
+    @_guarded
     def acked_seq(self) -> int:
         """The collector's acknowledgement in the current epoch."""
         return int(self._get_meta("acked_seq") or 0)
 
+    @_guarded
     def last_seq(self) -> int:
         """The seq of the newest event in the current epoch (0 when it has none yet)."""
         with self._lock:
             top = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
             return max(0, top - self._base())
 
+    @_guarded
     def uuid_at(self, seq: int) -> str | None:
         """The uuid of the current epoch's event `seq`, None if this log does not hold it."""
         if seq < 1:
@@ -269,42 +400,53 @@ class GateStore:
         """Positions in the log before the current epoch's seq 1."""
         return int(self._get_meta("epoch_base") or 0)
 
+    @_guarded
     def backlog(self) -> int:
         with self._lock:
             return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def log(self) -> Iterator[LoggedEvent]:
+        for body, acked in self._log_rows():
+            yield LoggedEvent(Event.from_json(json.loads(body)), bool(acked))
+
+    @_guarded
+    def _log_rows(self) -> list[tuple[str, int]]:
         with self._lock:
             rows = self.db.execute(
                 "SELECT e.body, o.seq IS NULL FROM events e LEFT JOIN outbox o ON o.seq = e.seq"
                 " ORDER BY e.seq"
             ).fetchall()
-        for body, acked in rows:
-            yield LoggedEvent(Event.from_json(json.loads(body)), bool(acked))
+        return [(str(body), int(acked)) for body, acked in rows]
 
     # --- state, clock and documents ----------------------------------------------------
 
+    @_guarded
     def state(self) -> dict[str, Any] | None:
         raw = self._get_meta("state")
         return None if raw is None else dict(json.loads(raw))
 
+    @_guarded
     def save_state(self, state: dict[str, Any]) -> None:
         with self._lock, self.db.atomic():
             self._set_meta("state", json.dumps(state))
 
+    @_guarded
     def learnt_keys(self) -> list[dict[str, Any]]:
         """Trust keys introduced by the last accepted config (beyond the provisioned anchor)."""
         raw = self._get_meta("learnt_keys")
         return [] if raw is None else list(json.loads(raw))
 
+    @_guarded
     def clock_floor(self) -> float:
         return float(self._get_meta("clock_floor") or 0.0)
 
+    @_guarded
     def save_clock_floor(self, floor: float) -> None:
         with self._lock, self.db.atomic():
             if floor > self.clock_floor():
                 self._set_meta("clock_floor", repr(floor))
 
+    @_guarded
     def reset_clock_floor(self, floor: float) -> float:
         """An installer's correction when a wrong future time was persisted (the gate would
         distrust its clock until real time caught up). Returns the floor it replaced."""
@@ -313,6 +455,7 @@ class GateStore:
             self._set_meta("clock_floor", repr(floor))
         return previous
 
+    @_guarded
     def save_document(
         self,
         kind: str,
@@ -332,11 +475,13 @@ class GateStore:
                 [kind, version, received_at, raw],
             )
 
+    @_guarded
     def document(self, kind: str) -> bytes | None:
         with self._lock:
             row = self.db.execute("SELECT raw FROM documents WHERE kind = ?", [kind]).fetchone()
         return None if row is None else bytes(row[0])
 
+    @_guarded
     def document_received_at(self, kind: str) -> datetime | None:
         """When the held `kind` document arrived (the gate's clock, UTC), None if unknown."""
         with self._lock:
@@ -356,3 +501,30 @@ class GateStore:
 
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+
+def _create(path: Path) -> None:
+    """Build a new, empty database beside `path` and rename it into place (then fsync the
+    directory), so that a `gate.db` on disk is always a complete database."""
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    conn = sqlite3.connect(str(tmp))
+    try:
+        db = Database(conn)
+        # Takes effect on a new file only: freed pages can then be returned after a purge.
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        migrations.apply(db)
+    finally:
+        conn.close()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.storage_fault import StorageFault
 from edge.store import EpochMove, GateStore
 from protocol import topics
 from protocol.broker import BrokerAddress
@@ -79,7 +80,10 @@ class GateSync:
         self._reconnected = False
         self._announce = False
         self.sent_up_to = 0
-        self.acked = store.acked_seq()
+        try:
+            self.acked = store.acked_seq()
+        except StorageFault:  # a store at fault at start: read again once the ack comes
+            self.acked = 0
         self._last_progress = time.monotonic()
         self._low_ack: tuple[int, float] | None = None  # (ack, first seen) below `acked`
         self.stats = {
@@ -206,6 +210,8 @@ class GateSync:
                 if time.monotonic() >= next_status:
                     self.publish_status()
                     next_status = time.monotonic() + self.s.status_interval_s
+            except StorageFault:
+                time.sleep(1.0)  # the daemon shows the fault once and retries the store
             except Exception:  # the sync thread must survive anything one message does
                 log.exception("sync loop error")
                 time.sleep(0.5)

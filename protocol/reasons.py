@@ -77,6 +77,11 @@ MESSAGES: dict[str, Message] = {
     "document_too_large": Message(
         "名册或配置过大，无法下发到门岗", "Register or config too large to send to the gates"
     ),
+    "storage_fault": Message("系统存储故障，请联系门卫", "Storage fault: please ask the guard"),
+    "storage_ok": Message("闸机存储已恢复", "Gate storage works again"),
+    "database_recovered": Message(
+        "闸机数据库已损坏并重建，序号重新开始", "Gate database was damaged and rebuilt: a new epoch"
+    ),
 }
 
 ALLOW_REASONS = frozenset({"ok", "fever_soft", "exit_request", "guard_override"})

@@ -1,7 +1,7 @@
 """Operator alerts: fever, forged or unknown-key passes, revoked pass used, cross-gate
-conflicts, gates offline, door held open, camera lost, a gate that lost its history, a
-document too large to publish (the collector's `document_too_large`). Each can be
-acknowledged with a note.
+conflicts, gates offline, gate storage faults, door held open, camera lost, a gate that
+lost its history, a document too large to publish (the collector's
+`document_too_large`). Each can be acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
 never raises the same alert twice. Tables are this module's own migration set.
@@ -23,7 +23,16 @@ migrations = Migrations("menwei-alerts")
 
 HISTORY_LOST = "gate_history_lost"
 HIGH_PRIORITY = frozenset(
-    {"fever", "forged", "revoked", "door_forced", "conflict", HISTORY_LOST, "document_too_large"}
+    {
+        "fever",
+        "forged",
+        "revoked",
+        "door_forced",
+        "conflict",
+        HISTORY_LOST,
+        "document_too_large",
+        "storage_fault",
+    }
 )
 
 

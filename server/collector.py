@@ -220,6 +220,9 @@ class Collector:
             self.store.set_gate_status(gate, status)
             # The topic names the gate (the ACL binds it to the login); the payload may lie.
             self.feed.publish({"type": "status", **status, "gate": gate})
+            alert = self.health.on_status(gate, status)
+            if alert is not None:
+                self._raised(alert)
             return
         if leaf != "events":
             return

@@ -11,6 +11,12 @@ twice, and the dashboard can show since when a gate is down.
 
 `assess` is the pure decision; `GateHealth.check` is the thin shell the
 collector's worker calls every few seconds while it is connected.
+
+A gate whose database cannot be written (a full, read-only or failing SD card, a
+damaged database) refuses every scan and says so in its retained status at once
+(`"storage": {"state": "fault", "kind", "error", "since"}`): `storage_fault`
+raises one high-priority `storage_fault` alert per fault (key
+`storage:{gate}:{since}`), as soon as the status arrives.
 """
 
 from __future__ import annotations
@@ -116,6 +122,14 @@ def assess(
     return Assessment(tuple(opened), tuple(ended))
 
 
+def storage_fault(status: Mapping[str, Any]) -> dict[str, str] | None:
+    """The storage fault a gate's status reports ({"kind", "error", "since"}), or None."""
+    storage = status.get("storage")
+    if not isinstance(storage, Mapping) or storage.get("state") != "fault":
+        return None
+    return {k: str(storage.get(k) or "") for k in ("kind", "error", "since")}
+
+
 class GateHealth:
     """Applies `assess` to the store: records outages and raises their alerts."""
 
@@ -132,6 +146,19 @@ class GateHealth:
                 "SELECT gate, since FROM gate_outages WHERE ended_at IS NULL"
             ).fetchall()
         return {str(g): str(s) for g, s in rows}
+
+    def on_status(self, gate: str, status: Mapping[str, Any]) -> Alert | None:
+        """A gate's status arrived: the `storage_fault` alert it raises, when new."""
+        fault = storage_fault(status)
+        if fault is None:
+            return None
+        return self.alerts.raise_alert(
+            f"storage:{gate}:{fault['since']}",
+            "storage_fault",
+            gate=gate,
+            detail=json.dumps(fault, ensure_ascii=False),
+            event_at=fault["since"] or None,
+        )
 
     def check(
         self, now: datetime | None = None, listening_since: datetime | None = None

@@ -203,3 +203,56 @@ def test_a_killed_gate_connection_raises_gate_offline(site: Site, broker: Mosqui
         finally:
             again.disconnect()
             again.loop_stop()
+
+
+# --- storage faults -------------------------------------------------------------------------
+
+
+def storage_status(state: str, since: str = "2026-03-01T08:00:00+00:00") -> dict[str, Any]:
+    storage = (
+        {"state": "fault", "kind": "full", "error": "database or disk is full", "since": since}
+        if state == "fault"
+        else {"state": "ok", "kind": None, "error": None, "since": None}
+    )
+    return {"gate": "east", "state": "online", "storage": storage}
+
+
+def test_a_storage_fault_in_a_status_raises_one_high_priority_alert(site: Site) -> None:
+    health = GateHealth(site.store, site.alerts, FIVE)
+    assert health.on_status("east", storage_status("ok")) is None
+    assert health.on_status("east", {"gate": "east", "state": "offline"}) is None  # a Will
+
+    alert = health.on_status("east", storage_status("fault"))
+    assert alert is not None
+    assert (alert.kind, alert.priority, alert.gate) == ("storage_fault", "high", "east")
+    assert json.loads(alert.detail) == {
+        "kind": "full",
+        "error": "database or disk is full",
+        "since": "2026-03-01T08:00:00+00:00",
+    }
+    # The same fault again (every 15 s, or retained after a collector restart): no new alert.
+    assert health.on_status("east", storage_status("fault")) is None
+    assert health.on_status("east", storage_status("ok")) is None
+    second = health.on_status("east", storage_status("fault", "2026-03-02T09:00:00+00:00"))
+    assert second is not None and second.id != alert.id
+    assert [a.kind for a in site.alerts.list()] == ["storage_fault", "storage_fault"]
+
+
+def test_the_collector_raises_the_storage_alert_when_the_status_arrives(
+    site: Site, broker: MosquittoBroker
+) -> None:
+    with Collector(site, parse_broker(broker.url)) as collector:
+        collector.start()
+        wait_until(collector.connected.is_set, 15, "collector did not connect")
+        client = mqtt_client(broker.url)
+        try:
+            payload = encode_status(storage_status("fault"))
+            publish(client, topics.status(SITE, "east"), payload, retain=True)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        wait_until(
+            lambda: [a for a in site.alerts.list() if a.kind == "storage_fault"],
+            15,
+            "no storage_fault alert from the gate's status",
+        )

@@ -269,6 +269,12 @@ def test_overview_shows_gates_from_their_retained_status_and_todays_figures(
             "versions": {"config": 4, "register": 9},
             "clock": {"trusted": False},
             "camera": {"state": "ok", "error": None},
+            "storage": {
+                "state": "fault",
+                "kind": "full",
+                "error": "database or disk is full",
+                "since": "2026-03-01T08:00:00+00:00",
+            },
         },
     )
     site.store.set_gate_status("west", {"gate": "west", "state": "offline"})
@@ -285,6 +291,7 @@ def test_overview_shows_gates_from_their_retained_status_and_todays_figures(
     html = client.get("/").text
     east = html[html.index('data-gate="east"') : html.index('data-gate="west"')]
     assert "在线" in east and ">7<" in east and "未同步" in east and "4 / 9" in east
+    assert "已满" in east and 'title="database or disk is full"' in east  # its storage fault
     assert "离线" in html[html.index('data-gate="west"') :]
     assert re.search(r'id="count-in">1<', html) and re.search(r'id="count-out">2<', html)
     assert "通行证已过期" in html  # denials by reason, in zh-CN

@@ -36,6 +36,7 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
         status = stored_status(raw)
         clock = status.get("clock") or {}
         camera = status.get("camera") or {}
+        storage = status.get("storage") or {}
         versions = status.get("versions") or {}
         state = status.get("state", "unknown")
         if state == "online" and last_seen and now - datetime.fromisoformat(last_seen) > silence:
@@ -55,6 +56,10 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
                 "camera": _of(str, camera.get("state")),
                 "camera_error": _of(str, camera.get("error")),
                 "data_age": age,
+                "storage": _of(str, storage.get("kind"))
+                if storage.get("state") == "fault"
+                else _of(str, storage.get("state")),
+                "storage_error": _of(str, storage.get("error")),
             }
         )
     return rows

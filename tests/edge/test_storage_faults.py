@@ -1,0 +1,372 @@
+"""The gate's store and daemon when the storage fails: a data partition that really fills up
+(a small tmpfs: ENOSPC from the kernel), one mounted read-only, and damaged database files
+(zero length, a flipped header, truncated, a damaged page).
+
+Every fault becomes a decision: deny `storage_fault`, relay shut, the fault on the guard
+screen, in the status and the metrics, one log line; the gate resumes when the fault clears,
+and a damaged database is refused, never replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from drivers.gpio import FakePins
+from edge.config import load_config
+from edge.daemon import GateDaemon
+from edge.decision import Scan
+from edge.doctor import check_database
+from edge.guard_page import create_app
+from edge.metrics import gate_registry
+from edge.recovery import RecoveryError, hold_data_dir, recover
+from edge.storage_fault import MIN_FREE_BYTES, StorageFault, inspect_database
+from edge.store import GateStore
+from server.site import IssuedPass, Site
+from tests.edge.gates import daemon_for
+from tests.edge.test_store import builder
+from tests.smallfs import SmallFs, move_gate_data, small_fs
+
+RELAY, EXIT = 17, 24
+SKIN_C = {"forehead_c": 34.6}  # a forehead that reads as a normal body temperature
+
+
+def relay_levels(pins: object) -> list[bool]:
+    assert isinstance(pins, FakePins)
+    return [value for _t, pin, value in pins.history if pin == RELAY]
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> Iterator[SmallFs]:
+    with small_fs(tmp_path / "data", 4096) as mounted:
+        yield mounted
+
+
+def make_db(path: Path, events: int = 30) -> None:
+    """A gate database with some history, closed cleanly (no WAL left beside it)."""
+    with GateStore(path) as store:
+        for i in range(events):
+            store.append(builder(), state={"n": i}, clock_floor=1000.0 + i)
+    assert not path.with_name(path.name + "-wal").exists()
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+def test_a_full_partition_refuses_writes_keeps_reads_and_clears_only_with_room(
+    fs: SmallFs,
+) -> None:
+    db = fs.mount / "gate.db"
+    make_db(db, events=3)
+    with GateStore(db, verify=True, resilient=True) as store:
+        fs.fill()
+        with pytest.raises(StorageFault) as raised:
+            for _ in range(50):  # the WAL's free frames may take a few before the card is full
+                store.append(builder(), state=None, clock_floor=0.0)
+        assert raised.value.kind == "full" and raised.value.errno == 28  # ENOSPC
+        fault = store.health.fault
+        assert fault is not None and fault.kind == "full"
+        assert store.health.to_json()["state"] == "fault"
+        logged = store.last_seq()  # reads still work on a full card
+        assert logged >= 3 and store.backlog() == logged
+
+        with pytest.raises(StorageFault, match="bytes free"):
+            store.probe("2026-11-29T08:00:00+00:00")  # no room yet: still a fault
+        assert store.health.fault is not None
+
+        fs.free()
+        assert fs.free_bytes() >= MIN_FREE_BYTES
+        store.probe("2026-11-29T08:00:05+00:00")
+        assert store.health.fault is None and store.health.episodes == 1
+        event = store.append(builder(), state=None, clock_floor=0.0)
+        assert event.seq == logged + 1
+    assert inspect_database(db) is None  # a full card damaged nothing
+
+
+def test_a_read_only_partition_at_start_is_a_fault_that_clears_when_writable(
+    fs: SmallFs,
+) -> None:
+    db = fs.mount / "gate.db"
+    make_db(db, events=2)
+    fs.read_only()
+    store = GateStore(db, verify=True, resilient=True)
+    try:
+        fault = store.health.fault
+        assert fault is not None and fault.kind == "readonly"
+        with pytest.raises(StorageFault):
+            store.last_seq()
+        with pytest.raises(StorageFault):
+            store.probe("2026-11-29T08:00:00+00:00")
+        fs.read_write()
+        store.probe("2026-11-29T08:00:05+00:00")  # reopened: the old connection was read-only
+        assert store.health.fault is None
+        assert store.append(builder(), state=None, clock_floor=0.0).seq == 3
+    finally:
+        store.close()
+
+
+def test_without_resilient_a_fault_at_opening_raises_one_clear_oserror(fs: SmallFs) -> None:
+    db = fs.mount / "gate.db"
+    make_db(db, events=1)
+    fs.read_only()
+    with pytest.raises(OSError, match="read-only") as raised:
+        GateStore(db)
+    assert isinstance(raised.value, StorageFault) and raised.value.errno == 30  # EROFS
+
+
+def damage_zero_length(db: Path) -> None:
+    db.write_bytes(b"")
+
+
+def damage_header(db: Path) -> None:
+    with db.open("r+b") as f:
+        f.write(b"SQLite format 4")  # one flipped byte in the magic string
+
+
+def damage_truncated(db: Path) -> None:
+    os.truncate(db, db.stat().st_size // 2)
+
+
+def damage_page(db: Path) -> None:
+    """Overwrite the first KiB of the events table's root page (a b-tree page) with garbage;
+    the other tables (documents, meta) stay readable."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'events'"
+        ).fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+    with db.open("r+b") as f:
+        f.seek((root - 1) * size)
+        f.write(bytes(range(256)) * 4)
+
+
+DAMAGES = {
+    "zero_length": damage_zero_length,
+    "flipped_header": damage_header,
+    "truncated": damage_truncated,
+    "damaged_page": damage_page,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
+def test_a_damaged_database_is_refused_and_never_replaced(tmp_path: Path, damage: str) -> None:
+    db = tmp_path / "gate.db"
+    make_db(db, events=60)
+    DAMAGES[damage](db)
+    before = db.read_bytes()
+
+    with pytest.raises(StorageFault) as raised:
+        GateStore(db, verify=True)
+    assert raised.value.kind == "corrupt"
+    store = GateStore(db, verify=True, resilient=True)
+    try:
+        fault = store.health.fault
+        assert fault is not None and fault.kind == "corrupt" and not fault.transient
+        for call in (store.last_seq, store.backlog, lambda: store.probe("now")):
+            with pytest.raises(StorageFault):
+                call()
+        assert store.health.cleared() is False  # nothing but a recovery ends it
+    finally:
+        store.close()
+    assert db.read_bytes() == before, "a damaged database is kept as it is"
+    found = inspect_database(db)
+    assert found is not None and found.kind == "corrupt"
+
+
+def test_a_new_database_is_built_beside_its_name_and_renamed_into_place(tmp_path: Path) -> None:
+    db = tmp_path / "gate.db"
+    with GateStore(db) as store:
+        assert len(store.epoch) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate.db"]
+    assert db.read_bytes()[:16] == b"SQLite format 3\0"
+    assert inspect_database(db) is None
+
+
+# --- the daemon -----------------------------------------------------------------------------
+
+
+def storage_gate(gate_dir: Path, data: Path) -> GateDaemon:
+    move_gate_data(gate_dir, data)
+    return daemon_for(gate_dir)
+
+
+def scan_until_refused(daemon: GateDaemon, passes: list[IssuedPass]) -> list[str]:
+    """Scan entries (alternating passes) until one is refused for storage; the reasons."""
+    reasons = []
+    for i in range(40):
+        p = passes[i % len(passes)]
+        reasons.append(daemon.handle_scan(Scan(p.qr, "in"), dict(SKIN_C)).reason)
+        if reasons[-1] == "storage_fault":
+            return reasons
+    raise AssertionError(f"never refused for storage: {reasons}")
+
+
+def test_a_full_partition_refuses_scans_keeps_the_relay_shut_and_resumes(
+    site: Site, gate_dir: Path, resident: IssuedPass, fs: SmallFs, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = site.issue_pass("1-1-102", "李四", room="1-1-102")
+    daemon = storage_gate(gate_dir, fs.mount)
+    pins = daemon.hw.pins
+    caplog.set_level(logging.INFO, logger="menwei.gate")
+    try:
+        assert daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C)).reason == "ok"
+        assert relay_levels(pins) == [False, True]
+        time.sleep(daemon.config.gpio.relay_pulse_s + 0.3)  # the pulse ends: locked again
+        assert relay_levels(pins) == [False, True, False]
+        logged = daemon.store.last_seq()
+
+        fs.fill()
+        reasons = scan_until_refused(daemon, [other, resident])
+        allowed_while_filling = reasons.count("ok")
+        daemon._watch_storage()  # the loop's turn: show the fault once
+        for _ in range(3):
+            time.sleep(0.05)
+            refused = daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C))
+            assert (refused.decision, refused.reason) == ("deny", "storage_fault")
+            daemon._watch_storage()
+        # Nothing opened that was not logged: one release per committed allow.
+        assert relay_levels(pins).count(True) == 1 + allowed_while_filling
+        assert daemon.store.last_seq() == logged + allowed_while_filling
+        assert daemon.hw.indicator.current == "fault"
+        health = daemon.guard_state()["health"]["storage"]
+        assert (health["state"], health["kind"]) == ("fault", "full")
+        assert health["message"]["zh"].startswith("数据分区已满")
+        assert daemon.guard_state()["last"]["reason"] == "storage_fault"
+        assert daemon.status()["storage"]["state"] == "fault"
+        assert daemon.status()["storage"]["since"]
+        faults = [r for r in caplog.records if "STORAGE FAULT" in r.getMessage()]
+        assert len(faults) == 1, "one log line per fault, not one per scan"
+        assert "df -h" in faults[0].getMessage()
+        metrics = gate_registry(daemon)
+        assert metrics.get_sample_value("menwei_gate_storage_ok") == 0
+        assert metrics.get_sample_value("menwei_gate_storage_fault", {"kind": "full"}) == 1
+        assert (
+            metrics.get_sample_value(
+                "menwei_gate_decisions_total",
+                {"reason": "storage_fault", "decision": "deny", "direction": "in"},
+            )
+            == 4
+        )
+        # The guard cannot override (it would not be recorded); the exit button still opens.
+        refusal = daemon.request_override("王师傅", "快递", "in")
+        assert refusal is not None and "mechanical key" in refusal["en"]
+        assert isinstance(pins, FakePins)
+        pins.drive(EXIT, False)
+        daemon._handle_inputs()
+        assert relay_levels(pins)[-1] is True
+
+        fs.free()
+        time.sleep(1.1)  # a scan retries the store at most every second
+        assert daemon.handle_scan(Scan(other.qr, "in"), dict(SKIN_C)).reason == "ok"
+        daemon._watch_storage()
+        assert daemon.store.health.fault is None
+        assert daemon.status()["storage"]["state"] == "ok"
+        assert daemon.hw.indicator.current == "idle"
+        assert gate_registry(daemon).get_sample_value("menwei_gate_storage_ok") == 1
+        rows = [(e.event.kind, e.event.reason, e.event.detail) for e in daemon.store.log()]
+        kind, reason, detail = rows[-1]
+        assert (kind, reason) == ("device", "storage_ok")
+        assert detail["fault"] == "full" and detail["refused"] == 4
+        assert detail["unlogged_exits"] == 1
+        assert rows[-2][1] == "ok"
+        assert any("storage works again" in r.getMessage() for r in caplog.records)
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("damage", ["zero_length", "damaged_page"])
+def test_a_damaged_database_at_start_refuses_every_scan_without_crashing(
+    gate_dir: Path, resident: IssuedPass, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = gate_dir / "gate.db"
+    with GateStore(db) as store:  # some history first, so there are pages to damage
+        for i in range(60):
+            store.append(builder(), state=None, clock_floor=1000.0 + i)
+    DAMAGES[damage](db)
+    before = db.read_bytes()
+    caplog.set_level(logging.INFO, logger="menwei.gate")
+    daemon = daemon_for(gate_dir)
+    try:
+        fault = daemon.store.health.fault
+        assert fault is not None and fault.kind == "corrupt"
+        daemon._watch_storage()
+        for _ in range(2):
+            d = daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C))
+            assert (d.decision, d.reason) == ("deny", "storage_fault")
+            daemon._watch_storage()
+        assert relay_levels(daemon.hw.pins) == [False]
+        storage = daemon.guard_state()["health"]["storage"]
+        assert storage["kind"] == "corrupt" and "menwei gate recover" in storage["fix"]["en"]
+        assert storage["message"]["zh"] == "数据库已损坏，闸机停止判定"
+        assert daemon.status()["last_seq"] is None  # not read from a damaged file
+        faults = [r for r in caplog.records if "STORAGE FAULT" in r.getMessage()]
+        assert len(faults) == 1 and "does not decide" in faults[0].getMessage()
+    finally:
+        daemon.close()
+    assert db.read_bytes() == before, "the damaged file is kept untouched"
+
+
+def test_the_guard_page_shows_the_fault_and_refuses_an_override(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    (gate_dir / "gate.db").write_bytes(b"")  # an SD card that lost the file's contents
+    daemon = daemon_for(gate_dir)
+    try:
+        client = TestClient(create_app(daemon.guard_state, daemon.request_override))
+        storage = client.get("/api/state").json()["health"]["storage"]
+        assert (storage["state"], storage["kind"]) == ("fault", "corrupt")
+        assert storage["since_local"] and storage["fix"]["zh"].startswith("停止闸机")
+        r = client.post(
+            "/api/override", json={"guard": "王师傅", "reason": "送医", "direction": "in"}
+        )
+        assert r.status_code == 503 and "机械钥匙" in r.json()["zh"]
+        daemon._handle_inputs()
+        assert relay_levels(daemon.hw.pins) == [False]
+        assert "STORAGE FAULT" in client.get("/").text  # the page knows how to show it
+    finally:
+        daemon.close()
+    assert (gate_dir / "gate.db").read_bytes() == b""
+
+
+# --- recovery and the doctor ------------------------------------------------------------------
+
+
+def test_recover_refuses_while_the_gate_runs_and_for_a_sound_database(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    config = load_config(gate_dir / "gate.toml")
+    with pytest.raises(RecoveryError, match="integrity_check ok"):
+        recover(config)
+    damage_header(config.db_path)
+    running = hold_data_dir(config.data_dir)
+    try:
+        with pytest.raises(RecoveryError, match="stop it first"):
+            recover(config)
+    finally:
+        running.close()
+    result = recover(config)
+    assert result["kept"]["documents"] == {}  # the header hid everything
+    assert result["moved"] == ["gate.db"]
+    assert inspect_database(config.db_path) is None
+
+
+def test_the_doctor_reads_the_whole_database_and_warns_of_a_small_partition(
+    gate_dir: Path, fs: SmallFs
+) -> None:
+    sound = check_database(load_config(gate_dir / "gate.toml"))
+    assert sound.ok and "integrity ok" in sound.detail
+    move_gate_data(gate_dir, fs.mount)
+    small = check_database(load_config(gate_dir / "gate.toml"))
+    assert not small.ok and "below 64 MiB" in small.detail and "df -h" in small.fix
+    damage_header(fs.mount / "gate.db")
+    damaged = check_database(load_config(gate_dir / "gate.toml"))
+    assert not damaged.ok and "damaged" in damaged.detail
+    assert "menwei gate recover" in damaged.fix

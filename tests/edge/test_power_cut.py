@@ -80,7 +80,7 @@ def pulses(pins: FakePins) -> int:
 class Round:
     gate_dir: Path
     pulsed: list[int]  # pass ids the relay was released for, in order
-    decided: int  # scans that returned a decision
+    decided: int  # scans decided with a working store (not refused as storage_fault)
     cut: bool
 
 
@@ -100,9 +100,10 @@ def run_round(template: Template, disk: PowerCutDisk, name: str, cut_at: int | N
         for qr, pass_id in template.qrs:
             before = pulses(pins)
             try:
-                daemon.handle_scan(Scan(qr, "in"), {"forehead_c": 34.6})
-                decided += 1
-            except Exception:  # storage gone: whatever the daemon does, it must not pulse
+                decision = daemon.handle_scan(Scan(qr, "in"), {"forehead_c": 34.6})
+                # The power gone, the store fails: the daemon refuses (storage_fault).
+                decided += decision.reason != "storage_fault"
+            except Exception:  # whatever the daemon does without storage, it must not pulse
                 pass
             if pulses(pins) > before:
                 pulsed.append(pass_id)

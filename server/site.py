@@ -412,22 +412,28 @@ class Site:
         key was active holds it in its trust anchor, so a gate that missed a rotation's config
         (offline, or restarted: it re-verifies its stored config against the anchor) still
         accepts this one and learns the newer keys from it."""
-        policy = self.published_policy().policy if policy is None else policy
-        trust = self.trust_keys()
-        body: dict[str, object] = {
-            "policy": policy.to_json(),
-            "trust_keys": [k.to_json() for k in trust],
-        }
-        doc = self._sign("config", body, trust[0].key_id)
-        self._write_bundle(CONFIG_FILE, doc.encode())
-        self._write_bundle(TRUST_FILE, encode_trust(self.site, self.trust_keys()))
-        self.publish_freshness()
+        with self.store.immediate():  # see publish_register
+            policy = self.published_policy().policy if policy is None else policy
+            trust = self.trust_keys()
+            body: dict[str, object] = {
+                "policy": policy.to_json(),
+                "trust_keys": [k.to_json() for k in trust],
+            }
+            doc = self._sign("config", body, trust[0].key_id)
+            self._write_bundle(CONFIG_FILE, doc.encode())
+            self._write_bundle(TRUST_FILE, encode_trust(self.site, self.trust_keys()))
+            self.publish_freshness()
         return doc
 
     def publish_register(self, key_id: int | None = None) -> SignedDocument:
-        doc = self._sign("register", self.register().to_json(), key_id)
-        self._write_bundle(REGISTER_FILE, doc.encode())
-        self.publish_freshness()
+        """The next register version of what the store holds now, written to the bundle.
+        Read, numbered and written under one write lock: two publishers at once (a command,
+        the dashboard, the collector's daily refresh) never give an older register the
+        higher version (which would undo a revocation until the next publish)."""
+        with self.store.immediate():
+            doc = self._sign("register", self.register().to_json(), key_id)
+            self._write_bundle(REGISTER_FILE, doc.encode())
+            self.publish_freshness()
         return doc
 
     def published_versions(self) -> dict[str, int]:
@@ -444,11 +450,12 @@ class Site:
         """Sign a freshness statement naming the bundle's current versions (protocol.freshness)
         and write it to the bundle; the collector publishes it. None until both documents
         exist (during `server init`)."""
-        versions = self.published_versions()
-        if not all(versions.values()):
-            return None
-        doc = self._sign(FRESHNESS, statement_body(versions))
-        self._write_bundle(FRESHNESS_FILE, doc.encode())
+        with self.store.immediate():  # see publish_register
+            versions = self.published_versions()
+            if not all(versions.values()):
+                return None
+            doc = self._sign(FRESHNESS, statement_body(versions))
+            self._write_bundle(FRESHNESS_FILE, doc.encode())
         return doc
 
     # --- policy rollout ------------------------------------------------------------------

@@ -167,6 +167,26 @@ class ServerStore:
         return self
 
     @contextlib.contextmanager
+    def immediate(self) -> Iterator[Database]:
+        """One write transaction taken at once (BEGIN IMMEDIATE): it holds SQLite's write lock
+        for its whole length, so writers in other processes (the collector, a command, the
+        dashboard) wait, and what is read inside is still true when it commits. Used where a
+        document is signed and written to the bundle: its version order is then the order of
+        the files. Nested in a transaction: a savepoint."""
+        with self._lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield self.db
+                return
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+            self.db.conn.commit()
+
+    @contextlib.contextmanager
     def atomic(self) -> Iterator[Database]:
         """One transaction under the store's lock: for writers outside this class (Site) that
         share the connection with the collector's thread. Without the lock their transaction

@@ -66,10 +66,15 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PowerCutDisk]:
     # Raises RuntimeError (a failed test, not a skip) where the tool cannot work.
+    before = set(Path.cwd().iterdir())
     shim = install(PowerCutDisk(tmp_path_factory.mktemp("rounds")))
     assert shim.disk is not None
     yield shim.disk
     shim.uninstall()
+    # Once, files named by garbage pointers ("\x02-shm") appeared in the working directory: a
+    # path the shim handed SQLite's unix VFS was not the one SQLite asked for.
+    stray = sorted(p.name for p in set(Path.cwd().iterdir()) - before if p.name.endswith("shm"))
+    assert not stray, f"the power-cut VFS left files in {Path.cwd()}: {stray}"
 
 
 def pulses(pins: FakePins) -> int:

@@ -390,3 +390,35 @@ def test_the_register_is_refreshed_when_passes_end_and_only_then(tmp_path: Path)
         assert doc.body["quarantine"] == [{"household": "1-1-104", "until": None}]
         assert site.refresh_register() is None
         assert register_doc(site).version == v + 1
+
+
+def test_two_publishers_at_once_never_leave_an_older_register_with_the_higher_version(
+    tmp_path: Path,
+) -> None:
+    """Two connections (a command and the dashboard, or the collector's daily refresh) issue
+    passes at the same time: the bundle's register is the newest one, holding every pass."""
+    Site.init(tmp_path / "s", SITE).close()
+    errors: list[BaseException] = []
+
+    def issue(prefix: str) -> None:
+        try:
+            with Site(tmp_path / "s") as site:
+                for i in range(15):
+                    site.issue_pass(f"{prefix}-1-{100 + i}", "钱" + "七" * (1 + i % 3))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=issue, args=(p,)) for p in ("8", "9")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with Site(tmp_path / "s") as site:
+        bundle = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())
+        counter = site.store.db.execute(
+            "SELECT value FROM meta WHERE key = 'register_version'"
+        ).fetchone()
+        assert bundle["version"] == int(counter[0])
+        assert bundle["body"] == site.register().to_json()
+        assert len(bundle["body"]["passes"]) == 30

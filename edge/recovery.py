@@ -21,7 +21,9 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -154,6 +156,19 @@ def _salvage(db: Path) -> dict[str, Any]:
         "last_seq": "SELECT MAX(seq) FROM events",
         "unsent": "SELECT COUNT(*) FROM outbox",
     }
+    # Read a copy: even a read-only open lets SQLite delete or rewrite the WAL beside a
+    # database (it discards the WAL of a zero-length file), and the set-aside files are the
+    # only copy of what the gate decided.
+    with tempfile.TemporaryDirectory(prefix="menwei-salvage-") as scratch:
+        copy = Path(scratch) / db.name
+        for suffix in ("", "-wal", "-shm"):
+            original = db.with_name(db.name + suffix)
+            if original.is_file():
+                shutil.copyfile(original, copy.with_name(copy.name + suffix))
+        return _read_salvage(copy, queries, found)
+
+
+def _read_salvage(db: Path, queries: dict[str, str], found: dict[str, Any]) -> dict[str, Any]:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:

@@ -358,6 +358,35 @@ def test_recover_refuses_while_the_gate_runs_and_for_a_sound_database(
     assert inspect_database(config.db_path) is None
 
 
+def test_recover_keeps_the_wal_of_a_database_emptied_by_a_crash(
+    gate_dir: Path, resident: IssuedPass
+) -> None:
+    """After a file-system error and fsck: gate.db is 0 bytes, its WAL holds the decisions.
+    recover sets both aside byte for byte (reading them must not let SQLite drop the WAL)."""
+    config = load_config(gate_dir / "gate.toml")
+    daemon = daemon_for(gate_dir)
+    try:
+        for _ in range(3):
+            daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C))
+    finally:
+        daemon.close()
+    db = config.db_path
+    wal = db.with_name(db.name + "-wal")
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # work in the WAL, not checkpointed
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('wal-only', 'x')")
+        conn.commit()
+        crash_wal = wal.read_bytes()
+    db.write_bytes(b"")  # what the crash and fsck left: an empty file beside its WAL
+    wal.write_bytes(crash_wal)
+    assert wal.stat().st_size > 0
+    wal_before = wal.read_bytes()
+    result = recover(config)
+    assert "gate.db-wal" in result["moved"], result
+    found = list(config.data_dir.glob("damaged-*/gate.db-wal"))
+    assert len(found) == 1 and found[0].read_bytes() == wal_before, result
+
+
 def test_the_doctor_reads_the_whole_database_and_warns_of_a_small_partition(
     gate_dir: Path, fs: SmallFs
 ) -> None:

@@ -260,6 +260,14 @@ class ServerStore:
             epoch = events[-1].epoch if events else self.gate_epoch(gate) or ""
             contiguous, replaced = self._advance_contiguous(gate, epoch, now)
             at_contiguous = self._uuid_at(gate, epoch, contiguous)
+            reused = self._first_reused_seq(gate, epoch)
+            if reused is not None and reused <= contiguous:
+                # The gate numbered other events with seqs held here: it lost committed
+                # history. Acknowledge the first reused seq with the event held here, never
+                # past it: the gate sees another event at that seq and moves to a new epoch
+                # (edge/sync.py) instead of taking an ack of its own later events as delivery
+                # of the ones only `conflicts` holds (a broker that lost the retained ack).
+                contiguous, at_contiguous = reused, self._uuid_at(gate, epoch, reused)
         return InsertResult(
             inserted,
             duplicates,
@@ -271,6 +279,15 @@ class ServerStore:
             at_contiguous,
             renumbered,
         )
+
+    def _first_reused_seq(self, gate: str, epoch: str) -> int | None:
+        """The lowest seq of `epoch` that `gate` sent for two different events."""
+        row = self.db.execute(
+            "SELECT MIN(seq) FROM conflicts WHERE gate = ? AND kind = 'seq_reused'"
+            " AND json_extract(body, '$.epoch') = ?",
+            [gate, epoch],
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def _uuid_at(self, gate: str, epoch: str, seq: int) -> str | None:
         row = self.db.execute(

@@ -200,3 +200,37 @@ def test_an_ack_beyond_the_last_seq_at_start_names_the_lost_range(
         (new_epoch, 2),
     ]
     assert json.loads(rows[-2][2])["detail"]["moved"] == 0
+
+
+def test_history_lost_is_found_when_the_broker_lost_the_retained_ack(
+    tmp_path: Path, site: Site, broker: MosquittoBroker, collector: Collector
+) -> None:
+    """A site-wide power cut: the broker comes back without its retained messages (no ack to
+    compare at start), and the gate, back at seq 3, decides offline past the collector's 7
+    before it comes online. The collector sees seqs 4..7 sent again for other events: it
+    acknowledges seq 4 with the event it holds there, never the gate's own later events, and
+    the gate moves to a new epoch; nothing is lost (found by an attacker session: before,
+    the collector acknowledged the gate's seq 11 and ten decisions lived only in conflicts)."""
+    qrs = passes(site, 3, 15)
+    gate_dir, stage, epoch = lose_history(tmp_path, site, broker.url, "north", qrs, 3, 4)
+    broker.stop()
+    broker.start()  # persistence off, as after a power cut before its autosave: no retained ack
+    with run_gate(tmp_path, "gate-3", gate_dir, "--broker", OFFLINE):
+        scan(stage, qrs[7:15])
+        decided(gate_dir, stage, 11, synced=False)
+    wait_until(collector.connected.is_set, 30, "the collector did not reconnect")
+    with run_gate(tmp_path, "gate-4", gate_dir) as gate:
+        wait_until(
+            lambda: any(a.kind == "gate_history_lost" for a in site.alerts.list()),
+            60,
+            lambda: f"no gate_history_lost alert; gate said:\n{gate.output()}",
+        )
+        wait_until(lambda: gate_progress(gate_dir).backlog == 0, 60, "the gate did not sync")
+
+    log = gate_log(gate_dir)
+    assert log[-1].epoch != epoch
+    assert reconcile([gate_dir / "gate.db"], site.dir / STORE_NAME).lost == 0
+    uuids = Counter(e.uuid for e in stored(collector, "north"))
+    assert {e.uuid for e in log} <= set(uuids) and max(uuids.values()) == 1
+    (alert,) = [a for a in site.alerts.list() if a.kind == "gate_history_lost"]
+    assert f"epoch {epoch} seq 4..7 held by the collector, not by the gate" in alert.detail

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from edge.decision import (
     state_from_json,
 )
 from edge.knowledge import Knowledge
-from edge.provision import load_knowledge, provision
+from edge.provision import EXIT_NOT_PROVISIONED, ProvisionError, load_knowledge, provision
 from edge.recording import decision_json
 from edge.replay import NOT_MEASURED
 from edge.store import GateStore
@@ -327,7 +328,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import GateDaemon
 
     config = load_config(args.config)
-    daemon = GateDaemon(config, broker=args.broker)
+    try:
+        daemon = GateDaemon(config, broker=args.broker)
+    except ProvisionError as exc:  # a restart cannot fix it: systemd must not loop
+        print(f"menwei: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_PROVISIONED
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop_event.set())
     print(f"gate {config.gate.site}/{config.gate.id} running ({config.gate.direction})", flush=True)

@@ -97,7 +97,8 @@ class GateDaemon:
         # Held while running: `menwei gate recover` never moves the database from under us.
         self._data_lock = hold_data_dir(config.data_dir)
         # A storage fault at start (a full card, a damaged file) leaves the gate up, refusing.
-        self.store = GateStore(config.db_path, verify=True, resilient=True)
+        # Never creates the database: a missing one (perhaps beside its WAL) is a fault.
+        self.store = GateStore(config.db_path, verify=True, resilient=True, create=False)
         # Documents refused for their signing key: perhaps the next config introduces it.
         self._held: dict[str, bytes] = {}
         self.anchor, self.know, state, floor = self._read_store()
@@ -109,6 +110,7 @@ class GateDaemon:
         self._storage_seen = 0  # StorageHealth.changes already acted on
         self._storage_episode = 0
         self._next_storage_retry = 0.0
+        self._next_file_check = 0.0  # the database file still the one opened (check_file)
         self._fault_denied = 0  # scans refused during the current storage fault
         self._fault_exits = 0  # exit-button openings that could not be logged
         self.hw = hardware if hardware is not None else build_hardware(config)
@@ -441,6 +443,10 @@ class GateDaemon:
         health = self.store.health
         if health.fault is not None:
             self._retry_storage(STORAGE_RETRY_S)
+        elif time.monotonic() >= self._next_file_check:
+            self._next_file_check = time.monotonic() + STORAGE_RETRY_S
+            with contextlib.suppress(StorageFault):  # recorded in health: acted on below
+                self.store.check_file()
         if health.changes == self._storage_seen:
             return
         self._storage_seen = health.changes

@@ -23,12 +23,14 @@ from edge.clock import UNTRUSTED_EFFECT, GateClock
 from edge.config import GateConfig
 from edge.provision import load_knowledge
 from edge.storage_fault import (
+    ADVICE,
     MIN_FREE_BYTES,
     RECOVERY_STEPS_EN,
     StorageFault,
     filesystem_fault,
     free_bytes,
     inspect_database,
+    orphan_logs,
 )
 from edge.store import GateStore
 from protocol.broker import parse_broker
@@ -205,11 +207,14 @@ def check_database(config: GateConfig) -> Check:
     """The whole database read (`PRAGMA integrity_check`) and the data partition's room."""
     path = config.db_path
     if not path.exists():
+        left = orphan_logs(path)
         return Check(
             "database",
             False,
-            f"{path}: no database",
-            "provision the gate: `menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG`",
+            f"{path}: no database" + (f", but {', '.join(left)} beside its name" if left else ""),
+            ADVICE["missing"].fix.en
+            if left
+            else "provision the gate: `menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG`",
         )
     fault = inspect_database(path, full=True)
     if fault is not None and not fault.transient:
@@ -223,6 +228,8 @@ def check_database(config: GateConfig) -> Check:
     room = filesystem_fault(config.data_dir)
     free = free_bytes(config.data_dir)
     effect = "every scan is refused (storage_fault) until it clears; the gate resumes by itself"
+    if fault is not None and fault.kind == "permission":
+        return Check("database", False, f"{path}: {fault.error}", fault.advice.fix.en, effect)
     if fault is not None or room == "readonly":
         what = fault.error if fault is not None else "the file system is mounted read-only"
         return Check(

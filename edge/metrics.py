@@ -10,7 +10,7 @@ serves it as `/metrics` (edge/guard_page.py); see docs/hardware.md "Metrics".
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -21,11 +21,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from edge.storage_fault import FaultKind
+
 if TYPE_CHECKING:
     from edge.daemon import GateDaemon
 
 CAMERA_STATES = ("ok", "lost", "recovering")
-STORAGE_FAULT_KINDS = ("full", "readonly", "io", "corrupt")
+STORAGE_FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 THERMOMETER_COUNTERS = (
     ("reads", "Register reads requested from the MLX90614."),
     ("retries", "Extra I2C attempts after a failed one."),

@@ -136,14 +136,27 @@ def accept_document(
     return True
 
 
+EXIT_NOT_PROVISIONED = 78
+"""`menwei gate run`'s exit status when the trust file is missing, unreadable or damaged
+(sysexits' EX_CONFIG): a restart cannot fix it, so the systemd unit lists it in
+RestartPreventExitStatus= instead of restarting in a loop."""
+
+
 def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
+    """The provisioned site and trust keys from DATA_DIR/trust.json. Raises ProvisionError
+    (with the fix: provision again) when it is missing, unreadable, damaged or for
+    another site."""
     path = config.data_dir / TRUST_FILE
+    redo = (
+        "run `menwei gate init GATE_DIR --server SERVER_DIR_OR_BUNDLE --gate SLUG` again (it "
+        "rewrites trust.json from the server's bundle and keeps the gate's config and log)"
+    )
     try:
         site, keys = decode_trust(path.read_bytes())
     except OSError as exc:
-        raise ProvisionError(
-            f"{path}: gate not provisioned ({exc.strerror}); run `menwei gate init`"
-        ) from None
+        raise ProvisionError(f"{path}: gate not provisioned ({exc.strerror}); {redo}") from None
+    except ProtocolError as exc:
+        raise ProvisionError(f"{path}: damaged ({exc}); {redo}") from None
     if site != config.gate.site:
         raise ProvisionError(f"{path} is for site {site!r}, gate.toml says {config.gate.site!r}")
     return site, dict(keys)

@@ -1,6 +1,7 @@
 """`menwei gate recover`: a new database for a gate whose database is damaged.
 
-A damaged `gate.db` (a failed integrity check, a zero-length or unreadable file)
+A damaged `gate.db` (a failed integrity check, a zero-length or unreadable file, a
+directory), or one that is gone while its WAL or journal is left beside its name,
 is never replaced silently: the daemon refuses to decide on it (edge/storage_fault.py).
 With the gate stopped, recovery moves the database files aside, untouched, into
 `DATA_DIR/damaged-YYYYmmdd-HHMMSS/` (for a restore or forensics) and creates a new
@@ -42,7 +43,7 @@ from edge.provision import (
     trust_anchor,
 )
 from edge.recording import simple_event
-from edge.storage_fault import StorageFault, inspect_database
+from edge.storage_fault import StorageFault, inspect_database, missing_database, orphan_logs
 from edge.store import GateStore
 from protocol.documents import decode_document
 from protocol.errors import ProtocolError
@@ -103,14 +104,20 @@ def recover(config: GateConfig, *, wall: float | None = None) -> dict[str, Any]:
     Returns {"database", "damage", "moved_to", "moved", "previous": {"epoch", "last_seq",
     "acked_seq", "unsent"}, "kept": {"documents", "clock_floor", "state"}, "not_kept",
     "epoch", "next"}; a value the damaged file would not give is null. Raises RecoveryError
-    when the gate runs, the database is absent or sound, or its storage (not the file) is
-    at fault: that clears by itself."""
+    when the gate runs, the database is sound, absent with no log beside it, or its storage
+    (not the file) is at fault: that clears by itself."""
     path = config.db_path
     lock = _exclusive(config.data_dir)
     try:
         if not path.exists():
-            raise RecoveryError(f"{path}: no database: nothing to recover")
-        fault = inspect_database(path, full=True)
+            if not orphan_logs(path):
+                raise RecoveryError(
+                    f"{path}: no database and no log beside it: nothing to recover; put a "
+                    "moved database back, or provision the gate again (`menwei gate init`)"
+                )
+            fault: StorageFault | None = missing_database(path)
+        else:
+            fault = inspect_database(path, full=True)
         if fault is None:
             raise RecoveryError(f"{path}: integrity_check ok: the database is sound, kept as is")
         if fault.transient:

@@ -4,11 +4,14 @@ A gate on an SD card meets four faults: its data partition is full
 (SQLITE_FULL, ENOSPC), read-only (SQLITE_READONLY, EROFS: ext4 remounts a
 failing card read-only), an I/O error (SQLITE_IOERR, EIO), or a damaged
 database (SQLITE_CORRUPT, SQLITE_NOTADB, a zero-length or truncated file, a
-failed integrity check). `classify` turns each into a `StorageFault` of one
-kind; `StorageHealth` holds the current one for the guard screen, the retained
-status and the metrics. The first three clear by themselves (the daemon retries
-and resumes); a damaged database never does: the gate refuses to decide on it
-until it is recovered (`menwei gate recover`, docs/hardware.md).
+directory, a failed integrity check); besides, the gate's own files can be
+unreadable to it (permission: a wrong owner or mode) or missing (deleted,
+renamed or replaced, perhaps while it runs). `classify` turns each into a
+`StorageFault` of one kind; `StorageHealth` holds the current one for the guard
+screen, the retained status and the metrics. Full, read-only, I/O and permission
+faults clear by themselves (the daemon retries and resumes); a damaged or missing
+database never does: the gate refuses to decide on it until it is restored or
+recovered (`menwei gate recover`, docs/hardware.md).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, Literal
 
 from protocol.reasons import Message
 
-FaultKind = Literal["full", "readonly", "io", "corrupt"]
+FaultKind = Literal["full", "readonly", "io", "permission", "corrupt", "missing"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 SQLITE_HEADER_BYTES = 100
@@ -41,15 +44,19 @@ _ERRNO: dict[FaultKind, int] = {
     "full": errno.ENOSPC,
     "readonly": errno.EROFS,
     "io": errno.EIO,
+    "permission": errno.EACCES,
     "corrupt": errno.EUCLEAN,  # what ext4 and XFS answer for a damaged structure
+    "missing": errno.ENOENT,
 }
+PERMANENT: frozenset[FaultKind] = frozenset({"corrupt", "missing"})
+"""Faults that never clear by themselves: the gate refuses until it is recovered."""
 _OS_KINDS: dict[int, FaultKind] = {
     errno.ENOSPC: "full",
     errno.EDQUOT: "full",
     errno.EFBIG: "full",
     errno.EROFS: "readonly",
-    errno.EACCES: "readonly",
-    errno.EPERM: "readonly",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
     errno.EIO: "io",
     errno.EUCLEAN: "corrupt",
 }
@@ -89,6 +96,18 @@ ADVICE: dict[FaultKind, Advice] = {
             "resumes by itself",
         ),
     ),
+    "permission": Advice(
+        Message(
+            "无权读写数据库文件，无法记录，暂停通行",
+            "No permission to read or write the database: nothing can be logged",
+        ),
+        Message(
+            "请联系维护人员修复权限（sudo chown menwei:menwei DATA_DIR DATA_DIR/gate.db*；"
+            "chmod 600 DATA_DIR/gate.db*）；恢复后闸机自动继续",
+            "Give the gate's user its files back (sudo chown menwei:menwei DATA_DIR "
+            "DATA_DIR/gate.db*; chmod 600 DATA_DIR/gate.db*); the gate resumes by itself",
+        ),
+    ),
     "io": Advice(
         Message("存储读写错误，无法记录，暂停通行", "Storage I/O error: nothing can be logged"),
         Message(
@@ -102,6 +121,21 @@ ADVICE: dict[FaultKind, Advice] = {
             "停止闸机，保留数据库文件，运行 menwei gate doctor，再恢复备份或运行 menwei gate "
             "recover（启用新纪元）",
             RECOVERY_STEPS_EN[0].upper() + RECOVERY_STEPS_EN[1:],
+        ),
+    ),
+    "missing": Advice(
+        Message(
+            "数据库文件丢失（被删除、改名或替换），闸机停止判定",
+            "Database file missing (deleted, renamed or replaced): the gate does not decide",
+        ),
+        Message(
+            "停止闸机；若 gate.db 被移走，请放回原处（与 gate.db-wal 同目录同名）再启动；否则保留"
+            " DATA_DIR/gate.db* 副本，运行 menwei gate recover（启用新纪元），新闸机运行 menwei "
+            "gate init",
+            "Stop the gate (sudo systemctl stop menwei-gate); if gate.db was moved, put it back "
+            "under its name beside gate.db-wal and start the gate; otherwise copy "
+            "DATA_DIR/gate.db* aside and run `menwei gate recover --config GATE_TOML` (the "
+            "leftover log is moved aside, a new epoch starts); a new gate: `menwei gate init`",
         ),
     ),
 }
@@ -130,8 +164,9 @@ class StorageFault(OSError):
 
     @property
     def transient(self) -> bool:
-        """Full, read-only and I/O faults clear by themselves; a damaged database does not."""
-        return self.kind != "corrupt"
+        """Full, read-only, permission and I/O faults clear by themselves; a damaged or
+        missing database does not."""
+        return self.kind not in PERMANENT
 
     def again(self) -> StorageFault:
         """The same fault as a new exception (raising one object again and again would grow
@@ -159,9 +194,9 @@ def classify(exc: BaseException, path: Path) -> StorageFault | None:
         elif primary == _FULL:
             kind = "full"
         elif primary == _READONLY:
-            kind = "readonly"
+            kind = permission_fault(path) or "readonly"
         elif primary in (_IOERR, _CANTOPEN):
-            kind = filesystem_fault(path.parent) or "io"
+            kind = filesystem_fault(path.parent) or permission_fault(path) or "io"
         else:
             return None
         return StorageFault(kind, str(exc), path)
@@ -170,6 +205,15 @@ def classify(exc: BaseException, path: Path) -> StorageFault | None:
         if kind is None or kind == "io":
             kind = filesystem_fault(path.parent) or kind or "io"
         return StorageFault(kind, exc.strerror or str(exc), path)
+    return None
+
+
+def permission_fault(path: Path) -> FaultKind | None:
+    """ "permission" when this process may not read and write the database `path` (or create
+    files beside it, which SQLite's WAL needs), else None."""
+    for target, mode in ((path, os.R_OK | os.W_OK), (path.parent, os.W_OK | os.X_OK)):
+        if target.exists() and not os.access(target, mode):
+            return "permission"
     return None
 
 
@@ -198,8 +242,13 @@ def filesystem_fault(directory: Path) -> FaultKind | None:
 
 def check_header(path: Path) -> None:
     """Refuse a database file that exists but cannot be one: empty (zero length), shorter than
-    SQLite's 100-byte header, or not starting with its magic string. An absent file is no
-    fault (a new gate). Raises StorageFault ("corrupt", or what reading it failed with)."""
+    SQLite's 100-byte header, not starting with its magic string, or a directory. An absent
+    file is no fault here (`GateStore` decides whether it may be created). Raises
+    StorageFault ("corrupt", or what reading it failed with: "permission", "io", ...)."""
+    if path.is_dir():
+        raise StorageFault(
+            "corrupt", "not a database file: a directory has the database's name", path
+        )
     try:
         with path.open("rb") as f:
             head = f.read(SQLITE_HEADER_BYTES)
@@ -218,6 +267,32 @@ def check_header(path: Path) -> None:
         raise StorageFault(
             "corrupt", f"not a SQLite database (bad header, {len(head)} bytes read)", path
         )
+
+
+DB_LOGS = ("-wal", "-journal")
+"""The logs SQLite keeps beside a database: with the database gone, the only copy of its last
+transactions (a WAL replayed into a new file would be taken for damage, and consumed)."""
+
+
+def orphan_logs(path: Path) -> list[str]:
+    """Names of the WAL or rollback journal beside `path` (present with or without it)."""
+    return [p.name for p in (path.with_name(path.name + s) for s in DB_LOGS) if p.exists()]
+
+
+def missing_database(path: Path) -> StorageFault:
+    """The fault for a database that is absent where one was (or must be)."""
+    left = orphan_logs(path)
+    if left:
+        error = (
+            f"the database file is missing but {', '.join(left)} is there (the only copy of the "
+            "latest decisions): no new database is created and the log is left untouched"
+        )
+    else:
+        error = (
+            "the database file is missing (deleted, renamed or never provisioned): the daemon "
+            "never creates one, only `menwei gate init` does, so no history is silently replaced"
+        )
+    return StorageFault("missing", error, path)
 
 
 def inspect_database(path: Path, *, full: bool = True, limit: int = 10) -> StorageFault | None:

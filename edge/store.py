@@ -49,6 +49,8 @@ from edge.storage_fault import (
     classify,
     damage,
     free_bytes,
+    missing_database,
+    orphan_logs,
 )
 from protocol.events import Event
 
@@ -150,14 +152,23 @@ def _guarded(
 class GateStore:
     """Thread-safe: the gate loop appends, the sync thread reads and acknowledges.
 
-    Opens (or creates) the database at `path`. `verify`: run `PRAGMA quick_check` at
-    opening (the daemon at start). `resilient` (the daemon): a fault at opening is kept in
-    `health` instead of raised; every call then raises it until `probe()` opens the
-    database. Otherwise a fault raises StorageFault (an OSError). A damaged database, once
-    seen, is refused for the rest of this object's life: nothing more is written to it."""
+    Opens the database at `path`, creating it when absent if `create` (provisioning, tools;
+    never the daemon: a missing database is a "missing" fault there). A WAL or journal
+    beside an absent database is always refused ("missing"), never replayed into a new one.
+    While open, the file must stay the one opened: deleted, renamed or replaced
+    (`check_file`, before every append) is a "missing" fault. `verify`: run `PRAGMA
+    quick_check` at opening (the daemon at start). `resilient` (the daemon): a fault at
+    opening is kept in `health` instead of raised; every call then raises it until
+    `probe()` opens the database. Otherwise a fault raises StorageFault (an OSError). A
+    damaged or missing database, once seen, is refused for the rest of this object's life:
+    nothing more is written to it."""
 
-    def __init__(self, path: Path, *, verify: bool = False, resilient: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, verify: bool = False, resilient: bool = False, create: bool = True
+    ) -> None:
         self.path = path
+        self._create = create
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self.health = StorageHealth()
         self._verify = verify
         self._lock = threading.RLock()
@@ -191,9 +202,13 @@ class GateStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             check_header(self.path)
             if not self.path.exists():
+                if not self._create or orphan_logs(self.path):
+                    raise missing_database(self.path)
                 _create(self.path)
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
             try:
+                st = os.stat(self.path)
+                identity = (st.st_dev, st.st_ino)
                 db = Database(conn)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
@@ -209,7 +224,35 @@ class GateStore:
                 conn.close()
                 raise
             self._db = db
+            self._identity = identity
             self.epoch = "" if row is None else str(row[0])
+
+    @_guarded
+    def check_file(self) -> None:
+        """Is `path` still the file this store opened? Deleted or renamed (its decisions would
+        go to a file nobody finds, and a new database at the path would be handed the orphaned
+        WAL) or replaced by another file: a "missing" fault, recorded in `health`. Stats the
+        path only (no descriptor of SQLite's file is opened or closed beside it, which would
+        drop its POSIX locks); SQLite itself then keeps the WAL when the connection closes."""
+        with self._lock:
+            if self._identity is None:
+                return
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                raise StorageFault(
+                    "missing",
+                    "the database file was deleted or renamed while the gate ran: nothing more "
+                    "is written to it (the WAL beside its name is kept)",
+                    self.path,
+                ) from None
+            if (st.st_dev, st.st_ino) != self._identity:
+                raise StorageFault(
+                    "missing",
+                    "the database file was replaced by another file while the gate ran: "
+                    "nothing more is written to either",
+                    self.path,
+                )
 
     @_guarded
     def probe(self, at: str) -> None:
@@ -228,7 +271,9 @@ class GateStore:
                     "full", f"only {free} bytes free on the data partition", self.path
                 )
         with self._lock:
-            if self._db is None or (fault is not None and fault.kind in ("readonly", "io")):
+            if self._db is None or (
+                fault is not None and fault.kind in ("readonly", "io", "permission")
+            ):
                 self._close_connection()
                 self._open()
             with self.db.atomic():
@@ -260,7 +305,8 @@ class GateStore:
         self, build: Callable[[int], Event], *, state: dict[str, Any] | None, clock_floor: float
     ) -> Event:
         """Log one event (built for the next seq) with its outbox entry, state and clock floor,
-        atomically. Returns the stored event."""
+        atomically, after `check_file`. Returns the stored event."""
+        self.check_file()
         with self._lock, self.db.atomic():
             event = self._insert(build)
             if state is not None:

@@ -10,6 +10,7 @@ and a damaged database is refused, never replaced.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -27,10 +28,12 @@ from edge.decision import Scan
 from edge.doctor import check_database
 from edge.guard_page import create_app
 from edge.metrics import gate_registry
+from edge.provision import EXIT_NOT_PROVISIONED, provision
 from edge.recovery import RecoveryError, hold_data_dir, recover
-from edge.storage_fault import MIN_FREE_BYTES, StorageFault, inspect_database
+from edge.storage_fault import MIN_FREE_BYTES, StorageFault, classify, inspect_database
 from edge.store import GateStore
 from server.site import IssuedPass, Site
+from tests.conftest import REPO, run_menwei
 from tests.edge.gates import daemon_for
 from tests.edge.test_store import builder
 from tests.smallfs import SmallFs, move_gate_data, small_fs
@@ -399,3 +402,157 @@ def test_the_doctor_reads_the_whole_database_and_warns_of_a_small_partition(
     damaged = check_database(load_config(gate_dir / "gate.toml"))
     assert not damaged.ok and "damaged" in damaged.detail
     assert "menwei gate recover" in damaged.fix
+
+
+# --- a database deleted, renamed or replaced; one that is not a file ---------------------------
+
+
+def wal_of(db: Path) -> Path:
+    return db.with_name(db.name + "-wal")
+
+
+@pytest.mark.parametrize("how", ["deleted", "renamed", "replaced"])
+def test_a_database_gone_while_the_gate_runs_is_a_fault_and_its_wal_is_never_replayed(
+    gate_dir: Path, resident: IssuedPass, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The decisions since the rename live only in the WAL beside the old name: the running
+    gate stops deciding at once, and neither it nor the next start makes a new gate.db."""
+    db = gate_dir / "gate.db"
+    caplog.set_level(logging.INFO, logger="menwei.gate")
+    daemon = daemon_for(gate_dir)
+    try:
+        for _ in range(3):
+            assert daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C)).reason == "ok"
+        logged = daemon.store.last_seq()
+        time.sleep(daemon.config.gpio.relay_pulse_s + 0.3)  # the pulse ends: locked again
+        levels = relay_levels(daemon.hw.pins)
+        assert levels[-1] is False
+        if how == "deleted":
+            db.unlink()
+        elif how == "renamed":
+            db.rename(gate_dir / "gate.db.bak")
+        else:
+            other = gate_dir / "other" / "gate.db"
+            make_db(other, events=1)
+            os.replace(other, db)  # another database under the name
+        daemon._watch_storage()  # the loop's periodic check notices before any scan
+        fault = daemon.store.health.fault
+        assert fault is not None and fault.kind == "missing", fault
+        d = daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C))
+        assert (d.decision, d.reason) == ("deny", "storage_fault")
+        assert relay_levels(daemon.hw.pins) == levels  # nothing opened after it
+        assert daemon.status()["storage"]["kind"] == "missing"
+        storage = daemon.guard_state()["health"]["storage"]
+        assert storage["message"]["zh"].startswith("数据库文件丢失")
+        assert "gate.db-wal" in storage["fix"]["en"]
+        faults = [r for r in caplog.records if "STORAGE FAULT (missing)" in r.getMessage()]
+        assert len(faults) == 1
+    finally:
+        daemon.close()
+    if how == "replaced":
+        assert inspect_database(db) is None  # the other file is left as it was
+        return
+    wal = wal_of(db)
+    assert not db.exists() and wal.exists(), "SQLite keeps the WAL of a moved database"
+    wal_before = wal.read_bytes()
+    again = daemon_for(gate_dir)
+    try:
+        fault = again.store.health.fault
+        assert fault is not None and fault.kind == "missing" and "gate.db-wal" in fault.error
+        d = again.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C))
+        assert (d.decision, d.reason) == ("deny", "storage_fault")
+    finally:
+        again.close()
+    assert not db.exists(), "the daemon never creates gate.db beside an orphaned WAL"
+    assert wal.read_bytes() == wal_before
+    if how == "renamed":  # the documented fix: put it back beside its WAL
+        (gate_dir / "gate.db.bak").rename(db)
+        back = daemon_for(gate_dir)
+        try:
+            assert back.store.health.fault is None
+            assert back.store.last_seq() == logged
+        finally:
+            back.close()
+        return
+    with pytest.raises(StorageFault, match=r"gate\.db-wal"):  # nor does provisioning
+        GateStore(db)
+    assert wal.read_bytes() == wal_before and not db.exists()
+    result = recover(load_config(gate_dir / "gate.toml"))
+    assert "gate.db-wal" in result["moved"] and "gate.db" not in result["moved"]
+    found = list(gate_dir.glob("damaged-*/gate.db-wal"))
+    assert len(found) == 1 and found[0].read_bytes() == wal_before
+    assert inspect_database(db) is None
+
+
+def test_the_daemon_never_creates_a_missing_database_only_gate_init_does(
+    site: Site, gate_dir: Path, resident: IssuedPass
+) -> None:
+    db = gate_dir / "gate.db"
+    db.unlink()  # deleted while the gate was stopped
+    daemon = daemon_for(gate_dir)
+    try:
+        fault = daemon.store.health.fault
+        assert fault is not None and fault.kind == "missing" and not fault.transient
+        d = daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C))
+        assert (d.decision, d.reason) == ("deny", "storage_fault")
+    finally:
+        daemon.close()
+    assert not db.exists()
+    with pytest.raises(RecoveryError, match="no log beside it"):
+        recover(load_config(gate_dir / "gate.toml"))
+    provision(gate_dir, site.dir, "east", "in", simulated=True)  # the installer's choice
+    assert inspect_database(db) is None
+    daemon = daemon_for(gate_dir)
+    try:
+        assert daemon.handle_scan(Scan(resident.qr, "in"), dict(SKIN_C)).reason == "ok"
+    finally:
+        daemon.close()
+
+
+def test_a_directory_named_gate_db_is_not_a_database_and_recover_moves_it_aside(
+    gate_dir: Path,
+) -> None:
+    config = load_config(gate_dir / "gate.toml")
+    db = config.db_path
+    db.unlink()
+    db.mkdir()
+    fault = inspect_database(db)
+    assert fault is not None and fault.kind == "corrupt" and "directory" in fault.error
+    daemon = daemon_for(gate_dir)
+    try:
+        fault = daemon.store.health.fault
+        assert fault is not None and fault.kind == "corrupt"
+    finally:
+        daemon.close()
+    result = recover(config)
+    assert result["moved"] == ["gate.db"]
+    assert inspect_database(db) is None
+
+
+def test_permission_denied_is_its_own_fault_with_the_chown_fix(tmp_path: Path) -> None:
+    """A wrong owner or mode (the kernel's EACCES/EPERM), not a failing card."""
+    db = tmp_path / "gate.db"
+    for err in (errno.EACCES, errno.EPERM):
+        fault = classify(PermissionError(err, os.strerror(err)), db)
+        assert fault is not None and fault.kind == "permission" and fault.transient
+        assert "chown menwei:menwei" in fault.advice.fix.en and "SD" not in str(fault)
+
+
+def test_gate_run_with_a_damaged_trust_file_exits_once_with_the_fix_and_systemd_does_not_loop(
+    site: Site, gate_dir: Path
+) -> None:
+    """trust.json emptied by an fsck: one clear line, exit 78, which the unit does not restart."""
+    trust = gate_dir / "trust.json"
+    trust.write_bytes(b"")
+    proc = run_menwei(
+        "gate", "run", "--config", str(gate_dir / "gate.toml"), "--broker", "none",
+        "--until-eof", check=False, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_NOT_PROVISIONED == 78, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "trust.json: damaged" in lines[0] and "menwei gate init" in lines[0]
+    unit = (REPO / "systemd" / "menwei-gate.service").read_text(encoding="utf-8")
+    assert f"RestartPreventExitStatus={EXIT_NOT_PROVISIONED}\n" in unit
+    provision(gate_dir, site.dir, "east", "in", simulated=True)  # the fix it names
+    assert trust.read_bytes() == (site.dir / "bundle" / "trust.json").read_bytes()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.output import render
-from server.site import Site
+from server.site import Site, actor
 from server.validity import window_json
 
 
@@ -45,6 +45,14 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("key_id", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_retire)
+    p = ks.add_parser(
+        "resign",
+        help="sign the published config and the register again, now (after the server's clock"
+        " ran ahead: gates' clock floors follow documents' issue times)",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_keys_resign)
 
     report = root.add_parser("report", help="daily figures per community and grid")
     rps = report.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -191,6 +199,21 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         previous, new = site.rotate_key()
         summary = site.summary()
     _print({"key_id": new, "previous": previous, "trust_keys": summary["keys"]}, args.json)
+    return 0
+
+
+def cmd_keys_resign(args: argparse.Namespace) -> int:
+    """Nothing changes but the documents' versions and issue times; audited."""
+    with Site(args.dir) as site:
+        config = site.publish_config()
+        register = site.publish_register()
+        site.store.audit(actor(), "documents_resign", site.site, f"config v{config.version}")
+        result = {
+            "config": config.version,
+            "register": register.version,
+            "issued_at": register.issued_at,
+        }
+    _print(result, args.json)
     return 0
 
 

@@ -4,6 +4,7 @@ they were issued (less a margin), whatever the clock's trust source says (issue 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from edge.daemon import GateDaemon
 from edge.provision import provision
 from protocol.documents import FRESHNESS_FILE
 from server.site import IssuedPass, Site
+from tests.conftest import run_menwei
 from tests.edge.test_daemon import RELAY, frame
 
 DAY = 86400.0
@@ -151,3 +153,36 @@ def test_a_stored_statement_signed_by_a_key_retired_since_does_not_stop_the_gate
         assert again.know.statement is not None and again.know.statement.serial > held
     finally:
         again.close()
+
+
+def test_after_a_server_clock_that_ran_ahead_resign_and_reset_floor_restore_trust(
+    site: Site, tmp_path: Path
+):
+    """A server clock a month ahead signed the documents: every gate's floor follows them
+    and no clock is trusted. The way out: fix the server's clock, `menwei keys resign`, then
+    `menwei gate clock --reset-floor` on each stopped gate."""
+    ahead = datetime.now(site.config.tz) + timedelta(days=30)
+    with Site(site.dir, clock=lambda: ahead) as wrong:
+        wrong.publish_config()
+        wrong.publish_register()
+    daemon = gate_with_wall(site, tmp_path, time.time)
+    daemon.close()
+    assert not daemon.clock.now().trusted
+
+    out = json.loads(run_menwei("keys", "resign", str(site.dir), "--json").stdout)
+    assert out["config"] > daemon.know.config_version
+    again = GateDaemon(daemon.config, broker="none", out=io.StringIO())
+    try:
+        for kind, name in (("config", "config.json"), ("register", "register.json")):
+            again.on_document(kind, site.bundle_path(name).read_bytes())
+        again.on_document("freshness", site.bundle_path(FRESHNESS_FILE).read_bytes())
+        assert not again.clock.now().trusted, "the floor stays where the wrong clock put it"
+    finally:
+        again.close()
+    config = str(tmp_path / "g" / "gate.toml")
+    run_menwei("gate", "clock", "--config", config, "--reset-floor", "--json")
+    fixed = GateDaemon(daemon.config, broker="none", out=io.StringIO())
+    try:
+        assert fixed.clock.now().trusted
+    finally:
+        fixed.close()

@@ -58,11 +58,6 @@ def world(
         site.close()
 
 
-def statement_at(gate: GateThread) -> datetime | None:
-    s = gate.daemon.know.statement
-    return None if s is None else s.issued_at
-
-
 def test_a_quiet_day_keeps_a_connected_gate_deciding_and_silence_degrades_it(
     world: tuple[Site, GateThread, Stage, IssuedPass], broker: MosquittoBroker, sim: SimTime
 ):

@@ -84,7 +84,6 @@ class Outcome:
 class Week:
     """The running site and what it has decided."""
 
-    tmp: Path
     sim: SimTime
     site: Site
     collector: Collector
@@ -210,7 +209,6 @@ def set_policy(server: Path, key: str, value: str) -> None:
 
 @pytest.fixture
 def week_factory(tmp_path: Path) -> Iterator[Callable[[float], Week]]:
-    made: list[Week] = []
     cleanup: list[Callable[[], None]] = []
 
     def make(step_h: float) -> Week:
@@ -247,11 +245,10 @@ def week_factory(tmp_path: Path) -> Iterator[Callable[[float], Week]]:
         collector.start()
         cleanup.append(collector.close)
         wait_until(collector.connected.is_set, 15, "collector did not connect (credentials?)")
-        week = Week(tmp_path, sim, site, collector, gates, stages, links, passes, step_h)
+        week = Week(sim, site, collector, gates, stages, links, passes, step_h)
         for g in gates.values():
             wait_until(functools.partial(heard_since, g, start - timedelta(days=9)), 30, "none")
         week.advance_to(start)
-        made.append(week)
         return week
 
     yield make

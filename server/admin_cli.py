@@ -49,6 +49,11 @@ def register(groups: dict[str, Any]) -> None:
         "resign",
         help="sign the published config and the register again, now (after the server's clock"
         " ran ahead: gates' clock floors follow documents' issue times)",
+        description="Signs the published policy and the register again as new versions with the"
+        " server's current time; nothing else changes. Use it after a server clock that ran"
+        " ahead had signed documents: every gate's clock floor follows the newest document it"
+        " holds. Then stop each gate and run `menwei gate clock --config gate.toml"
+        " --reset-floor` (docs/hardware.md, Clock). Audited.",
     )
     p.add_argument("dir", type=Path)
     p.add_argument("--json", action="store_true")

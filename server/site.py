@@ -396,8 +396,12 @@ class Site:
     def _sign(
         self, kind: str, body: dict[str, object], key_id: int | None = None
     ) -> SignedDocument:
-        """Sign with the newest active key, or with `key_id` (rotation: see rotate_key)."""
-        version = self.store.next_counter(f"{kind}_version")
+        """Sign with the newest active key, or with `key_id` (rotation: see rotate_key).
+        The version is above the bundle's too: a publish killed after it wrote the file but
+        before its transaction committed leaves the file ahead of the counter, and a version
+        gates already hold must never name another document."""
+        name = {"config": CONFIG_FILE, "register": REGISTER_FILE, FRESHNESS: FRESHNESS_FILE}
+        version = self.store.next_counter(f"{kind}_version", above=self._bundle_version(name[kind]))
         key_id = self.active_key_id() if key_id is None else key_id
         issued_at = self.now().astimezone(UTC).isoformat(timespec="milliseconds")
         return sign_document(
@@ -438,13 +442,17 @@ class Site:
 
     def published_versions(self) -> dict[str, int]:
         """Versions of the config and register documents in the bundle (0: none yet)."""
-        versions: dict[str, int] = {}
-        for kind, name in (("config", CONFIG_FILE), ("register", REGISTER_FILE)):
-            try:
-                versions[kind] = int(json.loads(self.bundle_path(name).read_bytes())["version"])
-            except FileNotFoundError:
-                versions[kind] = 0
-        return versions
+        return {
+            "config": self._bundle_version(CONFIG_FILE),
+            "register": self._bundle_version(REGISTER_FILE),
+        }
+
+    def _bundle_version(self, name: str) -> int:
+        """The version of a bundle document (0: none yet)."""
+        try:
+            return int(json.loads(self.bundle_path(name).read_bytes())["version"])
+        except FileNotFoundError:
+            return 0
 
     def publish_freshness(self) -> SignedDocument | None:
         """Sign a freshness statement naming the bundle's current versions (protocol.freshness)

@@ -532,10 +532,11 @@ class ServerStore:
         with self._lock, self.db.atomic():
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
-    def next_counter(self, key: str) -> int:
-        """Atomically increment a counter (pass ids, document versions)."""
+    def next_counter(self, key: str, *, above: int = 0) -> int:
+        """Atomically increment a counter (pass ids, document versions); the result is also
+        greater than `above` (a version already out in the world the counter does not know)."""
         with self._lock, self.db.atomic():
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-            n = (int(row[0]) if row else 0) + 1
+            n = max(int(row[0]) if row else 0, above) + 1
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, str(n)])
         return n

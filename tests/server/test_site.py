@@ -422,3 +422,30 @@ def test_two_publishers_at_once_never_leave_an_older_register_with_the_higher_ve
         assert bundle["version"] == int(counter[0])
         assert bundle["body"] == site.register().to_json()
         assert len(bundle["body"]["passes"]) == 30
+
+
+def test_a_publish_interrupted_after_its_file_was_written_never_reuses_the_version(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (or a kill) between writing bundle/register.json and the commit: the file holds
+    a version the store's counter rolled back from. The next publish must not sign another
+    document with that version (gates holding the first would ignore the second)."""
+    Site.init(tmp_path / "s", SITE).close()
+    register = tmp_path / "s" / "bundle" / REGISTER_FILE
+    first = register.read_bytes()
+
+    def clock() -> datetime:  # Ctrl-C at the first reading after the new file was written
+        if register.read_bytes() != first:
+            raise KeyboardInterrupt
+        return datetime.now(UTC)
+
+    with Site(tmp_path / "s", clock=clock) as site:
+        with pytest.raises(KeyboardInterrupt):
+            site.publish_register()
+        written = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())["version"]
+        counter = site.store.db.execute(
+            "SELECT value FROM meta WHERE key = 'register_version'"
+        ).fetchone()[0]
+        assert int(counter) == written - 1, "the transaction rolled back, the file stayed"
+    with Site(tmp_path / "s") as site:
+        assert site.publish_register().version == written + 1

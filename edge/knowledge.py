@@ -19,7 +19,7 @@ from datetime import datetime
 
 from protocol.documents import SignedDocument
 from protocol.errors import ProtocolError
-from protocol.freshness import named_versions
+from protocol.freshness import NAMED_KINDS, named_versions
 from protocol.passes import TrustKey
 from protocol.policy import Policy
 from protocol.register import EMPTY_REGISTER, Register
@@ -58,7 +58,7 @@ class Knowledge:
 
     def fresh_as_of(self) -> datetime | None:
         """When all held documents were last proven current (None: the gate holds none)."""
-        times = [t for t in map(self.proven_at, ("config", "register")) if t is not None]
+        times = [t for t in map(self.proven_at, NAMED_KINDS) if t is not None]
         return min(times) if times else None
 
     def newest_issued_at(self) -> datetime | None:

@@ -19,7 +19,9 @@ class Reconciliation:
     pending: int  # still in a gate's outbox (not yet acknowledged)
 
 
-def reconcile(gate_dbs: list[Path], server_db: Path) -> Reconciliation:
+def reconcile(gate_dbs: list[Path], server_db: Path | str) -> Reconciliation:
+    """Gates' logs against the collector's store (a SQLite file, or a store URL)."""
+    url = server_db if isinstance(server_db, str) else f"sqlite:///{server_db.resolve()}"
     logged: set[tuple[str, str, int, str]] = set()
     pending = 0
     for path in gate_dbs:
@@ -28,7 +30,7 @@ def reconcile(gate_dbs: list[Path], server_db: Path) -> Reconciliation:
                 e = item.event
                 logged.add((e.gate, e.epoch, e.seq, e.uuid))
                 pending += not item.acked
-    with ServerStore(server_db) as store:
+    with ServerStore(url) as store:
         keys = store.event_keys()
         aliases = set(store.alias_keys())  # renumbered by a gate that lost its history
     counts = Counter(keys)

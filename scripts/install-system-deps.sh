@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages Menwei needs when they are missing (mosquitto, libzbar0,
-# python3-venv). Uses sudo when not root; says clearly what to do when neither works.
+# python3-venv; with --test also chromium and postgresql). Uses sudo when not root; says clearly what to do when neither works.
 set -euo pipefail
 
 missing=()
@@ -17,6 +17,10 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # The test suite drives the dashboard in a real browser: Debian's chromium (never a download).
 if [ "${1:-}" = "--test" ]; then
     command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+    # The store tests run against a real PostgreSQL too (a throwaway cluster made with initdb;
+    # menwei/postgres.py). A site that keeps the SQLite store never needs it.
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 \
+        || missing+=(postgresql)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -4,7 +4,7 @@ lost its history, a document too large to publish (the collector's
 `document_too_large`). Each can be acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
-never raises the same alert twice. Tables are this module's own migration set.
+never raises the same alert twice. Tables: server/storage/schema.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from protocol.events import Event
 from server.store import ServerStore, utcnow
-
-migrations = Migrations("menwei-alerts")
 
 HISTORY_LOST = "gate_history_lost"
 HIGH_PRIORITY = frozenset(
@@ -34,19 +29,6 @@ HIGH_PRIORITY = frozenset(
         "storage_fault",
     }
 )
-
-
-@migrations()
-def m001_alerts(db: Database) -> None:
-    db.execute(
-        """CREATE TABLE alerts (
-            id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, at TEXT NOT NULL,
-            kind TEXT NOT NULL, priority TEXT NOT NULL, gate TEXT, pass_id INTEGER,
-            household TEXT, detail TEXT NOT NULL DEFAULT '', event_at TEXT,
-            acked_at TEXT, acked_by TEXT, ack_note TEXT
-        )"""
-    )
-    db.execute("CREATE INDEX alerts_open ON alerts(acked_at, at)")
 
 
 @dataclass(frozen=True)
@@ -89,8 +71,6 @@ _COLUMNS = (
 class AlertStore:
     def __init__(self, store: ServerStore) -> None:
         self.store = store
-        with store._lock:
-            migrations.apply(store.db)
 
     def raise_alert(
         self,

@@ -38,6 +38,12 @@ def register(
     p = s.add_parser("init", help="create a server directory (config, signing key, store)")
     p.add_argument("dir", type=Path)
     p.add_argument("--site", default="demo-site", help="site slug (default: demo-site)")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="where the store lives: postgresql://USER@HOST:PORT/DB (default: server.db, SQLite,"
+        " in DIR); written to server.toml [store] url",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_init)
 
@@ -144,7 +150,7 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    with Site.init(args.dir, args.site) as site:
+    with Site.init(args.dir, args.site, store=args.store) as site:
         _print(site.summary(), args.json)
     return 0
 

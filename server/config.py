@@ -96,8 +96,26 @@ class PrivacySection:
 
 
 @dataclass(frozen=True)
+class StoreSection:
+    url: str | None = None
+    """Where the collector keeps events, passes and alerts: unset is the SQLite file
+    `server.db` in the server directory; `postgresql://USER@HOST:PORT/DATABASE` a PostgreSQL
+    database (docs/scaling.md). Put a password in the service user's ~/.pgpass, not here."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            from server.storage.engine import StoreError, normalise_url
+
+            try:
+                normalise_url(self.url)
+            except StoreError as exc:
+                raise ValueError(str(exc)) from None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ServerSection
+    store: StoreSection = field(default_factory=StoreSection)
     mqtt: MqttSection = field(default_factory=MqttSection)
     policy: Policy = field(default_factory=Policy)
     alerts: AlertsSection = field(default_factory=AlertsSection)
@@ -128,14 +146,20 @@ def load_server_config(directory: Path) -> ServerConfig:
         raise ServerConfigError(str(exc)) from None
 
 
-def render_server_toml(site: str) -> str:
+def render_server_toml(site: str, store_url: str | None = None) -> str:
     p = Policy()
+    store = (
+        f'url = "{store_url}"' if store_url else '# url = "postgresql://menwei@db.example/menwei"'
+    )
     return f"""# Menwei server configuration. Unknown keys are errors.
 [server]
 site = "{site}"              # site slug, in every pass and topic
 timezone = "Asia/Shanghai"   # dates on the command line are read in this zone
 pass_days = 30               # validity of a new pass without --valid-until
 freshness_interval_s = 300   # signed "your documents are current" to gates this often
+
+[store]                          # unset: server.db in this directory (SQLite)
+{store}
 
 [mqtt]
 broker = "mqtt://127.0.0.1:1883"

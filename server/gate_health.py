@@ -27,28 +27,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from server.alerts import Alert, AlertStore
 from server.store import ServerStore
-
-migrations = Migrations("menwei-gate-health")
 
 CHECK_INTERVAL_S = 5.0
 """How often the collector's worker runs the check."""
 
 Cause = Literal["offline", "silent"]
-
-
-@migrations()
-def m001_gate_outages(db: Database) -> None:
-    db.execute(
-        "CREATE TABLE gate_outages (id INTEGER PRIMARY KEY, gate TEXT NOT NULL,"
-        " since TEXT NOT NULL, cause TEXT NOT NULL, alert_key TEXT NOT NULL,"
-        " opened_at TEXT NOT NULL, ended_at TEXT)"
-    )
-    db.execute("CREATE UNIQUE INDEX gate_outages_open ON gate_outages(gate) WHERE ended_at IS NULL")
 
 
 @dataclass(frozen=True)
@@ -137,8 +122,6 @@ class GateHealth:
         self.store = store
         self.alerts = alerts
         self.offline_after = offline_after
-        with store._lock:
-            migrations.apply(store.db)
 
     def open_outages(self) -> dict[str, str]:
         with self.store._lock:

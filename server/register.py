@@ -2,7 +2,7 @@
 and the people in them. Full personal data stays here (DESIGN.md, privacy); gates get
 pseudonymous ids and masked names only.
 
-This module owns its tables (migration set "menwei-register"). Importing registers
+Its tables: server/storage/schema.py. Importing registers
 from CSV/XLSX, printing cards and reports build on it.
 """
 
@@ -12,33 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from server.store import ServerStore, utcnow
-
-migrations = Migrations("menwei-register")
-
-
-@migrations()
-def m001_register(db: Database) -> None:
-    for column in ("building", "unit", "room", "grid", "community", "street", "district"):
-        db.execute(f"ALTER TABLE households ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
-    db.execute(
-        """CREATE TABLE persons (
-            person_id INTEGER PRIMARY KEY,
-            household TEXT NOT NULL REFERENCES households(household),
-            name TEXT NOT NULL,
-            phone TEXT NOT NULL DEFAULT '',
-            role TEXT NOT NULL DEFAULT 'resident',
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            UNIQUE (household, name, phone)
-        )"""
-    )
-    db.execute("CREATE INDEX persons_name ON persons(name)")
-    db.execute("ALTER TABLE passes ADD COLUMN person_id INTEGER REFERENCES persons(person_id)")
-    db.execute("CREATE INDEX households_place ON households(building, unit, room)")
 
 
 @dataclass(frozen=True)
@@ -115,8 +89,6 @@ class RegisterStore:
 
     def __init__(self, store: ServerStore) -> None:
         self.store = store
-        with store._lock:
-            migrations.apply(store.db)
 
     def household(self, household: str) -> Household | None:
         with self.store._lock:

@@ -47,6 +47,7 @@ from server.policy_rollout import (
     read_published,
 )
 from server.register import RegisterStore
+from server.storage.engine import StoreError, default_url, normalise_url, redacted
 from server.store import STORE_NAME, ServerStore, utcnow
 from server.validity import local_text, read_time, typed_text
 
@@ -91,7 +92,7 @@ class Site:
         self.dir = directory
         self.now = clock
         self.config: ServerConfig = load_server_config(directory)
-        self.store = ServerStore(directory / STORE_NAME)
+        self.store = ServerStore(self.config.store.url or default_url(directory))
         # Feature modules own their tables; opening them here makes every table exist.
         self.registry = RegisterStore(self.store)
         self.alerts = AlertStore(self.store)
@@ -110,13 +111,27 @@ class Site:
         self.close()
 
     @classmethod
-    def init(cls, directory: Path, site: str) -> Site:
-        """Create a new server directory. Refuses to touch an existing one."""
+    def init(cls, directory: Path, site: str, *, store: str | None = None) -> Site:
+        """Create a new server directory, its store at `store` (a database URL; default the
+        SQLite file in the directory). Refuses to touch an existing server directory or a
+        store that already holds a site."""
         if (directory / CONFIG_NAME).exists() or (directory / STORE_NAME).exists():
             raise SiteError(f"{directory} already holds a Menwei server; refusing to overwrite")
+        if store is not None:
+            try:
+                normalise_url(store)
+            except StoreError as exc:
+                raise SiteError(str(exc)) from None
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(render_server_toml(site), encoding="utf-8")
+        (directory / CONFIG_NAME).write_text(render_server_toml(site, store), encoding="utf-8")
         self = cls(directory)
+        if self.trust_keys():
+            self.close()
+            (directory / CONFIG_NAME).unlink()
+            raise SiteError(
+                f"the store {redacted(store or '')} already holds a Menwei site; refusing to"
+                " overwrite (give each site its own database)"
+            )
         key = create_key(directory, 1)
         with self.store.atomic():
             self.store.db.execute(

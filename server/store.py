@@ -25,109 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from protocol.events import Event
+from server.storage.engine import SQLITE_FILE, Store
 
-STORE_NAME = "server.db"
-migrations = Migrations("menwei-server")
-
-
-@migrations()
-def m001_initial(db: Database) -> None:
-    db.execute(
-        """CREATE TABLE events (
-            gate TEXT NOT NULL, seq INTEGER NOT NULL, uuid TEXT NOT NULL, at TEXT NOT NULL,
-            kind TEXT NOT NULL, decision TEXT, reason TEXT NOT NULL, household TEXT,
-            pass_id INTEGER, body TEXT NOT NULL, received_at TEXT NOT NULL,
-            PRIMARY KEY (gate, seq)
-        )"""
-    )
-    db.execute("CREATE INDEX events_at ON events(at)")
-    db.execute(
-        "CREATE TABLE gates (gate TEXT PRIMARY KEY, contiguous_seq INTEGER NOT NULL DEFAULT 0,"
-        " last_seen TEXT, status TEXT)"
-    )
-    db.execute(
-        "CREATE TABLE conflicts (id INTEGER PRIMARY KEY, gate TEXT NOT NULL, seq INTEGER NOT NULL,"
-        " kind TEXT NOT NULL, detail TEXT NOT NULL, body TEXT, at TEXT NOT NULL)"
-    )
-    db.execute(
-        "CREATE TABLE rejected_messages (id INTEGER PRIMARY KEY, topic TEXT NOT NULL,"
-        " reason TEXT NOT NULL, excerpt TEXT, at TEXT NOT NULL)"
-    )
-    db.execute(
-        """CREATE TABLE passes (
-            pass_id INTEGER PRIMARY KEY, household TEXT NOT NULL, name TEXT NOT NULL,
-            room TEXT NOT NULL DEFAULT '', role TEXT NOT NULL, valid_from INTEGER NOT NULL,
-            valid_until INTEGER NOT NULL, key_id INTEGER NOT NULL, qr TEXT NOT NULL,
-            issued_at TEXT NOT NULL, revoked_at TEXT, revoke_reason TEXT
-        )"""
-    )
-    db.execute(
-        "CREATE TABLE keys (key_id INTEGER PRIMARY KEY, public_key BLOB NOT NULL,"
-        " created_at TEXT NOT NULL, retired_at TEXT)"
-    )
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-@migrations()
-def m002_households_and_audit(db: Database) -> None:
-    db.execute(
-        "CREATE TABLE households (household TEXT PRIMARY KEY, quarantined INTEGER NOT NULL"
-        " DEFAULT 0, quarantine_until TEXT, updated_at TEXT NOT NULL)"
-    )
-    db.execute(
-        "CREATE TABLE audit (id INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL,"
-        " action TEXT NOT NULL, target TEXT, detail TEXT)"
-    )
-    db.execute("ALTER TABLE events ADD COLUMN direction TEXT")
-    db.execute("UPDATE events SET direction = json_extract(body, '$.direction')")
-    db.execute("CREATE INDEX events_household ON events(household, at)")
-    db.execute("CREATE INDEX events_pass ON events(pass_id, at)")
-
-
-@migrations()
-def m003_conflict_keys(db: Database) -> None:
-    db.execute("ALTER TABLE conflicts ADD COLUMN uuid TEXT")
-    db.execute("CREATE UNIQUE INDEX conflicts_once ON conflicts(kind, uuid) WHERE uuid IS NOT NULL")
-
-
-@migrations()
-def m004_epochs(db: Database) -> None:
-    """Events are keyed on (gate, epoch, seq): a gate whose database was replaced numbers
-    from 1 again under a new epoch. Existing rows are the legacy epoch ''."""
-    db.execute(
-        """CREATE TABLE events_keyed (
-            gate TEXT NOT NULL, epoch TEXT NOT NULL DEFAULT '', seq INTEGER NOT NULL,
-            uuid TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, decision TEXT,
-            reason TEXT NOT NULL, household TEXT, pass_id INTEGER, body TEXT NOT NULL,
-            received_at TEXT NOT NULL, direction TEXT,
-            PRIMARY KEY (gate, epoch, seq)
-        )"""
-    )
-    db.execute(
-        "INSERT INTO events_keyed (gate, epoch, seq, uuid, at, kind, decision, reason, household,"
-        " pass_id, body, received_at, direction) SELECT gate, '', seq, uuid, at, kind, decision,"
-        " reason, household, pass_id, body, received_at, direction FROM events"
-    )
-    db.execute("DROP TABLE events")
-    db.execute("ALTER TABLE events_keyed RENAME TO events")
-    db.execute("CREATE INDEX events_at ON events(at)")
-    db.execute("CREATE INDEX events_household ON events(household, at)")
-    db.execute("CREATE INDEX events_pass ON events(pass_id, at)")
-    db.execute("ALTER TABLE gates ADD COLUMN epoch TEXT")
-    db.execute("UPDATE gates SET epoch = ''")
-
-
-@migrations()
-def m005_event_aliases(db: Database) -> None:
-    db.execute(
-        "CREATE TABLE event_aliases (gate TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT"
-        " NULL, uuid TEXT NOT NULL, PRIMARY KEY (gate, epoch, seq))"
-    )
-    db.execute("CREATE INDEX events_uuid ON events(gate, uuid)")
+STORE_NAME = SQLITE_FILE
 
 
 def utcnow() -> str:
@@ -147,21 +51,26 @@ class InsertResult:
     renumbered: int = 0  # events already stored under another (epoch, seq): aliases recorded
 
 
-class ServerStore:
-    def __init__(self, path: Path) -> None:
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self.db = Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+class ServerStore(Store):
+    """Being replaced by server.storage: the methods below and `db` (a second, sqlite-utils
+    connection to a SQLite store) serve the code not yet moved there."""
+
+    def __init__(self, url: str | Path) -> None:
+        super().__init__(url if isinstance(url, str) else f"sqlite:///{url.resolve()}")
         self._lock = threading.RLock()
-        self._closed = False
-        migrations.apply(self.db)
+        if self.backend == "sqlite":
+            path = make_url(self.url).database or ""
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            self.db = Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
-                self._closed = True
-                self.db.close()
+                if self.backend == "sqlite":
+                    self.db.close()
+                super().close()
 
     def __enter__(self) -> ServerStore:
         return self
@@ -535,7 +444,7 @@ class ServerStore:
     def next_counter(self, key: str, *, above: int = 0) -> int:
         """Atomically increment a counter (pass ids, document versions); the result is also
         greater than `above` (a version already out in the world the counter does not know)."""
-        with self._lock, self.db.atomic():
+        with self.immediate():
             row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
             n = max(int(row[0]) if row else 0, above) + 1
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, str(n)])

@@ -10,7 +10,7 @@ masked name. `purge_visitors` enforces retention: the name and phone of a visito
 expired more than N days ago are erased (also from the pass row), the anonymous row (when,
 host, reason, temperature, pass, who registered) stays for the figures and the audit.
 
-This module owns its table (migration set "menwei-visitors"), applied when it is opened.
+Its table: server/storage/schema.py.
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from protocol.errors import ProtocolError
 from protocol.passes import check_household
 from server.register import place_label
 from server.register_import import normalize_phone
 from server.site import IssuedPass, Site, SiteError
 from server.store import ServerStore, utcnow
-
-migrations = Migrations("menwei-visitors")
 
 NAME_MAX = 64
 REASON_MAX = 200
@@ -40,20 +35,6 @@ HOURS_DEFAULT = 4
 HOURS_MAX = 24
 PURGED_NAME = "访客"
 """What a purged visitor's pass row says instead of the name (NOT NULL column)."""
-
-
-@migrations()
-def m001_visitors(db: Database) -> None:
-    db.execute(
-        """CREATE TABLE visitors (
-            id INTEGER PRIMARY KEY, at TEXT NOT NULL, name TEXT NOT NULL,
-            phone TEXT NOT NULL, reason TEXT NOT NULL, host_household TEXT NOT NULL,
-            temperature_c REAL NOT NULL, pass_id INTEGER, valid_until INTEGER NOT NULL,
-            registered_by TEXT NOT NULL, purged_at TEXT
-        )"""
-    )
-    db.execute("CREATE INDEX visitors_at ON visitors(at)")
-    db.execute("CREATE INDEX visitors_valid_until ON visitors(valid_until)")
 
 
 class VisitorError(SiteError):
@@ -89,8 +70,6 @@ COLUMNS = tuple(Visitor.__dataclass_fields__)
 class VisitorStore:
     def __init__(self, store: ServerStore) -> None:
         self.store = store
-        with store._lock:
-            migrations.apply(store.db)
 
     def get(self, visitor_id: int) -> Visitor | None:
         with self.store._lock:

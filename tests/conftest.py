@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 
 from edge.provision import provision
 from menwei.mosquitto import MosquittoBroker
+from menwei.postgres import PostgresServer
 from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import IssuedPass, Site
@@ -38,6 +39,27 @@ def shared_broker() -> Iterator[MosquittoBroker]:
     when they use their own site slug or directory)."""
     with MosquittoBroker() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (menwei/postgres.py: Debian's initdb in a
+    temporary directory); each test gets its own database from `store_url`."""
+    with PostgresServer() as pg:
+        yield pg
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty store on each backend: a SQLite file in tmp_path, or a new database on
+    the session's PostgreSQL server. Tests of the storage layer take this fixture."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.create_database(f"t{next(_databases)}_{os.getpid()}")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ copy of the database does not let anyone log in. A session ends 12 h after login
 logins are counted per (account, client address) and per client address over a
 15-minute window; past the limit the login answers 429 without checking the password.
 
-Tables are this module's own migration set ("menwei-accounts"), applied on open.
+Tables: server/storage/schema.py.
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from server.store import ServerStore
-
-migrations = Migrations("menwei-accounts")
 
 ROLES = ("viewer", "operator", "admin")
 NAME_MAX = 64
@@ -43,25 +39,6 @@ FAILS_PER_ADDRESS = 20  # spraying many account names from one address
 _hasher = PasswordHasher()
 # Verified when the account does not exist, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = _hasher.hash("menwei-no-such-operator")
-
-
-@migrations()
-def m001_accounts(db: Database) -> None:
-    db.execute(
-        "CREATE TABLE operators (name TEXT PRIMARY KEY, role TEXT NOT NULL,"
-        " password_hash TEXT NOT NULL, created_at TEXT NOT NULL, last_login_at TEXT,"
-        " disabled INTEGER NOT NULL DEFAULT 0)"
-    )
-    db.execute(
-        "CREATE TABLE sessions (token_sha256 TEXT PRIMARY KEY, operator TEXT NOT NULL"
-        " REFERENCES operators(name), csrf TEXT NOT NULL, created_at TEXT NOT NULL,"
-        " expires_at TEXT NOT NULL, last_seen_at TEXT NOT NULL, address TEXT)"
-    )
-    db.execute(
-        "CREATE TABLE login_failures (id INTEGER PRIMARY KEY, account TEXT NOT NULL,"
-        " address TEXT NOT NULL, at TEXT NOT NULL)"
-    )
-    db.execute("CREATE INDEX login_failures_at ON login_failures(address, account, at)")
 
 
 class AccountError(ValueError):
@@ -113,8 +90,6 @@ def _digest(token: str) -> str:
 class AccountStore:
     def __init__(self, store: ServerStore) -> None:
         self.store = store
-        with store._lock:
-            migrations.apply(store.db)
 
     # --- operators --------------------------------------------------------------------
 

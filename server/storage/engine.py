@@ -1,0 +1,164 @@
+"""The connection to the collector's database: SQLite (one file) or PostgreSQL.
+
+A `Store` owns a SQLAlchemy engine (SQLAlchemy Core 2.x: one query written once
+runs on both backends; the pool, the drivers and their type conversion are
+theirs) and hands out transactions: `read()` for a consistent read, `write()`
+for a change. Outside `server/storage/` a transaction (`Tx`) is opaque: it is
+passed to the storage modules' functions, never used to run SQL.
+
+SQLite: every connection uses WAL and `synchronous=FULL` (a committed event
+survives a power cut) and waits up to 30 s for a lock. `write()` begins with
+`BEGIN IMMEDIATE` (https://sqlite.org/lang_transaction.html): the write lock
+is taken first, so two writers never deadlock upgrading a read lock, and what
+is read inside is still true at commit. pysqlite's own transaction handling
+is switched off for that (SQLAlchemy's documented recipe, "Serializable
+isolation / Savepoints / Transactional DDL" in its SQLite dialect notes).
+
+PostgreSQL (psycopg 3): READ COMMITTED; writers that must not interleave take
+a transaction-level advisory lock (`lock()`), released at commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from protocol.errors import ProtocolError
+
+Tx = Connection
+"""One transaction of a Store. Opaque outside server/storage/: pass it, never execute on it."""
+
+Backend = Literal["sqlite", "postgresql"]
+SQLITE_FILE = "server.db"
+"""The default store of a server directory: this SQLite file in it."""
+
+
+class StoreError(ProtocolError):
+    """The store cannot be opened or used as configured; the message says why and what to do."""
+
+
+def default_url(directory: Path) -> str:
+    """The SQLite file of a server directory, as a SQLAlchemy URL."""
+    return f"sqlite:///{(directory / SQLITE_FILE).resolve()}"
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://…` (libpq's form, what operators write) → psycopg 3's SQLAlchemy URL;
+    `sqlite:///PATH` unchanged. Raises StoreError for anything else."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"[store] url {url!r} is not a database URL: {exc}") from None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        if not parsed.database or parsed.database == ":memory:":
+            raise StoreError("[store] url: a SQLite store needs a file path (sqlite:///PATH)")
+        return url
+    raise StoreError(f"[store] url {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DATABASE")
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid url>"
+
+
+class Store:
+    """The collector's database at `url` (sqlite:///PATH or postgresql://…), migrated to the
+    newest schema on open (server/storage/migrate.py) unless `migrate=False`."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = normalise_url(url)
+        self.backend: Backend = "postgresql" if self.url.startswith("postgresql") else "sqlite"
+        self.engine = _engine(self.url, self.backend)
+        self._closed = False
+        if migrate:
+            from server.storage.migrate import upgrade
+
+            upgrade(self)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A read-only transaction: every query inside sees one state of the database."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Tx]:
+        """One write transaction, committed when the block ends, rolled back if it raises.
+        On SQLite it holds the database's write lock from its first statement."""
+        with self.engine.connect() as conn:
+            conn.execution_options(menwei_write=True)
+            with conn.begin():
+                yield conn
+
+    def insert(self, table: Any) -> Any:
+        """An INSERT of this backend's dialect, which has `on_conflict_do_nothing()` and
+        `on_conflict_do_update()` (the same API on SQLite and PostgreSQL)."""
+        return (postgresql if self.backend == "postgresql" else sqlite).insert(table)
+
+
+def lock(tx: Tx, name: str) -> None:
+    """Serialise, across every process on this store, the transactions that take the lock
+    `name` (one household's conflict replay, one job): held until `tx` ends. A PostgreSQL
+    transaction-level advisory lock; on SQLite a write transaction already excludes every
+    other writer."""
+    if tx.dialect.name == "postgresql":
+        tx.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for `name` (PostgreSQL advisory locks take a bigint)."""
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def _engine(url: str, backend: Backend) -> Engine:
+    if backend == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
+    path = make_url(url).database or ""
+    if not Path(path).parent.is_dir():
+        raise StoreError(f"[store] url: directory of {path} does not exist")
+    # Pooled connections stay open: closing SQLite's last connection checkpoints the WAL.
+    engine = create_engine(
+        url, pool_size=4, max_overflow=8, connect_args={"check_same_thread": False, "timeout": 30}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: object) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _begin)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("menwei_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

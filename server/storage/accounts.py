@@ -59,8 +59,9 @@ def add_operator(tx: Tx, name: str, role: str, password_hash: str, created_at: s
         dialect.insert(operators)
         .values(name=name, role=role, password_hash=password_hash, created_at=created_at)
         .on_conflict_do_nothing(index_elements=["name"])
+        .returning(operators.c.name)  # rowcount is not reported for this on PostgreSQL
     )
-    return bool(added.rowcount == 1)
+    return added.first() is not None
 
 
 def operator(tx: Tx, name: str) -> OperatorRow | None:

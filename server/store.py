@@ -30,6 +30,7 @@ from sqlite_utils import Database
 
 from protocol.events import Event
 from server.storage.engine import SQLITE_FILE, Store
+from server.storage.times import instant_us
 
 STORE_NAME = SQLITE_FILE
 
@@ -132,20 +133,22 @@ class ServerStore(Store):
                     continue
                 body = json.dumps(e.to_json(), ensure_ascii=False)
                 cur = self.db.execute(
-                    "INSERT OR IGNORE INTO events (gate, epoch, seq, uuid, at, kind, decision,"
-                    " reason, household, pass_id, body, received_at, direction)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO events (gate, epoch, seq, uuid, at, at_us, kind,"
+                    " decision, reason, household, pass_id, role, body, received_at, direction)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         gate,
                         e.epoch,
                         e.seq,
                         e.uuid,
                         e.at,
+                        instant_us(e.at),
                         e.kind,
                         e.decision,
                         e.reason,
                         e.household,
                         e.pass_id,
+                        e.role,
                         body,
                         now,
                         e.direction,

@@ -9,7 +9,7 @@ copy of the database does not let anyone log in. A session ends 12 h after login
 logins are counted per (account, client address) and per client address over a
 15-minute window; past the limit the login answers 429 without checking the password.
 
-Tables: server/storage/schema.py.
+Rows: server/storage/accounts.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from server.storage import accounts as stored
 from server.store import ServerStore
 
 ROLES = ("viewer", "operator", "admin")
@@ -88,12 +89,17 @@ def _digest(token: str) -> str:
 
 
 class AccountStore:
+    """The accounts of a site's store (server/storage/accounts.py holds the rows). Audited
+    through the store's audit log, after each change is committed."""
+
     def __init__(self, store: ServerStore) -> None:
         self.store = store
 
     # --- operators --------------------------------------------------------------------
 
     def add(self, name: str, role: str, password: str, *, actor: str) -> Operator:
+        """Create an account. Raises AccountError for a bad name, role or password, or a name
+        already taken (also by a disabled account)."""
         name = name.strip()
         if not name or len(name) > NAME_MAX or any(c.isspace() for c in name):
             raise AccountError(f"operator name must be 1-{NAME_MAX} characters without spaces")
@@ -102,46 +108,32 @@ class AccountStore:
         if len(password) < PASSWORD_MIN:
             raise AccountError(f"password must be at least {PASSWORD_MIN} characters")
         digest = _hasher.hash(password)
-        with self.store.atomic() as db:
-            if db.execute("SELECT 1 FROM operators WHERE name = ?", [name]).fetchone():
+        with self.store.write() as tx:
+            if not stored.add_operator(tx, name, role, digest, _iso(_now())):
                 raise AccountError(f"operator {name!r} already exists")
-            db.execute(
-                "INSERT INTO operators (name, role, password_hash, created_at) VALUES (?,?,?,?)",
-                [name, role, digest, _iso(_now())],
-            )
         self.store.audit(actor, "operator_add", name, f"role={role}")
         operator = self.get(name)
         assert operator is not None
         return operator
 
     def get(self, name: str) -> Operator | None:
-        with self.store._lock:
-            row = self.store.db.execute(
-                "SELECT name, role, created_at, last_login_at FROM operators"
-                " WHERE name = ? AND disabled = 0",
-                [name],
-            ).fetchone()
-        return None if row is None else Operator(*row)
+        with self.store.read() as tx:
+            row = stored.operator(tx, name)
+        return None if row is None else _operator(row)
 
     def list(self) -> list[Operator]:
-        with self.store._lock:
-            rows = self.store.db.execute(
-                "SELECT name, role, created_at, last_login_at FROM operators"
-                " WHERE disabled = 0 ORDER BY name"
-            ).fetchall()
-        return [Operator(*r) for r in rows]
+        with self.store.read() as tx:
+            return [_operator(r) for r in stored.all_operators(tx)]
 
     # --- login ------------------------------------------------------------------------
 
     def limited(self, account: str, address: str) -> bool:
-        since = _iso(_now() - FAIL_WINDOW)
-        with self.store._lock:
-            pair, by_address = self.store.db.execute(
-                "SELECT COALESCE(SUM(account = ?), 0), COUNT(*) FROM login_failures"
-                " WHERE address = ? AND at >= ?",
-                [account, address, since],
-            ).fetchone()
-        return int(pair) >= FAILS_PER_ACCOUNT_AND_ADDRESS or int(by_address) >= FAILS_PER_ADDRESS
+        """True when `address` has failed too often in the window, for `account` or overall."""
+        with self.store.read() as tx:
+            pair, by_address = stored.failures_since(
+                tx, account, address, _iso(_now() - FAIL_WINDOW)
+            )
+        return pair >= FAILS_PER_ACCOUNT_AND_ADDRESS or by_address >= FAILS_PER_ADDRESS
 
     def login(self, account: str, password: str, address: str) -> LoginResult:
         """Check a password and open a session. Failures are recorded and audited."""
@@ -149,52 +141,36 @@ class AccountStore:
         if self.limited(account, address):
             self.store.audit(account or "-", "login_limited", address)
             return LoginResult(limited=True)
-        with self.store._lock:
-            row = self.store.db.execute(
-                "SELECT password_hash FROM operators WHERE name = ? AND disabled = 0", [account]
-            ).fetchone()
-        stored = row[0] if row else _DUMMY_HASH
+        with self.store.read() as tx:
+            known = stored.password_hash(tx, account)
+        checked = known if known is not None else _DUMMY_HASH
         try:
-            ok = _hasher.verify(stored, password) and row is not None
+            ok = _hasher.verify(checked, password) and known is not None
         except (VerificationError, InvalidHashError):
             ok = False
         now = _now()
         if not ok:
-            with self.store.atomic() as db:
-                db.execute(
-                    "INSERT INTO login_failures (account, address, at) VALUES (?,?,?)",
-                    [account, address, _iso(now)],
-                )
-                db.execute("DELETE FROM login_failures WHERE at < ?", [_iso(now - FAIL_WINDOW)])
+            with self.store.write() as tx:
+                stored.add_failure(tx, account, address, _iso(now))
+                stored.forget_failures_before(tx, _iso(now - FAIL_WINDOW))
             self.store.audit(account or "-", "login_failed", address)
             return LoginResult()
         token = secrets.token_urlsafe(32)
-        with self.store.atomic() as db:
-            if _hasher.check_needs_rehash(stored):
-                db.execute(
-                    "UPDATE operators SET password_hash = ? WHERE name = ?",
-                    [_hasher.hash(password), account],
-                )
-            db.execute(
-                "INSERT INTO sessions (token_sha256, operator, csrf, created_at, expires_at,"
-                " last_seen_at, address) VALUES (?,?,?,?,?,?,?)",
-                [
-                    _digest(token),
-                    account,
-                    secrets.token_urlsafe(24),
-                    _iso(now),
-                    _iso(now + SESSION_ABSOLUTE),
-                    _iso(now),
-                    address,
-                ],
+        with self.store.write() as tx:
+            if _hasher.check_needs_rehash(checked):
+                stored.set_password_hash(tx, account, _hasher.hash(password))
+            stored.open_session(
+                tx,
+                _digest(token),
+                account,
+                secrets.token_urlsafe(24),
+                _iso(now),
+                _iso(now + SESSION_ABSOLUTE),
+                address,
             )
-            db.execute(
-                "UPDATE operators SET last_login_at = ? WHERE name = ?", [_iso(now), account]
-            )
-            db.execute(
-                "DELETE FROM login_failures WHERE account = ? AND address = ?", [account, address]
-            )
-            db.execute("DELETE FROM sessions WHERE expires_at < ?", [_iso(now)])
+            stored.set_last_login(tx, account, _iso(now))
+            stored.clear_failures(tx, account, address)
+            stored.forget_sessions_expired_before(tx, _iso(now))
         self.store.audit(account, "login", address)
         return LoginResult(token=token)
 
@@ -206,30 +182,26 @@ class AccountStore:
             return None
         now = _now()
         digest = _digest(token)
-        with self.store._lock:
-            row = self.store.db.execute(
-                "SELECT s.csrf, s.expires_at, s.last_seen_at, o.name, o.role, o.created_at,"
-                " o.last_login_at FROM sessions s JOIN operators o ON o.name = s.operator"
-                " WHERE s.token_sha256 = ? AND o.disabled = 0",
-                [digest],
-            ).fetchone()
+        with self.store.read() as tx:
+            row = stored.session(tx, digest)
         if row is None:
             return None
-        csrf, expires, last_seen, *op = row
-        expires_at = datetime.fromisoformat(expires)
-        if now >= expires_at or now >= datetime.fromisoformat(last_seen) + SESSION_IDLE:
+        expires_at = datetime.fromisoformat(row.expires_at)
+        last_seen = datetime.fromisoformat(row.last_seen_at)
+        if now >= expires_at or now >= last_seen + SESSION_IDLE:
             self.logout(token)
             return None
         # Restarting the idle timer on every request would write on every page view;
         # once a minute is precise enough for a 1 h idle limit.
-        if now - datetime.fromisoformat(last_seen) > timedelta(minutes=1):
-            with self.store.atomic() as db:
-                db.execute(
-                    "UPDATE sessions SET last_seen_at = ? WHERE token_sha256 = ?",
-                    [_iso(now), digest],
-                )
-        return Session(Operator(*op), csrf, expires_at)
+        if now - last_seen > timedelta(minutes=1):
+            with self.store.write() as tx:
+                stored.touch_session(tx, digest, _iso(now))
+        return Session(_operator(row.operator), row.csrf, expires_at)
 
     def logout(self, token: str) -> None:
-        with self.store.atomic() as db:
-            db.execute("DELETE FROM sessions WHERE token_sha256 = ?", [_digest(token)])
+        with self.store.write() as tx:
+            stored.end_session(tx, _digest(token))
+
+
+def _operator(row: stored.OperatorRow) -> Operator:
+    return Operator(row.name, row.role, row.created_at, row.last_login_at)

@@ -1,10 +1,10 @@
 """The dashboard application: `create_app(site_dir or Site, feed)` → a Starlette app.
 
 It runs in the collector's process (on uvicorn's own thread) but shares nothing
-with the collector except the LiveFeed: it opens its own Site (its own SQLite
-connection for the few writes) and reads pages through per-thread read-only
-connections, so neither a slow page nor many open live feeds delay the
-acknowledgements the collector sends to gates.
+with the collector except the LiveFeed: it opens its own Site, whose store gives
+pages their own read transactions (SQLite in WAL mode: readers never wait for the
+collector's writer nor hold it up; PostgreSQL: MVCC), so neither a slow page nor
+many open live feeds delay the acknowledgements the collector sends to gates.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from server.live import LiveFeed
 from server.metrics import server_registry
 from server.policy_rollout import PolicyTrial
 from server.site import Site
+from server.storage.text_rows import TextRows
 from server.web import i18n
 from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
 from server.web.dashboard import Dashboard
@@ -86,7 +87,7 @@ def create_app(
             dashboard.close()
 
     registry = server_registry(
-        dashboard.reader, lambda: overview.gate_rows(dashboard), dashboard.feed, collector
+        TextRows(dashboard.store), lambda: overview.gate_rows(dashboard), dashboard.feed, collector
     )
 
     def metrics(_request: Request) -> Response:

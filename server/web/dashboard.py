@@ -10,22 +10,22 @@ from protocol.policy import Policy
 from server.live import LiveFeed
 from server.policy_rollout import PolicyTrial
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage import Store
 from server.web.accounts import AccountStore
 from server.web.pages import Pages
-from server.web.reading import Reader
 
 
 class Dashboard:
-    """What the pages need: the site (writes), accounts, a reader, the live feed, templates,
-    and the policy try-out when the command line injected one (None: unavailable)."""
+    """What the pages need: the site (its changes), its store (pages read through
+    `store.read()`, server/storage/dashboard.py), accounts, the live feed, templates, and the
+    policy try-out when the command line injected one (None: unavailable)."""
 
     def __init__(
         self, site: Site, feed: LiveFeed, *, owns_site: bool, trial: PolicyTrial | None = None
     ) -> None:
         self.site = site
         self.accounts = AccountStore(site.store)
-        self.reader = Reader(site.dir / STORE_NAME)
+        self.store: Store = site.store
         self.feed = feed
         self.pages = Pages(site.config.tz, site.site)
         self.trial = trial
@@ -40,7 +40,6 @@ class Dashboard:
 
     def close(self) -> None:
         self.stopping.set()
-        self.reader.close()
         if self._owns_site:
             self.site.close()
 

@@ -14,17 +14,19 @@ import csv
 import io
 import json
 import re
-import sqlite3
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from edge.config import load_config
 from menwei.mosquitto import MosquittoBroker, free_port
 from server.site import IssuedPass, Site
+from server.storage import Store
+from server.storage.dashboard import gates_seen
+from server.storage.schema import alerts
 from server.web.accounts import AccountStore
 from tests.e2e.helpers import Stage, menwei_process, provision_gate, wait_until
 
@@ -58,10 +60,10 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def gate_states(db: Path) -> dict[str, str]:
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
-        rows = conn.execute("SELECT gate, status FROM gates").fetchall()
-    return {g: json.loads(s).get("state", "") for g, s in rows if s}
+def gate_states(store: Store) -> dict[str, str]:
+    with store.read() as tx:
+        seen = gates_seen(tx)
+    return {g.gate: json.loads(g.status).get("state", "") for g in seen if g.status}
 
 
 def http_ok(url: str) -> bool:
@@ -82,7 +84,6 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
     assert load_config(lane / "gate.toml").mqtt.keepalive_s == 2
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server_db = site.dir / "server.db"
     run = ("server", "run", str(site.dir), "--http", f"127.0.0.1:{port}", "--broker", broker.url)
 
     def gate(name: str, d: Path):  # type: ignore[no-untyped-def]
@@ -97,9 +98,9 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
     ):
         wait_until(lambda: http_ok(f"{base}/healthz"), 20, lambda: server.output())
         wait_until(
-            lambda: gate_states(server_db) == {"gate-a": "online", "gate-b": "online"},
+            lambda: gate_states(site.store) == {"gate-a": "online", "gate-b": "online"},
             30,
-            lambda: f"gates not online: {gate_states(server_db)}\n{gate_a.output()}",
+            lambda: f"gates not online: {gate_states(site.store)}\n{gate_a.output()}",
         )
         page = browser.new_page(viewport={"width": 1280, "height": 860})  # type: ignore[attr-defined]
         page.set_default_timeout(20_000)
@@ -174,8 +175,9 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
         # SIGTERM with a live stream open: the collector and the dashboard stop cleanly
         assert server.stop() == 0, server.output()
 
-    with closing(sqlite3.connect(f"file:{server_db}?mode=ro", uri=True)) as conn:
-        acked = conn.execute(
-            "SELECT acked_by, ack_note FROM alerts WHERE kind = 'fever'"
-        ).fetchall()
+    with site.store.read() as tx:
+        fever = alerts.c.kind == "fever"
+        acked = [
+            tuple(r) for r in tx.execute(select(alerts.c.acked_by, alerts.c.ack_note).where(fever))
+        ]
     assert acked == [("ada", "已通知社区医生")]

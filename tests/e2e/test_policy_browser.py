@@ -8,14 +8,15 @@ publishes it, and watches the gate report the new config version (rollout 1/1)."
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from menwei.mosquitto import MosquittoBroker, free_port
 from server.site import IssuedPass, Site
+from server.storage import Store
+from server.storage.schema import events
 from server.web.accounts import AccountStore
 from tests.e2e.helpers import Stage, menwei_process, provision_gate, wait_until
 from tests.e2e.test_dashboard_browser import (  # noqa: F401 (browser: a fixture)
@@ -33,9 +34,10 @@ expect = sync_api.expect
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")
 
 
-def stored_decisions(db: Path) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as c:
-        return int(c.execute("SELECT COUNT(*) FROM events WHERE kind = 'decision'").fetchone()[0])
+def stored_decisions(store: Store) -> int:
+    with store.read() as tx:
+        decisions = select(func.count()).select_from(events).where(events.c.kind == "decision")
+        return int(tx.execute(decisions).scalar_one())
 
 
 def test_admin_tries_publishes_and_watches_the_rollout(
@@ -58,7 +60,7 @@ def test_admin_tries_publishes_and_watches_the_rollout(
     ):
         wait_until(lambda: http_ok(f"{base}/healthz"), 20, lambda: server.output())
         Stage(lane / "stage").drop(resident.qr, NORMAL)
-        wait_until(lambda: stored_decisions(site.dir / "server.db") == 1, 60, lambda: gate.output())
+        wait_until(lambda: stored_decisions(site.store) == 1, 60, lambda: gate.output())
         edit_policy(site.dir, fever_threshold_c=36.0)
 
         page = chromium.new_page(viewport={"width": 1280, "height": 900})

@@ -17,10 +17,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from server.live import LiveFeed
 from server.site import Site
+from server.storage import accounts as stored_accounts
+from server.storage import dashboard as stored
+from server.storage.schema import gates, sessions
 from server.web import i18n
 from server.web.accounts import AccountStore
 from server.web.app import create_app
@@ -82,6 +86,17 @@ def now_local(site: Site) -> datetime:
     return datetime.now(site.config.tz).replace(microsecond=0)
 
 
+def audit_log(site: Site) -> list[dict]:
+    """Every audit entry, oldest first."""
+    with site.store.read() as tx:
+        return stored.audit_entries(tx, 10_000)[::-1]
+
+
+def session_count(site: Site) -> int:
+    with site.store.read() as tx:
+        return int(tx.execute(select(func.count()).select_from(sessions)).scalar_one())
+
+
 def store_events(site: Site, gate: str, *events_kw: dict) -> None:
     existing = site.store.contiguous_seq(gate)
     events = [
@@ -114,7 +129,7 @@ def test_wrong_password_and_unknown_account_say_the_same(client: TestClient, sit
         assert r.status_code == 401
         assert "账号或密码错误" in r.text
         assert "menwei_session" not in r.headers.get("set-cookie", "")
-    actions = [a for (a,) in site.store.db.execute("SELECT action FROM audit")]
+    actions = [e["action"] for e in audit_log(site)]
     assert actions.count("login_failed") == 2
 
 
@@ -139,16 +154,16 @@ def test_login_form_without_its_csrf_token_is_refused(client: TestClient) -> Non
 def test_session_expires_absolutely_and_when_idle(client: TestClient, site: Site) -> None:
     logged_in(client, "olga")
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
-    with site.store.atomic() as db:
-        db.execute("UPDATE sessions SET expires_at = ?", [past])
+    with site.store.write() as tx:
+        tx.execute(update(sessions).values(expires_at=past))
     r = client.get("/", follow_redirects=False)
     assert r.status_code == 303 and "expired=1" in r.headers["location"]
-    assert site.store.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+    assert session_count(site) == 0
 
     logged_in(client, "olga")
     idle = (datetime.now(UTC) - timedelta(hours=1, minutes=1)).isoformat()
-    with site.store.atomic() as db:
-        db.execute("UPDATE sessions SET last_seen_at = ?", [idle])
+    with site.store.write() as tx:
+        tx.execute(update(sessions).values(last_seen_at=idle))
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
@@ -160,7 +175,7 @@ def test_logout_ends_the_session(client: TestClient, site: Site) -> None:
     token = logged_in(client, "vic")
     assert client.post("/logout", data={"csrf": token}, follow_redirects=False).status_code == 303
     assert client.get("/", follow_redirects=False).status_code == 303
-    assert site.store.db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+    assert session_count(site) == 0
 
 
 # --- changing things: roles, CSRF, audit ---------------------------------------------------
@@ -187,10 +202,8 @@ def test_operator_acknowledges_an_alert_with_a_note(client: TestClient, site: Si
     assert r.status_code == 200 and "告警已确认" in r.text
     alert = site.alerts.get(alert_id)
     assert alert is not None and alert.acked_by == "olga" and alert.ack_note == "送发热门诊"
-    row = site.store.db.execute(
-        "SELECT actor, target, detail FROM audit WHERE action = 'alert_ack'"
-    ).fetchone()
-    assert row == ("olga", str(alert_id), "送发热门诊")
+    row = next(e for e in audit_log(site) if e["action"] == "alert_ack")
+    assert (row["actor"], row["target"], row["detail"]) == ("olga", str(alert_id), "送发热门诊")
     again = client.post(f"/alerts/{alert_id}/ack", data={"csrf": token, "note": "x"})
     assert again.status_code == 404
 
@@ -240,10 +253,11 @@ def test_quarantine_and_release_from_the_household_page_are_audited(
     r = client.post("/households/2-1-502/quarantine", data={"csrf": token, "action": "off"})
     assert "已解除隔离" in r.text
     assert not site.registry.household("2-1-502").quarantined  # type: ignore[union-attr]
-    rows = site.store.db.execute(
-        "SELECT actor, action, target FROM audit WHERE actor = 'olga' AND action LIKE 'household_%'"
-        " ORDER BY id"
-    ).fetchall()
+    rows = [
+        (e["actor"], e["action"], e["target"])
+        for e in audit_log(site)
+        if e["actor"] == "olga" and e["action"].startswith("household_")
+    ]
     assert rows == [
         ("olga", "household_quarantine", "2-1-502"),
         ("olga", "household_release", "2-1-502"),
@@ -483,14 +497,11 @@ def test_operator_add_and_list_from_the_command_line(site: Site) -> None:
     assert dup.returncode == 2 and "already exists" in dup.stderr
     listed = json.loads(menwei("operator", "list", d, "--json").stdout)
     assert [(o["name"], o["role"]) for o in listed] == [("张主任", "admin")]
-    stored = site.store.db.execute("SELECT password_hash FROM operators").fetchone()[0]
-    assert stored.startswith("$argon2id$") and PASSWORD not in stored
-    assert (
-        site.store.db.execute(
-            "SELECT COUNT(*) FROM audit WHERE action = 'operator_add' AND target = '张主任'"
-        ).fetchone()[0]
-        == 1
-    )
+    with site.store.read() as tx:
+        digest = stored_accounts.password_hash(tx, "张主任")
+    assert digest is not None and digest.startswith("$argon2id$") and PASSWORD not in digest
+    added = [e for e in audit_log(site) if e["action"] == "operator_add"]
+    assert [e["target"] for e in added] == ["张主任"]
 
 
 def test_a_gate_not_heard_from_for_minutes_is_shown_silent_not_online(
@@ -499,8 +510,8 @@ def test_a_gate_not_heard_from_for_minutes_is_shown_silent_not_online(
     site.store.set_gate_status("east", {"gate": "east", "state": "online"})
     site.store.set_gate_status("north", {"gate": "north", "state": "online"})
     stale = (datetime.now(UTC) - timedelta(minutes=30)).isoformat()
-    with site.store.atomic():
-        site.store.db.execute("UPDATE gates SET last_seen = ? WHERE gate = 'north'", [stale])
+    with site.store.write() as tx:
+        tx.execute(update(gates).where(gates.c.gate == "north").values(last_seen=stale))
     logged_in(client, "ada")
     page = client.get("/").text
     assert 'state-online" data-role="state">在线</span> <strong>east' in page
@@ -537,9 +548,7 @@ def test_an_expired_session_comes_back_to_the_page_with_all_its_filters(
 
 
 def test_hourly_chart_counts_a_passage_at_a_full_hour_in_that_hour(site: Site) -> None:
-    from server.store import STORE_NAME
     from server.web import figures
-    from server.web.reading import Reader
 
     policy = site.config.policy
     day = figures.today(policy)
@@ -549,11 +558,8 @@ def test_hourly_chart_counts_a_passage_at_a_full_hour_in_that_hour(site: Site) -
         for seq, h in enumerate(range(1, 24), start=1)
     ]
     site.store.insert_events("east", events)
-    reader = Reader(site.dir / STORE_NAME)
-    try:
-        bins = figures.hourly(reader, span)
-    finally:
-        reader.close()
+    with site.store.read() as tx:
+        bins = figures.hourly(tx, span)
     assert [b["out"] for b in bins] == [0] + [1] * 23
 
 

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.storage import dashboard as stored
 from server.web.auth import require
 from server.web.dashboard import dashboard_of
 
@@ -19,13 +20,7 @@ def routes() -> list[Route]:
 def audit_page(request: Request) -> Response:
     session = require(request)
     d = dashboard_of(request)
-    entries = d.reader.dicts(
-        "SELECT id, at, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?",
-        [LIMIT],
-    )
-    overrides = d.reader.dicts(
-        "SELECT gate, seq, at, reason, direction, json_extract(body, '$.detail') AS detail"
-        " FROM events WHERE kind = 'override' ORDER BY julianday(at) DESC LIMIT ?",
-        [LIMIT],
-    )
+    with d.store.read() as tx:
+        entries = stored.audit_entries(tx, LIMIT)
+        overrides = stored.overrides(tx, LIMIT)
     return d.pages.render(request, "audit.html", session, entries=entries, overrides=overrides)

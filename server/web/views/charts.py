@@ -28,15 +28,16 @@ def charts_page(request: Request) -> Response:
     day = figures.today(d.policy)
     span = figures.day_span(d.policy, day)
     start = span.start
-    hours = figures.hourly(d.reader, span)
-    day_labels = [f"{(start + timedelta(hours=h)).hour:02d}" for h in range(len(hours))]
     week = figures.week_span(d.policy, day)
-    week_hours = figures.hourly(d.reader, week)
+    with d.store.read() as tx:
+        hours = figures.hourly(tx, span)
+        week_hours = figures.hourly(tx, week)
+        gates = figures.per_gate(tx, span)
+        denials = figures.denials(tx, span)
+    day_labels = [f"{(start + timedelta(hours=h)).hour:02d}" for h in range(len(hours))]
     week_labels = [
         (week.start + timedelta(hours=h)).strftime("%m-%d") for h in range(len(week_hours))
     ]
-    gates = figures.per_gate(d.reader, span)
-    denials = figures.denials(d.reader, span)
 
     def series(bins: list[dict[str, int]]) -> list[tuple[str, str, list[int]]]:
         return [

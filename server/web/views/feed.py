@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from protocol.register import mask_name
+from server.storage import dashboard as stored
 from server.web import i18n
 from server.web.auth import SESSION_COOKIE, current, lang_of, require
 from server.web.dashboard import Dashboard, dashboard_of
@@ -47,11 +48,9 @@ def holders(d: Dashboard, pass_ids: set[int]) -> dict[int, tuple[str, str]]:
     """pass id → (masked name, room), as the register shows them to gates."""
     if not pass_ids:
         return {}
-    marks = ",".join("?" * len(pass_ids))
-    rows = d.reader.rows(
-        f"SELECT pass_id, name, room FROM passes WHERE pass_id IN ({marks})", sorted(pass_ids)
-    )
-    return {int(p): (mask_name(n), r or "") for p, n, r in rows}
+    with d.store.read() as tx:
+        found = stored.pass_holders(tx, pass_ids)
+    return {p: (mask_name(name), room) for p, (name, room) in found.items()}
 
 
 def shape(
@@ -79,20 +78,8 @@ def shape(
 
 
 def recent(d: Dashboard, lang: str, gate: str, decision: str) -> list[dict[str, Any]]:
-    where = [f"kind IN ({','.join('?' * len(FEED_KINDS))})"]
-    params: list[Any] = list(FEED_KINDS)
-    if gate:
-        where.append("gate = ?")
-        params.append(gate)
-    if decision:
-        where.append("decision = ?")
-        params.append(decision)
-    rows = d.reader.rows(
-        f"SELECT body FROM events WHERE {' AND '.join(where)}"
-        " ORDER BY julianday(at) DESC, gate, seq DESC LIMIT ?",
-        [*params, RECENT],
-    )
-    events = [json.loads(body) for (body,) in rows]
+    with d.store.read() as tx:
+        events = stored.recent_events(tx, FEED_KINDS, RECENT, gate=gate, decision=decision)
     names = holders(d, {e["pass_id"] for e in events if isinstance(e.get("pass_id"), int)})
     return [shape(d, lang, e, names) for e in events]
 
@@ -102,7 +89,8 @@ def feed_page(request: Request) -> Response:
     d = dashboard_of(request)
     gate, decision = _filters(request)
     lang = lang_of(request)
-    gates = [g for (g,) in d.reader.rows("SELECT gate FROM gates ORDER BY gate")]
+    with d.store.read() as tx:
+        gates = stored.gate_names(tx)
     return d.pages.render(
         request,
         "feed.html",

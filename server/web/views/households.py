@@ -18,12 +18,15 @@ from starlette.routing import Route
 
 from protocol.errors import ProtocolError
 from protocol.register import mask_name
+from server.storage import dashboard as stored
 from server.validity import from_text, until_text
 from server.web import figures
 from server.web.auth import checked_form, require
 from server.web.dashboard import Dashboard, dashboard_of
 
 LIMIT = 50
+RECENT = 20  # the household's newest passages and denials shown
+RECENT_KINDS = ("decision", "override")
 
 
 def routes() -> list[Route]:
@@ -35,21 +38,8 @@ def routes() -> list[Route]:
 
 
 def search(d: Dashboard, query: str) -> list[dict[str, Any]]:
-    like = f"%{query.strip()}%"
-    return d.reader.dicts(
-        "SELECT household, MAX(room) AS room, MAX(quarantined) AS quarantined,"
-        " SUM(passes) AS passes FROM ("
-        "  SELECT h.household, (h.building || '-' || h.unit || '-' || h.room) AS room,"
-        "   h.quarantined, 0 AS passes FROM households h"
-        "   LEFT JOIN persons p ON p.household = h.household"
-        "   WHERE h.household LIKE ? OR (h.building || '-' || h.unit || '-' || h.room) LIKE ?"
-        "   OR p.name LIKE ?"
-        "  UNION ALL"
-        "  SELECT household, room, 0, COUNT(*) FROM passes"
-        "   WHERE household LIKE ? OR room LIKE ? OR name LIKE ? GROUP BY household, room"
-        ") GROUP BY household ORDER BY household LIMIT ?",
-        [like, like, like, like, like, like, LIMIT],
-    )
+    with d.store.read() as tx:
+        return stored.search_households(tx, query, LIMIT)
 
 
 def search_page(request: Request) -> Response:
@@ -78,23 +68,15 @@ def pass_state(row: dict[str, Any], now: float) -> str:
 
 
 def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
-    place = d.reader.dicts(
-        "SELECT building, unit, room, grid, community, quarantined, quarantine_until"
-        " FROM households WHERE household = ?",
-        [household],
-    )
-    passes = d.reader.dicts(
-        "SELECT pass_id, name, room, role, valid_from, valid_until, revoked_at"
-        " FROM passes WHERE household = ? ORDER BY pass_id",
-        [household],
-    )
-    try:
-        members = d.reader.dicts(
-            "SELECT name, phone, role FROM persons WHERE household = ? ORDER BY person_id",
-            [household],
-        )
-    except Exception:  # the register tables are created by the collector's Site on open
-        members = []
+    policy = d.policy
+    span = figures.day_span(policy, figures.today(policy))
+    with d.store.read() as tx:
+        place = stored.household_place(tx, household)
+        passes = stored.household_passes(tx, household)
+        members = stored.household_members(tx, household)
+        outside = figures.outside(tx, policy, datetime.now(UTC))
+        exits_today = figures.household_exits(tx, household, span)
+        recent = stored.household_events(tx, household, RECENT_KINDS, RECENT)
     if not place and not passes and not members:
         raise HTTPException(404, "error.not_found")
     tz = d.site.config.tz
@@ -110,19 +92,12 @@ def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
     holder_of = {p["pass_id"]: p["holder"] for p in passes}
     out = [
         {**o, "holder": holder_of.get(o["pass_id"], str(o["pass_id"]))}
-        for o in figures.outside(d.reader, d.policy, datetime.now(UTC))
+        for o in outside
         if o["household"] == household
     ]
-    span = figures.day_span(d.policy, figures.today(d.policy))
-    recent = d.reader.dicts(
-        "SELECT gate, at, decision, reason, direction, pass_id FROM events"
-        " WHERE household = ? AND kind IN ('decision', 'override')"
-        " ORDER BY julianday(at) DESC LIMIT 20",
-        [household],
-    )
     for r in recent:
         r["holder"] = holder_of.get(r["pass_id"], "")
-    info = place[0] if place else {}
+    info = place or {}
     room = "-".join(
         x for x in (info.get("building"), info.get("unit"), info.get("room")) if x
     ) or next((p["room"] for p in passes if p["room"]), "")
@@ -135,9 +110,9 @@ def detail(d: Dashboard, household: str, full: bool) -> dict[str, Any]:
         "passes": passes,
         "members": members,
         "outside": out,
-        "exits_today": figures.household_exits(d.reader, household, span),
-        "exits_max": d.policy.household_max_exits_per_day,
-        "out_max": d.policy.household_max_out,
+        "exits_today": exits_today,
+        "exits_max": policy.household_max_exits_per_day,
+        "out_max": policy.household_max_out,
         "recent": recent,
     }
 

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from protocol.events import readable_status
+from server.storage import dashboard as stored
 from server.web import figures, i18n
 from server.web.auth import require
 from server.web.dashboard import Dashboard, dashboard_of
@@ -30,10 +31,11 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
     silence = timedelta(minutes=dashboard.site.config.alerts.gate_offline_after_min)
     now = datetime.now(UTC)
     rows = []
-    for gate, last_seen, raw in dashboard.reader.rows(
-        "SELECT gate, last_seen, status FROM gates ORDER BY gate"
-    ):
-        status = stored_status(raw)
+    with dashboard.store.read() as tx:
+        seen = stored.gates_seen(tx)
+    for gate in seen:
+        last_seen = gate.last_seen
+        status = stored_status(gate.status)
         clock = status.get("clock") or {}
         camera = status.get("camera") or {}
         storage = status.get("storage") or {}
@@ -44,7 +46,7 @@ def gate_rows(dashboard: Dashboard) -> list[dict[str, Any]]:
         age = data_age(status, now, dashboard.policy.max_data_age_h)
         rows.append(
             {
-                "gate": gate,
+                "gate": gate.gate,
                 "state": state,
                 "last_seen": last_seen,
                 "status_at": status.get("at"),
@@ -124,15 +126,20 @@ def overview(request: Request) -> Response:
     day = figures.today(d.policy)
     span = figures.day_span(d.policy, day)
     alerts_open = d.site.alerts.open_counts()
+    policy = d.policy
+    with d.store.read() as tx:
+        passages = figures.passages(tx, span)
+        outside = figures.outside(tx, policy, datetime.now(UTC))
+        denials = figures.denials(tx, span)
     return d.pages.render(
         request,
         "overview.html",
         session,
         gates=gate_rows(d),
         day=day.isoformat(),
-        passages=figures.passages(d.reader, span),
-        outside=len(figures.outside(d.reader, d.policy, datetime.now(UTC))),
-        denials=figures.denials(d.reader, span),
+        passages=passages,
+        outside=len(outside),
+        denials=denials,
         alerts_open=sorted(alerts_open.items(), key=lambda kv: -kv[1]),
         alerts_total=sum(alerts_open.values()),
     )

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from protocol.register import mask_name
 from server.cards import qr_symbol
 from server.register import place_label
+from server.storage import dashboard as stored
 from server.validity import from_text, until_text
 from server.visitors import HOURS_DEFAULT, HOURS_MAX, VisitorError, VisitorStore, register_visitor
 from server.web import figures
@@ -29,6 +30,7 @@ from server.web.dashboard import Dashboard, dashboard_of
 from server.web.views.households import mask_phone
 
 FIELDS = ("name", "phone", "reason", "host", "temperature", "hours")
+LIMIT = 500  # visitors listed on the page
 
 
 def routes() -> list[Route]:
@@ -40,15 +42,9 @@ def routes() -> list[Route]:
 
 
 def today(d: Dashboard, full: bool) -> list[dict[str, Any]]:
-    VisitorStore(d.site.store)  # the table exists before the read-only connection looks
     start = figures.day_span(d.policy, figures.today(d.policy)).start
-    rows = d.reader.dicts(
-        "SELECT v.id, v.at, v.name, v.phone, v.reason, v.host_household, v.temperature_c,"
-        " v.pass_id, v.valid_until, v.registered_by, v.purged_at, p.revoked_at"
-        " FROM visitors v LEFT JOIN passes p ON p.pass_id = v.pass_id"
-        " WHERE julianday(v.at) >= julianday(?) ORDER BY v.id DESC LIMIT 500",
-        [start.isoformat()],
-    )
+    with d.store.read() as tx:
+        rows = stored.visitors_since(tx, start, LIMIT)
     tz = d.site.config.tz
     now = datetime.now(tz)
     for r in rows:
@@ -126,14 +122,12 @@ def pass_page(request: Request) -> Response:
     visitor = VisitorStore(d.site.store).get(int(request.path_params["visitor_id"]))
     if visitor is None:
         raise HTTPException(404, "error.not_found")
-    row = d.reader.one(
-        "SELECT qr, valid_from, valid_until, revoked_at FROM passes WHERE pass_id = ?",
-        [visitor.pass_id],
-    )
+    with d.store.read() as tx:
+        card = stored.pass_card(tx, visitor.pass_id)
     host = d.site.registry.household(visitor.host_household)
     tz = d.site.config.tz
     now = datetime.now(tz).timestamp()
-    valid = row is not None and row[3] is None and row[2] > now
+    valid = card is not None and card["revoked_at"] is None and card["valid_until"] > now
     return d.pages.render(
         request,
         "visitor_pass.html",
@@ -142,9 +136,9 @@ def pass_page(request: Request) -> Response:
         display_name=mask_name(visitor.name) if visitor.name else "—",
         place=place_label(host.building, host.unit, host.room) if host else "",
         valid=valid,
-        svg=qr_symbol(row[0]).svg_inline(scale=1, border=4, omitsize=True, svgclass="qr")
-        if valid and row is not None
+        svg=qr_symbol(card["qr"]).svg_inline(scale=1, border=4, omitsize=True, svgclass="qr")
+        if valid and card is not None
         else "",
-        valid_from=from_text(datetime.fromtimestamp(row[1], tz), tz) if row else "",
-        valid_until=until_text(datetime.fromtimestamp(row[2], tz), tz) if row else "",
+        valid_from=from_text(datetime.fromtimestamp(card["valid_from"], tz), tz) if card else "",
+        valid_until=until_text(datetime.fromtimestamp(card["valid_until"], tz), tz) if card else "",
     )

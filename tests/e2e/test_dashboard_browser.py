@@ -174,8 +174,5 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
         # SIGTERM with a live stream open: the collector and the dashboard stop cleanly
         assert server.stop() == 0, server.output()
 
-    with closing(sqlite3.connect(f"file:{server_db}?mode=ro", uri=True)) as conn:
-        acked = conn.execute(
-            "SELECT acked_by, ack_note FROM alerts WHERE kind = 'fever'"
-        ).fetchall()
+    acked = [(a.acked_by, a.ack_note) for a in site.alerts.list() if a.kind == "fever"]
     assert acked == [("ada", "已通知社区医生")]

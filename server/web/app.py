@@ -86,7 +86,7 @@ def create_app(
             dashboard.close()
 
     registry = server_registry(
-        dashboard.reader, lambda: overview.gate_rows(dashboard), dashboard.feed, collector
+        opened.store, lambda: overview.gate_rows(dashboard), dashboard.feed, collector
     )
 
     def metrics(_request: Request) -> Response:

@@ -4,17 +4,22 @@ lost its history, a document too large to publish (the collector's
 `document_too_large`). Each can be acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
-never raises the same alert twice. Tables: server/storage/schema.py.
+never raises the same alert twice, however many collectors raise it at once.
+Storage: server/storage/alerts.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
-from typing import Any
 
 from protocol.events import Event
+from server.storage import alerts as alerts_db
+from server.storage.alerts import Alert
+from server.storage.engine import Tx
 from server.store import ServerStore, utcnow
+
+__all__ = ["HIGH_PRIORITY", "HISTORY_LOST", "Alert", "AlertStore"]
 
 HISTORY_LOST = "gate_history_lost"
 HIGH_PRIORITY = frozenset(
@@ -28,43 +33,6 @@ HIGH_PRIORITY = frozenset(
         "document_too_large",
         "storage_fault",
     }
-)
-
-
-@dataclass(frozen=True)
-class Alert:
-    id: int
-    key: str
-    at: str
-    kind: str
-    priority: str
-    gate: str | None
-    pass_id: int | None
-    household: str | None
-    detail: str
-    event_at: str | None
-    acked_at: str | None
-    acked_by: str | None
-    ack_note: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-_COLUMNS = (
-    "id",
-    "key",
-    "at",
-    "kind",
-    "priority",
-    "gate",
-    "pass_id",
-    "household",
-    "detail",
-    "event_at",
-    "acked_at",
-    "acked_by",
-    "ack_note",
 )
 
 
@@ -83,19 +51,24 @@ class AlertStore:
         detail: str = "",
         event_at: str | None = None,
         priority: str | None = None,
+        tx: Tx | None = None,
     ) -> Alert | None:
-        """Create the alert unless one with the same key exists. Returns it when new."""
-        prio = priority or ("high" if kind in HIGH_PRIORITY else "normal")
-        with self.store._lock, self.store.db.atomic():
-            cur = self.store.db.execute(
-                "INSERT OR IGNORE INTO alerts (key, at, kind, priority, gate, pass_id, household,"
-                " detail, event_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                [key, utcnow(), kind, prio, gate, pass_id, household, detail, event_at],
+        """Create the alert unless one with the same key exists. Returns it when new: when
+        several collectors raise it at once, exactly one of them gets it. In the caller's
+        transaction `tx` when given (a job that records its cause and its alert at once)."""
+        with contextlib.nullcontext(tx) if tx is not None else self.store.write() as t:
+            return alerts_db.add(
+                t,
+                key=key,
+                at=utcnow(),
+                kind=kind,
+                priority=priority or ("high" if kind in HIGH_PRIORITY else "normal"),
+                gate=gate,
+                pass_id=pass_id,
+                household=household,
+                detail=detail,
+                event_at=event_at,
             )
-            if cur.rowcount != 1:
-                return None
-            alert_id = cur.lastrowid
-        return self.get(int(alert_id or 0))
 
     def from_event(self, event: Event) -> Alert | None:
         """The alert an event raises: gate alerts (fever, forged, ...) and camera loss."""
@@ -128,7 +101,8 @@ class AlertStore:
             confirmed, moved = int(d["confirmed_seq"]), int(d["moved"])
         except (KeyError, TypeError, ValueError):
             return json.dumps(d, ensure_ascii=False)
-        ranges = self.store.missing_from_gate(event.gate, lost, confirmed, new)
+        with self.store.read() as tx:
+            ranges = alerts_db.missing_from_gate(tx, event.gate, lost, confirmed, new)
         held = ", ".join(f"{a}..{b}" for a, b in ranges) or "none"
         return (
             f"epoch {lost} seq {held} held by the collector, not by the gate;"
@@ -136,37 +110,25 @@ class AlertStore:
         )
 
     def get(self, alert_id: int) -> Alert | None:
-        with self.store._lock:
-            row = self.store.db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM alerts WHERE id = ?", [alert_id]
-            ).fetchone()
-        return None if row is None else Alert(*row)
+        with self.store.read() as tx:
+            return alerts_db.get(tx, alert_id)
 
     def list(self, *, open_only: bool = False, limit: int = 200) -> list[Alert]:
-        where = "WHERE acked_at IS NULL" if open_only else ""
-        with self.store._lock:
-            rows = self.store.db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM alerts {where} ORDER BY id DESC LIMIT ?",
-                [limit],
-            ).fetchall()
-        return [Alert(*r) for r in rows]
+        """The newest `limit` alerts, newest first; only unacknowledged ones with `open_only`."""
+        with self.store.read() as tx:
+            return alerts_db.recent(tx, open_only=open_only, limit=limit)
 
     def acknowledge(self, alert_id: int, operator: str, note: str) -> bool:
         """Acknowledge an open alert; False if it does not exist or was acknowledged."""
-        with self.store._lock, self.store.db.atomic():
-            cur = self.store.db.execute(
-                "UPDATE alerts SET acked_at = ?, acked_by = ?, ack_note = ?"
-                " WHERE id = ? AND acked_at IS NULL",
-                [utcnow(), operator, note[:1000], alert_id],
+        with self.store.write() as tx:
+            ok = alerts_db.acknowledge(
+                tx, alert_id, at=utcnow(), operator=operator, note=note[:1000]
             )
-            ok = cur.rowcount == 1
         if ok:
             self.store.audit(operator, "alert_ack", str(alert_id), note[:1000])
         return ok
 
     def open_counts(self) -> dict[str, int]:
-        with self.store._lock:
-            rows = self.store.db.execute(
-                "SELECT kind, COUNT(*) FROM alerts WHERE acked_at IS NULL GROUP BY kind"
-            ).fetchall()
-        return {str(k): int(n) for k, n in rows}
+        """kind → number of alerts not yet acknowledged."""
+        with self.store.read() as tx:
+            return alerts_db.open_counts(tx)

@@ -5,9 +5,10 @@ broker when the gate's connection is lost, or its own goodbye on a clean stop),
 or when nothing at all was heard from it (status every 15 s, event batches) for
 `gate_offline_after_min` minutes. An outage starts at the gate's `last_seen`
 and ends when the gate is online and heard from again; the next outage raises a
-new alert. Open outages are kept in this module's own table, so a restarted
-collector (which receives every retained status again) does not raise an outage
-twice, and the dashboard can show since when a gate is down.
+new alert. Open outages are kept in the store (server/storage/outages.py), so a
+restarted collector (which receives every retained status again) does not raise
+an outage twice, several collectors on one store raise it once, and the dashboard
+can show since when a gate is down.
 
 `assess` is the pure decision; `GateHealth.check` is the thin shell the
 collector's worker calls every few seconds while it is connected.
@@ -28,7 +29,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from server.alerts import Alert, AlertStore
-from server.store import ServerStore
+from server.storage import Store, outages
+from server.storage.engine import lock
 
 CHECK_INTERVAL_S = 5.0
 """How often the collector's worker runs the check."""
@@ -74,7 +76,8 @@ def assess(
     offline_after: timedelta,
     listening_since: datetime | None = None,
 ) -> Assessment:
-    """Which outages begin and end, from the `gates` rows (ServerStore.gates()).
+    """Which outages begin and end, from the `gates` rows (server.storage.outages.liveness:
+    "gate", "last_seen", "status").
 
     `open_outages` maps gate → since of its open outage. `listening_since` is when the
     collector's current broker connection began: silence is measured from then at the
@@ -116,19 +119,19 @@ def storage_fault(status: Mapping[str, Any]) -> dict[str, str] | None:
 
 
 class GateHealth:
-    """Applies `assess` to the store: records outages and raises their alerts."""
+    """Applies `assess` to the store: records outages and raises their alerts. Any number of
+    collectors may run `check` at once on one store: it reads and writes in one transaction
+    under the `gate_health` lock, so each outage is opened, and its alert raised, once."""
 
-    def __init__(self, store: ServerStore, alerts: AlertStore, offline_after: timedelta) -> None:
+    def __init__(self, store: Store, alerts: AlertStore, offline_after: timedelta) -> None:
         self.store = store
         self.alerts = alerts
         self.offline_after = offline_after
 
     def open_outages(self) -> dict[str, str]:
-        with self.store._lock:
-            rows = self.store.db.execute(
-                "SELECT gate, since FROM gate_outages WHERE ended_at IS NULL"
-            ).fetchall()
-        return {str(g): str(s) for g, s in rows}
+        """gate → since (UTC ISO text) of each outage not yet ended."""
+        with self.store.read() as tx:
+            return outages.open_outages(tx)
 
     def on_status(self, gate: str, status: Mapping[str, Any]) -> Alert | None:
         """A gate's status arrived: the `storage_fault` alert it raises, when new."""
@@ -146,35 +149,39 @@ class GateHealth:
     def check(
         self, now: datetime | None = None, listening_since: datetime | None = None
     ) -> list[Alert]:
-        """Record outages that began or ended; return the alerts newly raised."""
+        """Record outages that began or ended; return the alerts newly raised by this call
+        (none for an outage another collector opened first)."""
         now = now or datetime.now(UTC)
-        result = assess(
-            self.store.gates(), self.open_outages(), now, self.offline_after, listening_since
-        )
         stamp = now.astimezone(UTC).isoformat(timespec="milliseconds")
         raised: list[Alert] = []
-        for outage in result.opened:
-            # The alert first: its key makes it idempotent if we stop between the two writes.
-            alert = self.alerts.raise_alert(
-                outage.key,
-                "gate_offline",
-                gate=outage.gate,
-                detail=json.dumps({"cause": outage.cause, "since": outage.since}),
-                event_at=outage.since,
+        with self.store.write() as tx:
+            lock(tx, "gate_health")
+            result = assess(
+                outages.liveness(tx),
+                outages.open_outages(tx),
+                now,
+                self.offline_after,
+                listening_since,
             )
-            if alert is not None:
-                raised.append(alert)
-            with self.store.atomic() as db:
-                db.execute(
-                    "INSERT OR IGNORE INTO gate_outages (gate, since, cause, alert_key, opened_at)"
-                    " VALUES (?,?,?,?,?)",
-                    [outage.gate, outage.since, outage.cause, outage.key, stamp],
+            for outage in result.opened:
+                if not outages.open_(
+                    tx,
+                    outage.gate,
+                    since=outage.since,
+                    cause=outage.cause,
+                    alert_key=outage.key,
+                    opened_at=stamp,
+                ):
+                    continue  # opened by another collector
+                alert = self.alerts.raise_alert(
+                    outage.key,
+                    "gate_offline",
+                    gate=outage.gate,
+                    detail=json.dumps({"cause": outage.cause, "since": outage.since}),
+                    event_at=outage.since,
+                    tx=tx,
                 )
-        if result.ended:
-            with self.store.atomic() as db:
-                for gate in result.ended:
-                    db.execute(
-                        "UPDATE gate_outages SET ended_at = ? WHERE gate = ? AND ended_at IS NULL",
-                        [stamp, gate],
-                    )
+                if alert is not None:
+                    raised.append(alert)
+            outages.end(tx, result.ended, stamp)
         return raised

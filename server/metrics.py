@@ -2,9 +2,9 @@
 
 `server_registry(...)` gives a `CollectorRegistry` of its own (never the global
 one) holding one custom collector that reads:
-- the store, through the dashboard's read-only connections (a scrape never
-  takes the lock the collector commits under): events stored, rejected
-  messages, conflicts, open alerts, each gate's state and reported backlog;
+- the store, in one read transaction (server/storage/reports.py; a read never
+  waits for the collector's writes): events stored, rejected messages,
+  conflicts, open alerts; each gate's state and reported backlog;
 - the live feed: subscribers and items published;
 - the collector and its webhook sender, when it runs in this process and was
   handed over: batches, inserts, duplicates, rejects, conflicts, connection.
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
 
 from server.live import LiveFeed
+from server.storage import Store
+from server.storage import reports as reports_db
 
 if TYPE_CHECKING:
     from server.collector import Collector
@@ -45,10 +47,6 @@ WEBHOOK_COUNTERS = (
 )
 
 
-class Rows(Protocol):
-    def rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[tuple[Any, ...]]: ...
-
-
 class ServerCollector(PromCollector):
     """`gates` returns one dict per gate with at least `gate`, `state` ("online", "offline",
     "silent", ...), `backlog` and `last_seen` (ISO time) — the dashboard's overview rows,
@@ -56,12 +54,12 @@ class ServerCollector(PromCollector):
 
     def __init__(
         self,
-        reader: Rows,
+        store: Store,
         gates: Callable[[], Sequence[dict[str, Any]]],
         feed: LiveFeed,
         collector: Collector | None = None,
     ) -> None:
-        self.reader = reader
+        self.store = store
         self.gates = gates
         self.feed = feed
         self.collector = collector
@@ -82,29 +80,30 @@ class ServerCollector(PromCollector):
             yield from _collector(self.collector)
 
     def _store(self) -> Iterable[Metric]:
-        events = GaugeMetricFamily(
-            "menwei_server_events_stored", "Events stored, per gate.", labels=["gate"]
+        with self.store.read() as tx:
+            figures = reports_db.store_figures(tx)
+        yield _by_label(
+            "menwei_server_events_stored",
+            "Events stored, per gate.",
+            "gate",
+            figures.events_by_gate.items(),
         )
-        for gate, n in self.reader.rows("SELECT gate, COUNT(*) FROM events GROUP BY gate"):
-            events.add_metric([str(gate)], int(n))
-        yield events
-        [(rejected,)] = self.reader.rows("SELECT COUNT(*) FROM rejected_messages")
         yield _gauge(
-            "menwei_server_rejected_messages", "Malformed MQTT messages recorded.", int(rejected)
+            "menwei_server_rejected_messages",
+            "Malformed MQTT messages recorded.",
+            figures.rejected_messages,
         )
         yield _by_label(
             "menwei_server_conflicts",
             "Conflicts recorded, by kind.",
             "kind",
-            self.reader.rows("SELECT kind, COUNT(*) FROM conflicts GROUP BY kind"),
+            figures.conflicts_by_kind.items(),
         )
         yield _by_label(
             "menwei_server_alerts_open",
             "Alerts not yet acknowledged, by kind.",
             "kind",
-            self.reader.rows(
-                "SELECT kind, COUNT(*) FROM alerts WHERE acked_at IS NULL GROUP BY kind"
-            ),
+            figures.open_alerts_by_kind.items(),
         )
 
     def _gates(self) -> Iterable[Metric]:
@@ -143,13 +142,13 @@ class ServerCollector(PromCollector):
 
 
 def server_registry(
-    reader: Rows,
+    store: Store,
     gates: Callable[[], Sequence[dict[str, Any]]],
     feed: LiveFeed,
     collector: Collector | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(reader, gates, feed, collector))
+    registry.register(ServerCollector(store, gates, feed, collector))
     return registry
 
 

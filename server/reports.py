@@ -17,6 +17,8 @@ from typing import Any
 
 from protocol.policy import parse_clock
 from server.site import Site
+from server.storage import reports as reports_db
+from server.storage.times import instant_us
 
 LEVELS = ("grid", "community", "street", "district", "site")
 COLUMNS = (
@@ -62,38 +64,38 @@ def daily_report(site: Site, day: date) -> list[dict[str, Any]]:
     alerts, and people outside at the end of the day (their last passage of the day was out).
     """
     begin, end = day_span(site, day)
-    with site.store._lock:
-        events = site.store.db.execute(
-            "SELECT e.kind, e.decision, e.reason, e.direction, e.pass_id,"
-            " COALESCE(e.household, p.household), h.district, h.street, h.community, h.grid"
-            " FROM events e LEFT JOIN passes p ON p.pass_id = e.pass_id"
-            " LEFT JOIN households h ON h.household = COALESCE(e.household, p.household)"
-            " WHERE julianday(e.at) >= julianday(?) AND julianday(e.at) < julianday(?)"
-            " ORDER BY julianday(e.at), e.gate, e.seq",
-            [begin.isoformat(), end.isoformat()],
-        ).fetchall()
+    with site.store.read() as tx:
+        events = reports_db.placed_events(tx, instant_us(begin), instant_us(end))
     groups: dict[tuple[str, ...], _Figures] = {}
-    for kind, decision, reason, direction, pass_id, household, *place in events:
-        for key in _keys(place if household is not None and place[0] is not None else None):
+    for e in events:
+        for key in _keys(_place(e)):
             f = groups.setdefault(key, _Figures())
-            if kind in PASSAGE_KINDS and decision == "allow" and direction in ("in", "out"):
-                if direction == "in":
+            if e.kind in PASSAGE_KINDS and e.decision == "allow" and e.direction in ("in", "out"):
+                if e.direction == "in":
                     f.passages_in += 1
                 else:
                     f.passages_out += 1
-                    if household is not None:
-                        f.households_out.add(household)
-                if pass_id is not None:
-                    f.last_direction[int(pass_id)] = direction
-            elif kind == "decision" and decision == "deny":
-                f.denials[reason] += 1
-            elif kind == "alert" and reason == "fever":
+                    if e.household is not None:
+                        f.households_out.add(e.household)
+                if e.pass_id is not None:
+                    f.last_direction[e.pass_id] = str(e.direction)
+            elif e.kind == "decision" and e.decision == "deny":
+                f.denials[e.reason] += 1
+            elif e.kind == "alert" and e.reason == "fever":
                 f.fever_alerts += 1
     groups.setdefault(("site",), _Figures())
     return [_row(day, key, groups[key]) for key in sorted(groups, key=_order)]
 
 
-def _keys(place: list[str] | None) -> list[tuple[str, ...]]:
+def _place(e: reports_db.PlacedEvent) -> tuple[str, str, str, str] | None:
+    """(district, street, community, grid) of the event's household, None when it has none
+    or the register does not hold it."""
+    if e.household is None or e.district is None:
+        return None
+    return e.district, e.street or "", e.community or "", e.grid or ""
+
+
+def _keys(place: tuple[str, str, str, str] | None) -> list[tuple[str, ...]]:
     """The groups an event counts in: its grid and community, street and district when named,
     and the site."""
     if place is None:

@@ -209,30 +209,6 @@ class ServerStore(Store):
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def missing_from_gate(
-        self, gate: str, epoch: str, confirmed_seq: int, new_epoch: str
-    ) -> list[tuple[int, int]]:
-        """After `gate` moved from `epoch` to `new_epoch` (it lost committed history): the
-        seq ranges of `epoch` above `confirmed_seq` held here whose events the gate did not
-        send again under `new_epoch`, i.e. held by the collector and no longer by the gate."""
-        with self._lock:
-            seqs = [
-                int(r[0])
-                for r in self.db.execute(
-                    "SELECT seq FROM events WHERE gate = ? AND epoch = ? AND seq > ?"
-                    " AND uuid NOT IN (SELECT uuid FROM event_aliases WHERE gate = ?"
-                    " AND epoch = ?) ORDER BY seq",
-                    [gate, epoch, confirmed_seq, gate, new_epoch],
-                )
-            ]
-        ranges: list[tuple[int, int]] = []
-        for seq in seqs:
-            if ranges and ranges[-1][1] == seq - 1:
-                ranges[-1] = (ranges[-1][0], seq)
-            else:
-                ranges.append((seq, seq))
-        return ranges
-
     def gate_epoch(self, gate: str) -> str | None:
         row = self.db.execute("SELECT epoch FROM gates WHERE gate = ?", [gate]).fetchone()
         return None if row is None else row[0]

@@ -10,7 +10,8 @@ masked name. `purge_visitors` enforces retention: the name and phone of a visito
 expired more than N days ago are erased (also from the pass row), the anonymous row (when,
 host, reason, temperature, pass, who registered) stays for the figures and the audit.
 
-Its table: server/storage/schema.py.
+Storage: server/storage/visitors.py. Any number of collectors may purge at once: each
+visitor is purged, audited and republished by one of them.
 """
 
 from __future__ import annotations
@@ -18,15 +19,28 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from protocol.errors import ProtocolError
 from protocol.passes import check_household
 from server.register import place_label
 from server.register_import import normalize_phone
 from server.site import IssuedPass, Site, SiteError
-from server.store import ServerStore, utcnow
+from server.storage import Store
+from server.storage import visitors as visitors_db
+from server.storage.visitors import Visitor
+from server.store import utcnow
+
+__all__ = [
+    "PURGED_NAME",
+    "Visitor",
+    "VisitorError",
+    "VisitorInput",
+    "VisitorStore",
+    "check_input",
+    "purge_visitors",
+    "register_visitor",
+]
 
 NAME_MAX = 64
 REASON_MAX = 200
@@ -46,47 +60,24 @@ class VisitorError(SiteError):
         self.key = key
 
 
-@dataclass(frozen=True)
-class Visitor:
-    id: int
-    at: str
-    name: str
-    phone: str
-    reason: str
-    host_household: str
-    temperature_c: float
-    pass_id: int | None
-    valid_until: int
-    registered_by: str
-    purged_at: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-COLUMNS = tuple(Visitor.__dataclass_fields__)
-
-
 class VisitorStore:
-    def __init__(self, store: ServerStore) -> None:
+    """The visitor register of a store: reads (writes are `register_visitor` and
+    `purge_visitors`)."""
+
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def get(self, visitor_id: int) -> Visitor | None:
-        with self.store._lock:
-            row = self.store.db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM visitors WHERE id = ?", [visitor_id]
-            ).fetchone()
-        return None if row is None else Visitor(*row)
+        with self.store.read() as tx:
+            return visitors_db.get(tx, visitor_id)
 
     def since(self, start: datetime, limit: int = 500) -> list[Visitor]:
-        """Visitors registered at or after `start`, newest first."""
-        with self.store._lock:
-            rows = self.store.db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM visitors WHERE julianday(at) >= julianday(?)"
-                " ORDER BY id DESC LIMIT ?",
-                [start.isoformat(), limit],
-            ).fetchall()
-        return [Visitor(*r) for r in rows]
+        """Visitors registered at or after `start` (naive: UTC), newest first."""
+        aware = start if start.tzinfo else start.replace(tzinfo=UTC)
+        with self.store.read() as tx:
+            return visitors_db.since(
+                tx, aware.astimezone(UTC).isoformat(timespec="milliseconds"), limit
+            )
 
 
 @dataclass(frozen=True)
@@ -182,7 +173,6 @@ def register_visitor(
     A visitor with fever gets no pass: the refusal is audited and raises a fever alert for
     the operators (without the visitor's name: nothing is stored about a refused visitor)."""
     by = by or "unknown"
-    visitors = VisitorStore(site.store)
     try:
         v = check_input(site, name, phone, reason, host_household, temperature_c, hours)
     except VisitorError as exc:
@@ -203,23 +193,21 @@ def register_visitor(
     start = datetime.now(site.config.tz).replace(microsecond=0)
     end = start + timedelta(hours=v.hours)
     issued = site.issue_pass(v.host_household, v.name, "visitor", start, end, room)
-    with site.store.atomic() as db:
-        cur = db.execute(
-            "INSERT INTO visitors (at, name, phone, reason, host_household, temperature_c,"
-            " pass_id, valid_until, registered_by) VALUES (?,?,?,?,?,?,?,?,?)",
-            [
-                utcnow(),
-                v.name,
-                v.phone,
-                v.reason,
-                v.host_household,
-                v.temperature_c,
-                issued.pass_id,
-                int(end.timestamp()),
-                by,
-            ],
+    with site.store.write() as tx:
+        visitor_id = visitors_db.add(
+            tx,
+            at=utcnow(),
+            name=v.name,
+            phone=v.phone,
+            reason=v.reason,
+            host_household=v.host_household,
+            temperature_c=v.temperature_c,
+            pass_id=issued.pass_id,
+            valid_until=int(end.timestamp()),
+            registered_by=by,
         )
-        visitor_id = int(cur.lastrowid or 0)
+        visitor = visitors_db.get(tx, visitor_id)
+    assert visitor is not None
     # No name or phone in the audit log: it outlives the visitor's retention period.
     site.store.audit(
         by,
@@ -228,8 +216,6 @@ def register_visitor(
         f"pass {issued.pass_id} for {v.host_household} until {end.isoformat()},"
         f" {v.temperature_c} °C",
     )
-    visitor = visitors.get(visitor_id)
-    assert visitor is not None
     return visitor, issued
 
 
@@ -241,29 +227,14 @@ def purge_visitors(
     so its masked name goes too). Returns how many visitors were purged."""
     if older_than_days < 0:
         raise SiteError("older-than-days must be 0 or more")
-    VisitorStore(site.store)
     cutoff = int(
         ((now or datetime.now(site.config.tz)) - timedelta(days=older_than_days)).timestamp()
     )
-    stamp = utcnow()
-    with site.store.atomic() as db:
-        rows = db.execute(
-            "SELECT id, pass_id FROM visitors WHERE valid_until < ? AND purged_at IS NULL",
-            [cutoff],
-        ).fetchall()
-        for visitor_id, pass_id in rows:
-            db.execute(
-                "UPDATE visitors SET name = '', phone = '', purged_at = ? WHERE id = ?",
-                [stamp, visitor_id],
-            )
-            if pass_id is not None:
-                db.execute(
-                    "UPDATE passes SET name = ? WHERE pass_id = ? AND role = 'visitor'",
-                    [PURGED_NAME, pass_id],
-                )
-    if rows:
+    with site.store.write() as tx:
+        purged = visitors_db.purge(tx, expired_before=cutoff, at=utcnow(), pass_name=PURGED_NAME)
+    if purged:  # only the collector that purged them: another found nothing left to purge
         site.store.audit(
-            by or "unknown", "visitor_purge", str(len(rows)), f"pass expired > {older_than_days} d"
+            by or "unknown", "visitor_purge", str(purged), f"pass expired > {older_than_days} d"
         )
         site.publish_register()
-    return len(rows)
+    return purged

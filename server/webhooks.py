@@ -33,7 +33,9 @@ from typing import Any
 
 from server.alerts import Alert
 from server.config import AlertsSection
-from server.store import ServerStore
+from server.storage import Store
+from server.storage import alerts as alerts_db
+from server.storage.times import instant_us
 
 log = logging.getLogger("menwei.webhooks")
 
@@ -74,22 +76,21 @@ class Notice:
         return dict(self.__dict__)
 
 
-def notice_for(alert: Alert, store: ServerStore) -> Notice:
+def notice_for(alert: Alert, store: Store) -> Notice:
     """The alert's notice; a fever alert gets the temperature and household of the
-    gate's denial it follows (the alert event itself carries only the pass id)."""
+    gate's denial it follows (the alert event itself carries only the pass id): the
+    latest decision for its pass at its gate at or before the alert's event time."""
     household, temperature = alert.household, None
-    if alert.pass_id is not None and alert.gate is not None:
-        with store._lock:
-            row = store.db.execute(
-                "SELECT household, json_extract(body, '$.temperature_c') FROM events"
-                " WHERE pass_id = ? AND gate = ? AND kind = 'decision'"
-                " AND julianday(at) <= julianday(?) ORDER BY julianday(at) DESC, seq DESC"
-                " LIMIT 1",
-                [alert.pass_id, alert.gate, alert.event_at or alert.at],
-            ).fetchone()
-        if row is not None:
-            household = household or (str(row[0]) if row[0] is not None else None)
-            temperature = float(row[1]) if row[1] is not None else None
+    try:
+        when: int | None = instant_us(alert.event_at or alert.at)
+    except ValueError:  # a time that is not ISO 8601 follows no decision
+        when = None
+    if alert.pass_id is not None and alert.gate is not None and when is not None:
+        with store.read() as tx:
+            reading = alerts_db.last_decision(tx, alert.pass_id, alert.gate, when)
+        if reading is not None:
+            household = household or reading.household
+            temperature = reading.temperature_c
     return Notice(
         alert.id,
         alert.kind,

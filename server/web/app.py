@@ -30,7 +30,6 @@ from server.live import LiveFeed
 from server.metrics import server_registry
 from server.policy_rollout import PolicyTrial
 from server.site import Site
-from server.storage.text_rows import TextRows
 from server.web import i18n
 from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
 from server.web.dashboard import Dashboard
@@ -87,7 +86,7 @@ def create_app(
             dashboard.close()
 
     registry = server_registry(
-        TextRows(dashboard.store), lambda: overview.gate_rows(dashboard), dashboard.feed, collector
+        opened.store, lambda: overview.gate_rows(dashboard), dashboard.feed, collector
     )
 
     def metrics(_request: Request) -> Response:

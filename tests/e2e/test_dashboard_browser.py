@@ -19,14 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from edge.config import load_config
 from menwei.mosquitto import MosquittoBroker, free_port
 from server.site import IssuedPass, Site
 from server.storage import Store
 from server.storage.dashboard import gates_seen
-from server.storage.schema import alerts
 from server.web.accounts import AccountStore
 from tests.e2e.helpers import Stage, menwei_process, provision_gate, wait_until
 
@@ -175,9 +173,5 @@ def test_operator_watches_gates_feed_alerts_and_downloads_the_report(
         # SIGTERM with a live stream open: the collector and the dashboard stop cleanly
         assert server.stop() == 0, server.output()
 
-    with site.store.read() as tx:
-        fever = alerts.c.kind == "fever"
-        acked = [
-            tuple(r) for r in tx.execute(select(alerts.c.acked_by, alerts.c.ack_note).where(fever))
-        ]
+    acked = [(a.acked_by, a.ack_note) for a in site.alerts.list() if a.kind == "fever"]
     assert acked == [("ada", "已通知社区医生")]

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, update
 from starlette.testclient import TestClient
 
 from edge.provision import provision
 from server.register import RegisterRow
 from server.site import Site
+from server.storage.schema import audit, passes, visitors
 from server.visitors import VisitorError, VisitorStore, purge_visitors, register_visitor
 from server.web.accounts import AccountStore
 from server.web.app import create_app
@@ -33,6 +35,18 @@ def host(site: Site) -> str:
         [RegisterRow(2, HOST, "3", "2", "501", "A", "张三", "13812345678", "resident")]
     )
     return HOST
+
+
+def pass_count(site: Site) -> int:
+    with site.store.read() as tx:
+        return int(tx.scalar(select(func.count()).select_from(passes)) or 0)
+
+
+def audited(site: Site, action: str, *columns: Any) -> tuple[Any, ...]:
+    """The columns of the one audit entry of `action`."""
+    with site.store.read() as tx:
+        (row,) = tx.execute(select(*columns).where(audit.c.action == action)).all()
+    return tuple(row)
 
 
 def visit(site: Site, **kw: Any):
@@ -70,9 +84,7 @@ def test_a_visitor_gets_a_short_visitor_pass_for_the_host_household(site: Site, 
     assert (entry.display_name, entry.room, entry.role) == ("王*五", "3-2-501", "visitor")
     # Not counted against the household's pass cap.
     assert site.active_passes(HOST, before) == 0
-    (target, detail) = site.store.db.execute(
-        "SELECT target, detail FROM audit WHERE action = 'visitor_register'"
-    ).fetchone()
+    (target, detail) = audited(site, "visitor_register", audit.c.target, audit.c.detail)
     assert target == str(visitor.id) and f"pass {issued.pass_id}" in detail
     assert "王" not in detail and "13912345678" not in detail  # the audit log outlives retention
 
@@ -99,7 +111,7 @@ def test_bad_registrations_are_refused_with_a_reason_and_issue_nothing(
     with pytest.raises(VisitorError) as refused:
         visit(site, **change)
     assert refused.value.key == key
-    assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 0
+    assert pass_count(site) == 0
     assert VisitorStore(site.store).since(datetime.now(UTC) - timedelta(days=1)) == []
 
 
@@ -114,7 +126,7 @@ def test_a_visitor_with_fever_gets_no_pass_but_the_clinic_and_an_alert(site: Sit
         visit(site, temperature_c=threshold)
     assert refused.value.key == "visitor.err.fever"
     assert "fever clinic" in str(refused.value) and "发热门诊" in str(refused.value)
-    assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 0
+    assert pass_count(site) == 0
     (alert,) = site.alerts.list()
     assert (alert.kind, alert.household, alert.priority) == ("fever", HOST, "high")
     assert "王" not in alert.detail
@@ -231,9 +243,9 @@ def test_purge_erases_name_and_phone_only_after_expiry_plus_n_days(site: Site, h
         36.5,
         issued.pass_id,
     )
-    assert site.store.db.execute(
-        "SELECT name FROM passes WHERE pass_id = ?", [issued.pass_id]
-    ).fetchone() == ("访客",)
+    with site.store.read() as tx:
+        name = tx.scalar(select(passes.c.name).where(passes.c.pass_id == issued.pass_id))
+    assert name == "访客"
     assert site.summary()["register"] > register_before  # gates lose the masked name too
     assert "王" not in site.bundle_path("register.json").read_text(encoding="utf-8")
     assert purge_visitors(site, 30, now=expired + timedelta(days=60)) == 0  # once
@@ -287,9 +299,7 @@ def test_operator_registers_and_sees_the_pass_large_with_a_print_button(
     assert "@media print" in client.get("/static/visitors.css").text
     listed = client.get("/visitors").text
     assert "王小五" in listed and "13912345678" in listed and "olga" in listed
-    (actor,) = site.store.db.execute(
-        "SELECT actor FROM audit WHERE action = 'visitor_register'"
-    ).fetchone()
+    (actor,) = audited(site, "visitor_register", audit.c.actor)
     assert actor == "olga"
 
 
@@ -297,7 +307,7 @@ def test_the_form_needs_its_csrf_token(client: TestClient, site: Site):
     logged_in(client, "olga")
     assert client.post("/visitors", data=FORM).status_code == 403
     assert client.post("/visitors", data={**FORM, "csrf": "forged"}).status_code == 403
-    assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 0
+    assert pass_count(site) == 0
 
 
 def test_a_fever_on_the_form_sends_to_the_fever_clinic(client: TestClient, site: Site):
@@ -307,7 +317,7 @@ def test_a_fever_on_the_form_sends_to_the_fever_clinic(client: TestClient, site:
     assert "体温异常，请前往发热门诊" in r.text and 'value="王小五"' in r.text
     r = client.post("/visitors?lang=en", data={**FORM, "phone": "123", "csrf": token})
     assert r.status_code == 400 and "Bad phone" in r.text
-    assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 0
+    assert pass_count(site) == 0
 
 
 def test_the_pass_page_shows_when_the_visitor_pass_ends(client: TestClient, site: Site):
@@ -329,10 +339,11 @@ def test_the_pass_page_shows_when_the_visitor_pass_ends(client: TestClient, site
     # Ending at the start of a local day (the day after tomorrow): the last valid day is shown.
     tomorrow = datetime.now(tz).date() + timedelta(days=1)
     midnight = datetime.combine(tomorrow + timedelta(days=1), datetime.min.time(), tz)
-    with site.store.atomic() as db:
-        db.execute(
-            "UPDATE passes SET valid_until = ? WHERE pass_id = ?",
-            [int(midnight.timestamp()), issued.pass_id],
+    with site.store.write() as tx:
+        tx.execute(
+            update(passes)
+            .where(passes.c.pass_id == issued.pass_id)
+            .values(valid_until=int(midnight.timestamp()))
         )
     page = client.get(f"/visitors/{visitor.id}").text
     assert f" – {tomorrow.isoformat()}</p>" in page
@@ -350,7 +361,7 @@ def test_viewers_see_masked_visitors_and_may_not_register_or_see_a_pass(
     assert "王小五" not in page.text and 'action="/visitors"' not in page.text
     assert client.post("/visitors", data={**FORM, "csrf": token}).status_code == 403
     assert client.get(f"/visitors/{visitor.id}").status_code == 403
-    assert site.store.db.execute("SELECT COUNT(*) FROM passes").fetchone()[0] == 1
+    assert pass_count(site) == 1
 
 
 def test_the_collector_erases_expired_visitors_by_the_configured_retention(site: Site, host: str):
@@ -360,10 +371,8 @@ def test_the_collector_erases_expired_visitors_by_the_configured_retention(site:
     old, _ = visit(site)
     fresh, _ = visit(site, name="李小六")
     long_ago = int((datetime.now(UTC) - timedelta(days=31)).timestamp())
-    with site.store.atomic():
-        site.store.db.execute(
-            "UPDATE visitors SET valid_until = ? WHERE id = ?", [long_ago, old.id]
-        )
+    with site.store.write() as tx:
+        tx.execute(update(visitors).where(visitors.c.id == old.id).values(valid_until=long_ago))
     collector = Collector(site, parse_broker("mqtt://127.0.0.1:1"))  # never started: no broker
     assert site.config.privacy.visitor_retention_days == 30
     assert collector.purge_personal_data() == 1

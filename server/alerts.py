@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.events import Event
+from server.storage import audit
 from server.store import ServerStore, utcnow
 
 HISTORY_LOST = "gate_history_lost"
@@ -161,7 +162,8 @@ class AlertStore:
             )
             ok = cur.rowcount == 1
         if ok:
-            self.store.audit(operator, "alert_ack", str(alert_id), note[:1000])
+            with self.store.write() as tx:
+                audit.record(tx, operator, "alert_ack", str(alert_id), note[:1000])
         return ok
 
     def open_counts(self) -> dict[str, int]:

@@ -26,6 +26,7 @@ from protocol.passes import check_household
 from server.register import place_label
 from server.register_import import normalize_phone
 from server.site import IssuedPass, Site, SiteError
+from server.storage import audit
 from server.store import ServerStore, utcnow
 
 NAME_MAX = 64
@@ -194,9 +195,10 @@ def register_visitor(
                 household=host_household.strip(),
                 detail=json.dumps(detail, ensure_ascii=False),
             )
-            site.store.audit(
-                by, "visitor_refused", host_household.strip(), f"fever {temperature_c} °C"
-            )
+            with site.store.write() as tx:
+                audit.record(
+                    tx, by, "visitor_refused", host_household.strip(), f"fever {temperature_c} °C"
+                )
         raise
     host = site.registry.household(v.host_household)
     room = place_label(host.building, host.unit, host.room) if host else ""
@@ -221,13 +223,15 @@ def register_visitor(
         )
         visitor_id = int(cur.lastrowid or 0)
     # No name or phone in the audit log: it outlives the visitor's retention period.
-    site.store.audit(
-        by,
-        "visitor_register",
-        str(visitor_id),
-        f"pass {issued.pass_id} for {v.host_household} until {end.isoformat()},"
-        f" {v.temperature_c} °C",
-    )
+    with site.store.write() as tx:
+        audit.record(
+            tx,
+            by,
+            "visitor_register",
+            str(visitor_id),
+            f"pass {issued.pass_id} for {v.host_household} until {end.isoformat()},"
+            f" {v.temperature_c} °C",
+        )
     visitor = visitors.get(visitor_id)
     assert visitor is not None
     return visitor, issued
@@ -262,8 +266,8 @@ def purge_visitors(
                     [PURGED_NAME, pass_id],
                 )
     if rows:
-        site.store.audit(
-            by or "unknown", "visitor_purge", str(len(rows)), f"pass expired > {older_than_days} d"
-        )
+        with site.store.write() as tx:
+            detail = f"pass expired > {older_than_days} d"
+            audit.record(tx, by or "unknown", "visitor_purge", str(len(rows)), detail)
         site.publish_register()
     return len(rows)

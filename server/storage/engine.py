@@ -129,6 +129,12 @@ def lock(tx: Tx, name: str) -> None:
         tx.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
 
 
+def dialect_insert(tx: Tx, table: Any) -> Any:
+    """`Store.insert` for code that holds only a transaction: the INSERT of `tx`'s dialect,
+    with `on_conflict_do_nothing()` / `on_conflict_do_update()`."""
+    return (postgresql if tx.dialect.name == "postgresql" else sqlite).insert(table)
+
+
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for `name` (PostgreSQL advisory locks take a bigint)."""
     return int.from_bytes(

@@ -23,6 +23,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from server.storage import audit
 from server.store import ServerStore
 
 ROLES = ("viewer", "operator", "admin")
@@ -109,7 +110,8 @@ class AccountStore:
                 "INSERT INTO operators (name, role, password_hash, created_at) VALUES (?,?,?,?)",
                 [name, role, digest, _iso(_now())],
             )
-        self.store.audit(actor, "operator_add", name, f"role={role}")
+        with self.store.write() as tx:
+            audit.record(tx, actor, "operator_add", name, f"role={role}")
         operator = self.get(name)
         assert operator is not None
         return operator
@@ -147,7 +149,8 @@ class AccountStore:
         """Check a password and open a session. Failures are recorded and audited."""
         account = account.strip()[:NAME_MAX]
         if self.limited(account, address):
-            self.store.audit(account or "-", "login_limited", address)
+            with self.store.write() as tx:
+                audit.record(tx, account or "-", "login_limited", address)
             return LoginResult(limited=True)
         with self.store._lock:
             row = self.store.db.execute(
@@ -166,7 +169,8 @@ class AccountStore:
                     [account, address, _iso(now)],
                 )
                 db.execute("DELETE FROM login_failures WHERE at < ?", [_iso(now - FAIL_WINDOW)])
-            self.store.audit(account or "-", "login_failed", address)
+            with self.store.write() as tx:
+                audit.record(tx, account or "-", "login_failed", address)
             return LoginResult()
         token = secrets.token_urlsafe(32)
         with self.store.atomic() as db:
@@ -195,7 +199,8 @@ class AccountStore:
                 "DELETE FROM login_failures WHERE account = ? AND address = ?", [account, address]
             )
             db.execute("DELETE FROM sessions WHERE expires_at < ?", [_iso(now)])
-        self.store.audit(account, "login", address)
+        with self.store.write() as tx:
+            audit.record(tx, account, "login", address)
         return LoginResult(token=token)
 
     # --- sessions ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ from protocol.passes import verify_pass
 from server.config import CONFIG_NAME, ServerConfigError, load_server_config
 from server.keys import key_path
 from server.site import IssuedPass, Site, SiteError
+from server.storage import meta, passes
 from tests.conftest import SITE
 
 
@@ -152,7 +153,8 @@ def test_register_masks_names(site: Site) -> None:
     names = sorted(p["display_name"] for p in register_doc(site).body["passes"])
     assert names == sorted(["张*丰", "欧**娜", "A***e"])
     # the server itself keeps the full name
-    stored = {r[0] for r in site.store.db.execute("SELECT name FROM passes")}
+    with site.store.read() as tx:
+        stored = {p.name for p in passes.find(tx)}
     assert {"张三丰", "欧阳娜娜", "Alice"} <= stored
 
 
@@ -416,10 +418,9 @@ def test_two_publishers_at_once_never_leave_an_older_register_with_the_higher_ve
     assert not errors, errors
     with Site(tmp_path / "s") as site:
         bundle = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())
-        counter = site.store.db.execute(
-            "SELECT value FROM meta WHERE key = 'register_version'"
-        ).fetchone()
-        assert bundle["version"] == int(counter[0])
+        with site.store.read() as tx:
+            counter = meta.get(tx, "register_version")
+        assert bundle["version"] == int(counter or 0)
         assert bundle["body"] == site.register().to_json()
         assert len(bundle["body"]["passes"]) == 30
 
@@ -443,9 +444,8 @@ def test_a_publish_interrupted_after_its_file_was_written_never_reuses_the_versi
         with pytest.raises(KeyboardInterrupt):
             site.publish_register()
         written = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())["version"]
-        counter = site.store.db.execute(
-            "SELECT value FROM meta WHERE key = 'register_version'"
-        ).fetchone()[0]
-        assert int(counter) == written - 1, "the transaction rolled back, the file stayed"
+        with site.store.read() as tx:
+            counter = meta.get(tx, "register_version")
+        assert int(counter or 0) == written - 1, "the transaction rolled back, the file stayed"
     with Site(tmp_path / "s") as site:
         assert site.publish_register().version == written + 1

@@ -48,6 +48,28 @@ class InsertResult:
     renumbered: int = 0  # events already stored under another (epoch, seq): aliases recorded
 
 
+class _WriterFirst(Database):
+    """sqlite-utils' Database whose outermost `atomic()` begins IMMEDIATE: it takes SQLite's
+    write lock before its first read. The store's engine (`write()`) is another connection
+    to the same file; a deferred transaction that has read and then writes fails at once
+    ("database is locked": its snapshot is older than the other's commit) instead of
+    waiting for the lock."""
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Database]:
+        if self.conn.in_transaction:
+            with super().atomic():
+                yield self
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+
 class ServerStore(Store):
     """Being replaced by server.storage: the methods below and `db` (a second, sqlite-utils
     connection to a SQLite store) serve the code not yet moved there."""
@@ -58,7 +80,7 @@ class ServerStore(Store):
         if self.backend == "sqlite":
             path = make_url(self.url).database or ""
             conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self.db = Database(conn)
+            self.db: Database = _WriterFirst(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
 

@@ -101,7 +101,7 @@ class Site:
         self.now = clock
         self.config: ServerConfig = load_server_config(directory)
         self.store = ServerStore(self.config.store.url or default_url(directory))
-        # Feature modules own their tables; opening them here makes every table exist.
+        # The register and the alerts, on the same store.
         self.registry = RegisterStore(self.store)
         self.alerts = AlertStore(self.store)
 

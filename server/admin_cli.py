@@ -10,6 +10,7 @@ from typing import Any
 
 from protocol.output import render
 from server.site import Site, actor
+from server.storage import audit
 from server.validity import window_json
 
 
@@ -212,7 +213,8 @@ def cmd_keys_resign(args: argparse.Namespace) -> int:
     with Site(args.dir) as site:
         config = site.publish_config()
         register = site.publish_register()
-        site.store.audit(actor(), "documents_resign", site.site, f"config v{config.version}")
+        with site.store.write() as tx:
+            audit.record(tx, actor(), "documents_resign", site.site, f"config v{config.version}")
         result = {
             "config": config.version,
             "register": register.version,

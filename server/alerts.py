@@ -15,6 +15,7 @@ import json
 
 from protocol.events import Event
 from server.storage import alerts as alerts_db
+from server.storage import audit
 from server.storage.alerts import Alert
 from server.storage.engine import Tx
 from server.store import ServerStore, utcnow
@@ -125,7 +126,8 @@ class AlertStore:
                 tx, alert_id, at=utcnow(), operator=operator, note=note[:1000]
             )
         if ok:
-            self.store.audit(operator, "alert_ack", str(alert_id), note[:1000])
+            with self.store.write() as tx:
+                audit.record(tx, operator, "alert_ack", str(alert_id), note[:1000])
         return ok
 
     def open_counts(self) -> dict[str, int]:

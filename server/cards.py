@@ -20,6 +20,7 @@ import segno
 
 from protocol.register import mask_name
 from server.site import Site
+from server.storage import passes
 from server.validity import from_text, until_text
 
 INSTRUCTION_ZH = "请出示此码，测温后通行"
@@ -64,27 +65,25 @@ def cards_for(site: Site, household: str | None = None, at: datetime | None = No
     """Cards of every unrevoked, unexpired resident/staff pass (optionally one household's)."""
     now = at or datetime.now(site.config.tz)
     tz: ZoneInfo = site.config.tz
-    sql = (
-        "SELECT pass_id, household, name, room, valid_from, valid_until, qr FROM passes"
-        " WHERE revoked_at IS NULL AND valid_until > ? AND role != 'visitor'"
-    )
-    params: list[object] = [int(now.timestamp())]
-    if household is not None:
-        sql += " AND household = ?"
-        params.append(household)
-    with site.store._lock:
-        rows = site.store.db.execute(sql + " ORDER BY household, pass_id", params).fetchall()
+    with site.store.read() as tx:
+        held = passes.find(
+            tx,
+            household=household,
+            ending_after=int(now.timestamp()),
+            unrevoked=True,
+            visitors=False,
+        )
     return [
         Card(
-            int(pid),
-            hh,
-            mask_name(name),
-            room,
-            datetime.fromtimestamp(vf, tz),
-            datetime.fromtimestamp(vu, tz),
-            qr,
+            p.pass_id,
+            p.household,
+            mask_name(p.name),
+            p.room,
+            datetime.fromtimestamp(p.valid_from, tz),
+            datetime.fromtimestamp(p.valid_until, tz),
+            p.qr,
         )
-        for pid, hh, name, room, vf, vu, qr in rows
+        for p in held
     ]
 
 

@@ -27,6 +27,7 @@ from protocol.errors import ProtocolError
 from protocol.passes import Role, check_household
 from server.register import CAPPED_ROLES, RegisterRow, place_label
 from server.site import Site, actor
+from server.storage import audit
 
 MAX_BYTES = 20 * 1024 * 1024
 """Files larger than this are refused before they are read."""
@@ -101,12 +102,14 @@ def import_register(site: Site, path: Path) -> ImportResult:
         except ValueError as exc:
             rejected.append(Rejection(n, str(exc)))
     imported, updated = site.registry.apply_import(accepted)
-    site.store.audit(
-        actor(),
-        "register_import",
-        path.name,
-        f"imported {imported}, updated {updated}, rejected {len(rejected)}",
-    )
+    with site.store.write() as tx:
+        audit.record(
+            tx,
+            actor(),
+            "register_import",
+            path.name,
+            f"imported {imported}, updated {updated}, rejected {len(rejected)}",
+        )
     return ImportResult(imported, updated, tuple(rejected))
 
 

@@ -46,9 +46,12 @@ from server.policy_rollout import (
     policy_digest,
     read_published,
 )
-from server.register import RegisterStore
-from server.storage.engine import StoreError, default_url, normalise_url, redacted
-from server.store import STORE_NAME, ServerStore, utcnow
+from server.register import RegisterStore, place_label
+from server.storage import audit, households, keys, meta, passes
+from server.storage.engine import StoreError, Tx, default_url, lock, normalise_url, redacted
+from server.storage.passes import StoredPass
+from server.storage.times import utcnow
+from server.store import STORE_NAME, ServerStore
 from server.validity import local_text, read_time, typed_text
 
 
@@ -74,6 +77,11 @@ class IssuedPass:
     qr: str
 
 
+DOCUMENTS = "documents"
+"""The lock (server/storage/engine.lock) under which documents are read, numbered, signed and
+written to the bundle: on PostgreSQL no two processes do it at once (SQLite's write lock
+already serialises them)."""
+
 REGISTER_KEEP_EXPIRED = timedelta(days=1)
 """How long after its end a pass (and its revocation) stays in the register document: room
 for a gate clock behind the server's. Gates never lean on it: their clock floor is the newest
@@ -93,7 +101,7 @@ class Site:
         self.now = clock
         self.config: ServerConfig = load_server_config(directory)
         self.store = ServerStore(self.config.store.url or default_url(directory))
-        # Feature modules own their tables; opening them here makes every table exist.
+        # The register and the alerts, on the same store.
         self.registry = RegisterStore(self.store)
         self.alerts = AlertStore(self.store)
 
@@ -133,11 +141,8 @@ class Site:
                 " overwrite (give each site its own database)"
             )
         key = create_key(directory, 1)
-        with self.store.atomic():
-            self.store.db.execute(
-                "INSERT INTO keys (key_id, public_key, created_at) VALUES (1, ?, ?)",
-                [public_bytes(key), utcnow()],
-            )
+        with self.store.write() as tx:
+            keys.add(tx, 1, public_bytes(key), utcnow())
         self.publish_config(self.config.policy)
         self.publish_register()
         return self
@@ -145,18 +150,14 @@ class Site:
     # --- keys ---------------------------------------------------------------------------
 
     def active_key_id(self) -> int:
-        row = self.store.db.execute(
-            "SELECT MAX(key_id) FROM keys WHERE retired_at IS NULL"
-        ).fetchone()
-        if row[0] is None:
-            raise SiteError("no active signing key")
-        return int(row[0])
+        """The signing key: the newest active one. Raises SiteError when there is none."""
+        with self.store.read() as tx:
+            return _signing_key(tx)
 
     def trust_keys(self) -> list[TrustKey]:
-        rows = self.store.db.execute(
-            "SELECT key_id, public_key FROM keys WHERE retired_at IS NULL ORDER BY key_id"
-        ).fetchall()
-        return [TrustKey(int(k), bytes(p)) for k, p in rows]
+        """The active keys, by id: what gates are told to trust."""
+        with self.store.read() as tx:
+            return keys.trust_keys(tx)
 
     def rotate_key(self) -> tuple[int, int]:
         """Make a new signing key; returns (previous, new) key ids.
@@ -166,37 +167,33 @@ class Site:
         new key are signed with the previous one (configs: with the oldest active key, see
         publish_config); passes and registers after it with the new key. Passes signed by
         the old key stay valid until they expire or the old key is retired."""
-        previous = self.active_key_id()
-        row = self.store.db.execute("SELECT MAX(key_id) FROM keys").fetchone()
-        new = int(row[0]) + 1  # never reuse the id of a retired key
-        key = create_key(self.dir, new)
-        with self.store.atomic():
-            self.store.db.execute(
-                "INSERT INTO keys (key_id, public_key, created_at) VALUES (?, ?, ?)",
-                [new, public_bytes(key), utcnow()],
-            )
+        with self.store.write() as tx:
+            lock(tx, DOCUMENTS)
+            previous = _signing_key(tx)
+            new = keys.newest_id(tx) + 1  # never reuse the id of a retired key
+            key = create_key(self.dir, new)
+            keys.add(tx, new, public_bytes(key), utcnow())
         self.publish_config()
         self.publish_register(key_id=previous)
-        self.store.audit(actor(), "key_rotate", str(new), f"previous signing key {previous}")
+        with self.store.write() as tx:
+            audit.record(tx, actor(), "key_rotate", str(new), f"previous signing key {previous}")
         return previous, new
 
     def retire_key(self, key_id: int) -> None:
         """Stop trusting `key_id`: passes it signed are refused once gates have the config.
         The signing (newest) key cannot be retired: rotate first."""
-        active = [k.key_id for k in self.trust_keys()]
-        if key_id not in active:
-            raise SiteError(f"key {key_id} is not an active key (active: {active})")
-        if key_id == self.active_key_id():
-            raise SiteError(
-                f"key {key_id} is the signing key"
-                + (" and the only one" if len(active) == 1 else "")
-                + ": run `menwei keys rotate` first"
-            )
-        with self.store.atomic():
-            self.store.db.execute(
-                "UPDATE keys SET retired_at = ? WHERE key_id = ?", [utcnow(), key_id]
-            )
-        self.store.audit(actor(), "key_retire", str(key_id))
+        with self.store.write() as tx:
+            active = [k.key_id for k in keys.trust_keys(tx)]
+            if key_id not in active:
+                raise SiteError(f"key {key_id} is not an active key (active: {active})")
+            if key_id == _signing_key(tx):
+                raise SiteError(
+                    f"key {key_id} is the signing key"
+                    + (" and the only one" if len(active) == 1 else "")
+                    + ": run `menwei keys rotate` first"
+                )
+            keys.retire(tx, key_id, utcnow())
+            audit.record(tx, actor(), "key_retire", str(key_id))
         self.publish_config()
         self.publish_register()
 
@@ -249,40 +246,46 @@ class Site:
                     f" hold: {local_text(first, tz)} to {local_text(last, tz)}"
                     f" ({self.config.server.timezone})"
                 )
-        held = self.active_passes(household, start)
-        cap = self.published_policy().policy.passes_per_household_max
-        if held >= cap:
-            raise SiteError(
-                f"household {household} already holds {held} valid passes (cap {cap}, "
-                "passes_per_household_max): revoke one first"
+        with self.store.write() as tx:
+            lock(tx, f"passes:{household}")  # the cap holds with issuers in other processes
+            held = passes.held_by_household(tx, household, int(start.timestamp()))
+            cap = self._published_policy(tx).policy.passes_per_household_max
+            if held >= cap:
+                raise SiteError(
+                    f"household {household} already holds {held} valid passes (cap {cap}, "
+                    "passes_per_household_max): revoke one first"
+                )
+            households.ensure(tx, household, utcnow())
+            person = households.person(tx, household, name.strip())
+            if person is not None and not room:
+                room = place_label(person.building, person.unit, person.room)
+            key_id = _signing_key(tx)
+            pass_id = meta.next_counter(tx, "pass_id")
+            payload = PassPayload(
+                key_id,
+                pass_id,
+                self.site,
+                household,
+                r,
+                int(start.timestamp()),
+                int(end.timestamp()),
             )
-        self.registry.ensure_household(household)
-        person = self.registry.person(household, name.strip())
-        if person is not None and not room:
-            room = person.place
-        key_id = self.active_key_id()
-        pass_id = self.store.next_counter("pass_id")
-        payload = PassPayload(
-            key_id, pass_id, self.site, household, r, int(start.timestamp()), int(end.timestamp())
-        )
-        qr = sign_pass(payload, load_key(self.dir, key_id))
-        with self.store.atomic():
-            self.store.db.execute(
-                "INSERT INTO passes (pass_id, household, name, room, role, valid_from,"
-                " valid_until, key_id, qr, issued_at, person_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    pass_id,
-                    household,
-                    name.strip(),
-                    room,
-                    r.label,
-                    payload.valid_from,
-                    payload.valid_until,
-                    key_id,
-                    qr,
-                    utcnow(),
-                    None if person is None else person.person_id,
-                ],
+            qr = sign_pass(payload, load_key(self.dir, key_id))
+            passes.add(
+                tx,
+                StoredPass(
+                    pass_id=pass_id,
+                    household=household,
+                    name=name.strip(),
+                    room=room,
+                    role=r.label,
+                    valid_from=payload.valid_from,
+                    valid_until=payload.valid_until,
+                    key_id=key_id,
+                    qr=qr,
+                    issued_at=utcnow(),
+                    person_id=None if person is None else person.person_id,
+                ),
             )
         if publish:
             self.publish_register()
@@ -293,46 +296,36 @@ class Site:
         within each household's cap. Returns counts: issued, already_valid, over_cap."""
         now = datetime.now(self.config.tz).replace(microsecond=0)
         counts = {"issued": 0, "already_valid": 0, "over_cap": 0}
+        at = int(now.timestamp())
         for person in self.registry.capped_persons():
-            # Passes issued by name before the register was imported count as the person's.
-            held = self.store.db.execute(
-                "SELECT COUNT(*) FROM passes WHERE revoked_at IS NULL AND valid_until > ?"
-                " AND (person_id = ? OR (person_id IS NULL AND household = ? AND name = ?))",
-                [int(now.timestamp()), person.person_id, person.household, person.name],
-            ).fetchone()[0]
-            if held:
-                counts["already_valid"] += 1
-                continue
-            if self.active_passes(person.household, now) >= (
-                self.published_policy().policy.passes_per_household_max
-            ):
-                counts["over_cap"] += 1
-                continue
+            with self.store.read() as tx:
+                # Passes issued by name before the register was imported count as the person's.
+                if passes.held_by_person(tx, person.person_id, person.household, person.name, at):
+                    counts["already_valid"] += 1
+                    continue
+                cap = self._published_policy(tx).policy.passes_per_household_max
+                if passes.held_by_household(tx, person.household, at) >= cap:
+                    counts["over_cap"] += 1
+                    continue
             self.issue_pass(person.household, person.name, person.role, now, publish=False)
             counts["issued"] += 1
         if counts["issued"]:
-            self.store.audit(actor(), "pass_issue_all", self.site, json.dumps(counts))
+            with self.store.write() as tx:
+                audit.record(tx, actor(), "pass_issue_all", self.site, json.dumps(counts))
             self.publish_register()
         return counts
 
     def active_passes(self, household: str, at: datetime) -> int:
-        row = self.store.db.execute(
-            "SELECT COUNT(*) FROM passes WHERE household = ? AND revoked_at IS NULL"
-            " AND valid_until > ? AND role != 'visitor'",
-            [household, int(at.timestamp())],
-        ).fetchone()
-        return int(row[0])
+        """How many passes of the household count against its cap at `at` (unrevoked, not
+        ended, not visitors')."""
+        with self.store.read() as tx:
+            return passes.held_by_household(tx, household, int(at.timestamp()))
 
     def revoke_pass(self, pass_id: int, reason: str) -> None:
-        with self.store.atomic():
-            cur = self.store.db.execute(
-                "UPDATE passes SET revoked_at = ?, revoke_reason = ? WHERE pass_id = ?"
-                " AND revoked_at IS NULL",
-                [utcnow(), reason, pass_id],
-            )
-        if cur.rowcount != 1:
-            raise SiteError(f"pass {pass_id} does not exist or is already revoked")
-        self.store.audit(actor(), "pass_revoke", str(pass_id), reason)
+        with self.store.write() as tx:
+            if not passes.revoke(tx, pass_id, reason, utcnow()):
+                raise SiteError(f"pass {pass_id} does not exist or is already revoked")
+            audit.record(tx, actor(), "pass_revoke", str(pass_id), reason)
         self.publish_register()
 
     # --- households ---------------------------------------------------------------------
@@ -349,17 +342,12 @@ class Site:
         """Put a household under home quarantine (its exits are refused) or release it.
         `by` names the operator for the audit log (default: the OS user)."""
         check_household(household)
-        with self.store.atomic():
-            self.store.db.execute(
-                "INSERT INTO households (household, quarantined, quarantine_until, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(household) DO UPDATE SET"
-                " quarantined = excluded.quarantined,"
-                " quarantine_until = excluded.quarantine_until, updated_at = excluded.updated_at",
-                [household, int(on), until.isoformat() if until and on else None, utcnow()],
-            )
         action = "household_quarantine" if on else "household_release"
         detail = "; ".join(x for x in (note, f"until {until.isoformat()}" if until else "") if x)
-        self.store.audit(by or actor(), action, household, detail)
+        with self.store.write() as tx:
+            until_text = until.isoformat() if until and on else None
+            households.set_quarantine(tx, household, on, until_text, utcnow())
+            audit.record(tx, by or actor(), action, household, detail)
         self.publish_register()
 
     def register(self) -> Register:
@@ -374,26 +362,24 @@ class Site:
         document's issued_at less 15 minutes (its clock floor). So a revoked pass that ended
         over a day ago is refused `expired`, not `revoked` (docs/protocol.md, "What the
         register holds")."""
+        with self.store.read() as tx:
+            return self._register(tx)
+
+    def _register(self, tx: Tx) -> Register:
         ended = self.now() - REGISTER_KEEP_EXPIRED
-        rows = self.store.db.execute(
-            "SELECT pass_id, household, name, room, role, revoked_at, revoke_reason FROM passes"
-            " WHERE valid_until > ?",
-            [int(ended.timestamp())],
-        ).fetchall()
-        passes = {
-            int(pid): PassEntry(int(pid), hh, mask_name(name), room, role)
-            for pid, hh, name, room, role, revoked, _ in rows
-            if revoked is None
+        held = passes.find(tx, ending_after=int(ended.timestamp()))
+        entries = {
+            p.pass_id: PassEntry(p.pass_id, p.household, mask_name(p.name), p.room, p.role)
+            for p in held
+            if p.revoked_at is None
         }
-        revoked = {int(pid): why or "" for pid, _, _, _, _, rev, why in rows if rev is not None}
+        revoked = {p.pass_id: p.revoke_reason or "" for p in held if p.revoked_at is not None}
         quarantine: dict[str, datetime | None] = {}
-        for household, text in self.store.db.execute(
-            "SELECT household, quarantine_until FROM households WHERE quarantined = 1"
-        ).fetchall():
+        for household, text in households.quarantined(tx):
             until = None if text is None else datetime.fromisoformat(text)
             if until is None or until > ended:  # one that ran out has no effect at a gate
-                quarantine[str(household)] = until
-        return Register(passes, revoked, quarantine)
+                quarantine[household] = until
+        return Register(entries, revoked, quarantine)
 
     def refresh_register(self) -> SignedDocument | None:
         """Sign a new register version when what register() holds now differs from the bundle's
@@ -409,15 +395,15 @@ class Site:
     # --- documents and the provisioning bundle ------------------------------------------
 
     def _sign(
-        self, kind: str, body: dict[str, object], key_id: int | None = None
+        self, tx: Tx, kind: str, body: dict[str, object], key_id: int | None = None
     ) -> SignedDocument:
         """Sign with the newest active key, or with `key_id` (rotation: see rotate_key).
         The version is above the bundle's too: a publish killed after it wrote the file but
         before its transaction committed leaves the file ahead of the counter, and a version
         gates already hold must never name another document."""
         name = {"config": CONFIG_FILE, "register": REGISTER_FILE, FRESHNESS: FRESHNESS_FILE}
-        version = self.store.next_counter(f"{kind}_version", above=self._bundle_version(name[kind]))
-        key_id = self.active_key_id() if key_id is None else key_id
+        version = meta.next_counter(tx, f"{kind}_version", above=self._bundle_version(name[kind]))
+        key_id = _signing_key(tx) if key_id is None else key_id
         issued_at = self.now().astimezone(UTC).isoformat(timespec="milliseconds")
         return sign_document(
             kind, self.site, version, issued_at, body, key_id, load_key(self.dir, key_id)
@@ -431,28 +417,31 @@ class Site:
         key was active holds it in its trust anchor, so a gate that missed a rotation's config
         (offline, or restarted: it re-verifies its stored config against the anchor) still
         accepts this one and learns the newer keys from it."""
-        with self.store.immediate():  # see publish_register
-            policy = self.published_policy().policy if policy is None else policy
-            trust = self.trust_keys()
+        with self.store.write() as tx:  # see publish_register
+            lock(tx, DOCUMENTS)
+            policy = self._published_policy(tx).policy if policy is None else policy
+            trust = keys.trust_keys(tx)
             body: dict[str, object] = {
                 "policy": policy.to_json(),
                 "trust_keys": [k.to_json() for k in trust],
             }
-            doc = self._sign("config", body, trust[0].key_id)
+            doc = self._sign(tx, "config", body, trust[0].key_id)
             self._write_bundle(CONFIG_FILE, doc.encode())
-            self._write_bundle(TRUST_FILE, encode_trust(self.site, self.trust_keys()))
-            self.publish_freshness()
+            self._write_bundle(TRUST_FILE, encode_trust(self.site, trust))
+            self._publish_freshness(tx)
         return doc
 
     def publish_register(self, key_id: int | None = None) -> SignedDocument:
         """The next register version of what the store holds now, written to the bundle.
-        Read, numbered and written under one write lock: two publishers at once (a command,
-        the dashboard, the collector's daily refresh) never give an older register the
-        higher version (which would undo a revocation until the next publish)."""
-        with self.store.immediate():
-            doc = self._sign("register", self.register().to_json(), key_id)
+        Read, numbered and written in one write transaction under the DOCUMENTS lock: two
+        publishers at once (a command, the dashboard, the collector's daily refresh, in any
+        process) never give an older register the higher version (which would undo a
+        revocation until the next publish)."""
+        with self.store.write() as tx:
+            lock(tx, DOCUMENTS)
+            doc = self._sign(tx, "register", self._register(tx).to_json(), key_id)
             self._write_bundle(REGISTER_FILE, doc.encode())
-            self.publish_freshness()
+            self._publish_freshness(tx)
         return doc
 
     def published_versions(self) -> dict[str, int]:
@@ -473,12 +462,16 @@ class Site:
         """Sign a freshness statement naming the bundle's current versions (protocol.freshness)
         and write it to the bundle; the collector publishes it. None until both documents
         exist (during `server init`)."""
-        with self.store.immediate():  # see publish_register
-            versions = self.published_versions()
-            if not all(versions.values()):
-                return None
-            doc = self._sign(FRESHNESS, statement_body(versions))
-            self._write_bundle(FRESHNESS_FILE, doc.encode())
+        with self.store.write() as tx:  # see publish_register
+            lock(tx, DOCUMENTS)
+            return self._publish_freshness(tx)
+
+    def _publish_freshness(self, tx: Tx) -> SignedDocument | None:
+        versions = self.published_versions()
+        if not all(versions.values()):
+            return None
+        doc = self._sign(tx, FRESHNESS, statement_body(versions))
+        self._write_bundle(FRESHNESS_FILE, doc.encode())
         return doc
 
     # --- policy rollout ------------------------------------------------------------------
@@ -487,10 +480,12 @@ class Site:
         """What gates enforce: the policy in the current config document (bundle/config.json),
         with its version and issue time. server.toml's [policy] is only a candidate until
         `publish_policy`. Raises RolloutError when the document is missing or unusable."""
-        with self.store._lock:  # the dashboard's pages call this from several threads
-            rows = self.store.db.execute("SELECT key_id, public_key FROM keys").fetchall()
-        keys = {int(k): TrustKey(int(k), bytes(p)) for k, p in rows}
-        return read_published(self.bundle_path(CONFIG_FILE), self.site, keys)
+        with self.store.read() as tx:
+            return self._published_policy(tx)
+
+    def _published_policy(self, tx: Tx) -> PublishedPolicy:
+        known = {k.key_id: k for k in keys.trust_keys(tx, retired=True)}
+        return read_published(self.bundle_path(CONFIG_FILE), self.site, known)
 
     def candidate_policy(self) -> Policy:
         """server.toml's [policy] as the file says now (re-read: a long-running dashboard sees
@@ -513,9 +508,9 @@ class Site:
         if not changes:
             raise NothingToPublish(published.version)
         doc = self.publish_config(candidate)
-        self.store.audit(
-            by, "policy_publish", f"config v{doc.version}", audit_detail(published.version, changes)
-        )
+        with self.store.write() as tx:
+            detail = audit_detail(published.version, changes)
+            audit.record(tx, by, "policy_publish", f"config v{doc.version}", detail)
         return Publication(
             doc.version, published.version, datetime.fromisoformat(doc.issued_at), tuple(changes)
         )
@@ -538,3 +533,11 @@ class Site:
             "keys": [k.key_id for k in self.trust_keys()],
             **self.published_versions(),
         }
+
+
+def _signing_key(tx: Tx) -> int:
+    """The id of the newest active key. Raises SiteError when there is none."""
+    key_id = keys.signing_id(tx)
+    if key_id is None:
+        raise SiteError("no active signing key")
+    return key_id

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,9 @@ from sqlite_utils import Database
 from protocol.events import Event
 from server.storage.engine import SQLITE_FILE, Store
 from server.storage.times import instant_us
+from server.storage.times import utcnow as utcnow
 
 STORE_NAME = SQLITE_FILE
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,28 @@ class InsertResult:
     renumbered: int = 0  # events already stored under another (epoch, seq): aliases recorded
 
 
+class _WriterFirst(Database):
+    """sqlite-utils' Database whose outermost `atomic()` begins IMMEDIATE: it takes SQLite's
+    write lock before its first read. The store's engine (`write()`) is another connection
+    to the same file; a deferred transaction that has read and then writes fails at once
+    ("database is locked": its snapshot is older than the other's commit) instead of
+    waiting for the lock."""
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Database]:
+        if self.conn.in_transaction:
+            with super().atomic():
+                yield self
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+
 class ServerStore(Store):
     """Being replaced by server.storage: the methods below and `db` (a second, sqlite-utils
     connection to a SQLite store) serve the code not yet moved there."""
@@ -62,7 +81,7 @@ class ServerStore(Store):
         if self.backend == "sqlite":
             path = make_url(self.url).database or ""
             conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self.db = Database(conn)
+            self.db: Database = _WriterFirst(conn)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
 
@@ -77,31 +96,13 @@ class ServerStore(Store):
         return self
 
     @contextlib.contextmanager
-    def immediate(self) -> Iterator[Database]:
-        """One write transaction taken at once (BEGIN IMMEDIATE): it holds SQLite's write lock
-        for its whole length, so writers in other processes (the collector, a command, the
-        dashboard) wait, and what is read inside is still true when it commits. Used where a
-        document is signed and written to the bundle: its version order is then the order of
-        the files. Nested in a transaction: a savepoint."""
-        with self._lock:
-            if self.db.conn.in_transaction:
-                with self.db.atomic():
-                    yield self.db
-                return
-            self.db.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.conn.rollback()
-                raise
-            self.db.conn.commit()
-
-    @contextlib.contextmanager
     def atomic(self) -> Iterator[Database]:
-        """One transaction under the store's lock: for writers outside this class (Site) that
+        """One transaction on `db` under the store's lock: for writers outside this class that
         share the connection with the collector's thread. Without the lock their transaction
         and a batch insert interleave on the one connection (savepoints of one released by
-        the other's commit, "cannot start a transaction within a transaction")."""
+        the other's commit, "cannot start a transaction within a transaction").
+        Left for the code not yet moved to server/storage (visitors, gate health, operator
+        accounts); new code uses `write()`."""
         with self._lock, self.db.atomic():
             yield self.db
 
@@ -401,30 +402,3 @@ class ServerStore(Store):
             }
             for g, c, seen, s in rows
         ]
-
-    def audit(self, actor: str, action: str, target: str, detail: str = "") -> None:
-        with self._lock, self.db.atomic():
-            self.db.execute(
-                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?,?,?,?,?)",
-                [utcnow(), actor, action, target, detail],
-            )
-
-    # --- meta --------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._lock, self.db.atomic():
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
-
-    def next_counter(self, key: str, *, above: int = 0) -> int:
-        """Atomically increment a counter (pass ids, document versions); the result is also
-        greater than `above` (a version already out in the world the counter does not know)."""
-        with self.immediate():
-            row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-            n = max(int(row[0]) if row else 0, above) + 1
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, str(n)])
-        return n

@@ -26,7 +26,7 @@ from protocol.passes import check_household
 from server.register import place_label
 from server.register_import import normalize_phone
 from server.site import IssuedPass, Site, SiteError
-from server.storage import Store
+from server.storage import Store, audit
 from server.storage import visitors as visitors_db
 from server.storage.visitors import Visitor
 from server.store import utcnow
@@ -184,9 +184,10 @@ def register_visitor(
                 household=host_household.strip(),
                 detail=json.dumps(detail, ensure_ascii=False),
             )
-            site.store.audit(
-                by, "visitor_refused", host_household.strip(), f"fever {temperature_c} °C"
-            )
+            with site.store.write() as tx:
+                audit.record(
+                    tx, by, "visitor_refused", host_household.strip(), f"fever {temperature_c} °C"
+                )
         raise
     host = site.registry.household(v.host_household)
     room = place_label(host.building, host.unit, host.room) if host else ""
@@ -209,13 +210,15 @@ def register_visitor(
         visitor = visitors_db.get(tx, visitor_id)
     assert visitor is not None
     # No name or phone in the audit log: it outlives the visitor's retention period.
-    site.store.audit(
-        by,
-        "visitor_register",
-        str(visitor_id),
-        f"pass {issued.pass_id} for {v.host_household} until {end.isoformat()},"
-        f" {v.temperature_c} °C",
-    )
+    with site.store.write() as tx:
+        audit.record(
+            tx,
+            by,
+            "visitor_register",
+            str(visitor_id),
+            f"pass {issued.pass_id} for {v.host_household} until {end.isoformat()},"
+            f" {v.temperature_c} °C",
+        )
     return visitor, issued
 
 
@@ -232,9 +235,9 @@ def purge_visitors(
     )
     with site.store.write() as tx:
         purged = visitors_db.purge(tx, expired_before=cutoff, at=utcnow(), pass_name=PURGED_NAME)
-    if purged:  # only the collector that purged them: another found nothing left to purge
-        site.store.audit(
-            by or "unknown", "visitor_purge", str(purged), f"pass expired > {older_than_days} d"
-        )
+        if purged:  # only the collector that purged them: another found nothing left to purge
+            detail = f"pass expired > {older_than_days} d"
+            audit.record(tx, by or "unknown", "visitor_purge", str(purged), detail)
+    if purged:
         site.publish_register()
     return purged

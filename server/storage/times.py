@@ -22,3 +22,9 @@ def instant_us(at: datetime | str) -> int:
 def from_us(us: int) -> datetime:
     """The aware UTC datetime of `us`."""
     return _EPOCH + us * _US
+
+
+def utcnow() -> str:
+    """Now, as the store's text times are written: ISO 8601 UTC with milliseconds
+    (`2026-03-01T08:00:00.123+00:00`); texts written so compare in time order."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

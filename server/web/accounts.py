@@ -24,6 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from server.storage import accounts as stored
+from server.storage import audit
 from server.store import ServerStore
 
 ROLES = ("viewer", "operator", "admin")
@@ -111,7 +112,7 @@ class AccountStore:
         with self.store.write() as tx:
             if not stored.add_operator(tx, name, role, digest, _iso(_now())):
                 raise AccountError(f"operator {name!r} already exists")
-        self.store.audit(actor, "operator_add", name, f"role={role}")
+            audit.record(tx, actor, "operator_add", name, f"role={role}")
         operator = self.get(name)
         assert operator is not None
         return operator
@@ -139,7 +140,8 @@ class AccountStore:
         """Check a password and open a session. Failures are recorded and audited."""
         account = account.strip()[:NAME_MAX]
         if self.limited(account, address):
-            self.store.audit(account or "-", "login_limited", address)
+            with self.store.write() as tx:
+                audit.record(tx, account or "-", "login_limited", address)
             return LoginResult(limited=True)
         with self.store.read() as tx:
             known = stored.password_hash(tx, account)
@@ -153,7 +155,7 @@ class AccountStore:
             with self.store.write() as tx:
                 stored.add_failure(tx, account, address, _iso(now))
                 stored.forget_failures_before(tx, _iso(now - FAIL_WINDOW))
-            self.store.audit(account or "-", "login_failed", address)
+                audit.record(tx, account or "-", "login_failed", address)
             return LoginResult()
         token = secrets.token_urlsafe(32)
         with self.store.write() as tx:
@@ -171,7 +173,7 @@ class AccountStore:
             stored.set_last_login(tx, account, _iso(now))
             stored.clear_failures(tx, account, address)
             stored.forget_sessions_expired_before(tx, _iso(now))
-        self.store.audit(account, "login", address)
+            audit.record(tx, account, "login", address)
         return LoginResult(token=token)
 
     # --- sessions ---------------------------------------------------------------------

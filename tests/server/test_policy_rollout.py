@@ -26,6 +26,7 @@ from server.policy_rollout import (
 )
 from server.reports import day_span
 from server.site import Site, SiteError
+from server.storage import audit
 from server.visitors import VisitorError, register_visitor
 from tests.conftest import SITE
 from tests.e2e.helpers import make_event
@@ -51,9 +52,9 @@ def config_doc(site: Site) -> dict:
 
 
 def audit_rows(site: Site, action: str) -> list[tuple[str, str, str]]:
-    return site.store.db.execute(
-        "SELECT actor, target, detail FROM audit WHERE action = ? ORDER BY id", [action]
-    ).fetchall()
+    with site.store.read() as tx:
+        found = audit.entries(tx, action=action)
+    return [(e.actor, e.target or "", e.detail or "") for e in reversed(found)]
 
 
 def test_the_published_policy_is_the_config_documents_not_server_toml(site: Site) -> None:

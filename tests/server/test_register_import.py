@@ -8,10 +8,12 @@ from pathlib import Path
 
 import openpyxl
 import pytest
+from sqlalchemy import select
 
 from server import register_import as ri
 from server.register_import import RegisterImportError, import_register
 from server.site import Site
+from server.storage import schema
 from tests.conftest import run_menwei
 
 HEADER = "household_id,building,unit,room,grid,name,phone,role"
@@ -28,8 +30,10 @@ def write_csv(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
 
 
 def persons(site: Site) -> dict[tuple[str, str], tuple[str, str]]:
-    rows = site.store.db.execute("SELECT household, name, phone, role FROM persons").fetchall()
-    return {(h, n): (p, r) for h, n, p, r in rows}
+    with site.store.read() as tx:
+        p = schema.persons.c
+        rows = tx.execute(select(p.household, p.name, p.phone, p.role))
+        return {(h, n): (p, r) for h, n, p, r in rows}
 
 
 EXPECTED = {

@@ -6,6 +6,7 @@ import json
 import re
 import stat
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,10 +22,27 @@ from protocol.documents import (
     decode_trust,
 )
 from protocol.passes import verify_pass
+from server.cards import cards_for
 from server.config import CONFIG_NAME, ServerConfigError, load_server_config
 from server.keys import key_path
-from server.site import IssuedPass, Site, SiteError
+from server.register_import import import_register
+from server.site import DOCUMENTS, IssuedPass, Site, SiteError
+from server.storage import audit, meta, passes
+from server.storage.engine import lock
 from tests.conftest import SITE
+
+
+def store_of(store_url: str) -> str | None:
+    """Site.init's store for a `store_url` test: PostgreSQL's database, or on SQLite the
+    default (the file in the server directory), as `menwei server init` makes it."""
+    return store_url if store_url.startswith("postgresql") else None
+
+
+@pytest.fixture
+def site(tmp_path: Path, store_url: str) -> Iterator[Site]:
+    """Every test of this module that takes a site runs on both stores."""
+    with Site.init(tmp_path / "server", SITE, store=store_of(store_url)) as s:
+        yield s
 
 
 def trust(site: Site) -> dict:
@@ -67,6 +85,16 @@ def test_init_refuses_a_directory_holding_only_a_store(tmp_path: Path) -> None:
     (d / "server.db").write_bytes(b"")
     with pytest.raises(SiteError):
         Site.init(d, SITE)
+
+
+def test_init_refuses_a_store_that_already_holds_a_site(tmp_path: Path, store_url: str) -> None:
+    with Site.init(tmp_path / "first", SITE, store=store_url) as first:
+        versions = first.published_versions()
+    with pytest.raises(SiteError, match="already holds a Menwei site"):
+        Site.init(tmp_path / "second", "other-site", store=store_url)
+    assert not (tmp_path / "second" / CONFIG_NAME).exists()
+    with Site(tmp_path / "first") as first:
+        assert first.site == SITE and first.published_versions() == versions
 
 
 def test_private_key_is_0600_in_a_0700_folder(site: Site) -> None:
@@ -152,7 +180,8 @@ def test_register_masks_names(site: Site) -> None:
     names = sorted(p["display_name"] for p in register_doc(site).body["passes"])
     assert names == sorted(["张*丰", "欧**娜", "A***e"])
     # the server itself keeps the full name
-    stored = {r[0] for r in site.store.db.execute("SELECT name FROM passes")}
+    with site.store.read() as tx:
+        stored = {p.name for p in passes.find(tx)}
     assert {"张三丰", "欧阳娜娜", "Alice"} <= stored
 
 
@@ -228,8 +257,8 @@ def test_every_document_change_is_followed_by_a_statement_naming_it(site: Site):
     assert doc.key_id == site.active_key_id()
 
 
-def test_statements_carry_the_site_clock(tmp_path: Path):
-    Site.init(tmp_path / "s", SITE).close()
+def test_statements_carry_the_site_clock(tmp_path: Path, store_url: str):
+    Site.init(tmp_path / "s", SITE, store=store_of(store_url)).close()
     moment = datetime(2027, 3, 1, 4, 5, 6, tzinfo=UTC)
     with Site(tmp_path / "s", clock=lambda: moment) as site:
         site.publish_freshness()
@@ -315,11 +344,13 @@ class Clock:
         return self.at
 
 
-def test_the_register_holds_only_passes_that_can_still_be_presented(tmp_path: Path) -> None:
+def test_the_register_holds_only_passes_that_can_still_be_presented(
+    tmp_path: Path, store_url: str
+) -> None:
     """A site that has issued passes for months: the expired ones (residents' and visitors',
     revoked or not) are left out, so the document is the size of what is current."""
     now = datetime.now(UTC).replace(microsecond=0)
-    Site.init(tmp_path / "server", SITE).close()
+    Site.init(tmp_path / "server", SITE, store=store_of(store_url)).close()
     with Site(tmp_path / "server", clock=Clock(now)) as site:
         for i in range(120):  # months of visitors and former residents, all ended days ago
             start = now - timedelta(days=90 - i // 2)
@@ -360,10 +391,12 @@ def test_the_register_holds_only_passes_that_can_still_be_presented(tmp_path: Pa
     assert len(raw) < 1500, len(raw)
 
 
-def test_the_register_is_refreshed_when_passes_end_and_only_then(tmp_path: Path) -> None:
+def test_the_register_is_refreshed_when_passes_end_and_only_then(
+    tmp_path: Path, store_url: str
+) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     clock = Clock(now)
-    Site.init(tmp_path / "server", SITE).close()
+    Site.init(tmp_path / "server", SITE, store=store_of(store_url)).close()
     with Site(tmp_path / "server", clock=clock) as site:
         stays = site.issue_pass("1-1-101", "张三丰")
         ends = site.issue_pass(
@@ -393,11 +426,11 @@ def test_the_register_is_refreshed_when_passes_end_and_only_then(tmp_path: Path)
 
 
 def test_two_publishers_at_once_never_leave_an_older_register_with_the_higher_version(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     """Two connections (a command and the dashboard, or the collector's daily refresh) issue
     passes at the same time: the bundle's register is the newest one, holding every pass."""
-    Site.init(tmp_path / "s", SITE).close()
+    Site.init(tmp_path / "s", SITE, store=store_of(store_url)).close()
     errors: list[BaseException] = []
 
     def issue(prefix: str) -> None:
@@ -416,21 +449,35 @@ def test_two_publishers_at_once_never_leave_an_older_register_with_the_higher_ve
     assert not errors, errors
     with Site(tmp_path / "s") as site:
         bundle = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())
-        counter = site.store.db.execute(
-            "SELECT value FROM meta WHERE key = 'register_version'"
-        ).fetchone()
-        assert bundle["version"] == int(counter[0])
+        with site.store.read() as tx:
+            counter = meta.get(tx, "register_version")
+        assert bundle["version"] == int(counter or 0)
         assert bundle["body"] == site.register().to_json()
         assert len(bundle["body"]["passes"]) == 30
 
 
+def test_a_publisher_waits_while_another_transaction_holds_the_documents(site: Site) -> None:
+    """Publishing reads, numbers and writes under the documents lock (PostgreSQL; SQLite's
+    write lock): while another process's transaction holds it, nothing is published."""
+    before = register_doc(site).version
+    published: list[int] = []
+    thread = threading.Thread(target=lambda: published.append(site.publish_register().version))
+    with site.store.write() as tx:
+        lock(tx, DOCUMENTS)
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive() and published == [], "published while the lock was held"
+    thread.join(60)
+    assert published == [before + 1] and register_doc(site).version == before + 1
+
+
 def test_a_publish_interrupted_after_its_file_was_written_never_reuses_the_version(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
     """Ctrl-C (or a kill) between writing bundle/register.json and the commit: the file holds
     a version the store's counter rolled back from. The next publish must not sign another
     document with that version (gates holding the first would ignore the second)."""
-    Site.init(tmp_path / "s", SITE).close()
+    Site.init(tmp_path / "s", SITE, store=store_of(store_url)).close()
     register = tmp_path / "s" / "bundle" / REGISTER_FILE
     first = register.read_bytes()
 
@@ -443,9 +490,59 @@ def test_a_publish_interrupted_after_its_file_was_written_never_reuses_the_versi
         with pytest.raises(KeyboardInterrupt):
             site.publish_register()
         written = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())["version"]
-        counter = site.store.db.execute(
-            "SELECT value FROM meta WHERE key = 'register_version'"
-        ).fetchone()[0]
-        assert int(counter) == written - 1, "the transaction rolled back, the file stayed"
+        with site.store.read() as tx:
+            counter = meta.get(tx, "register_version")
+        assert int(counter or 0) == written - 1, "the transaction rolled back, the file stayed"
     with Site(tmp_path / "s") as site:
         assert site.publish_register().version == written + 1
+
+
+# --- a site's life, on either store -------------------------------------------------------
+
+
+def test_a_site_lives_on_its_store(site: Site, tmp_path: Path) -> None:
+    """Passes from an imported register and by name, a revocation, a quarantine, a key
+    rotation and retirement, each published: the bundle, the cards and the audit log say so,
+    and the site reopened from its directory carries on."""
+    register_file = tmp_path / "register.csv"
+    register_file.write_text(
+        "household_id,building,unit,room,grid,name,phone,role\n"
+        "H1,3,2,501,g1,张三明,13812345678,resident\n"
+        "H1,3,2,501,g1,李娜,13912345678,staff\n"
+        "H2,4,1,101,g2,王五,13712345678,visitor\n",
+        encoding="utf-8",
+    )
+    assert import_register(site, register_file).imported == 3
+    assert site.registry.household("H1").building == "3"  # type: ignore[union-attr]
+    assert site.issue_all() == {"issued": 2, "already_valid": 0, "over_cap": 0}
+    by_name = site.issue_pass("2-1-101", "赵六")
+    site.revoke_pass(by_name.pass_id, "lost")
+    site.set_quarantine("H2", None)
+    previous, new = site.rotate_key()
+    site.retire_key(previous)
+
+    doc = register_doc(site)
+    assert doc.key_id == new
+    assert [(p["household"], p["room"]) for p in doc.body["passes"]] == [("H1", "3-2-501")] * 2
+    assert doc.body["revoked"] == [{"pass_id": by_name.pass_id, "reason": "lost"}]
+    assert doc.body["quarantine"] == [{"household": "H2", "until": None}]
+    config = decode_document(
+        site.bundle_path(CONFIG_FILE).read_bytes(), kind="config", site=SITE, trust_keys=trust(site)
+    )
+    assert [k["key_id"] for k in config.body["trust_keys"]] == [new]
+    assert [c.display_name for c in cards_for(site)] == ["张*明", "李*"]
+    with site.store.read() as tx:
+        actions = [e.action for e in reversed(audit.entries(tx))]
+    assert actions == [
+        "register_import",
+        "pass_issue_all",
+        "pass_revoke",
+        "household_quarantine",
+        "key_rotate",
+        "key_retire",
+    ]
+    summary = site.summary()
+    with Site(site.dir) as again:
+        assert again.summary() == summary
+        assert again.issue_pass("H2", "王五", role="visitor").pass_id == by_name.pass_id + 1
+        assert register_doc(again).version == int(summary["register"]) + 1  # type: ignore[call-overload]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from server.storage import meta
 from server.storage.alerts import missing_from_gate
 from server.store import ServerStore
 from tests.e2e.helpers import make_event
@@ -121,17 +122,14 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "server.db"
     with ServerStore(path) as s:
         s.insert_events("g1", [ev(1), ev(2), ev(4)])
-        s.set_meta("k", "v")
+        with s.write() as tx:
+            meta.put(tx, "k", "v")
     with ServerStore(path) as s:
         assert s.count_events() == 3
         assert s.contiguous_seq("g1") == 2
-        assert s.get_meta("k") == "v"
+        with s.read() as tx:
+            assert meta.get(tx, "k") == "v"
         assert s.insert_events("g1", [ev(3)]).contiguous_seq == 4
-
-
-def test_next_counter(store: ServerStore) -> None:
-    assert [store.next_counter("c") for _ in range(3)] == [1, 2, 3]
-    assert store.next_counter("other") == 1
 
 
 def test_a_new_epoch_numbers_from_one_beside_the_old_one(tmp_path):

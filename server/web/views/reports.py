@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.reports import daily_report, to_csv, to_xlsx
+from server.storage import audit
 from server.web import figures
 from server.web.auth import require
 from server.web.dashboard import Dashboard, dashboard_of
@@ -82,7 +83,8 @@ async def _download(
 
     def build() -> bytes:
         data = encoder(_rows(d, day))
-        d.site.store.audit(session.operator.name, "report_download", f"{day}.{ext}")
+        with d.site.store.write() as tx:
+            audit.record(tx, session.operator.name, "report_download", f"{day}.{ext}")
         return data
 
     data = await run_in_threadpool(build)

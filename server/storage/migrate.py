@@ -15,6 +15,7 @@ PostgreSQL server know.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from server.storage.legacy import SETS
 HEAD = "0002"
 """The newest revision (tests/server/test_storage_schema.py checks it against the scripts)."""
 BASELINE = "0001"
+log = logging.getLogger("menwei.storage")
 SCRIPTS = Path(__file__).with_name("migrations")
 
 
@@ -55,8 +57,8 @@ def upgrade(store: Store) -> None:
         return
     if current is not None and current not in _known():
         raise StoreError(
-            f"the store is at schema revision {current}, newer than this Menwei ({HEAD}):"
-            " upgrade Menwei, never the other way round"
+            f"the store {store.label} is at schema revision {current}, newer than this"
+            f" Menwei ({HEAD}): upgrade Menwei, never the other way round"
         )
     cfg = alembic_config()
     if store.backend == "sqlite" and current is None:
@@ -67,6 +69,7 @@ def upgrade(store: Store) -> None:
     with store.write() as tx:
         cfg.attributes["connection"] = tx
         command.upgrade(cfg, "head")
+    log.info("store %s: schema revision %s (was %s)", store.label, HEAD, current or "none")
 
 
 def _apply_legacy(path: str) -> None:

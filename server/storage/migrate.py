@@ -6,8 +6,11 @@
   database made before the storage layer, or a new empty file), which bring it to
   revision 0001; it is stamped 0001 once, and the Alembic revisions after 0001 follow.
 
-Both steps run in one write transaction each, so two processes opening a new store
-at once migrate it once. Opening a store that is already at HEAD reads one row.
+Each step runs in one write transaction, and the Alembic one (stamp and revisions) under
+the store's "migrate" lock (engine.lock: the write lock on SQLite, an advisory lock on
+PostgreSQL) where it first reads the revision: two processes opening a store at once
+migrate it once, and the second finds it done. Opening a store that is already at HEAD
+reads one row.
 Alembic (https://alembic.sqlalchemy.org) rather than a runner of our own: its version
 table, ordering and offline SQL (`alembic upgrade --sql`) are what operators of a
 PostgreSQL server know.
@@ -25,7 +28,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlite_utils import Database
 
-from server.storage.engine import Store, StoreError
+from server.storage.engine import Store, StoreError, lock
 from server.storage.legacy import SETS
 
 HEAD = "0002"
@@ -63,11 +66,12 @@ def upgrade(store: Store) -> None:
     cfg = alembic_config()
     if store.backend == "sqlite" and current is None:
         _apply_legacy(make_url(store.url).database or "")
-        with store.write() as tx:
-            cfg.attributes["connection"] = tx
-            command.stamp(cfg, BASELINE)
     with store.write() as tx:
+        lock(tx, "migrate")
         cfg.attributes["connection"] = tx
+        # Read again under the lock: another process may have stamped and migrated it.
+        if store.backend == "sqlite" and not inspect(tx).has_table("alembic_version"):
+            command.stamp(cfg, BASELINE)
         command.upgrade(cfg, "head")
     log.info("store %s: schema revision %s (was %s)", store.label, HEAD, current or "none")
 

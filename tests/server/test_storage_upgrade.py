@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -35,6 +38,7 @@ from server.collector import Collector
 from server.site import Site
 from server.storage import Store
 from server.storage.migrate import HEAD, revision
+from tests.conftest import REPO
 from tests.e2e.helpers import Message, MqttWatcher, make_event, mqtt_client, publish, wait_until
 from tests.server.test_storage_schema import schema_differences
 
@@ -194,6 +198,65 @@ def test_event_instants_roles_and_conflict_epochs_are_filled_in(legacy: Path) ->
         ("seq_reused", WEST_LOST)
     }
     assert all(c["epoch"] is None for c in conflicts if c["body"] is None)
+
+
+OPEN_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from server.storage import Store
+ready, go, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+Store(url).close()
+"""
+
+
+def open_at_once(url: str, tmp_path: Path, processes: int = 3) -> None:
+    """`processes` processes open the store at `url` at the same moment (as a collector, its
+    dashboard and an operator's command may after an upgrade of Menwei); each must succeed."""
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{n}" for n in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_WHEN_TOLD, str(r), str(go), url],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in ready
+    ]
+    try:
+        wait_until(lambda: all(r.exists() for r in ready), 120, "processes not ready")
+        go.touch()
+        for p in procs:
+            _out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_processes_opening_a_legacy_database_at_once_upgrade_it_once(
+    legacy: Path, tmp_path: Path
+) -> None:
+    before = dump(legacy)
+    open_at_once(f"sqlite:///{legacy}", tmp_path)
+    after = dump(legacy)
+    assert_nothing_lost(before, after)
+    assert rows(after, "alembic_version") == [{"version_num": HEAD}]
+    with Store(f"sqlite:///{legacy}") as store:
+        assert schema_differences(store) == []
+
+
+def test_processes_opening_a_new_store_at_once_make_it_once(store_url: str, tmp_path: Path) -> None:
+    open_at_once(store_url, tmp_path)
+    with Store(store_url) as store:
+        assert revision(store) == HEAD
+        assert schema_differences(store) == []
 
 
 @pytest.mark.parametrize(

@@ -130,12 +130,24 @@ class Site:
                 normalise_url(store)
             except StoreError as exc:
                 raise SiteError(str(exc)) from None
+        created = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(render_server_toml(site, store), encoding="utf-8")
-        self = cls(directory)
+
+        def undo() -> None:
+            """Nothing left that would refuse the next attempt."""
+            (directory / CONFIG_NAME).unlink()
+            if created and not any(directory.iterdir()):
+                directory.rmdir()
+
+        try:
+            self = cls(directory)
+        except BaseException:  # a store that cannot be opened
+            undo()
+            raise
         if self.trust_keys():
             self.close()
-            (directory / CONFIG_NAME).unlink()
+            undo()
             raise SiteError(
                 f"the store {redacted(store or '')} already holds a Menwei site; refusing to"
                 " overwrite (give each site its own database)"

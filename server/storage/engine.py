@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +31,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from protocol.errors import ProtocolError
 
@@ -55,38 +57,61 @@ def normalise_url(url: str) -> str:
     `sqlite:///PATH` unchanged. Raises StoreError for anything else."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StoreError(f"[store] url {url!r} is not a database URL: {exc}") from None
+    except ArgumentError:
+        raise StoreError(
+            f"[store] url {redacted(url)!r} is not a database URL:"
+            " use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         if not parsed.database or parsed.database == ":memory:":
             raise StoreError("[store] url: a SQLite store needs a file path (sqlite:///PATH)")
         return url
-    raise StoreError(f"[store] url {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DATABASE")
+    raise StoreError(
+        f"[store] url {redacted(url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DATABASE"
+    )
 
 
 def redacted(url: str) -> str:
-    """The URL without its password, for logs and messages."""
+    """The URL without its password (`***` in its place), for logs and messages; in text
+    that is not a URL, whatever stands between a `:` and an `@`."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return "<invalid url>"
+        return re.sub(r":[^:@/\s]*@", ":***@", url)
 
 
 class Store:
     """The collector's database at `url` (sqlite:///PATH or postgresql://…), migrated to the
-    newest schema on open (server/storage/migrate.py) unless `migrate=False`."""
+    newest schema on open (server/storage/migrate.py) unless `migrate=False`.
+
+    Raises StoreError, naming the URL without its password, when the URL is not one of
+    those, the database cannot be reached or read (a PostgreSQL server that is down waits
+    `connect_timeout`, 10 s unless the URL says otherwise), or its schema is newer than
+    this program's."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = normalise_url(url)
+        self.label = redacted(url)
+        """The URL as configured, without its password: how messages name this store."""
         self.backend: Backend = "postgresql" if self.url.startswith("postgresql") else "sqlite"
         self.engine = _engine(self.url, self.backend)
         self._closed = False
         if migrate:
             from server.storage.migrate import upgrade
 
-            upgrade(self)
+            try:
+                upgrade(self)
+            except BaseException as exc:
+                # Not close(): a subclass's close() may need what its __init__ had no time to make.
+                self._closed = True
+                self.engine.dispose()
+                if isinstance(exc, DBAPIError | sqlite3.Error):
+                    raise StoreError(
+                        f"cannot open the store {self.label}: {_reason(exc)}"
+                    ) from None
+                raise
 
     def close(self) -> None:
         if not self._closed:
@@ -142,9 +167,27 @@ def lock_key(name: str) -> int:
     )
 
 
+def _reason(exc: DBAPIError | sqlite3.Error) -> str:
+    """The driver's own words for a failure, on one line (psycopg adds hints on more)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    lines = str(orig).strip().splitlines()
+    return lines[0].strip() if lines else type(orig).__name__
+
+
+CONNECT_TIMEOUT_S = 10
+"""How long a PostgreSQL connection attempt waits (libpq waits forever by default)."""
+
+
 def _engine(url: str, backend: Backend) -> Engine:
     if backend == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
+        timeout = (
+            {}
+            if "connect_timeout" in make_url(url).query
+            else {"connect_timeout": CONNECT_TIMEOUT_S}
+        )
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=4, max_overflow=8, connect_args=timeout
+        )
     path = make_url(url).database or ""
     if not Path(path).parent.is_dir():
         raise StoreError(f"[store] url: directory of {path} does not exist")

@@ -6,8 +6,11 @@
   database made before the storage layer, or a new empty file), which bring it to
   revision 0001; it is stamped 0001 once, and the Alembic revisions after 0001 follow.
 
-Both steps run in one write transaction each, so two processes opening a new store
-at once migrate it once. Opening a store that is already at HEAD reads one row.
+Each step runs in one write transaction, and the Alembic one (stamp and revisions) under
+the store's "migrate" lock (engine.lock: the write lock on SQLite, an advisory lock on
+PostgreSQL) where it first reads the revision: two processes opening a store at once
+migrate it once, and the second finds it done. Opening a store that is already at HEAD
+reads one row.
 Alembic (https://alembic.sqlalchemy.org) rather than a runner of our own: its version
 table, ordering and offline SQL (`alembic upgrade --sql`) are what operators of a
 PostgreSQL server know.
@@ -15,6 +18,7 @@ PostgreSQL server know.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +27,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlite_utils import Database
 
-from server.storage.engine import Store, StoreError
+from server.storage.engine import Store, StoreError, lock
 from server.storage.legacy import SETS
 
 if TYPE_CHECKING:
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 HEAD = "0002"
 """The newest revision (tests/server/test_storage_schema.py checks it against the scripts)."""
 BASELINE = "0001"
+log = logging.getLogger("menwei.storage")
 SCRIPTS = Path(__file__).with_name("migrations")
 
 
@@ -59,20 +64,22 @@ def upgrade(store: Store) -> None:
         return
     if current is not None and current not in _known():
         raise StoreError(
-            f"the store is at schema revision {current}, newer than this Menwei ({HEAD}):"
-            " upgrade Menwei, never the other way round"
+            f"the store {store.label} is at schema revision {current}, newer than this"
+            f" Menwei ({HEAD}): upgrade Menwei, never the other way round"
         )
     from alembic import command
 
     cfg = alembic_config()
     if store.backend == "sqlite" and current is None:
         _apply_legacy(make_url(store.url).database or "")
-        with store.write() as tx:
-            cfg.attributes["connection"] = tx
-            command.stamp(cfg, BASELINE)
     with store.write() as tx:
+        lock(tx, "migrate")
         cfg.attributes["connection"] = tx
+        # Read again under the lock: another process may have stamped and migrated it.
+        if store.backend == "sqlite" and not inspect(tx).has_table("alembic_version"):
+            command.stamp(cfg, BASELINE)
         command.upgrade(cfg, "head")
+    log.info("store %s: schema revision %s (was %s)", store.label, HEAD, current or "none")
 
 
 def _apply_legacy(path: str) -> None:

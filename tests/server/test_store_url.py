@@ -42,16 +42,6 @@ def server_dir(tmp_path: Path, url: str) -> Path:
     return directory
 
 
-def needs_site_storage(request: pytest.FixtureRequest, store_url: str) -> None:
-    """Site's own queries (keys, counters, documents, status counts) still go through the
-    SQLite-only `ServerStore.db` until they are moved to server/storage/: on PostgreSQL a
-    site cannot be made yet."""
-    if store_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="Site still queries ServerStore.db (SQLite only)")
-        )
-
-
 def test_a_store_newer_than_this_program_is_refused(store_url: str) -> None:
     with Store(store_url) as store, store.write() as tx:
         tx.execute(text("UPDATE alembic_version SET version_num = 'zzzz'"))
@@ -111,7 +101,6 @@ def test_an_unreachable_postgresql_is_one_line_naming_the_url_without_password(
 def test_init_creates_the_schema_in_a_fresh_store_and_status_reads_it(
     request: pytest.FixtureRequest, store_url: str, tmp_path: Path
 ) -> None:
-    needs_site_storage(request, store_url)
     directory = tmp_path / "srv"
     made = json.loads(
         run_menwei(
@@ -131,7 +120,6 @@ def test_init_creates_the_schema_in_a_fresh_store_and_status_reads_it(
 def test_init_refuses_a_store_that_already_holds_a_site(
     request: pytest.FixtureRequest, store_url: str, tmp_path: Path
 ) -> None:
-    needs_site_storage(request, store_url)
     Site.init(tmp_path / "first", "s1", store=store_url).close()
     with pytest.raises(SiteError, match="already holds a Menwei site"):
         Site.init(tmp_path / "second", "s2", store=store_url)

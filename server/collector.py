@@ -54,8 +54,6 @@ from server.webhooks import WebhookSender, notice_for
 
 log = logging.getLogger("menwei.collector")
 PURGE_INTERVAL_S = 24 * 3600.0
-JOB_LEASE = timedelta(minutes=10)
-"""How long a daily job (register refresh, retention purge) is held while it runs."""
 SESSION_EXPIRY_S = 24 * 3600
 """How long the broker keeps a lone collector's session (and queues its batches) while it is
 down. A collector of a shared group keeps none (`Collector.start`)."""
@@ -224,12 +222,7 @@ class Collector:
 
     def _check_health(self) -> None:
         """Gate health (server/gate_health.py) every health_interval_s, by one collector."""
-        job = Job(
-            "gate_health",
-            system_utc,
-            timedelta(seconds=self.health_interval_s),
-            every(timedelta(seconds=self.health_interval_s)),
-        )
+        job = every("gate_health", system_utc, timedelta(seconds=self.health_interval_s))
 
         def check() -> None:
             for alert in self.health.check(listening_since=self.listening_since):
@@ -239,8 +232,7 @@ class Collector:
 
     def _purge_when_due(self) -> None:
         """Retention once a day, by one collector (purge_personal_data)."""
-        day = timedelta(seconds=PURGE_INTERVAL_S)
-        job = Job("retention_purge", system_utc, JOB_LEASE, every(day))
+        job = every("retention_purge", system_utc, timedelta(seconds=PURGE_INTERVAL_S))
         self.jobs.run_if_due(job, self.purge_personal_data)
 
     def purge_personal_data(self) -> int:
@@ -355,14 +347,14 @@ class Collector:
         the collectors sharing the store: when the first starts (unless one was issued less
         than an interval ago) and then once per interval, so connected gates never find their
         documents too old. (A document change issues its own: Site.publish_register.) A
-        clock that stepped back more than an interval does not wait for the old due time."""
+        clock that stepped back more than a minute does not wait for the old due time."""
         interval = self.freshness_interval()
 
         def reaffirm() -> None:
             if self.site.publish_freshness() is not None:
                 self.stats["freshness"] += 1
 
-        self.jobs.run_if_due(Job("freshness", self.site.now, interval, every(interval)), reaffirm)
+        self.jobs.run_if_due(every("freshness", self.site.now, interval), reaffirm)
 
     def freshness_interval(self) -> timedelta:
         """[server] freshness_interval_s, but at most half of the *published* max_data_age_h:
@@ -395,7 +387,7 @@ class Collector:
             if doc is not None:
                 log.info("register v%d: passes that ended dropped out", doc.version)
 
-        job = Job("register_refresh", self.site.now, JOB_LEASE, next_midnight(self.site.config.tz))
+        job = Job("register_refresh", self.site.now, next_midnight(self.site.config.tz))
         self.jobs.run_if_due(job, refresh)
 
     def document_bound(self, topic: str) -> int:

@@ -4,15 +4,16 @@ One row of `job_runs` per job: `due_us`, the instant before which nobody takes
 it again; `holder`, who took it last; `ran_us`, when. A collector that finds a
 job due takes it with `claim` (one conditional UPDATE, or the INSERT of its
 first row): of several collectors trying at once exactly one gets True, the
-others False — on PostgreSQL the losers' UPDATE waits for the winner's row lock
-and then finds `due_us` in the future; on SQLite writers are serialised. The
-claim holds the job for a lease; `finish` then sets when it is due next (the
-next period, or the next local midnight). A holder that dies before `finish`
-gives the job up when its lease ends: another collector runs it then.
+others False. On PostgreSQL a loser's UPDATE waits for the winner's row lock and
+then finds `due_us` in the future, and its INSERT of a first row waits for the
+winner's and then does nothing; on SQLite writers are serialised. The claim
+holds the job for a while (its hold); `finish` then sets when it is due next
+(the next period, or the next local midnight). A holder that dies before
+`finish` gives the job up when its hold ends: another collector runs it then.
 
 A clock that stepped back is not waited for: a job whose last run is more than
-one hold (lease) in the future of `now_us` is due again. So collectors whose
-clocks differ by less than the lease never both run one period.
+one hold in the future of `now_us` is due again. So collectors whose clocks
+differ by less than the hold never both run one period.
 
 All instants are integer µs since the Unix epoch, UTC (server/storage/times.py).
 """
@@ -47,12 +48,6 @@ def claim(tx: Tx, job: str, now_us: int, hold_us: int, holder: str) -> bool:
     if hold_us <= 0:
         raise ValueError("a job is held for a positive time")
     taken = {"due_us": now_us + hold_us, "holder": holder, "ran_us": now_us}
-    insert = (postgresql if tx.dialect.name == "postgresql" else sqlite).insert(job_runs)
-    first = tx.execute(
-        insert.values(job=job, **taken).on_conflict_do_nothing().returning(job_runs.c.job)
-    )
-    if first.first() is not None:  # (an INSERT's rowcount is not reported by every driver)
-        return True
     again = tx.execute(
         update(job_runs)
         .where(
@@ -64,12 +59,20 @@ def claim(tx: Tx, job: str, now_us: int, hold_us: int, holder: str) -> bool:
         )
         .values(**taken)
     )
-    return again.rowcount == 1
+    if again.rowcount == 1:
+        return True
+    # Not due, or never run: then its first row. (An INSERT's rowcount is not reported by
+    # every driver: RETURNING says whether this one inserted it.)
+    insert = (postgresql if tx.dialect.name == "postgresql" else sqlite).insert(job_runs)
+    first = tx.execute(
+        insert.values(job=job, **taken).on_conflict_do_nothing().returning(job_runs.c.job)
+    )
+    return first.first() is not None
 
 
 def finish(tx: Tx, job: str, holder: str, due_us: int) -> bool:
     """The holder ran `job`: it is due again at `due_us`. False (nothing changed) when the job
-    is no longer this holder's (its lease ended and another collector took it)."""
+    is no longer this holder's (its hold ended and another collector took it)."""
     done = tx.execute(
         update(job_runs)
         .where(job_runs.c.job == job, job_runs.c.holder == holder)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from menwei.mosquitto import MosquittoBroker
 from protocol import topics
@@ -20,6 +21,7 @@ from protocol.events import Ack, encode_batch
 from server.collector import Collector, collector_client_id
 from server.config import MqttSection, ServerConfigError
 from server.site import Site
+from server.storage.schema import events
 from server.store import ServerStore
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import MqttWatcher, make_event, mqtt_client, publish, wait_until
@@ -92,7 +94,8 @@ def test_the_group_shares_the_batches_and_one_that_stops_leaves_it_at_once(
     finally:
         gate.disconnect()
         gate.loop_stop()
-    keys = [(g, s) for g, _e, s, _u in site.store.event_keys()]
+    with site.store.read() as tx:
+        keys = [tuple(r) for r in tx.execute(select(events.c.gate, events.c.seq))]
     assert sorted(keys) == [("g1", s) for s in range(1, 201)], "each event once"
 
 

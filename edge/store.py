@@ -434,13 +434,26 @@ class GateStore:
     @_guarded
     def uuid_at(self, seq: int) -> str | None:
         """The uuid of the current epoch's event `seq`, None if this log does not hold it."""
+        found = self._column_at(seq, "uuid")
+        return None if found is None else str(found)
+
+    @_guarded
+    def event_at(self, seq: int) -> Event | None:
+        """The current epoch's event `seq` (acknowledged or not), None if this log does not
+        hold it (never logged, or purged by retention)."""
+        body = self._column_at(seq, "body")
+        return None if body is None else Event.from_json(json.loads(body))
+
+    def _column_at(self, seq: int, column: str) -> Any:
+        """`column` (uuid or body) of the current epoch's event `seq`, None if not held."""
         if seq < 1:
             return None
         with self._lock:
             row = self.db.execute(
-                "SELECT uuid FROM events WHERE seq = ?", [seq + self._base()]
+                f"SELECT {column} FROM events WHERE seq = ?",  # column: uuid or body, ours
+                [seq + self._base()],
             ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else row[0]
 
     def _base(self) -> int:
         """Positions in the log before the current epoch's seq 1."""

@@ -86,6 +86,7 @@ class GateSync:
             self.acked = 0
         self._last_progress = time.monotonic()
         self._low_ack: tuple[int, float] | None = None  # (ack, first seen) below `acked`
+        self._probed = False  # the event at `acked` was sent again since the low ack came
         self.stats = {
             "batches": 0,
             "resends": 0,
@@ -93,6 +94,7 @@ class GateSync:
             "bad_messages": 0,
             "foreign_acks": 0,
             "requeued": 0,
+            "probes": 0,
             "statements_skipped": 0,
             "history_lost": 0,
         }
@@ -272,10 +274,15 @@ class GateSync:
             self._last_progress = time.monotonic()
         if ack.acked_seq >= self.acked:
             self._low_ack = None
+            self._probed = False
         elif self._low_ack is None:
-            # Less than the collector acknowledged before. A stale ack queued in our session
-            # is followed at once by newer ones; one that stays low means the collector's
-            # store lost events (restored from a backup): `_send` then queues them again.
+            # Less than the collector acknowledged before, and our outbox keeps the highest
+            # ack of the epoch. A stale ack queued in our session is followed at once by newer
+            # ones. With several collectors the later of two acks may be the lower (each
+            # publishes after its own commit; the retained one is the last the broker got):
+            # one probe brings the current one. One that stays low after that means the
+            # collector's store lost events (restored from a backup): `_send` then queues
+            # them again (_requeue_if_collector_lost_events).
             self._low_ack = (ack.acked_seq, time.monotonic())
 
     def _move_epoch(self, collector_seq: int, last: int) -> None:
@@ -294,14 +301,33 @@ class GateSync:
         self.stats["history_lost"] += 1
         self.acked = self.sent_up_to = 0
         self._low_ack = None
+        self._probed = False
         self._last_progress = time.monotonic()
         self._wake.set()
 
     def _requeue_if_collector_lost_events(self, now: float) -> None:
+        """An ack below ours for resend_after_s: first send the event at our ack once more
+        (a collector holding everything up to it acknowledges it again: the low one was an
+        older ack that reached the broker last); still low resend_after_s later: queue every
+        event after the low ack again (the collector's store lost them)."""
         low = self._low_ack
         if low is None or now - low[1] <= self.s.resend_after_s:
             return
+        if not self._probed:
+            self._probed = True
+            event = self.store.event_at(self.acked)
+            if event is not None:
+                self.stats["probes"] += 1
+                log.info("ack %d below ours (%d): that event sent again", low[0], self.acked)
+                self.client.publish(
+                    topics.events(self.s.site, self.s.gate),
+                    encode_batch(self.s.gate, [event]),
+                    qos=1,
+                )
+                self._low_ack = (low[0], now)
+                return
         self._low_ack = None
+        self._probed = False
         requeued = self.store.requeue_after(low[0])
         log.warning(
             "collector stays at ack %d below %d: %d events queued again",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -18,6 +19,7 @@ from protocol.broker import parse_broker
 from protocol.output import render
 from server import admin_cli
 from server.collector import Collector
+from server.config import MqttSection, ServerConfigError, check_share_name
 from server.policy_rollout import PolicyTrial
 from server.site import Site
 from server.validity import window_json
@@ -55,6 +57,24 @@ def register(
         type=web_cli.parse_http,
         metavar="HOST:PORT",
         help="also serve the operator dashboard here (e.g. 127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--shared-group",
+        metavar="NAME",
+        help="share the gates' events with the other collectors of group NAME on this store"
+        " (MQTT v5 $share; default: server.toml [mqtt] shared_group)",
+    )
+    p.add_argument(
+        "--mqtt-username",
+        metavar="NAME",
+        help="log in to the broker as NAME (default: [mqtt] username); each collector process"
+        " needs its own user with the shipped broker",
+    )
+    p.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the broker password: the first line of FILE (default: [mqtt] password)",
     )
     p.set_defaults(func=cmd_run, trial=trial)
 
@@ -208,16 +228,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_settings(configured: MqttSection, args: argparse.Namespace) -> MqttSection:
+    """server.toml's [mqtt] with `server run`'s --shared-group, --mqtt-username and
+    --mqtt-password-file for this process. Raises ServerConfigError for a bad group name or
+    a password file that cannot be read."""
+    changes: dict[str, str] = {}
+    if args.shared_group is not None:
+        changes["shared_group"] = check_share_name(args.shared_group)
+    if args.mqtt_username is not None:
+        changes["username"] = args.mqtt_username
+    if args.mqtt_password_file is not None:
+        path: Path = args.mqtt_password_file
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServerConfigError(f"--mqtt-password-file {path}: cannot read: {exc}") from None
+        if not lines or not lines[0]:
+            raise ServerConfigError(f"--mqtt-password-file {path}: the first line is empty")
+        changes["password"] = lines[0]
+    return dataclasses.replace(configured, **changes)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with Site(args.dir) as site:
         broker = parse_broker(args.broker or site.config.mqtt.broker)
+        settings = run_settings(site.config.mqtt, args)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        with Collector(site, broker) as collector, contextlib.ExitStack() as web:
+        with Collector(site, broker, settings=settings) as collector, contextlib.ExitStack() as web:
             collector.start()
-            log.info("collector for site %s on %s", site.site, broker)
-            print(f"collector running for site {site.site} on {broker}", flush=True)
+            group = f" in shared group {settings.shared_group}" if settings.shared_group else ""
+            log.info("collector for site %s on %s%s", site.site, broker, group)
+            print(f"collector running for site {site.site} on {broker}{group}", flush=True)
             if args.http:
                 host, port = args.http
                 # Its own Site and connections: pages never wait on the collector's lock.

@@ -9,6 +9,9 @@ line) are noticed and published on the retained config/register topics, and a
 signed freshness statement naming their versions is re-issued every
 `[server] freshness_interval_s` (protocol.freshness). Once a day (site local
 date) the register is re-signed when passes dropped out of it (Site.register).
+Several collectors may share one store and, with `[mqtt] shared_group`, the
+event stream: each periodic job (gate health, freshness, register refresh,
+retention) is then done by one of them per period (server/periodic.py).
 A document larger than a gate accepts or the broker announces it takes is not
 published: one error, one `document_too_large` alert, and the collector goes
 on (publishing it would get the connection closed, and paho resends it after
@@ -17,12 +20,15 @@ every reconnect).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import queue
+import socket
 import threading
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -37,15 +43,20 @@ from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, MAX_DOCUMENT_BYTES, 
 from protocol.errors import MessageError, ProtocolError
 from protocol.events import Ack, Event, Passage, decode_batch, decode_status
 from server.alerts import HISTORY_LOST, Alert
+from server.config import MqttSection
 from server.conflicts import find_conflicts
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
+from server.periodic import Job, Jobs, every, next_midnight
 from server.site import Site
 from server.visitors import purge_visitors
 from server.webhooks import WebhookSender, notice_for
 
 log = logging.getLogger("menwei.collector")
 PURGE_INTERVAL_S = 24 * 3600.0
+SESSION_EXPIRY_S = 24 * 3600
+"""How long the broker keeps a lone collector's session (and queues its batches) while it is
+down. A collector of a shared group keeps none (`Collector.start`)."""
 
 
 class Collector:
@@ -56,8 +67,13 @@ class Collector:
         *,
         client_id: str | None = None,
         feed: LiveFeed | None = None,
+        settings: MqttSection | None = None,
     ) -> None:
+        """`settings`: the broker login and shared group of this process (default: server.toml's
+        [mqtt]; `server run` overrides it from its options). `client_id` default:
+        `collector_client_id`."""
         self.site = site
+        self.mqtt = settings if settings is not None else site.config.mqtt
         self.store = site.store
         self.alerts = site.alerts
         self.feed = feed if feed is not None else LiveFeed()
@@ -69,9 +85,8 @@ class Collector:
         # bundle file → (mtime, bound) of a document found too large: not tried again
         self._too_large: dict[str, tuple[float, int]] = {}
         self.broker_max_packet: int | None = None  # announced by the broker (MQTT v5 CONNACK)
-        self._register_day: date | None = None  # site local date of the last register check
         self.document_check_s = 1.0  # how often the bundle is looked at (changed documents)
-        self._next_freshness: datetime | None = None  # site clock: next statement due
+        self.jobs = Jobs(self.store)  # periodic work, once among the collectors of this store
         self._interval_warned = False
         self.stats = {
             "batches": 0,
@@ -94,10 +109,10 @@ class Collector:
         )
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"menwei-collector-{site.site}",
+            client_id=client_id or collector_client_id(site.site, self.mqtt.shared_group),
             protocol=mqtt.MQTTv5,
         )
-        cfg = site.config.mqtt
+        cfg = self.mqtt
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password)
         if broker.tls:
@@ -108,12 +123,22 @@ class Collector:
         self.client.on_message = self._on_message
 
     def start(self) -> None:
-        # A persistent session: while the collector restarts, the broker keeps queueing the
-        # gates' batches for it (a speed-up only: the gates' outboxes are the guarantee).
+        # A lone collector keeps a persistent session: while it restarts, the broker queues
+        # the gates' batches for it (a speed-up only: the gates' outboxes are the guarantee).
+        # In a shared group it keeps none: Mosquitto deals a shared subscription's messages
+        # to every session in the group, connected or not (2.0: subs.c subs__shared_process,
+        # database.c db__message_insert), so a stopped collector's turn would wait for it
+        # instead of going to the ones that run. Without a session it leaves the group as
+        # soon as its connection ends, and its in-flight batches are resent by the gates.
+        shared = self.mqtt.shared_group is not None
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 24 * 3600
+        props.SessionExpiryInterval = 0 if shared else SESSION_EXPIRY_S
         self.client.connect_async(
-            self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=props
+            self.broker.host,
+            self.broker.port,
+            keepalive=30,
+            clean_start=shared,
+            properties=props,
         )
         self.client.loop_start()
         if self.webhooks is not None:
@@ -147,7 +172,7 @@ class Collector:
             return
         self.broker_max_packet = getattr(props, "MaximumPacketSize", None)
         self.listening_since = datetime.now(UTC)  # before subscribing: retained status follows
-        group = self.site.config.mqtt.shared_group
+        group = self.mqtt.shared_group
         subs = []
         for leaf in ("events", "status"):
             t = topics.gate_wildcard(self.site.site, leaf)
@@ -172,7 +197,7 @@ class Collector:
     # --- worker ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_check = next_health = next_purge = 0.0
+        next_check = next_health = 0.0
         while not self._stop.is_set():
             try:
                 topic, payload = self._inbox.get(timeout=0.2)
@@ -181,20 +206,34 @@ class Collector:
             try:
                 if topic:
                     self.handle(topic, payload)
+                # Periodic work: each job runs once per period among the collectors sharing
+                # the store (server/periodic.py); this one tries them on its own schedule.
                 if self.connected.is_set() and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.document_check_s
                     self._refresh_register()
                     self._reaffirm()
                     self._publish_documents()
-                    next_check = time.monotonic() + self.document_check_s
+                    self._purge_when_due()
                 if self.connected.is_set() and time.monotonic() >= next_health:
                     next_health = time.monotonic() + self.health_interval_s
-                    for alert in self.health.check(listening_since=self.listening_since):
-                        self._raised(alert)
-                if time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + PURGE_INTERVAL_S
-                    self.purge_personal_data()
+                    self._check_health()
             except Exception:  # one bad message must never stop the collector
-                log.exception("collector error on %s", topic or "documents")
+                log.exception("collector error on %s", topic or "periodic work")
+
+    def _check_health(self) -> None:
+        """Gate health (server/gate_health.py) every health_interval_s, by one collector."""
+        job = every("gate_health", system_utc, timedelta(seconds=self.health_interval_s))
+
+        def check() -> None:
+            for alert in self.health.check(listening_since=self.listening_since):
+                self._raised(alert)
+
+        self.jobs.run_if_due(job, check)
+
+    def _purge_when_due(self) -> None:
+        """Retention once a day, by one collector (purge_personal_data)."""
+        job = every("retention_purge", system_utc, timedelta(seconds=PURGE_INTERVAL_S))
+        self.jobs.run_if_due(job, self.purge_personal_data)
 
     def purge_personal_data(self) -> int:
         """Retention (DESIGN.md, privacy): erase visitors' names and phones once they are
@@ -304,17 +343,18 @@ class Collector:
         self.store.reject_message(topic, reason, payload)
 
     def _reaffirm(self) -> None:
-        """A freshness statement when the collector starts and every freshness_interval_s
-        (by the site's clock): connected gates never find their documents too old."""
-        now = self.site.now()
+        """A freshness statement every freshness_interval_s (by the site's clock), from one of
+        the collectors sharing the store: when the first starts (unless one was issued less
+        than an interval ago) and then once per interval, so connected gates never find their
+        documents too old. (A document change issues its own: Site.publish_register.) A
+        clock that stepped back more than a minute does not wait for the old due time."""
         interval = self.freshness_interval()
-        due = self._next_freshness
-        # Not yet due, unless the clock stepped back (then `due` would wait for it).
-        if due is not None and due - interval <= now < due:
-            return
-        if self.site.publish_freshness() is not None:
-            self.stats["freshness"] += 1
-        self._next_freshness = now + interval
+
+        def reaffirm() -> None:
+            if self.site.publish_freshness() is not None:
+                self.stats["freshness"] += 1
+
+        self.jobs.run_if_due(every("freshness", self.site.now, interval), reaffirm)
 
     def freshness_interval(self) -> timedelta:
         """[server] freshness_interval_s, but at most half of the *published* max_data_age_h:
@@ -337,16 +377,18 @@ class Collector:
         return timedelta(seconds=min(configured, limit_s))
 
     def _refresh_register(self) -> None:
-        """When the collector starts and when the site's local date changes: a new register
+        """Once per local day of the site (by its clock: when the first collector starts, then
+        after each local midnight), by one of the collectors sharing the store: a new register
         version if passes ended (or quarantines ran out) since the last one, so the document
         stays the size of what can still be presented (Site.register)."""
-        today = self.site.now().astimezone(self.site.config.tz).date()
-        if today == self._register_day:
-            return
-        doc = self.site.refresh_register()
-        if doc is not None:
-            log.info("register v%d: passes that ended dropped out", doc.version)
-        self._register_day = today
+
+        def refresh() -> None:
+            doc = self.site.refresh_register()
+            if doc is not None:
+                log.info("register v%d: passes that ended dropped out", doc.version)
+
+        job = Job("register_refresh", self.site.now, next_midnight(self.site.config.tz))
+        self.jobs.run_if_due(job, refresh)
 
     def document_bound(self, topic: str) -> int:
         """The largest document, in bytes, that may be published on `topic`: what a gate
@@ -403,6 +445,27 @@ class Collector:
         )
         if alert is not None:
             self._raised(alert)
+
+
+def system_utc() -> datetime:
+    """The system clock, aware UTC: what gate health and retention are scheduled by."""
+    return datetime.now(UTC)
+
+
+_instances = itertools.count(1)
+
+
+def collector_client_id(site: str, shared_group: str | None) -> str:
+    """The MQTT client id of a collector: `menwei-collector-{site}`, the same at every start
+    (the broker keeps its session). In a shared group one of its own,
+    `menwei-collector-{site}-{host}-{pid}-{n}` (n: 1, 2, ... per call in this process): two
+    collectors on one broker never take each other's connection, and none keeps a session to
+    come back to (Collector.start). (A broker with `use_username_as_clientid`, as shipped,
+    replaces it by the username: there each collector needs a user of its own,
+    docs/configuration.md.)"""
+    if shared_group is None:
+        return f"menwei-collector-{site}"
+    return f"menwei-collector-{site}-{socket.gethostname()}-{os.getpid()}-{next(_instances)}"
 
 
 def _history_move(events: list[Event]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,21 @@ class MqttSection:
     password: str | None = None
     shared_group: str | None = None
     """Set to share the event stream between several collectors (MQTT v5 $share)."""
+
+    def __post_init__(self) -> None:
+        if self.shared_group is not None:
+            check_share_name(self.shared_group)
+
+
+_SHARE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_share_name(name: str) -> str:
+    """An MQTT v5 share name (`$share/NAME/...`) that Menwei accepts: 1-64 of A-Z a-z 0-9 . _ -
+    (MQTT forbids '/', '+' and '#' in it). Raises ServerConfigError."""
+    if not _SHARE_NAME.fullmatch(name):
+        raise ServerConfigError(f"shared_group {name!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+    return name
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from protocol import topics
 from protocol.broker import parse_broker
 from protocol.documents import MAX_DOCUMENT_BYTES, MQTT_HEADROOM_BYTES
 from protocol.events import Ack, encode_batch
-from server.collector import Collector, max_payload
+from server.collector import Collector, collector_client_id, max_payload
 from server.config import CONFIG_NAME, load_server_config
 from server.site import Site
 from server.store import STORE_NAME
@@ -313,8 +313,8 @@ def barrier(server: MqttWatcher, east: MqttWatcher) -> None:
 
 # --- one connection and one session per user (use_username_as_clientid) ---------------------
 
-COLLECTOR_ID = f"menwei-collector-{SITE}"
-"""The client id server/collector.py sends."""
+COLLECTOR_ID = collector_client_id(SITE, None)
+"""The client id server/collector.py sends (a collector alone)."""
 WEST_ID = f"menwei-gate-{SITE}-west"
 """The client id edge/sync.py sends for gate west."""
 SESSION_S = 300
@@ -400,9 +400,11 @@ def test_a_gates_session_is_its_usernames_and_survives_restarts(tmp_path: Path) 
 
 def test_two_collectors_with_their_own_users_share_the_events(tmp_path: Path) -> None:
     """docs/configuration.md, "Several collectors": collector-2 with its own password and ACL
-    section, both in the shared group. Both send the client id server/collector.py sends, as
-    two `menwei server run` would; both stay connected (two processes with one username would
-    replace each other), and the gates' events are dealt between them, each once."""
+    section, both in the shared group. Both connect as two `menwei server run --shared-group`
+    do (server/collector.py: a client id of its own, no session); both stay connected (two
+    processes with one username would replace each other), and the gates' events are dealt
+    between them, each once: what Mosquitto delivers through `$share/...` is checked against
+    the gate's topic, which the copied ACL section lets collector-2 read."""
     users = {**PASSWORDS, EXTRA_COLLECTOR: "collector-Secret-4"}
     shared = f"$share/collectors/{ALL_EVENTS}"
     sent = [tagged(f"event {i}") for i in range(20)]
@@ -415,8 +417,7 @@ def test_two_collectors_with_their_own_users_share_the_events(tmp_path: Path) ->
                 shared,
                 username=u,
                 password=users[u],
-                client_id=COLLECTOR_ID,
-                session_expiry_s=SESSION_S,
+                client_id=collector_client_id(SITE, "collectors"),
             )
             for u in ("collector", EXTRA_COLLECTOR)
         ]

@@ -241,7 +241,9 @@ def test_each_new_database_has_its_own_epoch_stamped_on_every_event(tmp_path):
 
 def test_a_stale_low_ack_is_ignored_and_a_lasting_one_requeues(tmp_path):
     """A queued old ack (persistent session) is followed by newer ones: nothing to do. An ack
-    that stays low (the collector's store was restored) sends the lost events again."""
+    that stays low is asked again once (the event at the gate's ack is sent again: of two
+    collectors' acks the lower may have reached the broker last); still low after that (the
+    collector's store was restored), the lost events are sent again."""
     import time
     from dataclasses import replace as with_
 
@@ -273,8 +275,25 @@ def test_a_stale_low_ack_is_ignored_and_a_lasting_one_requeues(tmp_path):
         sync._requeue_if_collector_lost_events(time.monotonic() + 0.5)  # not yet
         assert store.backlog() == 0
         sync._requeue_if_collector_lost_events(time.monotonic() + 100)
+        assert (sync.stats["probes"], sync.stats["requeued"]) == (1, 0), "asked again first"
+        assert (store.backlog(), store.acked_seq(), sync.acked) == (0, 5, 5)
+        ack(3)  # the collector's answer: still 3
+        sync._requeue_if_collector_lost_events(time.monotonic() + 100.5)  # not yet
+        assert store.backlog() == 0
+        sync._requeue_if_collector_lost_events(time.monotonic() + 200)
         assert (sync.stats["requeued"], store.backlog(), store.acked_seq()) == (2, 2, 3)
         assert [e.seq for e in store.unacked(0, 10)] == [4, 5]
+        assert sync.stats["probes"] == 1
+
+
+def test_event_at_gives_a_logged_event_acknowledged_or_not_in_the_current_epoch(store):
+    events = fill(store, 4)
+    store.mark_acked(3)
+    assert store.event_at(3) == events[2] and store.event_at(4) == events[3]
+    assert store.event_at(0) is None and store.event_at(5) is None
+    move, _ = store.start_new_epoch(3)
+    assert store.event_at(1) is not None and store.event_at(1).uuid == events[3].uuid
+    assert store.event_at(1).epoch == move.epoch and store.event_at(2) is None
 
 
 def test_a_new_epoch_renumbers_the_unconfirmed_events_from_1(store):

@@ -23,9 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from server.storage.engine import Tx
+from server.storage.engine import Tx, insert
 from server.storage.schema import job_runs
 
 
@@ -63,11 +62,13 @@ def claim(tx: Tx, job: str, now_us: int, hold_us: int, holder: str) -> bool:
         return True
     # Not due, or never run: then its first row. (An INSERT's rowcount is not reported by
     # every driver: RETURNING says whether this one inserted it.)
-    insert = (postgresql if tx.dialect.name == "postgresql" else sqlite).insert(job_runs)
-    first = tx.execute(
-        insert.values(job=job, **taken).on_conflict_do_nothing().returning(job_runs.c.job)
+    inserted = tx.execute(
+        insert(tx, job_runs)
+        .values(job=job, **taken)
+        .on_conflict_do_nothing()
+        .returning(job_runs.c.job)
     )
-    return first.first() is not None
+    return inserted.first() is not None
 
 
 def finish(tx: Tx, job: str, holder: str, due_us: int) -> bool:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -55,6 +58,13 @@ def register(
         type=web_cli.parse_http,
         metavar="HOST:PORT",
         help="also serve the operator dashboard here (e.g. 127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--shared-group",
+        type=_share_name,
+        metavar="NAME",
+        help="share the gates' events with the other collectors of group NAME (MQTT v5"
+        " $share; overrides server.toml [mqtt] shared_group)",
     )
     p.set_defaults(func=cmd_run, trial=trial)
 
@@ -208,13 +218,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share_name(text: str) -> str:
+    """A shared subscription's group name: MQTT v5 forbids '/', '+' and '#' in it."""
+    if not text or any(c in text for c in "/+#"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a group name without '/', '+' or '#'")
+    return text
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with Site(args.dir) as site:
         broker = parse_broker(args.broker or site.config.mqtt.broker)
+        client_id = None
+        if args.shared_group:
+            mqtt = dataclasses.replace(site.config.mqtt, shared_group=args.shared_group)
+            site.config = dataclasses.replace(site.config, mqtt=mqtt)
+            # Several collectors of one directory: each needs its own MQTT client id (a broker
+            # closes the older of two connections with one id).
+            client_id = f"menwei-collector-{site.site}-{socket.gethostname()}-{os.getpid()}"
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        with Collector(site, broker) as collector, contextlib.ExitStack() as web:
+        with (
+            Collector(site, broker, client_id=client_id) as collector,
+            contextlib.ExitStack() as web,
+        ):
             collector.start()
             log.info("collector for site %s on %s", site.site, broker)
             print(f"collector running for site {site.site} on {broker}", flush=True)

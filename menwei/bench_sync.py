@@ -19,30 +19,27 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from edge.store import GateStore
 from edge.sync import GateSync, SyncSettings
+from menwei.gate_traffic import numbered, resident_event
 from menwei.mosquitto import MosquittoBroker
 from menwei.reconcile import reconcile
 from protocol.broker import parse_broker
-from protocol.events import Event
 from server.collector import Collector
 from server.site import Site
 from server.store import STORE_NAME
 
 SITE = "bench-site"
 GATE = "bench-gate"
-HOUSEHOLDS = 500
 LATENCY_SAMPLES = 1000  # about this many appends are timed until their ack is observed
+SPACING = timedelta(milliseconds=200)  # between two decisions of the scripted day
 
 
-class _TimedSync(GateSync):
+class TimedSync(GateSync):
     """GateSync that notes when each acknowledgement is handled (instrumentation only)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -57,37 +54,6 @@ class _TimedSync(GateSync):
             self.ack_times.append((time.monotonic(), self.acked))
         if self.target and self.acked >= self.target:
             self.all_acked.set()
-
-
-def _event(i: int, start: datetime) -> Event:
-    """The i-th event of a busy day: residents of many households going out and in,
-    a few refusals among them (the collector's conflict check sees real traffic)."""
-    pass_id = 1 + i % (2 * HOUSEHOLDS)
-    household = f"{1 + pass_id % HOUSEHOLDS // 100}-1-{100 + pass_id % 100}"
-    direction = "out" if (i // (2 * HOUSEHOLDS)) % 2 == 0 else "in"
-    denied = i % 17 == 0
-    return Event(
-        site=SITE,
-        gate=GATE,
-        seq=0,
-        uuid=str(uuid.uuid4()),
-        at=(start + timedelta(milliseconds=200 * i)).isoformat(timespec="milliseconds"),
-        clock_trusted=True,
-        kind="decision",
-        decision="deny" if denied else "allow",
-        reason="expired" if denied else "ok",
-        direction=direction,
-        temperature_c=36.5 if direction == "in" else None,
-        pass_id=pass_id,
-        household=household,
-        role="resident",
-        versions={"config": 1, "register": 1},
-        detail={"rule": "validity" if denied else "all", "flags": []},
-    )
-
-
-def _numbered(template: Event) -> Callable[[int], Event]:
-    return lambda seq: replace(template, seq=seq)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -117,7 +83,7 @@ def run_sync_bench(
             site = Site.init(work / "server", SITE)
             collector = Collector(site, broker_addr)
             store = GateStore(work / "gate" / "gate.db")
-            sync = _TimedSync(
+            sync = TimedSync(
                 SyncSettings(SITE, GATE, broker_addr, batch_size=batch_size, window=window),
                 store,
                 on_document=lambda _kind, _raw: None,
@@ -139,7 +105,8 @@ def run_sync_bench(
                 start_at = datetime.now(UTC)
                 t0 = time.monotonic()
                 for i in range(events):
-                    e = store.append(_numbered(_event(i, start_at)), state=None, clock_floor=0.0)
+                    event = resident_event(SITE, GATE, i, start_at, every=SPACING)
+                    e = store.append(numbered(event), state=None, clock_floor=0.0)
                     if e.seq % every == 0 or e.seq == events:
                         appended[e.seq] = time.monotonic()
                     sync.notify()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from edge import cli as gate_cli
 from menwei import policy_cli
 from menwei.policy_trial import run_trial
 from protocol.errors import ProtocolError
+from protocol.events import MAX_BATCH_EVENTS
 from protocol.output import render
 from server import cli as server_cli
 
@@ -57,12 +59,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=500, help="unacknowledged events in flight")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_sync)
+    p = b.add_parser(
+        "collector",
+        help="G gates' batches through a private broker to K `menwei server run` processes",
+    )
+    p.add_argument("--gates", type=_count(), default=50, help="simulated gates (default 50)")
+    p.add_argument(
+        "--events-per-gate",
+        type=_count(),
+        default=1000,
+        help="events each gate sends (default 1000)",
+    )
+    p.add_argument(
+        "--batch",
+        type=_count(MAX_BATCH_EVENTS),
+        default=50,
+        help="events per MQTT message (default 50)",
+    )
+    p.add_argument(
+        "--window", type=_count(), default=500, help="unacknowledged events per gate (default 500)"
+    )
+    p.add_argument(
+        "--resend-after",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="gates send everything unacknowledged again after S s without ack progress, as"
+        " real gates do after 10 (default 0: never; a lost batch shows as lost)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--store",
+        metavar="URL",
+        help="an empty database for the collectors: postgresql://USER@HOST:PORT/DB or"
+        " sqlite:///PATH (default: SQLite in a temporary server directory)",
+    )
+    where.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL server for the run (Debian's postgresql package)",
+    )
+    p.add_argument(
+        "--collectors",
+        type=_count(),
+        default=1,
+        help="collector processes; more than one share the events (default 1)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_collector)
+    p = b.add_parser("backlog", help="one gate's offline backlog drained to a collector")
+    p.add_argument(
+        "--events", type=_count(), default=100000, help="events logged offline (default 100000)"
+    )
+    p.add_argument(
+        "--batch-size", type=_count(MAX_BATCH_EVENTS), default=50, help="events per MQTT message"
+    )
+    p.add_argument("--window", type=_count(), default=500, help="unacknowledged events in flight")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_backlog)
     p = b.add_parser("decide", help="the pure decision core on scripted scans")
     p.add_argument("--scans", type=int, default=20000, help="scans decided (default 20000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_decide)
     return parser
+
+
+def _count(most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from 1 (to `most`)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < 1 or (most is not None and n > most):
+            raise argparse.ArgumentTypeError(f"{n}: from 1 to {most}" if most else f"{n} < 1")
+        return n
+
+    return parse
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -94,8 +169,58 @@ def cmd_bench_sync(args: argparse.Namespace) -> int:
     from menwei.bench_sync import run_sync_bench
 
     result = run_sync_bench(args.events, args.batch_size, args.window)
-    _print_bench(result, args.json)
-    return 0 if result["lost"] == 0 and result["duplicates"] == 0 else 1
+    return _bench_outcome(result, args.json)
+
+
+@contextlib.contextmanager
+def _bench_errors() -> Iterator[None]:
+    """A part of a benchmark that did not start or finish (broker, PostgreSQL, a collector,
+    the simulated gates) is an error of the command, said in one line by `main`."""
+    from menwei.bench_collector import BenchError
+    from menwei.collector_process import CollectorProcessError
+    from menwei.mosquitto import BrokerError
+    from menwei.postgres import PostgresError
+
+    try:
+        yield
+    except (BenchError, CollectorProcessError, BrokerError, PostgresError, ValueError) as exc:
+        raise BenchFailed(str(exc)) from exc
+
+
+class BenchFailed(OSError):
+    """A benchmark could not run (the message says which part failed)."""
+
+
+def _bench_outcome(result: dict[str, object], as_json: bool) -> int:
+    """Print a benchmark that delivers events; exit 1 unless every event arrived once."""
+    _print_bench(result, as_json)
+    whole = result["lost"] == 0 and result["duplicates"] == 0 and result.get("complete", True)
+    return 0 if whole else 1
+
+
+def cmd_bench_collector(args: argparse.Namespace) -> int:
+    from menwei.bench_collector import run_collector_bench
+
+    with _bench_errors():
+        result = run_collector_bench(
+            args.gates,
+            args.events_per_gate,
+            args.batch,
+            store=args.store,
+            postgres=args.postgres,
+            collectors=args.collectors,
+            window=args.window,
+            resend_after_s=args.resend_after,
+        )
+    return _bench_outcome(result, args.json)
+
+
+def cmd_bench_backlog(args: argparse.Namespace) -> int:
+    from menwei.bench_backlog import run_backlog_bench
+
+    with _bench_errors():
+        result = run_backlog_bench(args.events, args.batch_size, args.window)
+    return _bench_outcome(result, args.json)
 
 
 def cmd_bench_decide(args: argparse.Namespace) -> int:

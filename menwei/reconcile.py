@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.store import GateStore
-from server.store import ServerStore
+from server.storage import Store
+from server.storage.events import EventKey, alias_keys, event_keys
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,7 @@ class Reconciliation:
 
 def reconcile(gate_dbs: list[Path], server_db: Path | str) -> Reconciliation:
     """Gates' logs against the collector's store (a SQLite file, or a store URL)."""
-    url = server_db if isinstance(server_db, str) else f"sqlite:///{server_db.resolve()}"
-    logged: set[tuple[str, str, int, str]] = set()
+    logged: set[EventKey] = set()
     pending = 0
     for path in gate_dbs:
         with GateStore(path) as store:
@@ -30,9 +30,18 @@ def reconcile(gate_dbs: list[Path], server_db: Path | str) -> Reconciliation:
                 e = item.event
                 logged.add((e.gate, e.epoch, e.seq, e.uuid))
                 pending += not item.acked
-    with ServerStore(url) as store:
-        keys = store.event_keys()
-        aliases = set(store.alias_keys())  # renumbered by a gate that lost its history
+    return reconcile_keys(logged, server_db, pending)
+
+
+def reconcile_keys(
+    logged: set[EventKey], server_db: Path | str, pending: int = 0
+) -> Reconciliation:
+    """The events gates logged, as keys, against the collector's store (a SQLite file, or a
+    store URL: SQLite or PostgreSQL); `pending` is passed through."""
+    url = server_db if isinstance(server_db, str) else f"sqlite:///{server_db.resolve()}"
+    with Store(url, migrate=False) as store, store.read() as tx:  # read only: as it is
+        keys = event_keys(tx)
+        aliases = set(alias_keys(tx))  # renumbered by a gate that lost its history
     counts = Counter(keys)
     stored = set(keys)
     doubled = sum(n - 1 for n in counts.values()) + len(stored - logged)

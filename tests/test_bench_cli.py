@@ -1,5 +1,6 @@
-"""`menwei bench sync|decide` through the real command line, small sizes: the JSON contract
-and the invariants (nothing lost or doubled, every scan decided). Speed is never asserted."""
+"""`menwei bench sync|decide|collector|backlog` through the real command line, small sizes:
+the JSON contract and the invariants (nothing lost or doubled, every scan decided). Speed is
+never asserted."""
 
 from __future__ import annotations
 
@@ -59,6 +60,68 @@ def test_bench_decide_decides_every_scan() -> None:
     assert r["verify_share"] > 0, r
 
 
-def test_bench_help_lists_sync_and_decide() -> None:
+def test_bench_collector_commits_every_gates_events_once() -> None:
+    proc = run_menwei(
+        "bench", "collector", "--gates", "3", "--events-per-gate", "40", "--batch", "10", "--json"
+    )
+    r = last_json(proc.stdout)
+    keys = {"events_per_s", "raw_events_per_s", "ratio", "collector_rss_mb", "lost", "duplicates"}
+    assert keys <= r.keys(), r
+    assert (r["events"], r["collector_events"], r["lost"], r["duplicates"]) == (120, 120, 0, 0), r
+    assert (r["gates"], r["collectors"], r["store"], r["complete"]) == (3, 1, "sqlite", True), r
+    assert r["events_per_s"] > 0 and r["raw_events_per_s"] > 0 and r["ratio"] > 0, r
+    assert r["collector_rss_mb"] > 0, r
+    # 40 events in batches of 10: at least 4 messages per gate reached the collector
+    assert isinstance(r["batches_sent"], int) and r["batches_sent"] >= 12, r
+
+
+def test_bench_collector_shares_the_events_between_two_collectors() -> None:
+    # Gates' resends on: two collectors' writers on one SQLite file may meet a locked
+    # database, and then the gate sends the batch again, as a real gate does.
+    proc = run_menwei(
+        "bench",
+        "collector",
+        "--gates",
+        "3",
+        "--events-per-gate",
+        "40",
+        "--batch",
+        "10",
+        "--collectors",
+        "2",
+        "--resend-after",
+        "10",
+        "--json",
+    )
+    r = last_json(proc.stdout)
+    assert (r["collector_events"], r["lost"], r["duplicates"], r["complete"]) == (120, 0, 0, True)
+    rss = r["collectors_rss_mb"]
+    assert isinstance(rss, list) and len(rss) == 2 and all(x > 0 for x in rss), r
+
+
+def test_bench_backlog_drains_every_event_once() -> None:
+    proc = run_menwei("bench", "backlog", "--events", "500", "--json")
+    r = last_json(proc.stdout)
+    keys = {"drain_s", "events_per_s", "gate_rss_mb", "lost", "duplicates"}
+    assert keys <= r.keys(), r
+    assert (r["events"], r["collector_events"], r["lost"], r["duplicates"], r["pending"]) == (
+        500,
+        500,
+        0,
+        0,
+        0,
+    ), r
+    assert r["drain_s"] > 0 and r["events_per_s"] > 0 and r["gate_rss_mb"] > 0, r
+    # 500 events of at most 50 per message
+    assert isinstance(r["batches"], int) and r["batches"] >= 10, r
+
+
+def test_bench_collector_refuses_bad_sizes_in_one_line() -> None:
+    proc = run_menwei("bench", "collector", "--batch", "501", "--json", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--batch" in proc.stderr, proc.stderr
+
+
+def test_bench_help_lists_every_benchmark() -> None:
     out = run_menwei("bench", "--help").stdout
-    assert "sync" in out and "decide" in out
+    assert all(name in out for name in ("sync", "decide", "collector", "backlog")), out

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.store import GateStore
-from server.store import ServerStore
+from server.storage import Store
+from server.storage import events as events_db
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ def reconcile(gate_dbs: list[Path], server_db: Path | str) -> Reconciliation:
                 e = item.event
                 logged.add((e.gate, e.epoch, e.seq, e.uuid))
                 pending += not item.acked
-    with ServerStore(url) as store:
-        keys = store.event_keys()
-        aliases = set(store.alias_keys())  # renumbered by a gate that lost its history
+    with Store(url) as server, server.read() as tx:
+        keys = events_db.event_keys(tx)
+        aliases = set(events_db.alias_keys(tx))  # renumbered by a gate that lost its history
     counts = Counter(keys)
     stored = set(keys)
     doubled = sum(n - 1 for n in counts.values()) + len(stored - logged)

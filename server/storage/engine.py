@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +127,23 @@ def lock(tx: Tx, name: str) -> None:
     other writer."""
     if tx.dialect.name == "postgresql":
         tx.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+
+
+def lock_all(tx: Tx, names: Iterable[str]) -> None:
+    """`lock` for each of `names`, in one statement, in ascending order of their keys: two
+    transactions that take their sets of locks this way (one gate's batches and their
+    households, say) never wait for each other in a cycle. PostgreSQL evaluates the volatile
+    lock function after the sort (see "ORDER BY" in its SELECT documentation); a lock this
+    transaction already holds is taken again at once. No-op on SQLite, as `lock`."""
+    keys = sorted({lock_key(n) for n in names})
+    if keys and tx.dialect.name == "postgresql":
+        tx.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k)"
+                " FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
+            ),
+            {"keys": keys},
+        )
 
 
 def insert(tx: Tx, table: Any) -> Any:

@@ -15,6 +15,7 @@ from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import Site
 from server.store import STORE_NAME
+from tests import collected
 from tests.e2e.helpers import GateThread, Stage, gate_progress, provision_gate, wait_until
 
 
@@ -78,7 +79,9 @@ def test_gates_resend_what_a_restored_collector_store_lost(
         try:
             scan(0)
             synced(7)
-            assert sorted(s for g, _e, s, _u in server.store.event_keys() if g == "west") == [
+            assert sorted(
+                s for g, _e, s, _u in collected.event_keys(server.store) if g == "west"
+            ) == [
                 1,
                 2,
                 3,
@@ -89,6 +92,6 @@ def test_gates_resend_what_a_restored_collector_store_lost(
             ]
             sync = gate.daemon.sync
             assert sync is not None and sync.stats["requeued"] == 3  # 4..6; 7 was still queued
-            assert server.store.conflicts() == []
+            assert collected.conflicts(server.store) == []
         finally:
             stop_collector(server, collector)

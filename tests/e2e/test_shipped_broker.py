@@ -27,6 +27,7 @@ from server.collector import Collector, max_payload
 from server.config import CONFIG_NAME, load_server_config
 from server.site import Site
 from server.store import STORE_NAME
+from tests import collected
 from tests.e2e.helpers import (
     GateThread,
     Message,
@@ -517,10 +518,10 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
                 wait_until(
                     lambda: any(
                         g["gate"] == "east" and (g["status"] or {}).get("state") == "online"
-                        for g in site.store.gates()
+                        for g in collected.gates(site.store)
                     ),
                     30,
-                    lambda: f"gate status at the collector: {site.store.gates()}",
+                    lambda: f"gate status at the collector: {collected.gates(site.store)}",
                 )
         finally:
             collector.close()

@@ -17,6 +17,7 @@ from protocol import topics
 from server.collector import Collector
 from server.site import IssuedPass, Site
 from server.store import STORE_NAME
+from tests import collected
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import (
     GateThread,
@@ -119,7 +120,7 @@ def test_decisions_reach_the_collector_exactly_once(
     ] * 3
     for item in log:
         assert item.event.temperature_c == pytest.approx(36.6, abs=0.3)
-    stored = {(g, s): u for g, _e, s, u in site.store.event_keys()}
+    stored = {(g, s): u for g, _e, s, u in collected.event_keys(site.store)}
     assert {(i.event.gate, i.event.seq): i.event.uuid for i in log}.items() <= stored.items()
     check_reconciled(site, gate_dir, west)
 

@@ -48,7 +48,8 @@ def find_conflicts(tx: Tx, policy: Policy, events: Iterable[Event]) -> list[Conf
     if not allowed:
         return []
     revoked = replay.revocations(tx, {e.pass_id for e in allowed if e.pass_id is not None})
-    quarantined = replay.quarantines(tx, {e.household for e in allowed if e.household})
+    exits = {e.household for e in allowed if e.household and e.direction == "out"}
+    quarantined = replay.quarantines(tx, exits)  # only exits break a quarantine
     found: list[Conflict] = []
     windows: set[tuple[str, datetime, datetime]] = set()
     for e in allowed:

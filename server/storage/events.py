@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, union_all
+from sqlalchemy import bindparam, func, select, union_all
 
 from protocol.events import Event
 from server.storage import replay
-from server.storage.engine import Tx, insert, lock_all
+from server.storage.engine import Tx, dialect_insert, insert, lock_all, prepared
 from server.storage.gates import advance_contiguous, gate_epoch
 from server.storage.schema import conflicts as conflicts_table
 from server.storage.schema import event_aliases, events, rejected_messages
@@ -81,10 +81,7 @@ def insert_events(tx: Tx, gate: str, batch: Sequence[Event], *, now: str) -> Ins
             rows.append(event_row(gate, e, now))
             new.append(e)
     if rows:
-        inserted = tx.execute(
-            insert(tx, events).on_conflict_do_nothing().returning(events.c.epoch, events.c.seq),
-            rows,
-        )
+        inserted = tx.execute(prepared(tx, _insert_query), rows)
         stored = {(str(ep), int(s)) for ep, s in inserted}
         if len(stored) < len(rows):  # another writer got there first: what holds it now
             new, late = _settle(tx, gate, new, stored)
@@ -131,21 +128,35 @@ def insert_events(tx: Tx, gate: str, batch: Sequence[Event], *, now: str) -> Ins
 
 def _held(tx: Tx, gate: str, batch: Sequence[Event]) -> dict[tuple[str, int], str]:
     """(epoch, seq) → uuid of the stored events of `gate` that share a uuid or an
-    (epoch, seq) with `batch`: one statement."""
+    (epoch, seq) with `batch`: one statement (one per epoch of the batch: a gate's batch
+    has one but for its move to a new epoch)."""
     if not batch:
         return {}
     by_epoch: dict[str, list[int]] = {}
     for e in batch:
         by_epoch.setdefault(e.epoch, []).append(e.seq)
+    uuids = [e.uuid for e in batch]
+    query = prepared(tx, _held_query)
+    return {
+        (str(ep), int(s)): str(u)
+        for epoch, seqs in by_epoch.items()
+        for ep, s, u in tx.execute(
+            query, {"gate": gate, "uuids": uuids, "epoch": epoch, "seqs": seqs}
+        )
+    }
+
+
+def _held_query(_dialect: str) -> Any:
     columns = (events.c.epoch, events.c.seq, events.c.uuid)
-    query = union_all(
-        select(*columns).where(events.c.gate == gate, events.c.uuid.in_({e.uuid for e in batch})),
+    gate = events.c.gate == bindparam("gate")
+    return union_all(
+        select(*columns).where(gate, events.c.uuid.in_(bindparam("uuids", expanding=True))),
         select(*columns).where(
-            events.c.gate == gate,
-            or_(*(and_(events.c.epoch == ep, events.c.seq.in_(s)) for ep, s in by_epoch.items())),
+            gate,
+            events.c.epoch == bindparam("epoch"),
+            events.c.seq.in_(bindparam("seqs", expanding=True)),
         ),
     )
-    return {(str(ep), int(s)): str(u) for ep, s, u in tx.execute(query)}
 
 
 def event_row(gate: str, e: Event, received_at: str) -> dict[str, Any]:
@@ -167,6 +178,14 @@ def event_row(gate: str, e: Event, received_at: str) -> dict[str, Any]:
         "received_at": received_at,
         "direction": e.direction,
     }
+
+
+def _insert_query(dialect: str) -> Any:
+    return (
+        dialect_insert(dialect, events)
+        .on_conflict_do_nothing()
+        .returning(events.c.epoch, events.c.seq)
+    )
 
 
 def _settle(
@@ -207,15 +226,17 @@ def _refuse(tx: Tx, gate: str, refused: list[tuple[Event, str]], now: str) -> No
 def first_reused_seq(tx: Tx, gate: str, epoch: str) -> int | None:
     """The lowest seq of `epoch` that `gate` sent for two different events (served by the
     conflicts_once index: every seq_reused row has a uuid)."""
-    seq = tx.scalar(
-        select(func.min(conflicts_table.c.seq)).where(
-            conflicts_table.c.kind == SEQ_REUSED,
-            conflicts_table.c.uuid.is_not(None),
-            conflicts_table.c.gate == gate,
-            conflicts_table.c.epoch == epoch,
-        )
-    )
+    seq = tx.scalar(prepared(tx, _first_reused_query), {"gate": gate, "epoch": epoch})
     return None if seq is None else int(seq)
+
+
+def _first_reused_query(_dialect: str) -> Any:
+    return select(func.min(conflicts_table.c.seq)).where(
+        conflicts_table.c.kind == SEQ_REUSED,
+        conflicts_table.c.uuid.is_not(None),
+        conflicts_table.c.gate == bindparam("gate"),
+        conflicts_table.c.epoch == bindparam("epoch"),
+    )
 
 
 def uuid_at(tx: Tx, gate: str, epoch: str, seq: int) -> str | None:
@@ -307,9 +328,7 @@ def add_conflicts_once(tx: Tx, found: Sequence[Conflict], *, now: str) -> list[b
     if not first:
         return []
     result = tx.execute(
-        insert(tx, conflicts_table)
-        .on_conflict_do_nothing()
-        .returning(conflicts_table.c.kind, conflicts_table.c.uuid),
+        prepared(tx, _record_conflicts_query),
         [
             {
                 "gate": c.gate,
@@ -326,6 +345,14 @@ def add_conflicts_once(tx: Tx, found: Sequence[Conflict], *, now: str) -> list[b
     return [
         first[(c.kind, c.uuid)] == i and (c.kind, c.uuid) in recorded for i, c in enumerate(found)
     ]
+
+
+def _record_conflicts_query(dialect: str) -> Any:
+    return (
+        dialect_insert(dialect, conflicts_table)
+        .on_conflict_do_nothing()
+        .returning(conflicts_table.c.kind, conflicts_table.c.uuid)
+    )
 
 
 def conflicts(tx: Tx) -> list[dict[str, Any]]:

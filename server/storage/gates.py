@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select, union
+from sqlalchemy import bindparam, select
 
-from server.storage.engine import Tx, insert
+from server.storage.engine import Tx, dialect_insert, insert, prepared
 from server.storage.schema import event_aliases, events, gates
 
-RUN_CHUNK = 1000
-"""Seqs read at once while walking a gate's run of held seqs (one read in the usual case)."""
+RUN_CHUNK = 512
+"""Seqs read at first while walking a gate's run of held seqs (one read in the usual case)."""
 
 
 def gate_epoch(tx: Tx, gate: str) -> str | None:
@@ -35,45 +35,71 @@ def advance_contiguous(tx: Tx, gate: str, epoch: str, now: str) -> tuple[int, st
     """After a batch of `gate` in `epoch` was stored: its contiguous seq in `epoch` (from
     the stored one when the epoch is the same, else from 0) and the epoch it replaced, if
     the gate's epoch changed. Records both, and `now` (UTC ISO text) as last seen."""
-    row = tx.execute(
-        select(gates.c.contiguous_seq, gates.c.epoch).where(gates.c.gate == gate)
-    ).first()
+    row = tx.execute(prepared(tx, _position_query), {"gate": gate}).first()
     held = None if row is None else row.epoch
     start = int(row.contiguous_seq) if row is not None and held == epoch else 0
     contiguous = _run_end(tx, gate, epoch, start)
     tx.execute(
-        insert(tx, gates)
-        .values(gate=gate, contiguous_seq=contiguous, last_seen=now, epoch=epoch)
-        .on_conflict_do_update(
-            index_elements=[gates.c.gate],
-            set_={"contiguous_seq": contiguous, "last_seen": now, "epoch": epoch},
-        )
+        prepared(tx, _record_position),
+        {"gate": gate, "contiguous_seq": contiguous, "last_seen": now, "epoch": epoch},
     )
     return contiguous, held if held is not None and held != epoch else None
 
 
+def _position_query(_dialect: str) -> Any:
+    return select(gates.c.contiguous_seq, gates.c.epoch).where(gates.c.gate == bindparam("gate"))
+
+
+def _record_position(dialect: str) -> Any:
+    statement = dialect_insert(dialect, gates)
+    return statement.on_conflict_do_update(
+        index_elements=[gates.c.gate],
+        set_={
+            "contiguous_seq": statement.excluded.contiguous_seq,
+            "last_seen": statement.excluded.last_seen,
+            "epoch": statement.excluded.epoch,
+        },
+    )
+
+
 def _run_end(tx: Tx, gate: str, epoch: str, start: int) -> int:
     """The end of the run of held seqs start+1, start+2, … of `gate` in `epoch` (`start`
-    when start+1 is not held), read in chunks of RUN_CHUNK seqs in order."""
-    c = start
+    when start+1 is not held): the events' and the aliases' seqs above it read in order, a
+    chunk at a time (each an index range; one chunk in the usual case)."""
+    c, chunk = start, RUN_CHUNK
     while True:
-        held = union(
-            select(events.c.seq).where(
-                events.c.gate == gate, events.c.epoch == epoch, events.c.seq > c
-            ),
-            select(event_aliases.c.seq).where(
-                event_aliases.c.gate == gate,
-                event_aliases.c.epoch == epoch,
-                event_aliases.c.seq > c,
-            ),
-        ).subquery()
-        seqs = tx.scalars(select(held.c.seq).order_by(held.c.seq).limit(RUN_CHUNK)).all()
-        for seq in seqs:
-            if seq != c + 1:
-                return c
-            c = seq
-        if len(seqs) < RUN_CHUNK:
+        held: set[int] = set()
+        params = {"gate": gate, "epoch": epoch, "above": c, "n": chunk}
+        for query in (_events_above, _aliases_above):
+            held.update(tx.scalars(prepared(tx, query), params))
+        top = c + chunk  # every seq up to here held in either table is in `held`
+        while c + 1 in held and c < top:
+            c += 1
+        if c < top:
             return c
+        chunk *= 2
+
+
+def _seqs_above(table: Any) -> Any:
+    """A table's seqs of a gate's epoch above `above`, the `n` lowest, in order."""
+    return (
+        select(table.c.seq)
+        .where(
+            table.c.gate == bindparam("gate"),
+            table.c.epoch == bindparam("epoch"),
+            table.c.seq > bindparam("above"),
+        )
+        .order_by(table.c.seq)
+        .limit(bindparam("n"))
+    )
+
+
+def _events_above(_dialect: str) -> Any:
+    return _seqs_above(events)
+
+
+def _aliases_above(_dialect: str) -> Any:
+    return _seqs_above(event_aliases)
 
 
 def set_status(tx: Tx, gate: str, status: dict[str, Any], now: str) -> None:

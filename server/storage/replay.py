@@ -19,12 +19,13 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy import Select, and_, bindparam, delete, or_, select
 
 from protocol.events import Event
-from server.storage.engine import Tx, insert
+from server.storage.engine import Tx, dialect_insert, prepared
 from server.storage.schema import events, household_days, households, passes
 from server.storage.times import instant_us
 
@@ -68,10 +69,46 @@ class Passage:
 
 def passages(tx: Tx, spans: Sequence[tuple[str, int, int]]) -> dict[str, list[Passage]]:
     """household → its counted passages with at_us in any of its spans [from_us, to_us)
-    of `spans` (household, from_us, to_us), in replay order: one statement."""
+    of `spans` (household, from_us, to_us), in replay order: one statement, served by the
+    index on (household, at_us) for each span (what counts is sorted out here: a condition
+    on kind would lead SQLite to the index on (kind, at_us), every household's decisions)."""
     if not spans:
         return {}
-    rows = tx.execute(
+    params: dict[str, Any] = {}
+    for i, (h, lo, hi) in enumerate(spans):
+        params.update({f"h{i}": h, f"lo{i}": lo, f"hi{i}": hi})
+    found: dict[str, list[Passage]] = {}
+    for row in tx.execute(_passages_query(len(spans)), params):
+        h, at_us, gate, seq, uuid, at, pass_id, direction, kind, decision, role = row
+        if (
+            kind == "decision"
+            and decision == "allow"
+            and pass_id is not None
+            and (role or "resident") not in QUOTA_EXEMPT_ROLES
+        ):
+            found.setdefault(str(h), []).append(
+                Passage(
+                    int(at_us), str(gate), int(seq), str(uuid), str(at), int(pass_id), direction
+                )
+            )
+    return found
+
+
+@lru_cache(maxsize=64)
+def _passages_query(n: int) -> Select[Any]:
+    """The query of `passages` for `n` spans (built once: SQLAlchemy then reuses its
+    compiled form)."""
+    within = or_(
+        *(
+            and_(
+                events.c.household == bindparam(f"h{i}"),
+                events.c.at_us >= bindparam(f"lo{i}"),
+                events.c.at_us < bindparam(f"hi{i}"),
+            )
+            for i in range(n)
+        )
+    )
+    return (
         select(
             events.c.household,
             events.c.at_us,
@@ -81,27 +118,13 @@ def passages(tx: Tx, spans: Sequence[tuple[str, int, int]]) -> dict[str, list[Pa
             events.c.at,
             events.c.pass_id,
             events.c.direction,
+            events.c.kind,
+            events.c.decision,
+            events.c.role,
         )
-        .where(
-            or_(
-                *(
-                    and_(events.c.household == h, events.c.at_us >= lo, events.c.at_us < hi)
-                    for h, lo, hi in spans
-                )
-            ),
-            events.c.kind == "decision",
-            events.c.decision == "allow",
-            events.c.pass_id.is_not(None),
-            func.coalesce(events.c.role, "resident").not_in(QUOTA_EXEMPT_ROLES),
-        )
+        .where(within)
         .order_by(events.c.at_us, events.c.gate, events.c.seq)
     )
-    found: dict[str, list[Passage]] = {}
-    for h, at_us, gate, seq, uuid, at, pass_id, direction in rows:
-        found.setdefault(str(h), []).append(
-            Passage(int(at_us), str(gate), int(seq), str(uuid), str(at), int(pass_id), direction)
-        )
-    return found
 
 
 @dataclass(frozen=True)
@@ -122,10 +145,7 @@ def states(
     if not households_ or not starts:
         return {}
     rows = tx.execute(
-        select(household_days).where(
-            household_days.c.household.in_(households_),
-            household_days.c.period_start_us.in_(starts),
-        )
+        prepared(tx, _states_query), {"households": list(households_), "starts": list(starts)}
     )
     return {
         (r.household, int(r.period_start_us)): SavedState(
@@ -138,21 +158,19 @@ def states(
     }
 
 
+def _states_query(_dialect: str) -> Any:
+    return select(household_days).where(
+        household_days.c.household.in_(bindparam("households", expanding=True)),
+        household_days.c.period_start_us.in_(bindparam("starts", expanding=True)),
+    )
+
+
 def save_states(tx: Tx, saved: Sequence[SavedState]) -> None:
     """Keep each state (replacing the window's previous one)."""
     if not saved:
         return
-    stmt = insert(tx, household_days)
     tx.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[household_days.c.household, household_days.c.period_start_us],
-            set_={
-                "last_at_us": stmt.excluded.last_at_us,
-                "last_gate": stmt.excluded.last_gate,
-                "last_seq": stmt.excluded.last_seq,
-                "state": stmt.excluded.state,
-            },
-        ),
+        prepared(tx, _save_query),
         [
             {
                 "household": s.household,
@@ -167,35 +185,57 @@ def save_states(tx: Tx, saved: Sequence[SavedState]) -> None:
     )
 
 
+def _save_query(dialect: str) -> Any:
+    statement = dialect_insert(dialect, household_days)
+    return statement.on_conflict_do_update(
+        index_elements=[household_days.c.household, household_days.c.period_start_us],
+        set_={
+            "last_at_us": statement.excluded.last_at_us,
+            "last_gate": statement.excluded.last_gate,
+            "last_seq": statement.excluded.last_seq,
+            "state": statement.excluded.state,
+        },
+    )
+
+
 def forget_overtaken(tx: Tx, stored: Iterable[Event]) -> None:
     """Delete the saved states that counted passages just `stored` come before (or at the
-    instant of) the last passage of: their windows are replayed whole next time."""
-    params = [
-        {"h": e.household, "t": instant_us(e.at)}
-        for e in stored
-        if e.household is not None and counted(e)
-    ]
-    if params:
+    instant of) the last passage of: their windows are replayed whole next time. Per
+    household, a state whose [start, last] meets the span of its new passages goes (more
+    than needed when they straddle it, never fewer)."""
+    spans: dict[str, tuple[int, int]] = {}
+    for e in stored:
+        if e.household is not None and counted(e):
+            t = instant_us(e.at)
+            lo, hi = spans.get(e.household, (t, t))
+            spans[e.household] = (min(lo, t), max(hi, t))
+    if spans:
         tx.execute(
-            delete(household_days).where(
-                household_days.c.household == bindparam("h"),
-                household_days.c.period_start_us <= bindparam("t"),
-                household_days.c.last_at_us >= bindparam("t"),
-            ),
-            params,
+            prepared(tx, _forget_query),
+            [{"h": h, "lo": lo, "hi": hi} for h, (lo, hi) in spans.items()],
         )
+
+
+def _forget_query(_dialect: str) -> Any:
+    return delete(household_days).where(
+        household_days.c.household == bindparam("h"),
+        household_days.c.period_start_us <= bindparam("hi"),
+        household_days.c.last_at_us >= bindparam("lo"),
+    )
 
 
 def revocations(tx: Tx, pass_ids: Collection[int]) -> dict[int, datetime]:
     """pass id → when it was revoked, for those of `pass_ids` that are."""
     if not pass_ids:
         return {}
-    rows = tx.execute(
-        select(passes.c.pass_id, passes.c.revoked_at).where(
-            passes.c.pass_id.in_(pass_ids), passes.c.revoked_at.is_not(None)
-        )
-    )
+    rows = tx.execute(prepared(tx, _revocations_query), {"ids": list(pass_ids)})
     return {int(p): datetime.fromisoformat(at) for p, at in rows}
+
+
+def _revocations_query(_dialect: str) -> Any:
+    return select(passes.c.pass_id, passes.c.revoked_at).where(
+        passes.c.pass_id.in_(bindparam("ids", expanding=True)), passes.c.revoked_at.is_not(None)
+    )
 
 
 def quarantines(
@@ -218,3 +258,12 @@ def quarantines(
         )
         for h, since, until in rows
     }
+
+
+def _quarantines_query(_dialect: str) -> Any:
+    return select(
+        households.c.household, households.c.updated_at, households.c.quarantine_until
+    ).where(
+        households.c.household.in_(bindparam("households", expanding=True)),
+        households.c.quarantined == 1,
+    )

@@ -465,3 +465,49 @@ def test_the_collector_publishes_no_document_over_the_brokers_packet_size(
         assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
     finally:
         stop_mosquitto(proc)
+
+
+def test_queued_batches_are_stored_together_and_acked_once_per_gate(
+    site: Site, collector: Collector, broker: MosquittoBroker
+) -> None:
+    """What waits in the queue is stored in one transaction: each gate then gets one ack,
+    of its last batch, and the accepted passages go out in one relayed message."""
+    other = topics.events(SITE, "g2")
+    passages = topics.passages(SITE)
+    first, second = ev(1), ev(2)
+    with MqttWatcher(broker.url, ACK, topics.ack(SITE, "g2"), passages) as w:
+        collector.handle_many(
+            [
+                (EVENTS, encode_batch("g1", [first, second])),
+                (other, encode_batch("g2", [ev(1, gate="g2", pass_id=2)])),
+                (EVENTS, b"not json"),
+                (EVENTS, encode_batch("g1", [ev(3), second])),  # one resent
+            ]
+        )
+        relayed = w.wait_for(passages, lambda m: True, 10, "relayed passages")
+        assert [Ack.decode(m.payload).acked_seq for m in w.on(ACK)] == [3]
+        assert [Ack.decode(m.payload).acked_seq for m in w.on(topics.ack(SITE, "g2"))] == [1]
+        assert len(w.on(passages)) == 1
+    assert [(p["gate"], p["pass_id"]) for p in json_of(relayed)["passages"]] == [
+        ("g1", 1),
+        ("g1", 1),
+        ("g2", 2),
+        ("g1", 1),
+    ]
+    assert (collector.stats["batches"], collector.stats["inserted"]) == (3, 4)
+    assert (collector.stats["duplicates"], collector.stats["rejected"]) == (1, 1)
+    [(topic, reason)] = rejected(site)
+    assert topic == EVENTS and "not JSON" in reason
+
+
+def test_a_conflict_storm_logs_one_warning_per_batch(
+    site: Site, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twenty members out at once through two gates: twenty conflicts recorded, one line."""
+    collector.handle(EVENTS, encode_batch("g1", [ev(1, pass_id=100, household="9-9-909")]))
+    storm = [ev(s, gate="g2", pass_id=s, household="9-9-909") for s in range(1, 21)]
+    with caplog.at_level(logging.INFO, logger="menwei.collector"):
+        collector.handle(topics.events(SITE, "g2"), encode_batch("g2", storm))
+    assert collector.stats["conflicts"] >= 20
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "conflicts in a batch of g2" in lines[0], lines

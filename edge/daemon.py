@@ -67,7 +67,7 @@ from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
 from protocol.documents import decode_document
 from protocol.errors import ProtocolError
-from protocol.events import Event, Passage
+from protocol.events import Event, decode_passages
 from protocol.passes import PREFIX, TrustKey
 from protocol.reasons import message
 
@@ -646,25 +646,33 @@ class GateDaemon:
             )
 
     def on_passage(self, raw: bytes) -> None:
-        """A passage accepted by another gate of the site: count it here too."""
+        """Passages accepted by other gates of the site (one relayed message: the batch form
+        or, from older collectors, a single passage): count them here too, and save the
+        state once. Bad passages are skipped with one warning per message."""
         try:
-            passage = Passage.decode(raw)
+            passages, bad = decode_passages(raw)
         except ProtocolError as exc:
-            log.warning("ignored bad passage: %s", exc)
+            log.warning("ignored bad passage message: %s", exc)
             return
-        if passage.site != self.config.gate.site or passage.gate == self.config.gate.id:
+        if bad:
+            log.warning("ignored %d bad passages of a relayed message: %s", len(bad), bad[0])
+        mine = [
+            p for p in passages if p.site == self.config.gate.site and p.gate != self.config.gate.id
+        ]
+        if not mine:
             return
         with self._state_lock:
-            self.state = record_passage(
-                self.state,
-                self.know.policy,
-                pass_id=passage.pass_id,
-                household=passage.household,
-                role=passage.role,
-                direction=passage.direction,
-                at=datetime.fromisoformat(passage.at),
-                uuid=passage.uuid,
-            )
+            for passage in mine:
+                self.state = record_passage(
+                    self.state,
+                    self.know.policy,
+                    pass_id=passage.pass_id,
+                    household=passage.household,
+                    role=passage.role,
+                    direction=passage.direction,
+                    at=datetime.fromisoformat(passage.at),
+                    uuid=passage.uuid,
+                )
             with contextlib.suppress(StorageFault):  # saved with the next decision instead
                 self.store.save_state(state_to_json(self.state))
 

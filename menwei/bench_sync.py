@@ -31,7 +31,7 @@ from menwei.reconcile import reconcile
 from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
 
 SITE = "bench-site"
 GATE = "bench-gate"
@@ -123,7 +123,7 @@ def run_sync_bench(
                 store.close()
                 site.close()
             rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            r = reconcile([work / "gate" / "gate.db"], work / "server" / STORE_NAME)
+            r = reconcile([work / "gate" / "gate.db"], work / "server" / SQLITE_FILE)
     latencies = _ack_latencies_ms(appended, sync.ack_times)
     return {
         "events": events,

@@ -28,7 +28,7 @@ from menwei.mosquitto import MosquittoBroker, free_port
 from menwei.reconcile import reconcile
 from menwei.residents import GateStage, Population, build_population
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
 from server.web.accounts import AccountStore
 
 SITE = "demo-site"
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
     _say(f"[demo] {visits} visits made; waiting for gates to finish and sync", quiet)
     _wait_synced([g[1] / "gate.db" for g in gates], timeout_s=30.0)
     stop_all()
-    result = reconcile([g[1] / "gate.db" for g in gates], server_dir / STORE_NAME)
+    result = reconcile([g[1] / "gate.db" for g in gates], server_dir / SQLITE_FILE)
     decisions: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     alerts: Counter[str] = Counter()

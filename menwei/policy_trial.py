@@ -35,6 +35,7 @@ from server.policy_rollout import (
     TrialResult,
 )
 from server.site import Site
+from server.storage import events as events_db
 
 
 def bundle_knowledge(site: Site) -> Knowledge:
@@ -115,7 +116,8 @@ def run_trial(site: Site, request: TrialRequest) -> TrialResult:
     """Replay `site`'s recorded decisions (since `request.since`, the latest
     `request.max_events`) under the published policy and under `request.candidate`."""
     know = bundle_knowledge(site)
-    events, truncated = site.store.decision_events(request.since, request.max_events)
+    with site.store.read() as tx:
+        events, truncated = events_db.decision_events(tx, request.since, request.max_events)
     recorded, skipped = _recorded(events)
     gates = sorted({r.gate for r in recorded})
     published = _Compound(know, gates)

@@ -8,11 +8,12 @@ the decision used. No names or phone numbers (DESIGN.md, privacy).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
@@ -59,7 +60,29 @@ class Event:
     replaced SD card), so the collector keys events on (gate, epoch, seq)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The event as exported and sent: every field, in declaration order (what
+        dataclasses.asdict gives, without its recursive walk: this runs for every event the
+        collector stores). A new dict each time; `versions` and `detail` are copies."""
+        return {
+            "site": self.site,
+            "gate": self.gate,
+            "seq": self.seq,
+            "uuid": self.uuid,
+            "at": self.at,
+            "clock_trusted": self.clock_trusted,
+            "kind": self.kind,
+            "decision": self.decision,
+            "reason": self.reason,
+            "direction": self.direction,
+            "temperature_c": self.temperature_c,
+            "pass_id": self.pass_id,
+            "household": self.household,
+            "role": self.role,
+            "versions": dict(self.versions),
+            "detail": copy.deepcopy(self.detail) if self.detail else {},
+            "schema": self.schema,
+            "epoch": self.epoch,
+        }
 
     @classmethod
     def from_json(cls, data: object) -> Event:
@@ -372,6 +395,11 @@ STATUS_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
 """The fields of a gate status the server reads, each with its test and what it must be."""
 
 
+MAX_PASSAGES = 500
+"""Passages in one relayed message (the batch form): about 200 bytes each, far below what
+a gate or the broker takes."""
+
+
 @dataclass(frozen=True)
 class Passage:
     """An accepted passage, relayed by the collector to the other gates of the site so that
@@ -386,8 +414,22 @@ class Passage:
     role: str
     direction: str
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "gate": self.gate,
+            "uuid": self.uuid,
+            "at": self.at,
+            "pass_id": self.pass_id,
+            "household": self.household,
+            "role": self.role,
+            "direction": self.direction,
+        }
+
     def encode(self) -> bytes:
-        return json.dumps({"schema": SCHEMA, **asdict(self)}, ensure_ascii=False).encode()
+        """The single form, `{"schema": 1, "site", "gate", …}` (collectors before the batch
+        form sent only this; gates still accept it)."""
+        return json.dumps({"schema": SCHEMA, **self.to_json()}, ensure_ascii=False).encode()
 
     @classmethod
     def from_event(cls, e: Event) -> Passage | None:
@@ -406,10 +448,15 @@ class Passage:
 
     @classmethod
     def decode(cls, raw: bytes) -> Passage:
+        """One passage in the single form. Raises MessageError."""
+        return cls.from_json(_schema_object(raw, "passage"))
+
+    @classmethod
+    def from_json(cls, data: object) -> Passage:
+        """One passage object (its fields; `schema` is the message's). Raises MessageError."""
         try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-                raise ValueError("not a schema 1 passage")
+            if not isinstance(data, Mapping):
+                raise ValueError("a passage must be a JSON object")
             p = cls(
                 site=_str(data, "site"),
                 gate=_str(data, "gate"),
@@ -420,8 +467,52 @@ class Passage:
                 role=_str(data, "role"),
                 direction=_str(data, "direction"),
             )
-        except (ValueError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             raise MessageError(f"bad passage: {exc}") from None
         if p.direction not in DIRECTIONS:
             raise MessageError(f"bad passage direction {p.direction!r}")
         return p
+
+
+def _schema_object(raw: bytes, what: str) -> dict[str, Any]:
+    """`raw` as a JSON object of schema 1. Raises MessageError naming `what`."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"bad {what}: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise MessageError(f"bad {what}: not a schema 1 {what}")
+    return data
+
+
+def encode_passages(passages: Sequence[Passage]) -> bytes:
+    """The batch form of relayed passages: `{"schema": 1, "passages": [{…}, …]}`, at most
+    MAX_PASSAGES (the caller splits longer runs)."""
+    if len(passages) > MAX_PASSAGES:
+        raise ValueError(f"{len(passages)} passages in one message: at most {MAX_PASSAGES}")
+    return json.dumps(
+        {"schema": SCHEMA, "passages": [p.to_json() for p in passages]}, ensure_ascii=False
+    ).encode()
+
+
+def decode_passages(raw: bytes) -> tuple[list[Passage], list[str]]:
+    """A message of `menwei/{site}/passages`, in the batch form (`encode_passages`) or the
+    single form (`Passage.encode`). Returns the good passages in message order and a reason
+    for each bad one (a bad passage never spoils the others). Raises MessageError when the
+    message is neither form."""
+    data = _schema_object(raw, "passage message")
+    items = data.get("passages")
+    if items is None:
+        return [Passage.from_json(data)], []
+    if not isinstance(items, list) or len(items) > MAX_PASSAGES:
+        raise MessageError(
+            f"bad passage message: 'passages' must be a list of at most {MAX_PASSAGES}"
+        )
+    good: list[Passage] = []
+    bad: list[str] = []
+    for i, item in enumerate(items):
+        try:
+            good.append(Passage.from_json(item))
+        except MessageError as exc:
+            bad.append(f"passage {i}: {exc}")
+    return good, bad

@@ -14,11 +14,11 @@ import contextlib
 import json
 
 from protocol.events import Event
+from server.storage import Store, audit
 from server.storage import alerts as alerts_db
-from server.storage import audit
 from server.storage.alerts import Alert
 from server.storage.engine import Tx
-from server.store import ServerStore, utcnow
+from server.storage.times import utcnow
 
 __all__ = ["HIGH_PRIORITY", "HISTORY_LOST", "Alert", "AlertStore"]
 
@@ -38,7 +38,7 @@ HIGH_PRIORITY = frozenset(
 
 
 class AlertStore:
-    def __init__(self, store: ServerStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def raise_alert(
@@ -71,8 +71,9 @@ class AlertStore:
                 event_at=event_at,
             )
 
-    def from_event(self, event: Event) -> Alert | None:
-        """The alert an event raises: gate alerts (fever, forged, ...) and camera loss."""
+    def from_event(self, event: Event, *, tx: Tx | None = None) -> Alert | None:
+        """The alert an event raises: gate alerts (fever, forged, ...) and camera loss. In
+        the caller's transaction `tx` when given (the one that stored the event)."""
         if event.kind == "alert":
             kind = event.reason
         elif event.kind == "device" and event.reason == "camera_lost":
@@ -81,7 +82,7 @@ class AlertStore:
             return None
         detail = json.dumps(event.detail, ensure_ascii=False) if event.detail else ""
         if kind == HISTORY_LOST:
-            detail = self._history_lost_detail(event)
+            detail = self._history_lost_detail(event, tx)
         return self.raise_alert(
             f"event:{event.uuid}",
             kind,
@@ -91,9 +92,10 @@ class AlertStore:
             detail=detail,
             event_at=event.at,
             priority=str(event.detail.get("priority")) if event.detail.get("priority") else None,
+            tx=tx,
         )
 
-    def _history_lost_detail(self, event: Event) -> str:
+    def _history_lost_detail(self, event: Event, tx: Tx | None) -> str:
         """What the gate lost, from what this store holds: the gate's alert follows the events
         it sent again under its new epoch, so those are already recorded as aliases."""
         d = event.detail
@@ -102,8 +104,8 @@ class AlertStore:
             confirmed, moved = int(d["confirmed_seq"]), int(d["moved"])
         except (KeyError, TypeError, ValueError):
             return json.dumps(d, ensure_ascii=False)
-        with self.store.read() as tx:
-            ranges = alerts_db.missing_from_gate(tx, event.gate, lost, confirmed, new)
+        with contextlib.nullcontext(tx) if tx is not None else self.store.read() as t:
+            ranges = alerts_db.missing_from_gate(t, event.gate, lost, confirmed, new)
         held = ", ".join(f"{a}..{b}" for a, b in ranges) or "none"
         return (
             f"epoch {lost} seq {held} held by the collector, not by the gate;"

@@ -22,6 +22,8 @@ from server.collector import Collector
 from server.config import MqttSection, ServerConfigError, check_share_name
 from server.policy_rollout import PolicyTrial
 from server.site import Site
+from server.storage import events as events_db
+from server.storage import gates as gates_db
 from server.validity import window_json
 from server.web import cli as web_cli
 
@@ -209,20 +211,20 @@ def cmd_pass_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with Site(args.dir) as site:
-        for event in site.store.events():
+    with Site(args.dir) as site, site.store.read() as tx:
+        for event in events_db.bodies(tx):
             sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Site(args.dir) as site:
+    with Site(args.dir) as site, site.store.read() as tx:
         result = {
             "site": site.site,
-            "events": site.store.count_events(),
-            "rejected_messages": site.store.rejected_count(),
-            "conflicts": site.store.conflicts(),
-            "gates": site.store.gates(),
+            "events": events_db.count_events(tx),
+            "rejected_messages": events_db.rejected_count(tx),
+            "conflicts": events_db.conflicts(tx),
+            "gates": gates_db.listing(tx),
         }
     _print(result, args.json)
     return 0

@@ -1,21 +1,24 @@
 """The collector: events from gates into the store, acknowledgements back, documents out.
 
-paho callbacks only queue what arrived; one worker thread parses, stores in
-one transaction per batch, and then publishes the acknowledgement (retained,
-so a restarted gate learns it at once): the highest contiguous committed seq
-of that gate. A broken message is recorded in `rejected_messages` and never
-stops the collector. New bundle documents (a pass issued from the command
-line) are noticed and published on the retained config/register topics, and a
-signed freshness statement naming their versions is re-issued every
-`[server] freshness_interval_s` (protocol.freshness). Once a day (site local
-date) the register is re-signed when passes dropped out of it (Site.register).
-Several collectors may share one store and, with `[mqtt] shared_group`, the
-event stream: each periodic job (gate health, freshness, register refresh,
-retention) is then done by one of them per period (server/periodic.py).
-A document larger than a gate accepts or the broker announces it takes is not
-published: one error, one `document_too_large` alert, and the collector goes
-on (publishing it would get the connection closed, and paho resends it after
-every reconnect).
+paho callbacks only queue what arrived; one worker thread takes what waits
+(up to GROUP_MESSAGES), parses it, stores its batches with their conflicts and
+alerts in one transaction (set-based statements per batch, server/storage/
+events.py; one fsync per group), and then publishes one acknowledgement per
+gate (retained, so a restarted gate learns it at once): the highest
+contiguous committed seq of that gate. Accepted passages are relayed to the
+gates in batches. A broken message is recorded in `rejected_messages` and
+never stops the collector; nothing here logs once per event. New bundle
+documents (a pass issued from the command line) are noticed and published on
+the retained config/register topics, and a signed freshness statement naming
+their versions is re-issued every `[server] freshness_interval_s`
+(protocol.freshness). Once a day (site local date) the register is re-signed
+when passes dropped out of it (Site.register). Several collectors may share one
+store and, with `[mqtt] shared_group`, the event stream: each periodic job (gate
+health, freshness, register refresh, retention) is then done by one of them per
+period (server/periodic.py). A document larger than a gate
+accepts or the broker announces it takes is not published: one error, one
+`document_too_large` alert, and the collector goes on (publishing it would get
+the connection closed, and paho resends it after every reconnect).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,14 +47,30 @@ from protocol import topics
 from protocol.broker import BrokerAddress
 from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, MAX_DOCUMENT_BYTES, REGISTER_FILE
 from protocol.errors import MessageError, ProtocolError
-from protocol.events import Ack, Event, Passage, decode_batch, decode_status
+from protocol.events import (
+    MAX_PASSAGES,
+    Ack,
+    DecodedBatch,
+    Event,
+    Passage,
+    decode_batch,
+    decode_status,
+    encode_passages,
+)
+from protocol.policy import Policy
 from server.alerts import HISTORY_LOST, Alert
 from server.config import MqttSection
-from server.conflicts import find_conflicts
+from server.conflicts import Conflict, find_conflicts
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.periodic import Job, Jobs, every, next_midnight
 from server.site import Site
+from server.storage import events as events_db
+from server.storage import gates as gates_db
+from server.storage.engine import lock_all
+from server.storage.events import InsertResult
+from server.storage.replay import households_of
+from server.storage.times import utcnow
 from server.visitors import purge_visitors
 from server.webhooks import WebhookSender, notice_for
 
@@ -57,6 +79,21 @@ PURGE_INTERVAL_S = 24 * 3600.0
 SESSION_EXPIRY_S = 24 * 3600
 """How long the broker keeps a lone collector's session (and queues its batches) while it is
 down. A collector of a shared group keeps none (`Collector.start`)."""
+GROUP_MESSAGES = 100
+"""At most this many queued messages are stored in one transaction…"""
+GROUP_BYTES = 4 * 1024 * 1024
+"""… and at most about this many bytes of them."""
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """One batch as its group's transaction stored it."""
+
+    gate: str
+    result: InsertResult
+    reset: bool  # the batch began a new epoch of a replaced database (gate_reset)
+    conflicts: list[Conflict]
+    alerts: list[Alert]
 
 
 class Collector:
@@ -199,13 +236,13 @@ class Collector:
     def _run(self) -> None:
         next_check = next_health = 0.0
         while not self._stop.is_set():
+            group = self._next_group()
+            if group:
+                try:
+                    self.handle_many(group)
+                except Exception:  # one bad message must never stop the collector
+                    log.exception("collector error on %s", group[0][0])
             try:
-                topic, payload = self._inbox.get(timeout=0.2)
-            except queue.Empty:
-                topic = ""
-            try:
-                if topic:
-                    self.handle(topic, payload)
                 # Periodic work: each job runs once per period among the collectors sharing
                 # the store (server/periodic.py); this one tries them on its own schedule.
                 if self.connected.is_set() and time.monotonic() >= next_check:
@@ -217,8 +254,8 @@ class Collector:
                 if self.connected.is_set() and time.monotonic() >= next_health:
                     next_health = time.monotonic() + self.health_interval_s
                     self._check_health()
-            except Exception:  # one bad message must never stop the collector
-                log.exception("collector error on %s", topic or "periodic work")
+            except Exception:
+                log.exception("collector error on periodic work")
 
     def _check_health(self) -> None:
         """Gate health (server/gate_health.py) every health_interval_s, by one collector."""
@@ -235,6 +272,24 @@ class Collector:
         job = every("retention_purge", system_utc, timedelta(seconds=PURGE_INTERVAL_S))
         self.jobs.run_if_due(job, self.purge_personal_data)
 
+    def _next_group(self) -> list[tuple[str, bytes]]:
+        """The messages waiting, as many as GROUP_MESSAGES and GROUP_BYTES allow (waiting up
+        to 0.2 s for the first): stored in one transaction, so the store's fsync is paid per
+        group, not per batch, when gates send faster than one commit."""
+        try:
+            group = [self._inbox.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        size = len(group[0][1])
+        while len(group) < GROUP_MESSAGES and size < GROUP_BYTES:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            group.append(message)
+            size += len(message[1])
+        return group
+
     def purge_personal_data(self) -> int:
         """Retention (DESIGN.md, privacy): erase visitors' names and phones once they are
         older than [privacy] visitor_retention_days past their pass. Runs daily."""
@@ -245,81 +300,171 @@ class Collector:
         return purged
 
     def handle(self, topic: str, payload: bytes) -> None:
-        where = topics.gate_of(topic)
-        if where is None or where[0] != self.site.site:
-            self._reject(topic, "unexpected topic", payload)
-            return
-        site, gate, leaf = where
-        if leaf == "status":
+        """One message, as the worker handles a group of one."""
+        self.handle_many([(topic, payload)])
+
+    def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Messages (topic, payload) in the order they arrived. Their event batches, the
+        malformed ones recorded, the conflicts and alerts they make are stored in one
+        transaction; then each gate gets one retained ack (of its last batch), accepted
+        passages are relayed in batches, the live feed and webhooks learn what is new.
+        Gate statuses follow, one by one. When the group's transaction fails, each message
+        is tried alone, so one bad message costs only itself."""
+        batches: list[tuple[str, str, DecodedBatch]] = []
+        rejects: list[tuple[str, str, bytes]] = []
+        statuses: list[tuple[str, str, bytes]] = []
+        for topic, payload in messages:
+            where = topics.gate_of(topic)
+            if where is None or where[0] != self.site.site:
+                rejects.append((topic, "unexpected topic", payload))
+                continue
+            site, gate, leaf = where
+            if leaf == "status":
+                statuses.append((topic, gate, payload))
+            elif leaf == "events":
+                try:
+                    batch = decode_batch(payload, site=site, gate=gate)
+                except MessageError as exc:
+                    rejects.append((topic, str(exc), payload))
+                    continue
+                rejects += [(topic, f"event {i}: {why}", payload) for i, why in batch.rejected]
+                batches.append((topic, gate, batch))
+        if batches or rejects:
             try:
-                status = decode_status(payload)
-            except MessageError as exc:
-                self._reject(topic, str(exc), payload)
+                stored = self._store(batches, rejects)
+            except Exception:
+                if len(messages) == 1:
+                    raise
+                log.exception("storing %d messages at once failed: one at a time", len(messages))
+                for message in messages:
+                    try:
+                        self.handle_many([message])
+                    except Exception:
+                        log.exception("collector error on %s", message[0])
                 return
-            self.store.set_gate_status(gate, status)
-            # The topic names the gate (the ACL binds it to the login); the payload may lie.
-            self.feed.publish({"type": "status", **status, "gate": gate})
-            alert = self.health.on_status(gate, status)
-            if alert is not None:
-                self._raised(alert)
-            return
-        if leaf != "events":
-            return
+            self._stored(stored, rejects)
+        for topic, gate, payload in statuses:
+            self._status(topic, gate, payload)
+
+    def _store(
+        self, batches: list[tuple[str, str, DecodedBatch]], rejects: list[tuple[str, str, bytes]]
+    ) -> list[_Stored]:
+        """Rejects, batches, their conflicts and alerts in one write transaction; the gates'
+        and households' locks first, in one sorted set (server/storage/engine.py lock_all)."""
+        policy = self._policy() if batches else None
+        now = utcnow()
+        names = {f"gate:{gate}" for _t, gate, _b in batches}
+        names |= {f"household:{h}" for _t, _g, b in batches for h in households_of(b.events)}
+        stored: list[_Stored] = []
+        with self.store.write() as tx:
+            lock_all(tx, names)
+            for topic, reason, payload in rejects:
+                events_db.reject_message(tx, topic, reason, payload, now=now)
+            for _topic, gate, batch in batches:
+                result = events_db.insert_events(tx, gate, batch.events, now=now)
+                raised: list[Alert | None] = []
+                reset = result.replaced_epoch is not None and not _history_move(batch.events)
+                if reset:
+                    raised.append(
+                        self.alerts.raise_alert(
+                            f"gate_reset:{gate}:{result.epoch}",
+                            "gate_reset",
+                            gate=gate,
+                            detail=f"database replaced: epoch {result.replaced_epoch!r}"
+                            f" -> {result.epoch!r}",
+                            tx=tx,
+                        )
+                    )
+                raised += [self.alerts.from_event(e, tx=tx) for e in result.new_events]
+                found = [] if policy is None else find_conflicts(tx, policy, result.new_events)
+                raised += [
+                    self.alerts.raise_alert(
+                        f"conflict:{c.kind}:{c.uuid}",
+                        "conflict",
+                        gate=c.gate,
+                        detail=f"{c.kind}: {c.detail}",
+                        tx=tx,
+                    )
+                    for c in found
+                ]
+                stored.append(
+                    _Stored(gate, result, reset, found, [a for a in raised if a is not None])
+                )
+        return stored
+
+    def _policy(self) -> Policy | None:
+        """The rules the gates were given (the published config), not server.toml's
+        candidate; None, logged, when there is none usable (events are stored and
+        acknowledged all the same, their conflicts found with the next batch)."""
         try:
-            batch = decode_batch(payload, site=site, gate=gate)
+            return self.site.published_policy().policy
+        except ProtocolError as exc:
+            log.error("no conflict check: %s", exc)
+            return None
+
+    def _stored(self, stored: list[_Stored], rejects: list[tuple[str, str, bytes]]) -> None:
+        """After the commit: counters, acks, relays, the live feed, webhooks, and one log line
+        per batch that needs one (never one per event)."""
+        for topic, n in Counter(topic for topic, _r, _p in rejects).items():
+            first = next(reason for t, reason, _p in rejects if t == topic)
+            log.warning("rejected %d on %s: %s", n, topic, first)
+        self.stats["rejected"] += len(rejects)
+        last: dict[str, InsertResult] = {}
+        for s in stored:
+            r = s.result
+            self.stats["batches"] += 1
+            self.stats["inserted"] += r.inserted
+            self.stats["duplicates"] += r.duplicates
+            self.stats["renumbered"] += r.renumbered
+            self.stats["conflicts"] += len(s.conflicts)
+            last[s.gate] = r
+        for gate, r in last.items():
+            info = self.client.publish(
+                topics.ack(self.site.site, gate),
+                Ack(gate, r.contiguous_seq, r.epoch, r.contiguous_uuid).encode(),
+                qos=1,
+                retain=True,
+            )
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # The gate resends when its ack does not advance; the next batch acks again.
+                log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
+        self._relay_passages([e for s in stored for e in s.result.new_events])
+        for s in stored:
+            r = s.result
+            if s.reset:
+                log.warning(
+                    "gate %s numbers from a new database (epoch %r, was %r)",
+                    s.gate,
+                    r.epoch,
+                    r.replaced_epoch,
+                )
+            if s.conflicts:
+                kinds = Counter(c.kind for c in s.conflicts)
+                log.warning(
+                    "%d conflicts in a batch of %s (%s), e.g. %s",
+                    len(s.conflicts),
+                    s.gate,
+                    ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
+                    s.conflicts[0].detail,
+                )
+            for event in r.new_events:
+                self.feed.publish({"type": "event", **event.to_json()})
+            for alert in s.alerts:
+                self._raised(alert)
+
+    def _status(self, topic: str, gate: str, payload: bytes) -> None:
+        try:
+            status = decode_status(payload)
         except MessageError as exc:
             self._reject(topic, str(exc), payload)
             return
-        for index, reason in batch.rejected:
-            self._reject(topic, f"event {index}: {reason}", payload)
-        result = self.store.insert_events(gate, batch.events)
-        self.stats["batches"] += 1
-        self.stats["inserted"] += result.inserted
-        self.stats["duplicates"] += result.duplicates
-        self.stats["renumbered"] += result.renumbered
-        info = self.client.publish(
-            topics.ack(site, gate),
-            Ack(gate, result.contiguous_seq, result.epoch, result.contiguous_uuid).encode(),
-            qos=1,
-            retain=True,
-        )
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            # The gate resends when its ack does not advance; the next batch acks again.
-            log.warning("ack publish failed: %s", mqtt.error_string(info.rc))
-        if result.replaced_epoch is not None and not _history_move(batch.events):
-            log.warning(
-                "gate %s numbers from a new database (epoch %r, was %r)",
-                gate,
-                result.epoch,
-                result.replaced_epoch,
-            )
-            replaced = self.alerts.raise_alert(
-                f"gate_reset:{gate}:{result.epoch}",
-                "gate_reset",
-                gate=gate,
-                detail=f"database replaced: epoch {result.replaced_epoch!r} -> {result.epoch!r}",
-            )
-            if replaced is not None:
-                self._raised(replaced)
-        self._relay_passages(result.new_events)
-        for event in result.new_events:
-            self.feed.publish({"type": "event", **event.to_json()})
-            alert = self.alerts.from_event(event)
-            if alert is not None:
-                self._raised(alert)
-        # The rules the gates were given (the published config), not server.toml's candidate.
-        policy = self.site.published_policy().policy
-        for c in find_conflicts(self.store, policy, result.new_events):
-            self.stats["conflicts"] += 1
-            log.warning("conflict %s at %s/%d: %s", c.kind, c.gate, c.seq, c.detail)
-            conflict = self.alerts.raise_alert(
-                f"conflict:{c.kind}:{c.uuid}",
-                "conflict",
-                gate=c.gate,
-                detail=f"{c.kind}: {c.detail}",
-            )
-            if conflict is not None:
-                self._raised(conflict)
+        with self.store.write() as tx:
+            gates_db.set_status(tx, gate, status, utcnow())
+        # The topic names the gate (the ACL binds it to the login); the payload may lie.
+        self.feed.publish({"type": "status", **status, "gate": gate})
+        alert = self.health.on_status(gate, status)
+        if alert is not None:
+            self._raised(alert)
 
     def _raised(self, alert: Alert) -> None:
         """A new alert: to the live feed, and to the webhook when configured (never blocks)."""
@@ -327,20 +472,30 @@ class Collector:
         if self.webhooks is not None and self.webhooks.wants(alert):
             self.webhooks.submit(notice_for(alert, self.store))
 
-    def _relay_passages(self, events: tuple[Event, ...]) -> None:
-        """Tell the other gates of the site about accepted passages (their counters)."""
-        for event in events:
-            passage = Passage.from_event(event)
-            if passage is None:
-                continue
-            info = self.client.publish(topics.passages(self.site.site), passage.encode(), qos=1)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                log.warning("passage relay failed: %s", mqtt.error_string(info.rc))
+    def _relay_passages(self, events: list[Event]) -> None:
+        """Tell the other gates of the site about accepted passages (their counters): in
+        messages of up to MAX_PASSAGES (the batch form, docs/protocol.md)."""
+        passages = [p for p in map(Passage.from_event, events) if p is not None]
+        failed = 0
+        for i in range(0, len(passages), MAX_PASSAGES):
+            info = self.client.publish(
+                topics.passages(self.site.site),
+                encode_passages(passages[i : i + MAX_PASSAGES]),
+                qos=1,
+            )
+            failed += info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS
+        if failed:
+            log.warning(
+                "passage relay failed for %d of %d messages",
+                failed,
+                -(-len(passages) // MAX_PASSAGES),
+            )
 
     def _reject(self, topic: str, reason: str, payload: bytes) -> None:
         self.stats["rejected"] += 1
         log.warning("rejected message on %s: %s", topic, reason)
-        self.store.reject_message(topic, reason, payload)
+        with self.store.write() as tx:
+            events_db.reject_message(tx, topic, reason, payload, now=utcnow())
 
     def _reaffirm(self) -> None:
         """A freshness statement every freshness_interval_s (by the site's clock), from one of

@@ -47,11 +47,18 @@ from server.policy_rollout import (
     read_published,
 )
 from server.register import RegisterStore, place_label
-from server.storage import audit, households, keys, meta, passes
-from server.storage.engine import StoreError, Tx, default_url, lock, normalise_url, redacted
+from server.storage import Store, audit, households, keys, meta, passes
+from server.storage.engine import (
+    SQLITE_FILE,
+    StoreError,
+    Tx,
+    default_url,
+    lock,
+    normalise_url,
+    redacted,
+)
 from server.storage.passes import StoredPass
 from server.storage.times import utcnow
-from server.store import STORE_NAME, ServerStore
 from server.validity import local_text, read_time, typed_text
 
 
@@ -100,7 +107,7 @@ class Site:
         self.dir = directory
         self.now = clock
         self.config: ServerConfig = load_server_config(directory)
-        self.store = ServerStore(self.config.store.url or default_url(directory))
+        self.store = Store(self.config.store.url or default_url(directory))
         # The register and the alerts, on the same store.
         self.registry = RegisterStore(self.store)
         self.alerts = AlertStore(self.store)
@@ -123,7 +130,7 @@ class Site:
         """Create a new server directory, its store at `store` (a database URL; default the
         SQLite file in the directory). Refuses to touch an existing server directory or a
         store that already holds a site."""
-        if (directory / CONFIG_NAME).exists() or (directory / STORE_NAME).exists():
+        if (directory / CONFIG_NAME).exists() or (directory / SQLITE_FILE).exists():
             raise SiteError(f"{directory} already holds a Menwei server; refusing to overwrite")
         if store is not None:
             try:

@@ -28,8 +28,8 @@ from server.register_import import normalize_phone
 from server.site import IssuedPass, Site, SiteError
 from server.storage import Store, audit
 from server.storage import visitors as visitors_db
+from server.storage.times import utcnow
 from server.storage.visitors import Visitor
-from server.store import utcnow
 
 __all__ = [
     "PURGED_NAME",

@@ -20,6 +20,7 @@ from menwei.cli import main
 from protocol.documents import CONFIG_FILE
 from server.policy_rollout import NOTHING_TO_PUBLISH_EXIT
 from server.site import Site
+from tests import collected
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import make_event
 from tests.server.test_policy_rollout import audit_rows, edit_policy
@@ -96,7 +97,7 @@ def record_traffic(site: Site) -> dict[str, Any]:
             )
             for seq, (p, direction, when, temp, decision, reason) in enumerate(rows, 1)
         ]
-        site.store.insert_events(gate, events)
+        collected.insert_events(site.store, gate, events)
     site.revoke_pass(c.pass_id, "moved out")
     return {"a": a, "b": b, "c": c, "at": at}
 
@@ -281,8 +282,10 @@ def test_try_prints_a_time_out_of_range_as_stored_not_a_traceback(
     time: the text output shows it as the gate sent it."""
     far = "9999-12-31T20:00:00+00:00"
     a = traffic["a"]
-    site.store.insert_events(
-        "east", [make_event(SITE, "east", 5, at=far, pass_id=a.pass_id, detail={"qr": a.qr})]
+    collected.insert_events(
+        site.store,
+        "east",
+        [make_event(SITE, "east", 5, at=far, pass_id=a.pass_id, detail={"qr": a.qr})],
     )
     r = menwei("policy", "try", str(site.dir))
     assert r.code == 0, r.err

@@ -306,7 +306,7 @@ def visitors_since(tx: Tx, since: datetime, limit: int) -> list[dict[str, Any]]:
     """Visitors registered at or after `since` (aware), newest first, with their pass's
     `revoked_at`: {"id", "at", "name", "phone", "reason", "host_household", "temperature_c",
     "pass_id", "valid_until" (Unix s), "registered_by", "purged_at", "revoked_at"}."""
-    # `visitors.at` is the server's own UTC text (server/store.utcnow): one format, so text
+    # `visitors.at` is the server's own UTC text (server/storage/times.utcnow): one format, so text
     # order is time order.
     after = since.astimezone(UTC).isoformat(timespec="milliseconds")
     v = visitors.c

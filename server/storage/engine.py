@@ -24,9 +24,9 @@ import contextlib
 import hashlib
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -39,6 +39,7 @@ Tx = Connection
 """One transaction of a Store. Opaque outside server/storage/: pass it, never execute on it."""
 
 Backend = Literal["sqlite", "postgresql"]
+S = TypeVar("S")
 SQLITE_FILE = "server.db"
 """The default store of a server directory: this SQLite file in it."""
 
@@ -154,10 +155,47 @@ def lock(tx: Tx, name: str) -> None:
         tx.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
 
 
+def lock_all(tx: Tx, names: Iterable[str]) -> None:
+    """`lock` for each of `names`, in one statement, in ascending order of their keys: two
+    transactions that take their sets of locks this way (one gate's batches and their
+    households, say) never wait for each other in a cycle. PostgreSQL evaluates the volatile
+    lock function after the sort (see "ORDER BY" in its SELECT documentation); a lock this
+    transaction already holds is taken again at once. No-op on SQLite, as `lock`."""
+    keys = sorted({lock_key(n) for n in names})
+    if keys and tx.dialect.name == "postgresql":
+        tx.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(k)"
+                " FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
+            ),
+            {"keys": keys},
+        )
+
+
 def insert(tx: Tx, table: Any) -> Any:
     """`Store.insert` for a storage function that holds only a transaction: an INSERT of
     `tx`'s dialect, with `on_conflict_do_nothing()` / `on_conflict_do_update()`."""
-    return (postgresql if tx.dialect.name == "postgresql" else sqlite).insert(table)
+    return dialect_insert(tx.dialect.name, table)
+
+
+def dialect_insert(dialect: str, table: Any) -> Any:
+    """`insert` for the dialect named `dialect` ("sqlite" or "postgresql")."""
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
+_PREPARED: dict[tuple[Callable[[str], Any], str], Any] = {}
+
+
+def prepared(tx: Tx, build: Callable[[str], S]) -> S:
+    """The statement `build(dialect name)` for `tx`'s dialect, built once and kept: for a
+    statement with bind parameters that a hot path runs again and again (building a Core
+    statement costs several times what SQLite takes to run it, and SQLAlchemy reuses the
+    compiled form of the same statement object)."""
+    key = (build, tx.dialect.name)
+    statement = _PREPARED.get(key)
+    if statement is None:
+        statement = _PREPARED[key] = build(tx.dialect.name)
+    return cast(S, statement)
 
 
 def lock_key(name: str) -> int:

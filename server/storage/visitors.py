@@ -48,7 +48,7 @@ def get(tx: Tx, visitor_id: int) -> Visitor | None:
 
 def since(tx: Tx, start: str, limit: int = 500) -> list[Visitor]:
     """Visitors registered at or after `start` (UTC ISO text with milliseconds, as
-    server.store.utcnow() writes `at`: compared as text), newest first."""
+    server.storage.times.utcnow() writes `at`: compared as text), newest first."""
     rows = tx.execute(
         select(*_COLUMNS).where(visitors.c.at >= start).order_by(visitors.c.id.desc()).limit(limit)
     )

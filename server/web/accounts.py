@@ -23,9 +23,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from server.storage import Store, audit
 from server.storage import accounts as stored
-from server.storage import audit
-from server.store import ServerStore
 
 ROLES = ("viewer", "operator", "admin")
 NAME_MAX = 64
@@ -93,7 +92,7 @@ class AccountStore:
     """The accounts of a site's store (server/storage/accounts.py holds the rows). Audited
     through the store's audit log, after each change is committed."""
 
-    def __init__(self, store: ServerStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     # --- operators --------------------------------------------------------------------

@@ -14,7 +14,8 @@ from menwei.mosquitto import MosquittoBroker
 from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
+from tests import collected
 from tests.e2e.helpers import GateThread, Stage, gate_progress, provision_gate, wait_until
 
 
@@ -64,21 +65,23 @@ def test_gates_resend_what_a_restored_collector_store_lost(
         synced(3)
         stop_collector(server, collector)
         backup = tmp_path / "backup.db"
-        shutil.copyfile(site_dir / STORE_NAME, backup)  # the nightly backup: events 1..3
+        shutil.copyfile(site_dir / SQLITE_FILE, backup)  # the nightly backup: events 1..3
 
         server, collector = start_collector(site_dir, broker)
         scan(0, 1, 2)
         synced(6)
         stop_collector(server, collector)
         for suffix in ("-wal", "-shm"):
-            (site_dir / f"{STORE_NAME}{suffix}").unlink(missing_ok=True)
-        shutil.copyfile(backup, site_dir / STORE_NAME)  # the server is restored: 4..6 are gone
+            (site_dir / f"{SQLITE_FILE}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(backup, site_dir / SQLITE_FILE)  # the server is restored: 4..6 are gone
 
         server, collector = start_collector(site_dir, broker)
         try:
             scan(0)
             synced(7)
-            assert sorted(s for g, _e, s, _u in server.store.event_keys() if g == "west") == [
+            assert sorted(
+                s for g, _e, s, _u in collected.event_keys(server.store) if g == "west"
+            ) == [
                 1,
                 2,
                 3,
@@ -89,6 +92,6 @@ def test_gates_resend_what_a_restored_collector_store_lost(
             ]
             sync = gate.daemon.sync
             assert sync is not None and sync.stats["requeued"] == 3  # 4..6; 7 was still queued
-            assert server.store.conflicts() == []
+            assert collected.conflicts(server.store) == []
         finally:
             stop_collector(server, collector)

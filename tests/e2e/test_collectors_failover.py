@@ -43,7 +43,6 @@ from protocol.errors import MessageError
 from protocol.events import Ack, Event, decode_batch
 from server.config import CONFIG_NAME
 from server.storage import Store, default_url, schema
-from server.store import ServerStore
 from tests.conftest import run_menwei
 from tests.e2e.helpers import (
     MqttWatcher,
@@ -65,13 +64,6 @@ PASSWORDS = {
 }
 DAY = datetime(2026, 3, 2, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
 FAST: dict[str, Any] = {"resend_after_s": 1.5, "status_interval_s": 2.0}
-
-# Until the set-based insert of issue 9 replaces the legacy ServerStore.insert_events (a
-# second, SQLite-only connection), a collector cannot write a PostgreSQL store, nor two
-# collectors one SQLite file at once ("database is locked"). Remove with that merge.
-needs_shared_store = pytest.mark.skipif(
-    hasattr(ServerStore, "insert_events"), reason="needs the set-based insert (issue 9)"
-)
 
 
 class ObservedSync(GateSync):
@@ -497,7 +489,6 @@ def stats(sync: GateSync) -> dict[str, int]:
     return {k: v for k, v in sync.stats.items() if v}
 
 
-@needs_shared_store
 def test_two_collectors_one_killed_again_and_again_lose_and_double_nothing(
     tmp_path: Path, postgres: PostgresServer
 ) -> None:
@@ -507,7 +498,6 @@ def test_two_collectors_one_killed_again_and_again_lose_and_double_nothing(
 
 
 @pytest.mark.slow
-@needs_shared_store
 def test_two_collectors_failover_longer(tmp_path: Path, postgres: PostgresServer) -> None:
     run_failover(
         tmp_path, postgres, households=600, over_quota=20, outages=4, traffic_s=90, kill_every_s=5
@@ -515,7 +505,6 @@ def test_two_collectors_failover_longer(tmp_path: Path, postgres: PostgresServer
 
 
 @pytest.mark.slow
-@needs_shared_store
 def test_two_collectors_on_one_sqlite_file(tmp_path: Path) -> None:
     """docs/configuration.md: a SQLite file serves several collectors of one machine too."""
     run_failover(

@@ -15,6 +15,7 @@ from protocol import topics
 from protocol.events import Ack
 from server.collector import Collector
 from server.site import Site
+from tests import collected
 from tests.e2e.helpers import GateThread, Stage, gate_progress, provision_gate, wait_until
 
 
@@ -52,9 +53,9 @@ def test_a_replaced_gate_database_is_a_new_epoch_not_a_conflict(
     second = run_until_acked(gate_dir, broker, qrs[:2])
 
     assert first != second and len(second) == 16
-    keys = sorted((e, s) for g, e, s, _u in site.store.event_keys() if g == "north")
+    keys = sorted((e, s) for g, e, s, _u in collected.event_keys(site.store) if g == "north")
     assert keys == sorted([(first, 1), (first, 2), (first, 3), (second, 1), (second, 2)])
-    assert site.store.conflicts() == []
+    assert collected.conflicts(site.store) == []
     resets = [a for a in site.alerts.list() if a.kind == "gate_reset"]
     assert len(resets) == 1 and first in resets[0].detail and second in resets[0].detail
     assert gate_progress(gate_dir).acked_seq == 2

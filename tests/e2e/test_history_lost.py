@@ -21,7 +21,8 @@ from menwei.reconcile import reconcile
 from protocol.events import Event
 from server.collector import Collector
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
+from tests import collected
 from tests.e2e.helpers import (
     Proc,
     Stage,
@@ -46,7 +47,9 @@ def gate_log(gate_dir: Path) -> list[Event]:
 
 
 def stored(collector: Collector, gate: str) -> list[Event]:
-    return [Event.from_json(body) for body in collector.store.events() if body["gate"] == gate]
+    return [
+        Event.from_json(body) for body in collected.events(collector.store) if body["gate"] == gate
+    ]
 
 
 def run_gate(
@@ -152,11 +155,14 @@ def test_a_gate_that_lost_committed_history_moves_to_a_new_epoch_and_loses_nothi
     uuids = Counter(e.uuid for e in events)
     assert max(uuids.values()) == 1
     assert {e.uuid for e in log} <= set(uuids)
-    keys = {(e, s, u) for g, e, s, u in collector.store.event_keys() if g == "west"}
-    keys |= {(e, s, u) for g, e, s, u in collector.store.alias_keys() if g == "west"}
+    keys = {(e, s, u) for g, e, s, u in collected.event_keys(collector.store) if g == "west"}
+    keys |= {(e, s, u) for g, e, s, u in collected.alias_keys(collector.store) if g == "west"}
     assert {(e.epoch, e.seq, e.uuid) for e in log} <= keys
-    assert gate_progress(gate_dir).acked_seq == 8 and collector.store.contiguous_seq("west") == 8
-    assert reconcile([gate_dir / "gate.db"], site.dir / STORE_NAME).lost == 0
+    assert (
+        gate_progress(gate_dir).acked_seq == 8
+        and collected.contiguous_seq(collector.store, "west") == 8
+    )
+    assert reconcile([gate_dir / "gate.db"], site.dir / SQLITE_FILE).lost == 0
 
     (alert,) = [a for a in site.alerts.list() if a.kind == "gate_history_lost"]
     assert alert.priority == "high" and alert.gate == "west"
@@ -164,7 +170,9 @@ def test_a_gate_that_lost_committed_history_moves_to_a_new_epoch_and_loses_nothi
     assert [a for a in site.alerts.list() if a.kind == "gate_reset"] == []
     # Reused seqs the gate sent before it heard the ack are kept once each, however often
     # they came.
-    reused = Counter(c["seq"] for c in collector.store.conflicts() if c["kind"] == "seq_reused")
+    reused = Counter(
+        c["seq"] for c in collected.conflicts(collector.store) if c["kind"] == "seq_reused"
+    )
     assert set(reused) <= {4, 5, 6, 7} and all(n == 1 for n in reused.values())
 
 
@@ -189,8 +197,8 @@ def test_an_ack_beyond_the_last_seq_at_start_names_the_lost_range(
     assert log[2].reason == "gate_history_lost"
     (alert,) = [a for a in site.alerts.list() if a.kind == "gate_history_lost"]
     assert alert.detail.startswith(f"epoch {epoch} seq 3..6 held by the collector, not by")
-    assert collector.store.conflicts() == []
-    with contextlib.closing(sqlite3.connect(site.dir / STORE_NAME)) as conn:
+    assert collected.conflicts(collector.store) == []
+    with contextlib.closing(sqlite3.connect(site.dir / SQLITE_FILE)) as conn:
         rows = conn.execute(
             "SELECT epoch, seq, body FROM events WHERE gate = 'east' ORDER BY epoch = ?, seq",
             [new_epoch],
@@ -229,7 +237,7 @@ def test_history_lost_is_found_when_the_broker_lost_the_retained_ack(
 
     log = gate_log(gate_dir)
     assert log[-1].epoch != epoch
-    assert reconcile([gate_dir / "gate.db"], site.dir / STORE_NAME).lost == 0
+    assert reconcile([gate_dir / "gate.db"], site.dir / SQLITE_FILE).lost == 0
     uuids = Counter(e.uuid for e in stored(collector, "north"))
     assert {e.uuid for e in log} <= set(uuids) and max(uuids.values()) == 1
     (alert,) = [a for a in site.alerts.list() if a.kind == "gate_history_lost"]

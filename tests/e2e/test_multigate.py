@@ -23,6 +23,7 @@ from menwei.mosquitto import MosquittoBroker, free_port
 from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import IssuedPass, Site
+from tests import collected
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import Stage, menwei_process, provision_gate, wait_until
 
@@ -117,7 +118,7 @@ def wait_online(site: Site, gate: str, proc_output: Any) -> None:
     def online() -> bool:
         return any(
             g["gate"] == gate and (g["status"] or {}).get("state") == "online"
-            for g in site.store.gates()
+            for g in collected.gates(site.store)
         )
 
     wait_until(online, 30, lambda: f"gate {gate} never reported online:\n{proc_output()}")
@@ -168,8 +169,8 @@ def test_a_member_out_at_one_gate_is_counted_at_the_other(
         )
         assert east_proc.alive() and west_proc.alive()
 
-    assert allday_site.store.conflicts() == []
-    stored = [(e["gate"], e["pass_id"], e["decision"]) for e in allday_site.store.events()]
+    assert collected.conflicts(allday_site.store) == []
+    stored = [(e["gate"], e["pass_id"], e["decision"]) for e in collected.events(allday_site.store)]
     assert ("east", a.pass_id, "allow") in stored
 
 
@@ -198,17 +199,21 @@ def test_an_offline_gate_letting_a_second_member_out_is_one_conflict(
             assert wait_decision(west, b.pass_id, "B at west offline") == ("allow", "ok", "out")
             wait_until(
                 lambda: (
-                    [e["gate"] for e in allday_site.store.events() if e["kind"] == "decision"]
+                    [
+                        e["gate"]
+                        for e in collected.events(allday_site.store)
+                        if e["kind"] == "decision"
+                    ]
                     == ["east"]
                 ),
                 30,
-                lambda: f"the collector has {list(allday_site.store.events())}",
+                lambda: f"the collector has {list(collected.events(allday_site.store))}",
             )
-            assert allday_site.store.conflicts() == []
+            assert collected.conflicts(allday_site.store) == []
 
         with run_gate(tmp_path / "west.log", west, broker.url) as west_proc:
             wait_until(
-                lambda: allday_site.store.conflicts(),
+                lambda: collected.conflicts(allday_site.store),
                 30,
                 lambda: f"no conflict recorded; west:\n{west_proc.output()}",
                 interval=0.1,
@@ -232,7 +237,7 @@ def test_an_offline_gate_letting_a_second_member_out_is_one_conflict(
     assert HOUSEHOLD in conflict["detail"]
     stored = sorted(
         (e["gate"], e["pass_id"], e["decision"], e["reason"])
-        for e in allday_site.store.events()
+        for e in collected.events(allday_site.store)
         if e["kind"] == "decision"
     )
     assert stored == [

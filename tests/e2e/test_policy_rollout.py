@@ -12,6 +12,7 @@ from menwei.mosquitto import MosquittoBroker
 from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import IssuedPass, Site
+from tests import collected
 from tests.conftest import run_menwei
 from tests.e2e.helpers import GateThread, Stage, provision_gate, wait_until
 from tests.server.test_policy_rollout import edit_policy
@@ -20,11 +21,11 @@ NORMAL = {"forehead_c": 34.5}  # the simulated sensor plus the gate's offset: ab
 
 
 def stored_reasons(site: Site) -> list[str]:
-    return [e["reason"] for e in site.store.events() if e["kind"] == "decision"]
+    return [e["reason"] for e in collected.events(site.store) if e["kind"] == "decision"]
 
 
 def gate_config_version(site: Site, gate: str) -> int | None:
-    for row in site.store.gates():
+    for row in collected.gates(site.store):
         if row["gate"] == gate and row["status"]:
             return row["status"].get("versions", {}).get("config")
     return None
@@ -69,7 +70,7 @@ def test_a_published_policy_reaches_a_running_gate_and_changes_its_decisions(
                 60,
                 lambda: f"entries not refused as fevers: {stored_reasons(site)}",
             )
-            decisions = [e for e in site.store.events() if e["kind"] == "decision"]
+            decisions = [e for e in collected.events(site.store) if e["kind"] == "decision"]
             r, n = resident.pass_id, neighbour.pass_id
             assert [e["pass_id"] for e in decisions] == [r, n, n, r, r]
             assert [e["versions"]["config"] for e in decisions] == [1, 2, 2, 2, 2]

@@ -26,7 +26,8 @@ from protocol.events import Ack, encode_batch
 from server.collector import Collector, collector_client_id, max_payload
 from server.config import CONFIG_NAME, load_server_config
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
+from tests import collected
 from tests.e2e.helpers import (
     GateThread,
     Message,
@@ -493,7 +494,7 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
 
                 def synced() -> bool:
                     p = gate_progress(gate_dir)
-                    stored = server_count(site.dir / STORE_NAME, "east")
+                    stored = server_count(site.dir / SQLITE_FILE, "east")
                     return p.last_seq == 1 and p.acked_seq == 1 and stored == 1
 
                 wait_until(
@@ -501,7 +502,7 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
                     30,
                     lambda: (
                         f"gate {gate_progress(gate_dir)}, "
-                        f"collector {server_count(site.dir / STORE_NAME, 'east')}\n{broker.log()}"
+                        f"collector {server_count(site.dir / SQLITE_FILE, 'east')}\n{broker.log()}"
                     ),
                 )
                 # New documents reach the running gate through the broker.
@@ -518,10 +519,10 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
                 wait_until(
                     lambda: any(
                         g["gate"] == "east" and (g["status"] or {}).get("state") == "online"
-                        for g in site.store.gates()
+                        for g in collected.gates(site.store)
                     ),
                     30,
-                    lambda: f"gate status at the collector: {site.store.gates()}",
+                    lambda: f"gate status at the collector: {collected.gates(site.store)}",
                 )
         finally:
             collector.close()
@@ -584,7 +585,7 @@ def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
                     assert collector.connected.is_set()
                 finally:
                     collector.close()
-            assert server_count(site.dir / STORE_NAME, "east") == 2
+            assert server_count(site.dir / SQLITE_FILE, "east") == 2
             (alert,) = [a for a in site.alerts.list() if a.kind == "document_too_large"]
             assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
         errors = [r for r in caplog.records if "document_too_large" in r.getMessage()]

@@ -20,7 +20,7 @@ from menwei.mosquitto import MosquittoBroker
 from menwei.reconcile import reconcile
 from server.collector import Collector
 from server.site import Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
 from tests.conftest import run_menwei
 from tests.e2e.helpers import (
     Proc,
@@ -108,7 +108,7 @@ def test_chaos_gate_killed_every_10s_and_broker_restarted_loses_and_doubles_noth
                     broker.start()
                     broker_restarts += 1
                 time.sleep(0.2)
-        db = site.dir / STORE_NAME
+        db = site.dir / SQLITE_FILE
 
         # An empty stage is not enough: the gate may hold the last frame in hand (read and
         # deleted, not yet decided). Settled means synced and unchanged for 2 s.
@@ -147,6 +147,6 @@ def test_chaos_gate_killed_every_10s_and_broker_restarted_loses_and_doubles_noth
     last = gate_progress(gate).last_seq
     assert last > 100, f"only {last} decisions in a minute of traffic"
     assert gate_seqs(gate) == list(range(1, last + 1)), "seq numbers without gaps or repeats"
-    r = reconcile([gate / "gate.db"], site.dir / STORE_NAME)
+    r = reconcile([gate / "gate.db"], site.dir / SQLITE_FILE)
     assert (r.lost, r.duplicates, r.pending) == (0, 0, 0), r
     assert r.collector_events == r.gate_events == last, r

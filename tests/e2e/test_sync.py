@@ -16,7 +16,8 @@ from menwei.reconcile import reconcile
 from protocol import topics
 from server.collector import Collector
 from server.site import IssuedPass, Site
-from server.store import STORE_NAME
+from server.storage.engine import SQLITE_FILE
+from tests import collected
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import (
     GateThread,
@@ -44,7 +45,7 @@ def passes(site: Site) -> list[str]:
 
 
 def server_db(site: Site) -> Path:
-    return site.dir / STORE_NAME
+    return site.dir / SQLITE_FILE
 
 
 def check_reconciled(site: Site, *gate_dirs: Path) -> None:
@@ -119,7 +120,7 @@ def test_decisions_reach_the_collector_exactly_once(
     ] * 3
     for item in log:
         assert item.event.temperature_c == pytest.approx(36.6, abs=0.3)
-    stored = {(g, s): u for g, _e, s, u in site.store.event_keys()}
+    stored = {(g, s): u for g, _e, s, u in collected.event_keys(site.store)}
     assert {(i.event.gate, i.event.seq): i.event.uuid for i in log}.items() <= stored.items()
     check_reconciled(site, gate_dir, west)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -258,3 +260,37 @@ def test_signed_document_without_an_aware_issue_time_is_refused(
     daemon.handle_frame(frame(resident.qr, {"forehead_c": 34.6}))
     assert [e.event.reason for e in daemon.store.log()] == ["ok"]
     daemon.close()
+
+
+def test_relayed_passages_count_in_both_forms(
+    gate_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The collector relays passages in batches (docs/protocol.md); older collectors sent
+    one per message. Both count; a bad passage of a batch is skipped with one warning, the
+    gate's own passages and another site's are ignored, and the state is kept on disk."""
+    from datetime import UTC, datetime
+
+    from protocol.events import Passage, encode_passages
+
+    daemon = daemon_for(gate_dir)
+    now = datetime.now(UTC).isoformat()
+
+    def out(gate: str, pass_id: int, site: str = "test-site") -> Passage:
+        return Passage(
+            site, gate, f"u-{gate}-{pass_id}", now, pass_id, "2-2-202", "resident", "out"
+        )
+
+    batch = json.loads(
+        encode_passages([out("west", 7), out("east", 8), out("west", 9, site="other")])
+    )
+    batch["passages"].append({"site": "test-site", "gate": "west", "at": "soon"})
+    with caplog.at_level(logging.WARNING, logger="menwei.gate"):
+        daemon.on_passage(json.dumps(batch).encode())
+    daemon.on_passage(out("north", 11).encode())
+    assert set(daemon.state.outside) == {7, 11}
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "1 bad passages" in warnings[0].getMessage()
+    daemon.close()
+    restarted = daemon_for(gate_dir)
+    assert set(restarted.state.outside) == {7, 11}, "kept across a restart"
+    restarted.close()

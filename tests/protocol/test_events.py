@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import pytest
@@ -17,10 +17,14 @@ from protocol.errors import MessageError
 from protocol.events import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
+    MAX_PASSAGES,
     Ack,
     Event,
+    Passage,
     decode_batch,
+    decode_passages,
     encode_batch,
+    encode_passages,
 )
 from protocol.passes import TrustKey, public_bytes
 from protocol.policy import Policy
@@ -61,6 +65,16 @@ def event_json(**changes: Any) -> dict[str, Any]:
 def test_event_json_round_trip():
     e = event(seq=7, temperature_c=None, pass_id=None, household=None, role=None)
     assert Event.from_json(json.loads(json.dumps(e.to_json()))) == e
+
+
+def test_to_json_is_every_field_in_order_and_a_copy():
+    """What dataclasses.asdict gave (the stored and exported body), without its cost."""
+    e = event(detail={"rule": "all", "nested": {"a": [1, 2]}}, versions={"config": 3})
+    data = e.to_json()
+    assert data == asdict(e) and list(data) == [f.name for f in fields(Event)]
+    data["detail"]["nested"]["a"].append(3)
+    data["versions"]["config"] = 4
+    assert e.detail == {"rule": "all", "nested": {"a": [1, 2]}} and e.versions == {"config": 3}
 
 
 def test_optional_fields_may_be_absent():
@@ -545,6 +559,46 @@ def test_passage_without_an_aware_time_is_a_message_error(at):
     raw = json.dumps({**json.loads(good.encode()), "at": at}).encode()
     with pytest.raises(MessageError, match="at"):
         Passage.decode(raw)
+
+
+def passage(n: int, **changes: Any) -> Passage:
+    base = Passage(
+        SITE, "west", f"u-{n}", "2026-11-29T08:00:00+08:00", n, "1-1-101", "resident", "out"
+    )
+    return replace(base, **changes)
+
+
+def test_relayed_passages_in_the_batch_form_and_the_single_one():
+    many = [passage(n) for n in range(3)]
+    assert decode_passages(encode_passages(many)) == (many, [])
+    assert decode_passages(many[0].encode()) == ([many[0]], [])  # from older collectors
+    with pytest.raises(ValueError, match="at most"):
+        encode_passages([passage(n) for n in range(MAX_PASSAGES + 1)])
+
+
+def test_a_bad_passage_spoils_only_itself():
+    raw = json.loads(encode_passages([passage(1), passage(2)]))
+    raw["passages"].insert(1, {**raw["passages"][0], "direction": "sideways"})
+    raw["passages"].append("not an object")
+    good, bad = decode_passages(json.dumps(raw).encode())
+    assert good == [passage(1), passage(2)]
+    assert len(bad) == 2 and "passage 1" in bad[0] and "sideways" in bad[0]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        json.dumps({"schema": 2, "passages": []}).encode(),
+        json.dumps({"schema": 1, "passages": {"a": 1}}).encode(),
+        json.dumps({"schema": 1, "passages": [{}] * (MAX_PASSAGES + 1)}).encode(),
+        json.dumps({"schema": 1, "site": SITE}).encode(),  # a single passage, incomplete
+    ],
+)
+def test_a_passage_message_of_neither_form_is_a_message_error(raw: bytes):
+    with pytest.raises(MessageError):
+        decode_passages(raw)
 
 
 # --- times out of range -------------------------------------------------------------------

@@ -14,8 +14,8 @@ from sqlalchemy import func, insert, select, text
 
 from protocol.events import Event
 from server.storage import Store
+from server.storage.events import event_row
 from server.storage.schema import events, gates, households, passes
-from server.storage.times import instant_us
 from tests.e2e.helpers import make_event
 
 SITE = "test-site"
@@ -25,29 +25,7 @@ RECEIVED = "2026-03-01T00:00:00.000+00:00"
 def put_events(store: Store, *evs: Event) -> None:
     """Store events as the collector does (columns, `at_us`, body as exported)."""
     with store.write() as tx:
-        tx.execute(
-            insert(events),
-            [
-                {
-                    "gate": e.gate,
-                    "epoch": e.epoch,
-                    "seq": e.seq,
-                    "uuid": e.uuid,
-                    "at": e.at,
-                    "at_us": instant_us(e.at),
-                    "kind": e.kind,
-                    "decision": e.decision,
-                    "reason": e.reason,
-                    "household": e.household,
-                    "pass_id": e.pass_id,
-                    "role": e.role,
-                    "body": json.dumps(e.to_json(), ensure_ascii=False),
-                    "received_at": RECEIVED,
-                    "direction": e.direction,
-                }
-                for e in evs
-            ],
-        )
+        tx.execute(insert(events), [event_row(e.gate, e, RECEIVED) for e in evs])
 
 
 def event(gate: str, seq: int, **kw: Any) -> Event:

@@ -22,6 +22,7 @@ from protocol.documents import decode_document
 from protocol.events import Ack, Event, encode_batch
 from server.collector import Collector, max_payload
 from server.site import Site
+from tests import collected
 from tests.conftest import SITE
 from tests.e2e.helpers import (
     Message,
@@ -60,13 +61,11 @@ def wait_acked(acks: MqttWatcher, seq: int, timeout: float = 10) -> None:
 
 
 def stored_keys(site: Site, gate: str = "g1") -> list[tuple[int, str]]:
-    return sorted((s, u) for g, _e, s, u in site.store.event_keys() if g == gate)
+    return sorted((s, u) for g, _e, s, u in collected.event_keys(site.store) if g == gate)
 
 
 def rejected(site: Site) -> list[tuple[str, str]]:
-    with site.store._lock:
-        rows = site.store.db.execute("SELECT topic, reason FROM rejected_messages ORDER BY id")
-        return [(str(t), str(r)) for t, r in rows.fetchall()]
+    return [(topic, reason) for topic, reason, _excerpt in collected.rejected(site.store)]
 
 
 def test_batch_is_stored_and_acked_with_a_retained_ack(
@@ -93,7 +92,7 @@ def test_resent_batch_is_stored_once(
     publish(gate_client, EVENTS, batch)
     wait_until(lambda: collector.stats["batches"] == 2, 10, lambda: f"stats {collector.stats}")
     wait_acked(acks, 2)
-    assert site.store.count_events() == 2
+    assert collected.count_events(site.store) == 2
     assert collector.stats["inserted"] == 2 and collector.stats["duplicates"] == 2
 
 
@@ -101,7 +100,7 @@ def test_ack_is_the_highest_contiguous_seq(
     site: Site, collector: Collector, gate_client: mqtt.Client, acks: MqttWatcher
 ) -> None:
     publish(gate_client, EVENTS, encode_batch("g1", [ev(1), ev(2), ev(4), ev(5)]))
-    wait_until(lambda: site.store.count_events() == 4, 10, "4 events stored")
+    wait_until(lambda: collected.count_events(site.store) == 4, 10, "4 events stored")
     wait_acked(acks, 2)
     publish(gate_client, EVENTS, encode_batch("g1", [ev(3)]))
     wait_acked(acks, 5)
@@ -143,15 +142,13 @@ def test_garbage_is_recorded_and_the_collector_keeps_working(
         assert topic == EVENTS
         assert why in reason, f"{payload[:40]!r}: reason {reason!r} should mention {why!r}"
     assert rows[-1][0] == topics.status(SITE, "g1")
-    excerpt = site.store.db.execute(
-        "SELECT MAX(LENGTH(excerpt)) FROM rejected_messages"
-    ).fetchone()[0]
+    excerpt = max(len(x) for _t, _r, x in collected.rejected(site.store))
     assert excerpt <= 200, "an oversized message is not stored whole"
 
     # still working afterwards: the next batch is stored and acknowledged
     publish(gate_client, EVENTS, encode_batch("g1", [ev(2), ev(3)]))
     wait_acked(acks, 3)
-    assert site.store.count_events() == 3
+    assert collected.count_events(site.store) == 3
 
 
 def test_good_events_of_a_batch_with_a_bad_one_are_stored(
@@ -163,7 +160,7 @@ def test_good_events_of_a_batch_with_a_bad_one_are_stored(
     ).encode()
     publish(gate_client, EVENTS, raw)
     wait_acked(acks, 1)  # seq 2 is missing: contiguous stops at 1
-    wait_until(lambda: site.store.count_events() == 2, 10, "events 1 and 3 stored")
+    wait_until(lambda: collected.count_events(site.store) == 2, 10, "events 1 and 3 stored")
     assert [s for s, _ in stored_keys(site)] == [1, 3]
     assert any("event 1" in r for _, r in rejected(site))
 
@@ -178,7 +175,7 @@ def test_status_messages_update_the_gates_table(
     )
 
     def status() -> dict[str, Any] | None:
-        return next((g["status"] for g in site.store.gates() if g["gate"] == "g1"), None)
+        return next((g["status"] for g in collected.gates(site.store) if g["gate"] == "g1"), None)
 
     got = wait_until(status, 10, "status of g1 stored")
     assert got["state"] == "online" and got["backlog"] == 7
@@ -302,7 +299,7 @@ def test_passes_issued_in_the_collector_process_while_events_stream_in(
     assert len(site.register().passes) == 80
     last = sent[-1]
     wait_acked(acks, last, timeout=30)
-    assert site.store.count_events() == last
+    assert collected.count_events(site.store) == last
     assert collector.stats["inserted"] == last, collector.stats
 
 
@@ -314,7 +311,7 @@ def test_an_event_time_out_of_range_is_rejected_and_the_batch_is_still_checked(
     still checked for conflicts (a pass used after its revocation)."""
     issued = site.issue_pass("1-1-101", "张三丰")
     site.revoke_pass(issued.pass_id, "lost")
-    revoked = site.store.revoked_at(issued.pass_id)
+    revoked = collected.revoked_at(site.store, issued.pass_id)
     assert revoked is not None
     used = ev(1, pass_id=issued.pass_id, at=(revoked + timedelta(minutes=1)).isoformat())
     far = ev(2, pass_id=issued.pass_id, at="9999-12-31T20:00:00+00:00")
@@ -326,7 +323,7 @@ def test_an_event_time_out_of_range_is_rejected_and_the_batch_is_still_checked(
     [(topic, reason)] = rejected(site)
     assert topic == EVENTS
     assert "event 1" in reason and "'at'" in reason and "2000..2100" in reason
-    conflicts = wait_until(site.store.conflicts, 10, "the conflict check ran")
+    conflicts = wait_until(lambda: collected.conflicts(site.store), 10, "the conflict check ran")
     assert [(c["kind"], c["seq"]) for c in conflicts] == [("revoked_pass_used", 1)]
 
 
@@ -354,7 +351,7 @@ def test_a_status_of_the_wrong_shape_is_rejected_naming_the_field(
     publish(gate_client, topics.status(SITE, "g2"), json.dumps(good | {"gate": "g2"}).encode())
 
     def seen(gate: str) -> dict[str, Any] | None:
-        return next((g["status"] for g in site.store.gates() if g["gate"] == gate), None)
+        return next((g["status"] for g in collected.gates(site.store) if g["gate"] == gate), None)
 
     wait_until(lambda: seen("g2"), 10, "status of g2 stored")  # after every bad one
     wait_until(lambda: len(rejected(site)) == len(bad), 10, lambda: f"{rejected(site)}")
@@ -468,3 +465,49 @@ def test_the_collector_publishes_no_document_over_the_brokers_packet_size(
         assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
     finally:
         stop_mosquitto(proc)
+
+
+def test_queued_batches_are_stored_together_and_acked_once_per_gate(
+    site: Site, collector: Collector, broker: MosquittoBroker
+) -> None:
+    """What waits in the queue is stored in one transaction: each gate then gets one ack,
+    of its last batch, and the accepted passages go out in one relayed message."""
+    other = topics.events(SITE, "g2")
+    passages = topics.passages(SITE)
+    first, second = ev(1), ev(2)
+    with MqttWatcher(broker.url, ACK, topics.ack(SITE, "g2"), passages) as w:
+        collector.handle_many(
+            [
+                (EVENTS, encode_batch("g1", [first, second])),
+                (other, encode_batch("g2", [ev(1, gate="g2", pass_id=2)])),
+                (EVENTS, b"not json"),
+                (EVENTS, encode_batch("g1", [ev(3), second])),  # one resent
+            ]
+        )
+        relayed = w.wait_for(passages, lambda m: True, 10, "relayed passages")
+        assert [Ack.decode(m.payload).acked_seq for m in w.on(ACK)] == [3]
+        assert [Ack.decode(m.payload).acked_seq for m in w.on(topics.ack(SITE, "g2"))] == [1]
+        assert len(w.on(passages)) == 1
+    assert [(p["gate"], p["pass_id"]) for p in json_of(relayed)["passages"]] == [
+        ("g1", 1),
+        ("g1", 1),
+        ("g2", 2),
+        ("g1", 1),
+    ]
+    assert (collector.stats["batches"], collector.stats["inserted"]) == (3, 4)
+    assert (collector.stats["duplicates"], collector.stats["rejected"]) == (1, 1)
+    [(topic, reason)] = rejected(site)
+    assert topic == EVENTS and "not JSON" in reason
+
+
+def test_a_conflict_storm_logs_one_warning_per_batch(
+    site: Site, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twenty members out at once through two gates: twenty conflicts recorded, one line."""
+    collector.handle(EVENTS, encode_batch("g1", [ev(1, pass_id=100, household="9-9-909")]))
+    storm = [ev(s, gate="g2", pass_id=s, household="9-9-909") for s in range(1, 21)]
+    with caplog.at_level(logging.INFO, logger="menwei.collector"):
+        collector.handle(topics.events(SITE, "g2"), encode_batch("g2", storm))
+    assert collector.stats["conflicts"] >= 20
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "conflicts in a batch of g2" in lines[0], lines

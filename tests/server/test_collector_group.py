@@ -22,7 +22,6 @@ from server.collector import Collector, collector_client_id
 from server.config import MqttSection, ServerConfigError
 from server.site import Site
 from server.storage.schema import events
-from server.store import ServerStore
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import MqttWatcher, make_event, mqtt_client, publish, wait_until
 
@@ -45,20 +44,11 @@ def group_collector(directory: Path, broker: MosquittoBroker) -> Iterator[Collec
             collector.close()
 
 
-# Two collectors write one store at once: the legacy ServerStore.insert_events (a deferred
-# transaction on a second connection) fails them with "database is locked"; the set-based
-# insert of issue 9 (store.write(), BEGIN IMMEDIATE) replaces it. Remove with that merge.
-needs_shared_store = pytest.mark.skipif(
-    hasattr(ServerStore, "insert_events"), reason="needs the set-based insert (issue 9)"
-)
-
-
 def acked(watcher: MqttWatcher) -> int:
     last = watcher.last(ACK)
     return 0 if last is None else Ack.decode(last.payload).acked_seq
 
 
-@needs_shared_store
 def test_the_group_shares_the_batches_and_one_that_stops_leaves_it_at_once(
     site: Site, broker: MosquittoBroker
 ) -> None:

@@ -1,8 +1,8 @@
-"""Cross-gate conflicts: ServerStore and find_conflicts on events built here, as gates send them.
+"""Cross-gate conflicts: the store and find_conflicts on events built here, as gates send them.
 
 Each test stores events the way the collector does (one `insert_events` per gate batch, then
-`find_conflicts` on what was new) and reads what the store recorded. Times are local times
-in Asia/Shanghai, March 2026.
+`find_conflicts` on what was new) and reads what the store recorded, on SQLite and
+PostgreSQL. Times are local times in Asia/Shanghai, March 2026.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from protocol.events import Event
 from protocol.policy import Policy
-from server.conflicts import Conflict, find_conflicts
+from server.conflicts import Conflict
 from server.site import Site
-from server.store import ServerStore
+from server.storage import Store
+from tests import collected
 
 SH = ZoneInfo("Asia/Shanghai")
 HOUSEHOLD = "3-1-301"
@@ -33,17 +33,16 @@ def local(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ServerStore]:
-    s = ServerStore(tmp_path / "server.db")
-    yield s
-    s.close()
+def store(store_url: str) -> Iterator[Store]:
+    with Store(store_url) as s:
+        yield s
 
 
 @dataclass
 class Gates:
     """Builds the gates' events with their own sequence numbers and feeds them to the store."""
 
-    store: ServerStore
+    store: Store
     policy: Policy = POLICY
     seqs: dict[str, int] = field(default_factory=dict)
 
@@ -79,16 +78,16 @@ class Gates:
 
     def send(self, gate: str, *events: Event) -> list[Conflict]:
         """One batch of `gate`, stored and checked as the collector does."""
-        result = self.store.insert_events(gate, list(events))
+        result = collected.insert_events(self.store, gate, list(events))
         assert result.inserted == len(events)
-        return find_conflicts(self.store, self.policy, result.new_events)
+        return collected.check_conflicts(self.store, self.policy, result.new_events)
 
 
-def kinds(store: ServerStore) -> list[tuple[str, str, int]]:
-    return [(c["kind"], c["gate"], c["seq"]) for c in store.conflicts()]
+def kinds(store: Store) -> list[tuple[str, str, int]]:
+    return [(c["kind"], c["gate"], c["seq"]) for c in collected.conflicts(store)]
 
 
-def test_two_gates_each_letting_a_member_out_is_one_conflict(store: ServerStore) -> None:
+def test_two_gates_each_letting_a_member_out_is_one_conflict(store: Store) -> None:
     gates = Gates(store)
     a_out = gates.event("east", A, "out", local(3, 9))
     b_out = gates.event("west", B, "out", local(3, 9, 5))
@@ -105,33 +104,33 @@ def test_two_gates_each_letting_a_member_out_is_one_conflict(store: ServerStore)
     assert HOUSEHOLD in found.detail and "east" in found.detail and "west" in found.detail
     assert kinds(store) == [("household_over_quota", "west", 1)]
     # Checking the same events again records nothing new.
-    assert find_conflicts(store, POLICY, [a_out, b_out]) == []
-    assert find_conflicts(store, POLICY, [b_out]) == []
+    assert collected.check_conflicts(store, POLICY, [a_out, b_out]) == []
+    assert collected.check_conflicts(store, POLICY, [b_out]) == []
     assert kinds(store) == [("household_over_quota", "west", 1)]
     # Nothing decided is rewritten: both passages stay allowed.
-    assert [(e["gate"], e["decision"]) for e in store.events()] == [
+    assert [(e["gate"], e["decision"]) for e in collected.events(store)] == [
         ("east", "allow"),
         ("west", "allow"),
     ]
 
 
-def test_a_member_back_in_before_the_other_leaves_is_no_conflict(store: ServerStore) -> None:
+def test_a_member_back_in_before_the_other_leaves_is_no_conflict(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     assert gates.send("west", gates.event("west", A, "in", local(3, 9, 30))) == []
     assert gates.send("west", gates.event("west", B, "out", local(3, 10))) == []
-    assert store.conflicts() == []
+    assert collected.conflicts(store) == []
 
 
-def test_refusals_take_no_part(store: ServerStore) -> None:
+def test_refusals_take_no_part(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     refused = gates.event("west", B, "out", local(3, 9, 5), decision="deny")
     assert gates.send("west", refused) == []
-    assert store.conflicts() == []
+    assert collected.conflicts(store) == []
 
 
-def test_same_pass_out_through_two_gates(store: ServerStore) -> None:
+def test_same_pass_out_through_two_gates(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     (found,) = gates.send("west", gates.event("west", A, "out", local(3, 9, 30)))
@@ -140,15 +139,15 @@ def test_same_pass_out_through_two_gates(store: ServerStore) -> None:
     assert kinds(store) == [("pass_out_twice", "west", 1)]
 
 
-def test_same_pass_out_twice_with_an_entry_between_is_fine(store: ServerStore) -> None:
+def test_same_pass_out_twice_with_an_entry_between_is_fine(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     gates.send("east", gates.event("east", A, "in", local(3, 9, 20)))
     assert gates.send("west", gates.event("west", A, "out", local(3, 9, 30))) == []
-    assert store.conflicts() == []
+    assert collected.conflicts(store) == []
 
 
-def test_three_exits_across_gates_in_one_day(store: ServerStore) -> None:
+def test_three_exits_across_gates_in_one_day(store: Store) -> None:
     gates = Gates(store)
     gates.send(
         "east",
@@ -171,7 +170,7 @@ def test_three_exits_across_gates_in_one_day(store: ServerStore) -> None:
     assert kinds(store) == [("daily_exits_over_quota", "east", 3)]
 
 
-def test_exits_of_two_days_are_counted_apart(store: ServerStore) -> None:
+def test_exits_of_two_days_are_counted_apart(store: Store) -> None:
     gates = Gates(store)
     gates.send(
         "east",
@@ -181,11 +180,11 @@ def test_exits_of_two_days_are_counted_apart(store: ServerStore) -> None:
         gates.event("east", A, "in", local(3, 11)),
     )
     assert gates.send("west", gates.event("west", B, "out", local(4, 8))) == []
-    assert store.conflicts() == []
+    assert collected.conflicts(store) == []
 
 
 def test_daily_exits_across_the_gap_between_auto_return_and_day_start(
-    store: ServerStore,
+    store: Store,
 ) -> None:
     """Counting days start at 04:00 (day_starts_at) while everyone counts as inside again at
     03:00 (auto_return_at): an exit at 03:30 is the previous day's, so with that day's two
@@ -206,7 +205,7 @@ def test_daily_exits_across_the_gap_between_auto_return_and_day_start(
     assert kinds(store) == [("daily_exits_over_quota", "west", 1)]
 
 
-def test_an_exit_before_midnight_and_one_after_share_the_day(store: ServerStore) -> None:
+def test_an_exit_before_midnight_and_one_after_share_the_day(store: Store) -> None:
     gates = Gates(store, Policy(outing_windows=("00:00-24:00",)))
     gates.send(
         "east",
@@ -219,7 +218,7 @@ def test_an_exit_before_midnight_and_one_after_share_the_day(store: ServerStore)
     assert found.kind == "daily_exits_over_quota"
 
 
-def test_auto_return_ends_a_missed_scan(store: ServerStore) -> None:
+def test_auto_return_ends_a_missed_scan(store: Store) -> None:
     gates = Gates(store, Policy(outing_windows=("00:00-24:00",), household_max_exits_per_day=0))
     gates.send("east", gates.event("east", A, "out", local(3, 22)))  # never scans back in
     (found,) = gates.send("west", gates.event("west", B, "out", local(4, 2, 50)))
@@ -231,9 +230,9 @@ def test_auto_return_ends_a_missed_scan(store: ServerStore) -> None:
 
 def test_a_pass_used_after_its_revocation(site: Site) -> None:
     issued = site.issue_pass(HOUSEHOLD, "张三丰")
-    before = site.store.revoked_at(issued.pass_id)
+    before = collected.revoked_at(site.store, issued.pass_id)
     site.revoke_pass(issued.pass_id, "lost")
-    revoked = site.store.revoked_at(issued.pass_id)
+    revoked = collected.revoked_at(site.store, issued.pass_id)
     assert before is None and revoked is not None
     gates = Gates(site.store)
 
@@ -249,24 +248,24 @@ def test_a_pass_used_after_its_revocation(site: Site) -> None:
         later.uuid,
     )
     assert str(issued.pass_id) in found.detail
-    assert find_conflicts(site.store, POLICY, [later]) == []  # recorded once
+    assert collected.check_conflicts(site.store, POLICY, [later]) == []  # recorded once
     assert kinds(site.store) == [("revoked_pass_used", "west", 1)]
 
 
 def test_a_refusal_of_a_revoked_pass_is_no_conflict(site: Site) -> None:
     issued = site.issue_pass(HOUSEHOLD, "张三丰")
     site.revoke_pass(issued.pass_id, "lost")
-    revoked = site.store.revoked_at(issued.pass_id)
+    revoked = collected.revoked_at(site.store, issued.pass_id)
     assert revoked is not None
     gates = Gates(site.store)
     refused = gates.event(
         "east", issued.pass_id, "out", revoked + timedelta(minutes=1), decision="deny"
     )
     assert gates.send("east", refused) == []
-    assert site.store.conflicts() == []
+    assert collected.conflicts(site.store) == []
 
 
-def test_one_gate_keeping_the_rules_has_no_conflict(store: ServerStore) -> None:
+def test_one_gate_keeping_the_rules_has_no_conflict(store: Store) -> None:
     gates = Gates(store)
     sequence = [
         gates.event("east", A, "out", local(3, 8)),
@@ -282,11 +281,11 @@ def test_one_gate_keeping_the_rules_has_no_conflict(store: ServerStore) -> None:
     ]
     for event in sequence:  # one event per batch, then all of them at once
         assert gates.send("east", event) == []
-    assert find_conflicts(store, POLICY, sequence) == []
-    assert store.conflicts() == []
+    assert collected.check_conflicts(store, POLICY, sequence) == []
+    assert collected.conflicts(store) == []
 
 
-def test_staff_and_visitors_are_not_counted_across_gates(store: ServerStore) -> None:
+def test_staff_and_visitors_are_not_counted_across_gates(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     assert gates.send("west", gates.event("west", STAFF, "out", local(3, 9, 5), role="staff")) == []
@@ -294,18 +293,18 @@ def test_staff_and_visitors_are_not_counted_across_gates(store: ServerStore) -> 
         gates.send("west", gates.event("west", VISITOR, "out", local(3, 9, 6), role="visitor"))
         == []
     )
-    assert store.conflicts() == []
+    assert collected.conflicts(store) == []
 
 
-def test_other_households_are_apart(store: ServerStore) -> None:
+def test_other_households_are_apart(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     other = gates.event("west", 7, "out", local(3, 9, 5), household="3-1-302")
     assert gates.send("west", other) == []
-    assert store.conflicts() == []
+    assert collected.conflicts(store) == []
 
 
-def test_events_arriving_out_of_time_order_are_still_checked(store: ServerStore) -> None:
+def test_events_arriving_out_of_time_order_are_still_checked(store: Store) -> None:
     """The offline gate's exit (earlier) arrives after the online gate's (later): the later
     passage is the one over quota, and it is found when the earlier one arrives."""
     gates = Gates(store)
@@ -317,7 +316,7 @@ def test_events_arriving_out_of_time_order_are_still_checked(store: ServerStore)
     assert kinds(store) == [("household_over_quota", "east", 1)]
 
 
-def test_daily_exits_out_of_time_order(store: ServerStore) -> None:
+def test_daily_exits_out_of_time_order(store: Store) -> None:
     gates = Gates(store)
     online = [
         gates.event("east", A, "out", local(3, 12)),
@@ -334,15 +333,15 @@ def test_daily_exits_out_of_time_order(store: ServerStore) -> None:
     assert (found.kind, found.uuid) == ("daily_exits_over_quota", online[2].uuid)
 
 
-def test_a_gate_resending_its_batch_adds_nothing(store: ServerStore) -> None:
+def test_a_gate_resending_its_batch_adds_nothing(store: Store) -> None:
     gates = Gates(store)
     gates.send("east", gates.event("east", A, "out", local(3, 9)))
     b_out = gates.event("west", B, "out", local(3, 9, 5))
     assert len(gates.send("west", b_out)) == 1
-    again = store.insert_events("west", [b_out])
+    again = collected.insert_events(store, "west", [b_out])
     assert (again.inserted, again.duplicates, again.new_events) == (0, 1, ())
-    assert find_conflicts(store, POLICY, again.new_events) == []
-    assert len(store.conflicts()) == 1
+    assert collected.check_conflicts(store, POLICY, again.new_events) == []
+    assert len(collected.conflicts(store)) == 1
 
 
 def test_an_exit_after_the_household_was_quarantined_is_a_conflict(site):
@@ -350,7 +349,6 @@ def test_an_exit_after_the_household_was_quarantined_is_a_conflict(site):
     from datetime import UTC, datetime, timedelta
 
     from protocol.events import Event
-    from server.conflicts import find_conflicts
 
     site.set_quarantine("3-1-301", None)
     later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
@@ -375,9 +373,9 @@ def test_an_exit_after_the_household_was_quarantined_is_a_conflict(site):
         )
 
     events = [exit_at(1, earlier), exit_at(2, later)]
-    site.store.insert_events("g2", events)
-    found = find_conflicts(site.store, site.config.policy, events)
+    collected.insert_events(site.store, "g2", events)
+    found = collected.check_conflicts(site.store, site.config.policy, events)
     assert [(c.kind, c.seq) for c in found] == [("quarantined_exit", 2)]
-    assert find_conflicts(site.store, site.config.policy, events) == []
+    assert collected.check_conflicts(site.store, site.config.policy, events) == []
     site.set_quarantine("3-1-301", None, on=False)
-    assert site.store.quarantine_period("3-1-301") is None
+    assert collected.quarantine_period(site.store, "3-1-301") is None

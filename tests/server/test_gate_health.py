@@ -20,6 +20,7 @@ from server.collector import Collector
 from server.config import AlertsSection
 from server.gate_health import Assessment, GateHealth, Outage, assess
 from server.site import Site
+from tests import collected
 from tests.conftest import SITE
 from tests.e2e.helpers import mqtt_client, publish, wait_until
 
@@ -115,19 +116,19 @@ def kinds(site: Site) -> list[tuple[str, str | None]]:
 
 def test_one_alert_per_outage_on_a_real_store(site: Site) -> None:
     health = GateHealth(site.store, site.alerts, FIVE)
-    site.store.set_gate_status("east", {"state": "online"})
+    collected.set_gate_status(site.store, "east", {"state": "online"})
     assert health.check() == []
-    site.store.set_gate_status("east", {"state": "offline"})
+    collected.set_gate_status(site.store, "east", {"state": "offline"})
     (alert,) = health.check()
     assert alert.kind == "gate_offline" and alert.gate == "east" and alert.priority == "normal"
     assert json.loads(alert.detail)["cause"] == "offline"
     assert health.check() == [], "the same outage is raised once"
     assert health.open_outages() == {"east": alert.event_at}
 
-    site.store.set_gate_status("east", {"state": "online"})
+    collected.set_gate_status(site.store, "east", {"state": "online"})
     assert health.check() == [] and health.open_outages() == {}
     time.sleep(0.002)  # last_seen has millisecond resolution
-    site.store.set_gate_status("east", {"state": "offline"})
+    collected.set_gate_status(site.store, "east", {"state": "offline"})
     (second,) = health.check()
     assert second.key != alert.key
     assert kinds(site) == [("gate_offline", "east"), ("gate_offline", "east")]
@@ -135,18 +136,18 @@ def test_one_alert_per_outage_on_a_real_store(site: Site) -> None:
 
 def test_a_restarted_collector_does_not_raise_an_outage_twice(site: Site) -> None:
     GateHealth(site.store, site.alerts, FIVE)
-    site.store.set_gate_status("east", {"state": "offline"})
+    collected.set_gate_status(site.store, "east", {"state": "offline"})
     assert len(GateHealth(site.store, site.alerts, FIVE).check()) == 1
     # restart: the broker delivers the retained will again (a new last_seen)
     listening = datetime.now(UTC)
-    site.store.set_gate_status("east", {"state": "offline"})
+    collected.set_gate_status(site.store, "east", {"state": "offline"})
     assert GateHealth(site.store, site.alerts, FIVE).check(listening_since=listening) == []
     assert len(site.alerts.list()) == 1
 
 
 def test_a_silent_gate_is_raised_on_a_real_store(site: Site) -> None:
     health = GateHealth(site.store, site.alerts, FIVE)
-    site.store.set_gate_status("east", {"state": "online"})
+    collected.set_gate_status(site.store, "east", {"state": "online"})
     assert health.check() == []
     (alert,) = health.check(now=datetime.now(UTC) + FIVE + timedelta(seconds=1))
     assert json.loads(alert.detail)["cause"] == "silent"
@@ -173,7 +174,7 @@ def test_a_killed_gate_connection_raises_gate_offline(site: Site, broker: Mosqui
         wait_until(collector.connected.is_set, 15, "collector did not connect")
 
         def state() -> str | None:
-            rows = [g for g in site.store.gates() if g["gate"] == "north"]
+            rows = [g for g in collected.gates(site.store) if g["gate"] == "north"]
             return rows[0]["status"]["state"] if rows and rows[0]["status"] else None
 
         wait_until(lambda: state() == "online", 10, "retained online status not stored")
@@ -188,7 +189,7 @@ def test_a_killed_gate_connection_raises_gate_offline(site: Site, broker: Mosqui
         wait_until(
             lambda: [a for a in site.alerts.list() if a.kind == "gate_offline"],
             15,
-            lambda: f"no gate_offline alert; gates {site.store.gates()}",
+            lambda: f"no gate_offline alert; gates {collected.gates(site.store)}",
         )
         (alert,) = site.alerts.list()
         assert alert.gate == "north" and json.loads(alert.detail)["cause"] == "offline"

@@ -28,6 +28,7 @@ from server.reports import day_span
 from server.site import Site, SiteError
 from server.storage import audit
 from server.visitors import VisitorError, register_visitor
+from tests import collected
 from tests.conftest import SITE
 from tests.e2e.helpers import make_event
 
@@ -181,13 +182,13 @@ def test_the_collector_checks_conflicts_against_the_published_policy(site: Site)
                 SITE, gate, 1, pass_id=pass_id, at=(at + timedelta(minutes=minute)).isoformat()
             )
             collector.handle(topics.events(SITE, gate), encode_batch(gate, [event]))
-        assert [c["kind"] for c in site.store.conflicts()] == ["household_over_quota"]
+        assert [c["kind"] for c in collected.conflicts(site.store)] == ["household_over_quota"]
         site.publish_policy("ops")
         for gate, pass_id, minute in (("east", 3, 10), ("west", 4, 15)):
             later = at + timedelta(days=1, minutes=minute)
             event = make_event(SITE, gate, 2, pass_id=pass_id, at=later.isoformat())
             collector.handle(topics.events(SITE, gate), encode_batch(gate, [event]))
-        assert len(site.store.conflicts()) == 1  # two out at once is now the rule
+        assert len(collected.conflicts(site.store)) == 1  # two out at once is now the rule
     finally:
         collector.close()
 

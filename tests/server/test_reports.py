@@ -16,6 +16,7 @@ from protocol.events import Event
 from server.register_import import import_register
 from server.reports import COLUMNS, daily_report, to_csv, to_xlsx
 from server.site import Site
+from tests import collected
 from tests.conftest import SITE, run_menwei
 
 DAY = date(2026, 3, 10)
@@ -72,7 +73,8 @@ def passage(seq: int, when: str, direction: str, pid: int, hh: str) -> Event:
 
 def test_daily_figures_day_boundaries_and_roll_up(site: Site, tmp_path: Path):
     p = setup(site, tmp_path)
-    site.store.insert_events(
+    collected.insert_events(
+        site.store,
         "east",
         [
             passage(1, "2026-03-10T03:59:59", "out", p["H1"], "H1"),  # the day before
@@ -139,7 +141,9 @@ def test_daily_figures_day_boundaries_and_roll_up(site: Site, tmp_path: Path):
 
 def test_exports_keep_chinese_for_excel(site: Site, tmp_path: Path):
     p = setup(site, tmp_path)
-    site.store.insert_events("east", [passage(1, "2026-03-10T08:00:00", "out", p["H1"], "H1")])
+    collected.insert_events(
+        site.store, "east", [passage(1, "2026-03-10T08:00:00", "out", p["H1"], "H1")]
+    )
     rows = daily_report(site, DAY)
     raw = to_csv(rows)
     assert raw.startswith(b"\xef\xbb\xbf")
@@ -155,7 +159,9 @@ def test_exports_keep_chinese_for_excel(site: Site, tmp_path: Path):
 
 def test_cli_daily_report(site: Site, tmp_path: Path):
     p = setup(site, tmp_path)
-    site.store.insert_events("east", [passage(1, "2026-03-10T08:00:00", "out", p["H2"], "H2")])
+    collected.insert_events(
+        site.store, "east", [passage(1, "2026-03-10T08:00:00", "out", p["H2"], "H2")]
+    )
     site.close()
     out = tmp_path / "r.json"
     run_menwei("report", "daily", str(site.dir), "--date", "2026-03-10", "--format", "json",
@@ -169,7 +175,8 @@ def test_cli_daily_report(site: Site, tmp_path: Path):
 
 def test_exit_button_and_guard_override_openings_count_as_passages(site: Site, tmp_path: Path):
     p = setup(site, tmp_path)
-    site.store.insert_events(
+    collected.insert_events(
+        site.store,
         "east",
         [
             event(

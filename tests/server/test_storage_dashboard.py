@@ -6,7 +6,6 @@ range or an order taken from the text instead of the instant gives other answers
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from server.storage import Store
 from server.storage import dashboard as stored
+from server.storage.events import event_row
 from server.storage.schema import audit, events, gates, households, passes, persons, visitors
 from server.storage.times import instant_us
 from tests.conftest import SITE
@@ -35,24 +35,7 @@ def store(store_url: str) -> Iterator[Store]:
 
 def row(gate: str, seq: int, at: str, **kw: Any) -> dict[str, Any]:
     """An events row as the collector stores it: columns and the event's JSON body."""
-    e = make_event(SITE, gate, seq, at=at, **kw)
-    return {
-        "gate": gate,
-        "epoch": e.epoch,
-        "seq": seq,
-        "uuid": e.uuid,
-        "at": at,
-        "at_us": instant_us(at),
-        "kind": e.kind,
-        "decision": e.decision,
-        "reason": e.reason,
-        "household": e.household,
-        "pass_id": e.pass_id,
-        "role": e.role,
-        "body": json.dumps(e.to_json(), ensure_ascii=False),
-        "received_at": NOW,
-        "direction": e.direction,
-    }
+    return event_row(gate, make_event(SITE, gate, seq, at=at, **kw), NOW)
 
 
 def add(store: Store, table: Any, *rows: dict[str, Any]) -> None:

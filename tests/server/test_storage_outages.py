@@ -12,9 +12,8 @@ import pytest
 
 from server.alerts import Alert, AlertStore
 from server.gate_health import GateHealth
-from server.storage import outages
+from server.storage import Store, outages
 from server.storage.schema import alerts, gate_outages
-from server.store import ServerStore
 from tests.server.storage_rows import count, in_thread, put_gate, wait_blocked
 
 SINCE = "2026-03-01T00:00:00.000+00:00"
@@ -22,12 +21,12 @@ LATER = "2026-03-01T01:00:00.000+00:00"
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[ServerStore]:
-    with ServerStore(store_url) as s:
+def store(store_url: str) -> Iterator[Store]:
+    with Store(store_url) as s:
         yield s
 
 
-def open_east(store: ServerStore, since: str = SINCE) -> bool:
+def open_east(store: Store, since: str = SINCE) -> bool:
     with store.write() as tx:
         return outages.open_(
             tx,
@@ -39,7 +38,7 @@ def open_east(store: ServerStore, since: str = SINCE) -> bool:
         )
 
 
-def test_a_gate_has_one_open_outage_at_a_time(store: ServerStore) -> None:
+def test_a_gate_has_one_open_outage_at_a_time(store: Store) -> None:
     assert open_east(store)
     assert not open_east(store, LATER), "already open: nothing changes"
     with store.read() as tx:
@@ -55,7 +54,7 @@ def test_a_gate_has_one_open_outage_at_a_time(store: ServerStore) -> None:
     assert count(store, gate_outages) == 2
 
 
-def test_of_two_transactions_opening_one_outage_exactly_one_does(store: ServerStore) -> None:
+def test_of_two_transactions_opening_one_outage_exactly_one_does(store: Store) -> None:
     with store.write() as tx:
         assert outages.open_(
             tx, "east", since=SINCE, cause="silent", alert_key="k", opened_at=SINCE
@@ -67,7 +66,7 @@ def test_of_two_transactions_opening_one_outage_exactly_one_does(store: ServerSt
     assert count(store, gate_outages) == 1
 
 
-def test_liveness_reads_last_seen_and_the_retained_status(store: ServerStore) -> None:
+def test_liveness_reads_last_seen_and_the_retained_status(store: Store) -> None:
     put_gate(store, "west", SINCE, {"gate": "west", "state": "offline"})
     put_gate(store, "east", LATER, None)
     with store.read() as tx:
@@ -77,7 +76,7 @@ def test_liveness_reads_last_seen_and_the_retained_status(store: ServerStore) ->
         ]
 
 
-def test_collectors_checking_at_once_raise_each_outage_once(store: ServerStore) -> None:
+def test_collectors_checking_at_once_raise_each_outage_once(store: Store) -> None:
     """Four collectors' gate-health checks on one store, started together, several rounds:
     every gate's outage is opened once and its alert raised once, returned to one of them."""
     seen = datetime.now(UTC) - timedelta(minutes=1)

@@ -38,6 +38,7 @@ from server.collector import Collector
 from server.site import Site
 from server.storage import Store
 from server.storage.migrate import HEAD, revision
+from tests import collected
 from tests.conftest import REPO
 from tests.e2e.helpers import Message, MqttWatcher, make_event, mqtt_client, publish, wait_until
 from tests.server.test_storage_schema import schema_differences
@@ -318,18 +319,18 @@ def test_the_upgraded_site_reads_its_history_and_issues_passes(upgraded: Site) -
     assert list(register.quarantine) == ["H108"]
     assert [k.key_id for k in site.trust_keys()] == [2]  # key 1 was retired
     # What the collector reads: every event as the gate sent it, gates, conflicts.
-    bodies = Counter(json.dumps(e, sort_keys=True) for e in site.store.events())
+    bodies = Counter(json.dumps(e, sort_keys=True) for e in collected.events(site.store))
     stored = Counter(
         json.dumps(json.loads(r["body"]), sort_keys=True)
         for r in rows(dump(site.dir / "server.db"), "events")
     )
     assert sum(bodies.values()) == 87 and bodies == stored
-    assert {g["gate"]: g["contiguous_seq"] for g in site.store.gates()} == {
+    assert {g["gate"]: g["contiguous_seq"] for g in collected.gates(site.store)} == {
         "east": 6,
         "north": 9,
         "west": 14,
     }
-    assert len(site.store.conflicts()) == 13
+    assert len(collected.conflicts(site.store)) == 13
     # The counters go on where the old code left them: no pass id or version reused.
     assert site.publish_config(site.config.policy).version == 4
     issued = site.issue_pass("H106", "新住户", room="2-2-301")
@@ -384,9 +385,11 @@ def test_the_collector_goes_on_from_the_upgraded_history(
 
         def found() -> set[str]:
             return {
-                c["kind"] for c in site.store.conflicts() if (c["gate"], c["seq"]) == ("north", 10)
+                c["kind"]
+                for c in collected.conflicts(site.store)
+                if (c["gate"], c["seq"]) == ("north", 10)
             }
 
         wait_until(lambda: "household_over_quota" in found(), 30, "no conflict found")
     assert found() == {"household_over_quota", "daily_exits_over_quota"}
-    assert sum(1 for _ in site.store.events()) == 89
+    assert sum(1 for _ in collected.events(site.store)) == 89

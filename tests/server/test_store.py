@@ -1,28 +1,33 @@
-"""ServerStore on a real SQLite file: idempotent on (gate, seq), contiguous acks, conflicts."""
+"""The collector's events and gates (server/storage/events.py, gates.py) on SQLite and
+PostgreSQL: idempotent on (gate, epoch, seq), contiguous acks, conflicts."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from server.storage import meta
+from server.storage import Store, meta
+from server.storage import events as events_db
 from server.storage.alerts import missing_from_gate
-from server.store import ServerStore
+from server.storage.schema import conflicts, rejected_messages
+from server.storage.times import utcnow
+from tests import collected
 from tests.e2e.helpers import make_event
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ServerStore:
-    s = ServerStore(tmp_path / "server.db")
-    yield s
-    s.close()
+def store(store_url: str) -> Iterator[Store]:
+    with Store(store_url) as s:
+        yield s
 
 
 def missing(
-    store: ServerStore, gate: str, epoch: str, confirmed: int, new_epoch: str
+    store: Store, gate: str, epoch: str, confirmed: int, new_epoch: str
 ) -> list[tuple[int, int]]:
     with store.read() as tx:
         return missing_from_gate(tx, gate, epoch, confirmed, new_epoch)
@@ -32,10 +37,10 @@ def ev(seq: int, gate: str = "g1"):
     return make_event("test-site", gate, seq)
 
 
-def test_same_batch_twice_is_stored_once(store: ServerStore) -> None:
+def test_same_batch_twice_is_stored_once(store: Store) -> None:
     batch = [ev(1), ev(2), ev(3)]
-    first = store.insert_events("g1", batch)
-    second = store.insert_events("g1", batch)
+    first = collected.insert_events(store, "g1", batch)
+    second = collected.insert_events(store, "g1", batch)
     assert (first.inserted, first.duplicates, first.conflicts, first.contiguous_seq) == (3, 0, 0, 3)
     assert (second.inserted, second.duplicates, second.conflicts, second.contiguous_seq) == (
         0,
@@ -43,75 +48,86 @@ def test_same_batch_twice_is_stored_once(store: ServerStore) -> None:
         0,
         3,
     )
-    assert store.count_events() == 3
-    assert sorted(store.event_keys()) == sorted(("g1", e.epoch, e.seq, e.uuid) for e in batch)
-    assert store.conflicts() == []
+    assert collected.count_events(store) == 3
+    assert sorted(collected.event_keys(store)) == sorted(
+        ("g1", e.epoch, e.seq, e.uuid) for e in batch
+    )
+    assert collected.conflicts(store) == []
 
 
-def test_partial_overlap_counts_only_new_events(store: ServerStore) -> None:
+def test_partial_overlap_counts_only_new_events(store: Store) -> None:
     a, b, c = ev(1), ev(2), ev(3)
-    store.insert_events("g1", [a, b])
-    r = store.insert_events("g1", [b, c])
+    collected.insert_events(store, "g1", [a, b])
+    r = collected.insert_events(store, "g1", [b, c])
     assert (r.inserted, r.duplicates, r.contiguous_seq) == (1, 1, 3)
-    assert store.count_events() == 3
+    assert collected.count_events(store) == 3
 
 
-def test_contiguous_seq_stops_at_a_gap_and_advances_when_it_fills(store: ServerStore) -> None:
-    r = store.insert_events("g1", [ev(1), ev(2), ev(4)])
+def test_contiguous_seq_stops_at_a_gap_and_advances_when_it_fills(store: Store) -> None:
+    r = collected.insert_events(store, "g1", [ev(1), ev(2), ev(4)])
     assert r.contiguous_seq == 2
-    assert store.contiguous_seq("g1") == 2
-    r = store.insert_events("g1", [ev(3)])
+    assert collected.contiguous_seq(store, "g1") == 2
+    r = collected.insert_events(store, "g1", [ev(3)])
     assert r.contiguous_seq == 4
-    assert store.contiguous_seq("g1") == 4
+    assert collected.contiguous_seq(store, "g1") == 4
 
 
-def test_out_of_order_batch_and_seq_not_starting_at_one(store: ServerStore) -> None:
-    r = store.insert_events("g1", [ev(3), ev(2)])
+def test_out_of_order_batch_and_seq_not_starting_at_one(store: Store) -> None:
+    r = collected.insert_events(store, "g1", [ev(3), ev(2)])
     assert r.contiguous_seq == 0, "seq 1 is missing: nothing may be acknowledged"
-    r = store.insert_events("g1", [ev(1)])
+    r = collected.insert_events(store, "g1", [ev(1)])
     assert r.contiguous_seq == 3
 
 
-def test_gates_are_independent(store: ServerStore) -> None:
-    store.insert_events("g1", [ev(1), ev(2)])
-    store.insert_events("g2", [ev(1, "g2")])
-    assert store.contiguous_seq("g1") == 2
-    assert store.contiguous_seq("g2") == 1
-    assert store.contiguous_seq("never-seen") == 0
-    assert {g["gate"]: g["contiguous_seq"] for g in store.gates()} == {"g1": 2, "g2": 1}
+def test_gates_are_independent(store: Store) -> None:
+    collected.insert_events(store, "g1", [ev(1), ev(2)])
+    collected.insert_events(store, "g2", [ev(1, "g2")])
+    assert collected.contiguous_seq(store, "g1") == 2
+    assert collected.contiguous_seq(store, "g2") == 1
+    assert collected.contiguous_seq(store, "never-seen") == 0
+    assert {g["gate"]: g["contiguous_seq"] for g in collected.gates(store)} == {"g1": 2, "g2": 1}
 
 
-def test_same_seq_with_another_uuid_is_a_conflict_not_an_overwrite(store: ServerStore) -> None:
+def test_same_seq_with_another_uuid_is_a_conflict_not_an_overwrite(store: Store) -> None:
     original = ev(1)
-    store.insert_events("g1", [original])
+    collected.insert_events(store, "g1", [original])
     impostor = dataclasses.replace(ev(1), reason="expired", decision="deny")
-    r = store.insert_events("g1", [impostor])
+    r = collected.insert_events(store, "g1", [impostor])
     assert (r.inserted, r.duplicates, r.conflicts, r.contiguous_seq) == (0, 0, 1, 1)
-    (stored,) = list(store.events())
+    (stored,) = list(collected.events(store))
     assert stored["uuid"] == original.uuid
     assert stored["reason"] == "ok"
-    (conflict,) = store.conflicts()
+    (conflict,) = collected.conflicts(store)
     assert conflict["gate"] == "g1"
     assert conflict["seq"] == 1
     assert conflict["kind"] == "seq_reused"
     assert original.uuid in conflict["detail"]
-    body = store.db.execute("SELECT body FROM conflicts").fetchone()[0]
+    with store.read() as tx:
+        body = tx.scalar(select(conflicts.c.body))
     assert json.loads(body)["uuid"] == impostor.uuid, "the refused event is kept for operators"
 
 
-def test_stored_body_round_trips(store: ServerStore) -> None:
+def test_stored_body_round_trips(store: Store) -> None:
     e = make_event("test-site", "g1", 1, temperature_c=36.6, detail={"skin_c": 34.5})
-    store.insert_events("g1", [e])
-    (body,) = list(store.events())
+    collected.insert_events(store, "g1", [e])
+    (body,) = list(collected.events(store))
     assert body == e.to_json()
 
 
-def test_rejected_messages_are_recorded(store: ServerStore) -> None:
-    assert store.rejected_count() == 0
-    store.reject_message("menwei/test-site/g1/events", "batch is not JSON", b"\xff\xfe garbage")
-    store.reject_message("menwei/test-site/g1/events", "x" * 1000, b"y" * 5000)
-    assert store.rejected_count() == 2
-    rows = store.db.execute("SELECT topic, reason, excerpt FROM rejected_messages").fetchall()
+def test_rejected_messages_are_recorded(store: Store) -> None:
+    with store.read() as tx:
+        assert events_db.rejected_count(tx) == 0
+    with store.write() as tx:
+        topic = "menwei/test-site/g1/events"
+        events_db.reject_message(tx, topic, "batch is not JSON", b"\xff\xfe garbage", now=utcnow())
+        events_db.reject_message(tx, topic, "x" * 1000, b"y" * 5000, now=utcnow())
+    with store.read() as tx:
+        assert events_db.rejected_count(tx) == 2
+        rows = tx.execute(
+            select(
+                rejected_messages.c.topic, rejected_messages.c.reason, rejected_messages.c.excerpt
+            ).order_by(rejected_messages.c.id)
+        ).all()
     assert rows[0][0] == "menwei/test-site/g1/events"
     assert rows[0][1] == "batch is not JSON"
     assert "garbage" in rows[0][2]
@@ -119,74 +135,75 @@ def test_rejected_messages_are_recorded(store: ServerStore) -> None:
 
 
 def test_data_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "server.db"
-    with ServerStore(path) as s:
-        s.insert_events("g1", [ev(1), ev(2), ev(4)])
+    path = f"sqlite:///{tmp_path / 'server.db'}"
+    with Store(path) as s:
+        collected.insert_events(s, "g1", [ev(1), ev(2), ev(4)])
         with s.write() as tx:
             meta.put(tx, "k", "v")
-    with ServerStore(path) as s:
-        assert s.count_events() == 3
-        assert s.contiguous_seq("g1") == 2
+    with Store(path) as s:
+        assert collected.count_events(s) == 3
+        assert collected.contiguous_seq(s, "g1") == 2
         with s.read() as tx:
             assert meta.get(tx, "k") == "v"
-        assert s.insert_events("g1", [ev(3)]).contiguous_seq == 4
+        assert collected.insert_events(s, "g1", [ev(3)]).contiguous_seq == 4
 
 
-def test_a_new_epoch_numbers_from_one_beside_the_old_one(tmp_path):
+def test_a_new_epoch_numbers_from_one_beside_the_old_one(store: Store) -> None:
     from dataclasses import replace
 
-    with ServerStore(tmp_path / "epochs.db") as store:
-        old = [replace(make_event("s", "g1", n), epoch="aa") for n in (1, 2, 3)]
-        first = store.insert_events("g1", old)
-        assert (first.contiguous_seq, first.epoch, first.replaced_epoch) == (3, "aa", None)
-        new = [replace(make_event("s", "g1", n), epoch="bb") for n in (1, 2)]
-        second = store.insert_events("g1", new)
-        assert (second.inserted, second.conflicts) == (2, 0)
-        assert (second.contiguous_seq, second.epoch, second.replaced_epoch) == (2, "bb", "aa")
-        again = store.insert_events("g1", new)  # a resend of the new epoch
-        assert (again.duplicates, again.replaced_epoch, again.contiguous_seq) == (2, None, 2)
-        assert store.count_events() == 5 and store.conflicts() == []
+    old = [replace(make_event("s", "g1", n), epoch="aa") for n in (1, 2, 3)]
+    first = collected.insert_events(store, "g1", old)
+    assert (first.contiguous_seq, first.epoch, first.replaced_epoch) == (3, "aa", None)
+    new = [replace(make_event("s", "g1", n), epoch="bb") for n in (1, 2)]
+    second = collected.insert_events(store, "g1", new)
+    assert (second.inserted, second.conflicts) == (2, 0)
+    assert (second.contiguous_seq, second.epoch, second.replaced_epoch) == (2, "bb", "aa")
+    again = collected.insert_events(store, "g1", new)  # a resend of the new epoch
+    assert (again.duplicates, again.replaced_epoch, again.contiguous_seq) == (2, None, 2)
+    assert collected.count_events(store) == 5 and collected.conflicts(store) == []
 
 
-def test_a_reused_seq_is_recorded_once_however_often_it_is_resent(store: ServerStore) -> None:
+def test_a_reused_seq_is_recorded_once_however_often_it_is_resent(store: Store) -> None:
     """A gate that lost its history numbers new events with seqs the collector holds, and
     resends them every resend_after_s while they stay unacknowledged."""
     held = [ev(1), ev(2)]
-    store.insert_events("g1", held)
+    collected.insert_events(store, "g1", held)
     reused = [ev(1), ev(2)]
     for _ in range(8):
-        r = store.insert_events("g1", reused)
+        r = collected.insert_events(store, "g1", reused)
         # Acknowledged at the first reused seq, naming the event held here: the gate sees
         # another event than its own there and moves to a new epoch.
         assert (r.inserted, r.conflicts, r.contiguous_seq) == (0, 2, 1)
         assert r.contiguous_uuid == held[0].uuid != reused[0].uuid
-    rows = store.conflicts()
+    rows = collected.conflicts(store)
     assert [(c["seq"], c["kind"]) for c in rows] == [(1, "seq_reused"), (2, "seq_reused")]
 
 
-def test_an_event_renumbered_under_a_new_epoch_is_stored_once(store: ServerStore) -> None:
+def test_an_event_renumbered_under_a_new_epoch_is_stored_once(store: Store) -> None:
     """A gate moved to a new epoch after losing history sends its unconfirmed events again,
     numbered from 1: those the collector already holds are not stored twice, yet the new
     epoch's numbering has no gap, and the ack names the event at its seq."""
     old = [dataclasses.replace(ev(s), epoch="aa") for s in (1, 2, 3)]
-    store.insert_events("g1", old)
+    collected.insert_events(store, "g1", old)
     moved = [dataclasses.replace(e, epoch="bb", seq=i) for i, e in enumerate(old[1:], 1)]
     fresh = dataclasses.replace(ev(3), epoch="bb")
-    r = store.insert_events("g1", [*moved, fresh])
+    r = collected.insert_events(store, "g1", [*moved, fresh])
     assert (r.inserted, r.duplicates, r.renumbered, r.conflicts) == (1, 0, 2, 0)
     assert (r.epoch, r.contiguous_seq, r.contiguous_uuid) == ("bb", 3, fresh.uuid)
-    assert store.count_events() == 4
-    assert sorted(store.alias_keys()) == [
+    assert collected.count_events(store) == 4
+    assert sorted(collected.alias_keys(store)) == [
         ("g1", "bb", 1, old[1].uuid),
         ("g1", "bb", 2, old[2].uuid),
     ]
-    again = store.insert_events("g1", moved)
+    again = collected.insert_events(store, "g1", moved)
     assert (again.inserted, again.renumbered, again.contiguous_seq) == (0, 2, 3)
     assert missing(store, "g1", "aa", 0, "bb") == [(1, 1)]
     assert missing(store, "g1", "aa", 1, "bb") == []
 
 
-def test_the_missing_range_is_what_the_gate_did_not_send_again(store: ServerStore) -> None:
-    store.insert_events("g1", [dataclasses.replace(ev(s), epoch="aa") for s in range(1, 10)])
+def test_the_missing_range_is_what_the_gate_did_not_send_again(store: Store) -> None:
+    collected.insert_events(
+        store, "g1", [dataclasses.replace(ev(s), epoch="aa") for s in range(1, 10)]
+    )
     assert missing(store, "g1", "aa", 3, "bb") == [(4, 9)]
     assert missing(store, "g1", "aa", 9, "bb") == []

@@ -28,6 +28,7 @@ from server.storage.schema import gates, sessions
 from server.web import i18n
 from server.web.accounts import AccountStore
 from server.web.app import create_app
+from tests import collected
 from tests.conftest import REPO, SITE
 from tests.e2e.helpers import make_event, wait_until
 
@@ -98,12 +99,12 @@ def session_count(site: Site) -> int:
 
 
 def store_events(site: Site, gate: str, *events_kw: dict) -> None:
-    existing = site.store.contiguous_seq(gate)
+    existing = collected.contiguous_seq(site.store, gate)
     events = [
         make_event(SITE, gate, existing + i + 1, at=now_local(site).isoformat(), **kw)
         for i, kw in enumerate(events_kw)
     ]
-    site.store.insert_events(gate, events)
+    collected.insert_events(site.store, gate, events)
     for e in events:
         site.alerts.from_event(e)
 
@@ -273,7 +274,8 @@ def test_overview_shows_gates_from_their_retained_status_and_todays_figures(
     client: TestClient, site: Site
 ) -> None:
     issued = site.issue_pass("3-1-101", "赵六", room="3-1-101")
-    site.store.set_gate_status(
+    collected.set_gate_status(
+        site.store,
         "east",
         {
             "gate": "east",
@@ -291,7 +293,7 @@ def test_overview_shows_gates_from_their_retained_status_and_todays_figures(
             },
         },
     )
-    site.store.set_gate_status("west", {"gate": "west", "state": "offline"})
+    collected.set_gate_status(site.store, "west", {"gate": "west", "state": "offline"})
     ok = {"pass_id": issued.pass_id, "household": "3-1-101"}
     store_events(
         site,
@@ -330,7 +332,7 @@ def test_overview_shows_each_gates_data_age_from_its_last_proof(
         if isinstance(as_of, datetime):
             fields["data_as_of"] = as_of.isoformat(timespec="seconds")
         status = {"gate": gate, "state": "online", "data_age_h": 0.0, **fields}
-        site.store.set_gate_status(gate, status)
+        collected.set_gate_status(site.store, gate, status)
     logged_in(client, "vic")
     html = client.get("/").text
 
@@ -507,8 +509,8 @@ def test_operator_add_and_list_from_the_command_line(site: Site) -> None:
 def test_a_gate_not_heard_from_for_minutes_is_shown_silent_not_online(
     client: TestClient, site: Site
 ) -> None:
-    site.store.set_gate_status("east", {"gate": "east", "state": "online"})
-    site.store.set_gate_status("north", {"gate": "north", "state": "online"})
+    collected.set_gate_status(site.store, "east", {"gate": "east", "state": "online"})
+    collected.set_gate_status(site.store, "north", {"gate": "north", "state": "online"})
     stale = (datetime.now(UTC) - timedelta(minutes=30)).isoformat()
     with site.store.write() as tx:
         tx.execute(update(gates).where(gates.c.gate == "north").values(last_seen=stale))
@@ -557,7 +559,7 @@ def test_hourly_chart_counts_a_passage_at_a_full_hour_in_that_hour(site: Site) -
         make_event(SITE, "east", seq, at=(span.start + timedelta(hours=h)).isoformat())
         for seq, h in enumerate(range(1, 24), start=1)
     ]
-    site.store.insert_events("east", events)
+    collected.insert_events(site.store, "east", events)
     with site.store.read() as tx:
         bins = figures.hourly(tx, span)
     assert [b["out"] for b in bins] == [0] + [1] * 23
@@ -607,7 +609,8 @@ def test_pages_render_with_a_stored_gate_status_of_the_wrong_shape(
 ) -> None:
     """Statuses stored before the collector checked shapes: the overview, the policy page and
     /metrics show what is readable and leave the rest out."""
-    site.store.set_gate_status(
+    collected.set_gate_status(
+        site.store,
         "east",
         {
             "gate": "east",
@@ -621,7 +624,8 @@ def test_pages_render_with_a_stored_gate_status_of_the_wrong_shape(
             "max_data_age_h": "never",
         },
     )
-    site.store.set_gate_status(
+    collected.set_gate_status(
+        site.store,
         "north",
         {
             "gate": "north",
@@ -633,7 +637,7 @@ def test_pages_render_with_a_stored_gate_status_of_the_wrong_shape(
             "data_age_h": 1.5,
         },
     )
-    site.store.set_gate_status("west", {"gate": "west", "state": "online", "backlog": 4})
+    collected.set_gate_status(site.store, "west", {"gate": "west", "state": "online", "backlog": 4})
     logged_in(client, "vic")
     page = client.get("/")
     assert page.status_code == 200

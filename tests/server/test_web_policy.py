@@ -17,6 +17,7 @@ from protocol.documents import CONFIG_FILE
 from server.site import Site
 from server.web.accounts import AccountStore
 from server.web.app import create_app
+from tests import collected
 from tests.e2e.helpers import make_event
 from tests.server.test_policy_rollout import audit_rows, edit_policy
 from tests.server.test_web import add_operators, csrf_of, logged_in
@@ -46,8 +47,10 @@ def text_of(html: str, element_id: str) -> str:
 
 
 def gate_status(site: Site, gate: str, config: int, state: str = "online") -> None:
-    site.store.set_gate_status(
-        gate, {"gate": gate, "site": site.site, "state": state, "versions": {"config": config}}
+    collected.set_gate_status(
+        site.store,
+        gate,
+        {"gate": gate, "site": site.site, "state": state, "versions": {"config": config}},
     )
 
 
@@ -187,7 +190,8 @@ def test_try_out_over_traffic_with_a_time_far_out_of_range_shows_it_as_stored(
     page shows its time as the gate sent it instead of failing for everyone."""
     far = "9999-12-31T20:00:00+00:00"
     a = traffic["a"]
-    site.store.insert_events(
+    collected.insert_events(
+        site.store,
         "east",
         [make_event(site.site, "east", 5, at=far, pass_id=a.pass_id, detail={"qr": a.qr})],
     )

@@ -29,6 +29,7 @@ from server.collector import Collector
 from server.config import AlertsSection, ServerConfigError, load_server_config
 from server.site import IssuedPass, Site
 from server.webhooks import Notice, WebhookSender, notice_for
+from tests import collected
 from tests.conftest import SITE
 from tests.e2e.helpers import make_event, mqtt_client, publish, wait_until
 
@@ -231,7 +232,9 @@ def test_kinds_select_what_is_pushed(site: Site, hook: Hook) -> None:
 def test_a_gate_that_lost_its_history_is_a_high_alert_naming_the_range(
     site: Site, hook: Hook
 ) -> None:
-    site.store.insert_events("east", [make_event(SITE, "east", s, epoch="aa") for s in (1, 2, 3)])
+    collected.insert_events(
+        site.store, "east", [make_event(SITE, "east", s, epoch="aa") for s in (1, 2, 3)]
+    )
     detail = {
         "priority": "high",
         "epoch": "aa",
@@ -245,7 +248,7 @@ def test_a_gate_that_lost_its_history_is_a_high_alert_naming_the_range(
         SITE, "east", 1, epoch="bb", kind="alert", decision=None, reason="gate_history_lost",
         direction=None, pass_id=None, household=None, role=None, detail=detail,
     )  # fmt: skip
-    site.store.insert_events("east", [lost])
+    collected.insert_events(site.store, "east", [lost])
     alert = site.alerts.from_event(lost)
     assert alert is not None and (alert.kind, alert.priority) == ("gate_history_lost", "high")
     assert alert.detail.startswith("epoch aa seq 2..3 held by the collector, not by the gate")

@@ -159,10 +159,18 @@ def lock_all(tx: Tx, names: Iterable[str]) -> None:
     """`lock` for each of `names`, in one statement, in ascending order of their keys: two
     transactions that take their sets of locks this way (one gate's batches and their
     households, say) never wait for each other in a cycle. PostgreSQL evaluates the volatile
-    lock function after the sort (see "ORDER BY" in its SELECT documentation); a lock this
-    transaction already holds is taken again at once. No-op on SQLite, as `lock`."""
-    keys = sorted({lock_key(n) for n in names})
-    if keys and tx.dialect.name == "postgresql":
+    lock function after the sort (see "ORDER BY" in its SELECT documentation). The locks
+    this transaction already took this way are not asked for again (a collector's group
+    takes all its gates' and households' locks first; the storage functions it calls then
+    cost no round trip for theirs). No-op on SQLite, as `lock`."""
+    if tx.dialect.name != "postgresql":
+        return
+    transaction = tx.get_transaction()
+    held: tuple[object, set[int]] | None = tx.info.get("menwei_locks")
+    if held is None or held[0] is not transaction:
+        held = tx.info["menwei_locks"] = (transaction, set())
+    keys = sorted({lock_key(n) for n in names} - held[1])
+    if keys:
         tx.execute(
             text(
                 "SELECT pg_advisory_xact_lock(k)"
@@ -170,6 +178,7 @@ def lock_all(tx: Tx, names: Iterable[str]) -> None:
             ),
             {"keys": keys},
         )
+        held[1].update(keys)
 
 
 def insert(tx: Tx, table: Any) -> Any:

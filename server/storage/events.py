@@ -25,17 +25,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, union_all
+from sqlalchemy import JSON, bindparam, column, func, select, union_all
 
 from protocol.events import Event
 from server.storage import replay
 from server.storage.engine import Tx, dialect_insert, insert, lock_all, prepared
-from server.storage.gates import advance_contiguous, gate_epoch
+from server.storage.gates import SEQ_REUSED, advance_contiguous, gate_epoch
 from server.storage.schema import conflicts as conflicts_table
 from server.storage.schema import event_aliases, events, rejected_messages
 from server.storage.times import instant_us
-
-SEQ_REUSED = "seq_reused"
 
 
 EventKey = tuple[str, str, int, str]
@@ -85,8 +83,7 @@ def insert_events(tx: Tx, gate: str, batch: Sequence[Event], *, now: str) -> Ins
             rows.append(event_row(gate, e, now))
             new.append(e)
     if rows:
-        inserted = tx.execute(prepared(tx, _insert_query), rows)
-        stored = {(str(ep), int(s)) for ep, s in inserted}
+        stored = _insert(tx, rows)
         if len(stored) < len(rows):  # another writer got there first: what holds it now
             new, late = _settle(tx, gate, new, stored)
             for e, other in late:
@@ -105,8 +102,8 @@ def insert_events(tx: Tx, gate: str, batch: Sequence[Event], *, now: str) -> Ins
         _refuse(tx, gate, refused, now)
     # A gate writes one database at a time: its batch's epoch is its current one.
     epoch = batch[-1].epoch if batch else gate_epoch(tx, gate) or ""
-    contiguous, replaced = advance_contiguous(tx, gate, epoch, now)
-    reused = first_reused_seq(tx, gate, epoch)
+    position = advance_contiguous(tx, gate, epoch, now)
+    contiguous, reused = position.contiguous_seq, position.first_reused
     if reused is not None and reused <= contiguous:
         # The gate numbered other events with seqs held here: it lost committed history.
         # Acknowledge the first reused seq with the event held here, never past it: the gate
@@ -124,7 +121,7 @@ def insert_events(tx: Tx, gate: str, batch: Sequence[Event], *, now: str) -> Ins
         contiguous_seq=contiguous,
         new_events=tuple(new),
         epoch=epoch,
-        replaced_epoch=replaced,
+        replaced_epoch=position.replaced_epoch,
         contiguous_uuid=at_contiguous,
         renumbered=renumbered,
     )
@@ -184,12 +181,49 @@ def event_row(gate: str, e: Event, received_at: str) -> dict[str, Any]:
     }
 
 
+ROW_COLUMNS = (
+    "gate",
+    "epoch",
+    "seq",
+    "uuid",
+    "at",
+    "at_us",
+    "kind",
+    "decision",
+    "reason",
+    "household",
+    "pass_id",
+    "role",
+    "body",
+    "received_at",
+    "direction",
+)
+"""The columns `event_row` fills."""
+
+
+def _insert(tx: Tx, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """INSERT … ON CONFLICT DO NOTHING of `rows` (event_row), one statement; the (epoch,
+    seq) of those inserted. On PostgreSQL the rows go as one JSON parameter read by
+    json_to_recordset: the statement's text stays the same whatever the batch's length, so
+    psycopg parses it once (a multi-row VALUES of 50 events is too long for its cache and
+    was parsed for every batch; arrays per column cost an escape per value)."""
+    params = {"rows": rows} if tx.dialect.name == "postgresql" else rows
+    result = tx.execute(prepared(tx, _insert_query), params)
+    return {(str(epoch), int(seq)) for epoch, seq in result}
+
+
 def _insert_query(dialect: str) -> Any:
-    return (
-        dialect_insert(dialect, events)
-        .on_conflict_do_nothing()
-        .returning(events.c.epoch, events.c.seq)
-    )
+    statement = dialect_insert(dialect, events)
+    if dialect == "postgresql":
+        rows = (
+            func.json_to_recordset(bindparam("rows", type_=JSON))
+            .table_valued(*(column(name, events.c[name].type) for name in ROW_COLUMNS))
+            .render_derived(with_types=True)
+        )
+        statement = statement.from_select(
+            list(ROW_COLUMNS), select(*(rows.c[name] for name in ROW_COLUMNS))
+        )
+    return statement.on_conflict_do_nothing().returning(events.c.epoch, events.c.seq)
 
 
 def _settle(
@@ -227,22 +261,6 @@ def _refuse(tx: Tx, gate: str, refused: list[tuple[Event, str]], now: str) -> No
     )
 
 
-def first_reused_seq(tx: Tx, gate: str, epoch: str) -> int | None:
-    """The lowest seq of `epoch` that `gate` sent for two different events (served by the
-    conflicts_once index: every seq_reused row has a uuid)."""
-    seq = tx.scalar(prepared(tx, _first_reused_query), {"gate": gate, "epoch": epoch})
-    return None if seq is None else int(seq)
-
-
-def _first_reused_query(_dialect: str) -> Any:
-    return select(func.min(conflicts_table.c.seq)).where(
-        conflicts_table.c.kind == SEQ_REUSED,
-        conflicts_table.c.uuid.is_not(None),
-        conflicts_table.c.gate == bindparam("gate"),
-        conflicts_table.c.epoch == bindparam("epoch"),
-    )
-
-
 def uuid_at(tx: Tx, gate: str, epoch: str, seq: int) -> str | None:
     """The uuid held at (gate, epoch, seq): the event stored there, else the event sent
     again under that number (an alias); None when neither."""
@@ -263,8 +281,10 @@ def uuid_at(tx: Tx, gate: str, epoch: str, seq: int) -> str | None:
 def bodies(tx: Tx) -> Iterator[dict[str, Any]]:
     """Every stored event as exported (protocol.events.Event.to_json), by instant, then gate
     and seq; streamed (iterate inside the transaction)."""
-    rows = tx.execution_options(yield_per=1000).execute(
-        select(events.c.body).order_by(events.c.at_us, events.c.gate, events.c.seq)
+    rows = tx.execute(
+        select(events.c.body)
+        .order_by(events.c.at_us, events.c.gate, events.c.seq)
+        .execution_options(yield_per=1000)
     )
     for (body,) in rows:
         yield json.loads(body)

@@ -10,12 +10,16 @@ it again from what that epoch holds (server/storage/events.py says when).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select, union_all
 
 from server.storage.engine import Tx, dialect_insert, insert, prepared
-from server.storage.schema import event_aliases, events, gates
+from server.storage.schema import conflicts, event_aliases, events, gates
+
+SEQ_REUSED = "seq_reused"
+"""The conflict kind of an event refused because its (gate, epoch, seq) held another."""
 
 RUN_CHUNK = 512
 """Seqs read at first while walking a gate's run of held seqs (one read in the usual case)."""
@@ -31,23 +35,49 @@ def contiguous_seq(tx: Tx, gate: str) -> int:
     return int(tx.scalar(select(gates.c.contiguous_seq).where(gates.c.gate == gate)) or 0)
 
 
-def advance_contiguous(tx: Tx, gate: str, epoch: str, now: str) -> tuple[int, str | None]:
+@dataclass(frozen=True)
+class Advance:
+    """A gate's position after a batch."""
+
+    contiguous_seq: int  # the end of its run of held seqs in the batch's epoch
+    replaced_epoch: str | None  # the epoch the batch's replaced, when it changed
+    first_reused: int | None  # the lowest seq of the epoch it sent for two events (conflicts)
+
+
+def advance_contiguous(tx: Tx, gate: str, epoch: str, now: str) -> Advance:
     """After a batch of `gate` in `epoch` was stored: its contiguous seq in `epoch` (from
-    the stored one when the epoch is the same, else from 0) and the epoch it replaced, if
-    the gate's epoch changed. Records both, and `now` (UTC ISO text) as last seen."""
-    row = tx.execute(prepared(tx, _position_query), {"gate": gate}).first()
-    held = None if row is None else row.epoch
-    start = int(row.contiguous_seq) if row is not None and held == epoch else 0
+    the stored one when the epoch is the same, else from 0), the epoch it replaced, and the
+    lowest seq of `epoch` refused as reused (`seq_reused` in conflicts, read with the
+    gate's row: one statement). Records the new position, and `now` (UTC ISO text) as last
+    seen."""
+    held_seq, held_epoch, reused = tx.execute(
+        prepared(tx, _position_query), {"gate": gate, "epoch": epoch}
+    ).one()
+    start = int(held_seq) if held_epoch == epoch and held_seq is not None else 0
     contiguous = _run_end(tx, gate, epoch, start)
     tx.execute(
         prepared(tx, _record_position),
         {"gate": gate, "contiguous_seq": contiguous, "last_seen": now, "epoch": epoch},
     )
-    return contiguous, held if held is not None and held != epoch else None
+    replaced = held_epoch if held_epoch is not None and held_epoch != epoch else None
+    return Advance(contiguous, replaced, None if reused is None else int(reused))
 
 
 def _position_query(_dialect: str) -> Any:
-    return select(gates.c.contiguous_seq, gates.c.epoch).where(gates.c.gate == bindparam("gate"))
+    """The gate's stored (contiguous_seq, epoch) and its epoch's first reused seq: a row
+    even for a gate never heard from (NULLs)."""
+    gate: Any = bindparam("gate")
+    reused = select(func.min(conflicts.c.seq)).where(
+        conflicts.c.kind == SEQ_REUSED,
+        conflicts.c.uuid.is_not(None),  # every seq_reused row has one: the conflicts_once index
+        conflicts.c.gate == gate,
+        conflicts.c.epoch == bindparam("epoch"),
+    )
+    return select(
+        select(gates.c.contiguous_seq).where(gates.c.gate == gate).scalar_subquery(),
+        select(gates.c.epoch).where(gates.c.gate == gate).scalar_subquery(),
+        reused.scalar_subquery(),
+    )
 
 
 def _record_position(dialect: str) -> Any:
@@ -65,13 +95,11 @@ def _record_position(dialect: str) -> Any:
 def _run_end(tx: Tx, gate: str, epoch: str, start: int) -> int:
     """The end of the run of held seqs start+1, start+2, … of `gate` in `epoch` (`start`
     when start+1 is not held): the events' and the aliases' seqs above it read in order, a
-    chunk at a time (each an index range; one chunk in the usual case)."""
+    chunk of each at a time (index ranges, one statement; one chunk in the usual case)."""
     c, chunk = start, RUN_CHUNK
     while True:
-        held: set[int] = set()
         params = {"gate": gate, "epoch": epoch, "above": c, "n": chunk}
-        for query in (_events_above, _aliases_above):
-            held.update(tx.scalars(prepared(tx, query), params))
+        held = set(tx.scalars(prepared(tx, _run_query), params))
         top = c + chunk  # every seq up to here held in either table is in `held`
         while c + 1 in held and c < top:
             c += 1
@@ -80,26 +108,23 @@ def _run_end(tx: Tx, gate: str, epoch: str, start: int) -> int:
         chunk *= 2
 
 
-def _seqs_above(table: Any) -> Any:
-    """A table's seqs of a gate's epoch above `above`, the `n` lowest, in order."""
-    return (
-        select(table.c.seq)
-        .where(
-            table.c.gate == bindparam("gate"),
-            table.c.epoch == bindparam("epoch"),
-            table.c.seq > bindparam("above"),
+def _run_query(_dialect: str) -> Any:
+    def above(table: Any) -> Any:
+        """The table's `n` lowest seqs of the gate's epoch above `above`."""
+        return (
+            select(table.c.seq)
+            .where(
+                table.c.gate == bindparam("gate"),
+                table.c.epoch == bindparam("epoch"),
+                table.c.seq > bindparam("above"),
+            )
+            .order_by(table.c.seq)
+            .limit(bindparam("n"))
+            .subquery()
         )
-        .order_by(table.c.seq)
-        .limit(bindparam("n"))
-    )
 
-
-def _events_above(_dialect: str) -> Any:
-    return _seqs_above(events)
-
-
-def _aliases_above(_dialect: str) -> Any:
-    return _seqs_above(event_aliases)
+    held, aliased = above(events), above(event_aliases)
+    return union_all(select(held.c.seq), select(aliased.c.seq))
 
 
 def set_status(tx: Tx, gate: str, status: dict[str, Any], now: str) -> None:

@@ -132,3 +132,9 @@ def test_two_writers_of_one_gate_at_once(store: Store) -> None:
     with store.read() as tx:
         assert gates_db.contiguous_seq(tx, "g1") == n
     assert max(r.contiguous_seq for rs in results for r in rs) == n
+
+
+def test_the_row_of_an_event_fills_the_columns_the_insert_names() -> None:
+    """PostgreSQL gets a batch as one array per column of ROW_COLUMNS: event_row fills
+    exactly those."""
+    assert tuple(events_db.event_row("g1", ev(1), utcnow())) == events_db.ROW_COLUMNS

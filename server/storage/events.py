@@ -35,7 +35,6 @@ from server.storage.schema import conflicts as conflicts_table
 from server.storage.schema import event_aliases, events, rejected_messages
 from server.storage.times import instant_us
 
-
 EventKey = tuple[str, str, int, str]
 """(gate, epoch, seq, uuid): one stored event, or one number a gate sent it under."""
 

@@ -5,6 +5,9 @@ from (`server/storage/*`), for SQLite and PostgreSQL alike. It changes only
 together with a new migration in `server/storage/migrations/versions/`;
 tests/server/test_storage_schema.py compares a migrated database with it.
 
+Integers that the protocol allows past 2^31 (seq, pass ids) are BigInteger: 64-bit on
+PostgreSQL as SQLite's INTEGER always is (revision 0003).
+
 Times: instants that queries filter or order by are also stored as integer
 microseconds since the Unix epoch, UTC (`*_us`), which an index serves on both
 backends; the text beside them keeps what the gate wrote (its own UTC offset)
@@ -38,7 +41,7 @@ events = Table(
     metadata,
     Column("gate", Text, nullable=False),
     Column("epoch", Text, nullable=False, server_default=""),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("uuid", Text, nullable=False),
     Column("at", Text, nullable=False),  # ISO 8601 with the gate's offset
     Column("at_us", BigInteger, nullable=False),  # the same instant, µs since epoch, UTC
@@ -46,7 +49,7 @@ events = Table(
     Column("decision", Text),
     Column("reason", Text, nullable=False),
     Column("household", Text),
-    Column("pass_id", Integer),
+    Column("pass_id", BigInteger),
     Column("role", Text),  # the pass's role (resident, staff, visitor…) when the event has one
     Column("body", Text, nullable=False),  # the event as exported (protocol.events.Event)
     Column("received_at", Text, nullable=False),
@@ -64,7 +67,7 @@ event_aliases = Table(
     metadata,
     Column("gate", Text, nullable=False),
     Column("epoch", Text, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("uuid", Text, nullable=False),
     PrimaryKeyConstraint("gate", "epoch", "seq"),
 )
@@ -73,7 +76,7 @@ gates = Table(
     "gates",
     metadata,
     Column("gate", Text, primary_key=True),
-    Column("contiguous_seq", Integer, nullable=False, server_default="0"),
+    Column("contiguous_seq", BigInteger, nullable=False, server_default="0"),
     Column("last_seen", Text),
     Column("status", Text),
     Column("epoch", Text),
@@ -84,7 +87,7 @@ conflicts = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("gate", Text, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("kind", Text, nullable=False),
     Column("detail", Text, nullable=False),
     Column("body", Text),
@@ -110,7 +113,7 @@ household_days = Table(
     Column("period_start_us", BigInteger, nullable=False),
     Column("last_at_us", BigInteger, nullable=False),
     Column("last_gate", Text, nullable=False),
-    Column("last_seq", Integer, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
     Column("state", Text, nullable=False),  # JSON
     PrimaryKeyConstraint("household", "period_start_us"),
 )
@@ -153,7 +156,7 @@ alerts = Table(
     Column("kind", Text, nullable=False),
     Column("priority", Text, nullable=False),
     Column("gate", Text),
-    Column("pass_id", Integer),
+    Column("pass_id", BigInteger),
     Column("household", Text),
     Column("detail", Text, nullable=False, server_default=""),
     Column("event_at", Text),
@@ -208,7 +211,7 @@ persons = Table(
 passes = Table(
     "passes",
     metadata,
-    Column("pass_id", Integer, primary_key=True, autoincrement=False),
+    Column("pass_id", BigInteger, primary_key=True, autoincrement=False),
     Column("household", Text, nullable=False),
     Column("name", Text, nullable=False),
     Column("room", Text, nullable=False, server_default=""),
@@ -233,7 +236,7 @@ visitors = Table(
     Column("reason", Text, nullable=False),
     Column("host_household", Text, nullable=False),
     Column("temperature_c", Float, nullable=False),
-    Column("pass_id", Integer),
+    Column("pass_id", BigInteger),
     Column("valid_until", BigInteger, nullable=False),
     Column("registered_by", Text, nullable=False),
     Column("purged_at", Text),

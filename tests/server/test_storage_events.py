@@ -138,3 +138,18 @@ def test_the_row_of_an_event_fills_the_columns_the_insert_names() -> None:
     """PostgreSQL gets a batch as one array per column of ROW_COLUMNS: event_row fills
     exactly those."""
     assert tuple(events_db.event_row("g1", ev(1), utcnow())) == events_db.ROW_COLUMNS
+
+
+def test_the_largest_seq_and_pass_id_the_protocol_allows_are_stored(store: Store) -> None:
+    """protocol.events: seq up to 2^63 - 1, pass ids up to 2^32 - 1 — past PostgreSQL's
+    INTEGER (revision 0003 widens them): such an event is stored and acknowledged, as on
+    SQLite, instead of failing its insert and being resent forever."""
+    from protocol.events import MAX_PASS_ID, MAX_SEQ
+
+    big = dataclasses.replace(ev(1, pass_id=MAX_PASS_ID), seq=MAX_SEQ)
+    low = ev(1, pass_id=MAX_PASS_ID)
+    assert collected.insert_events(store, "g1", [low]).contiguous_seq == 1
+    r = collected.insert_events(store, "g1", [big])
+    assert r.inserted == 1 and r.contiguous_seq == 1  # stored; not contiguous, of course
+    keys = {(s, u) for _g, _e, s, u in collected.event_keys(store)}
+    assert keys == {(1, low.uuid), (MAX_SEQ, big.uuid)}

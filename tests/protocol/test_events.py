@@ -131,6 +131,8 @@ def test_missing_required_field_is_named(required):
         ("versions", "config=3"),
         ("detail", "alert"),
         ("detail", [1, 2]),
+        ("reason", "ok\x00"),  # NUL: no PostgreSQL text column holds it
+        ("household", "H1\x00"),
     ],
 )
 def test_field_of_wrong_type_is_refused(key, value):

@@ -21,6 +21,7 @@ from menwei.postgres import PostgresServer
 from protocol.broker import parse_broker
 from server.collector import Collector
 from server.site import IssuedPass, Site
+from server.storage import Store
 from tests.e2e.helpers import wait_until
 
 # CI runs on 2 shared cores: timing-based health checks and deadlines would make the
@@ -60,6 +61,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'store.db'}"
     pg: PostgresServer = request.getfixturevalue("postgres")
     return pg.create_database(f"t{next(_databases)}_{os.getpid()}")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A new store (server/storage) on each backend, migrated and open."""
+    with Store(store_url) as s:
+        yield s
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ the state was kept (the reference below is that replay, as it was written then).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,12 +28,6 @@ POLICIES = [
     Policy(outing_windows=("00:00-24:00",), auto_return_at="04:00", day_starts_at="03:30"),
 ]
 _examples = itertools.count()
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 # --- the reference: the whole window replayed for every batch -----------------------------

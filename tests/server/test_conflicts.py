@@ -7,12 +7,9 @@ PostgreSQL. Times are local times in Asia/Shanghai, March 2026.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
-
-import pytest
 
 from protocol.events import Event
 from protocol.policy import Policy
@@ -30,12 +27,6 @@ POLICY = Policy(household_max_out=1, household_max_exits_per_day=2)
 
 def local(day: int, hour: int, minute: int = 0) -> datetime:
     return datetime(2026, 3, day, hour, minute, tzinfo=SH)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 @dataclass

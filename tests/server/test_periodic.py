@@ -3,7 +3,6 @@ on both backends, with a clock the test moves."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,12 +12,6 @@ from server.periodic import HOLD, Job, Jobs, every, next_midnight
 from server.storage import Store
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 class Clock:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import func, select, update
 
 from server.storage import Store
@@ -14,12 +11,6 @@ from server.storage.schema import login_failures, operators, sessions
 T0 = "2026-03-01T08:00:00+00:00"
 T1 = "2026-03-01T08:10:00+00:00"
 T2 = "2026-03-01T08:20:00+00:00"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def test_a_name_is_taken_once_also_by_a_disabled_account(store: Store) -> None:

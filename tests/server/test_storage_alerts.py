@@ -4,10 +4,7 @@ decision a fever alert follows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from server.storage import Store
 from server.storage import alerts as db
@@ -16,12 +13,6 @@ from server.storage.times import instant_us
 from tests.server.storage_rows import count, event, in_thread, put_events, wait_blocked
 
 AT = "2026-03-01T00:00:00.000+00:00"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def add(store: Store, key: str, kind: str = "fever", **kw: Any) -> db.Alert | None:

@@ -6,11 +6,8 @@ range or an order taken from the text instead of the instant gives other answers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-
-import pytest
 
 from server.storage import Store
 from server.storage import dashboard as stored
@@ -25,12 +22,6 @@ NOW = "2026-03-01T12:00:00.000+00:00"
 START = instant_us("2026-03-01T04:00:00+08:00")
 END = instant_us("2026-03-02T04:00:00+08:00")
 HOUR = 3_600_000_000
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def row(gate: str, seq: int, at: str, **kw: Any) -> dict[str, Any]:

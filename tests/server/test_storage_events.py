@@ -6,9 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import select
 
 from protocol.events import Event
@@ -20,12 +18,6 @@ from server.storage.schema import events
 from server.storage.times import instant_us, utcnow
 from tests import collected
 from tests.e2e.helpers import make_event
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def ev(seq: int, gate: str = "g1", **kw: object) -> Event:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,12 +11,6 @@ from server.storage.jobs import JobRun, claim, finish, job_run
 
 S = 1_000_000  # µs
 T0 = 1_780_000_000 * S
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def take(store: Store, now_us: int, hold_us: int = 60 * S, holder: str = "a") -> bool:

@@ -5,10 +5,7 @@ raising each outage's alert once."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from server.alerts import Alert, AlertStore
 from server.gate_health import GateHealth
@@ -18,12 +15,6 @@ from tests.server.storage_rows import count, in_thread, put_gate, wait_blocked
 
 SINCE = "2026-03-01T00:00:00.000+00:00"
 LATER = "2026-03-01T01:00:00.000+00:00"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def open_east(store: Store, since: str = SINCE) -> bool:

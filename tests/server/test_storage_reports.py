@@ -3,9 +3,6 @@ their household's place, and the counts /metrics shows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import insert
 
 from server.storage import Store
@@ -16,12 +13,6 @@ from server.storage.times import instant_us
 from tests.server.storage_rows import event, put_events, put_household, put_pass
 
 AT = "2026-03-01T00:00:00.000+00:00"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def test_a_days_events_by_instant_with_their_place(store: Store) -> None:

@@ -4,7 +4,6 @@ a real PostgreSQL: the same calls, the same answers."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -14,12 +13,6 @@ from server.storage.passes import StoredPass
 
 AT = "2026-03-01T08:00:00.000+00:00"
 LATER = "2026-03-02T08:00:00.000+00:00"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 # --- keys ---------------------------------------------------------------------------------

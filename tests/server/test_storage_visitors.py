@@ -3,9 +3,6 @@ and the retention purge, also run by two collectors at once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import select
 
 from server.storage import Store
@@ -16,12 +13,6 @@ from tests.server.storage_rows import in_thread, put_pass, wait_blocked
 EARLY = "2026-03-01T00:00:00.000+00:00"
 LATE = "2026-03-01T10:00:00.500+00:00"
 PURGED = "2026-04-01T00:00:00.000+00:00"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def register(store: Store, at: str, name: str, pass_id: int | None, valid_until: int) -> int:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from server.storage import Store, meta
@@ -18,12 +16,6 @@ from server.storage.schema import conflicts, rejected_messages
 from server.storage.times import utcnow
 from tests import collected
 from tests.e2e.helpers import make_event
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(store_url) as s:
-        yield s
 
 
 def missing(

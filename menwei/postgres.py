@@ -88,6 +88,10 @@ class PostgresServer:
             "--locale=C.UTF-8",
             "--no-sync",
         )
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the cluster's server (again, after `stop()`: fault tests); its data stay."""
         options = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"

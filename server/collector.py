@@ -65,6 +65,7 @@ from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.periodic import Job, Jobs, every, next_midnight
 from server.site import Site
+from server.storage import StoreUnavailable
 from server.storage import events as events_db
 from server.storage import gates as gates_db
 from server.storage.engine import lock_all
@@ -125,6 +126,7 @@ class Collector:
         self.document_check_s = 1.0  # how often the bundle is looked at (changed documents)
         self.jobs = Jobs(self.store)  # periodic work, once among the collectors of this store
         self._interval_warned = False
+        self._store_down_since: float | None = None  # monotonic: the store became unavailable
         self.stats = {
             "batches": 0,
             "inserted": 0,
@@ -240,6 +242,9 @@ class Collector:
             if group:
                 try:
                     self.handle_many(group)
+                    self._store_ok()
+                except StoreUnavailable as exc:  # not acknowledged: the gates send them again
+                    self._store_down(exc)
                 except Exception:  # one bad message must never stop the collector
                     log.exception("collector error on %s", group[0][0])
             try:
@@ -254,8 +259,23 @@ class Collector:
                 if self.connected.is_set() and time.monotonic() >= next_health:
                     next_health = time.monotonic() + self.health_interval_s
                     self._check_health()
+            except StoreUnavailable as exc:
+                self._store_down(exc)
             except Exception:
                 log.exception("collector error on periodic work")
+
+    def _store_down(self, exc: StoreUnavailable) -> None:
+        """One warning when the store becomes unavailable, not one per batch and job: the
+        batches are not acknowledged, and their gates send them again (resend_after_s)."""
+        if self._store_down_since is None:
+            self._store_down_since = time.monotonic()
+            log.warning("%s; gates' batches wait for it (they are sent again)", exc)
+
+    def _store_ok(self) -> None:
+        if self._store_down_since is not None:
+            down_s = time.monotonic() - self._store_down_since
+            self._store_down_since = None
+            log.warning("the store is available again after %.0f s", down_s)
 
     def _check_health(self) -> None:
         """Gate health (server/gate_health.py) every health_interval_s, by one collector."""
@@ -332,6 +352,8 @@ class Collector:
         if batches or rejects:
             try:
                 stored = self._store(batches, rejects)
+            except StoreUnavailable:
+                raise  # no message is at fault: one at a time would fail alike
             except Exception:
                 if len(messages) == 1:
                     raise
@@ -339,6 +361,8 @@ class Collector:
                 for message in messages:
                     try:
                         self.handle_many([message])
+                    except StoreUnavailable:
+                        raise
                     except Exception:
                         log.exception("collector error on %s", message[0])
                 return

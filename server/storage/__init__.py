@@ -8,6 +8,6 @@
   changes atomically without ever seeing SQL.
 """
 
-from server.storage.engine import Store, StoreError, Tx, default_url
+from server.storage.engine import Store, StoreError, StoreUnavailable, Tx, default_url
 
-__all__ = ["Store", "StoreError", "Tx", "default_url"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "Tx", "default_url"]

@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar, cast
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from protocol.errors import ProtocolError
 
@@ -42,6 +42,35 @@ Backend = Literal["sqlite", "postgresql"]
 S = TypeVar("S")
 SQLITE_FILE = "server.db"
 """The default store of a server directory: this SQLite file in it."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or used right now (PostgreSQL down or unreachable, a
+    SQLite file locked past the busy timeout, its disk full or failing). Nothing of the
+    transaction was committed; trying again later may succeed. Not a ProtocolError: no
+    input was wrong."""
+
+
+_SQLITE_UNAVAILABLE = ("locked", "busy", "disk i/o", "unable to open", "full", "readonly")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a driver error says the database is out of reach or out of service, rather
+    than that a statement was wrong (a bug: let it raise as it is)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return isinstance(exc, OperationalError | InterfaceError) and _driver_unavailable(exc)
+    return isinstance(exc, sqlite3.Error) and _driver_unavailable(exc)
+
+
+def _driver_unavailable(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.Error):
+        return isinstance(orig, sqlite3.OperationalError) and any(
+            word in str(orig).lower() for word in _SQLITE_UNAVAILABLE
+        )
+    return True  # psycopg: OperationalError / InterfaceError are the connection's
 
 
 class StoreError(ProtocolError):
@@ -127,18 +156,31 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
-        """A read-only transaction: every query inside sees one state of the database."""
-        with self.engine.connect() as conn, conn.begin():
+        """A read-only transaction: every query inside sees one state of the database.
+        Raises StoreUnavailable when the database cannot be reached or used right now."""
+        with self._unavailable_as_error(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Tx]:
         """One write transaction, committed when the block ends, rolled back if it raises.
-        On SQLite it holds the database's write lock from its first statement."""
-        with self.engine.connect() as conn:
+        On SQLite it holds the database's write lock from its first statement. Raises
+        StoreUnavailable when the database cannot be reached or used right now."""
+        with self._unavailable_as_error(), self.engine.connect() as conn:
             conn.execution_options(menwei_write=True)
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def _unavailable_as_error(self) -> Iterator[None]:
+        try:
+            yield
+        except (DBAPIError, sqlite3.Error) as exc:
+            if not unavailable(exc):
+                raise
+            raise StoreUnavailable(
+                f"the store {self.label} is unavailable: {_reason(exc)}"
+            ) from exc
 
     def insert(self, table: Any) -> Any:
         """An INSERT of this backend's dialect, which has `on_conflict_do_nothing()` and

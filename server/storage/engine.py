@@ -137,6 +137,8 @@ class Store:
                 # Not close(): a subclass's close() may need what its __init__ had no time to make.
                 self._closed = True
                 self.engine.dispose()
+                if isinstance(exc, StoreUnavailable):
+                    exc = exc.__cause__ or exc
                 if isinstance(exc, DBAPIError | sqlite3.Error):
                     raise StoreError(
                         f"cannot open the store {self.label}: {_reason(exc)}"

@@ -82,6 +82,26 @@ def default_url(directory: Path) -> str:
     return f"sqlite:///{(directory / SQLITE_FILE).resolve()}"
 
 
+def site_url(configured: str | None, directory: Path) -> str:
+    """The store of the server directory `directory`: `configured` ([store] url), or its
+    SQLite file when unset. A relative SQLite path (sqlite:///store.db) is taken in the
+    server directory, as every other path of server.toml is, never in the working directory
+    of whoever runs the command (another, empty store)."""
+    if configured is None:
+        return default_url(directory)
+    try:
+        parsed = make_url(configured)
+    except ArgumentError:
+        return configured  # normalise_url says what is wrong with it
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        path = Path(parsed.database)
+        if not path.is_absolute():
+            return parsed.set(database=str((directory / path).resolve())).render_as_string(
+                hide_password=False
+            )
+    return configured
+
+
 def normalise_url(url: str) -> str:
     """`postgresql://…` (libpq's form, what operators write) → psycopg 3's SQLAlchemy URL;
     `sqlite:///PATH` unchanged. Raises StoreError for anything else."""

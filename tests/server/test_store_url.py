@@ -129,3 +129,20 @@ def test_init_refuses_a_store_that_already_holds_a_site(
     assert not (tmp_path / "third").exists()
     with Site(tmp_path / "first") as site:  # the first site is untouched
         assert site.site == "s1" and [k.key_id for k in site.trust_keys()] == [1]
+
+
+def test_a_relative_sqlite_path_is_in_the_server_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--store sqlite:///rel.db` names a file of the server directory whatever the working
+    directory of later commands (before: another, empty store in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    with Site.init(tmp_path / "srv", "s1", store="sqlite:///rel.db") as site:
+        site.issue_pass("1-1-101", "张三")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with Site(tmp_path / "srv") as site:
+        assert site.register().passes, "the store made by init, not a new empty one"
+    assert (tmp_path / "srv" / "rel.db").is_file()
+    assert not (elsewhere / "rel.db").exists() and not (tmp_path / "rel.db").exists()

@@ -70,6 +70,7 @@ def upgrade(store: Store) -> None:
     from alembic import command
 
     cfg = alembic_config()
+    fresh = _empty(store)
     if store.backend == "sqlite" and current is None:
         _apply_legacy(make_url(store.url).database or "")
     with store.write() as tx:
@@ -79,7 +80,16 @@ def upgrade(store: Store) -> None:
         if store.backend == "sqlite" and not inspect(tx).has_table("alembic_version"):
             command.stamp(cfg, BASELINE)
         command.upgrade(cfg, "head")
-    log.info("store %s: schema revision %s (was %s)", store.label, HEAD, current or "none")
+    if fresh:
+        log.debug("store %s: created at schema revision %s", store.label, HEAD)
+    else:
+        before = current or "made before revision 0001"
+        log.info("store %s: schema revision %s (was %s)", store.label, HEAD, before)
+
+
+def _empty(store: Store) -> bool:
+    with store.read() as tx:
+        return not inspect(tx).get_table_names()
 
 
 def _apply_legacy(path: str) -> None:

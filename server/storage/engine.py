@@ -55,10 +55,13 @@ def default_url(directory: Path) -> str:
 
 def normalise_url(url: str) -> str:
     """`postgresql://…` (libpq's form, what operators write) → psycopg 3's SQLAlchemy URL;
-    `sqlite:///PATH` unchanged. Raises StoreError for anything else."""
+    `sqlite:///PATH` (PATH absolute) unchanged. Raises StoreError for anything else, and for a
+    SQLite path that is relative (it would name another file in each working directory:
+    the service's and an operator's commands would use two stores) or has a query string
+    (the store sets SQLite's options itself; pysqlite ignores most, e.g. `?mode=ro`)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StoreError(
             f"[store] url {redacted(url)!r} is not a database URL:"
             " use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
@@ -68,6 +71,16 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         if not parsed.database or parsed.database == ":memory:":
             raise StoreError("[store] url: a SQLite store needs a file path (sqlite:///PATH)")
+        if not Path(parsed.database).is_absolute():
+            raise StoreError(
+                f"[store] url {redacted(url)!r}: the SQLite path must be absolute"
+                " (sqlite:////srv/menwei/server.db), not relative to the working directory"
+            )
+        if parsed.query:
+            raise StoreError(
+                f"[store] url {redacted(url)!r}: a SQLite URL takes no options"
+                " (?...): the store sets them itself"
+            )
         return url
     raise StoreError(
         f"[store] url {redacted(url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DATABASE"
@@ -79,7 +92,7 @@ def redacted(url: str) -> str:
     that is not a URL, whatever stands between a `:` and an `@`."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return re.sub(r":[^:@/\s]*@", ":***@", url)
 
 

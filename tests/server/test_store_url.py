@@ -78,6 +78,39 @@ def test_a_store_url_that_is_not_a_url_is_named_without_its_password(tmp_path: P
     assert not (tmp_path / "other").exists()
 
 
+def test_a_port_that_is_not_a_number_is_one_line_without_the_password(tmp_path: Path) -> None:
+    url = f"postgresql://menwei:{SECRET}@127.0.0.1:abc/menwei"
+    line = refused("server", "init", str(tmp_path / "new"), "--store", url)
+    assert "postgresql://menwei:***@127.0.0.1:abc/menwei" in line and SECRET not in line
+    assert "is not a database URL" in line
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///server.db", "the SQLite path must be absolute"),
+        ("sqlite:///../x/server.db", "the SQLite path must be absolute"),
+        ("sqlite:///{tmp}/x.db?mode=ro", "a SQLite URL takes no options"),
+        ("sqlite:///{tmp}/x.db?timeout=abc", "a SQLite URL takes no options"),
+    ],
+)
+def test_a_sqlite_url_relative_or_with_options_is_refused_before_anything_is_made(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    """A relative path names a file in each working directory (`server run` under systemd
+    and an operator's `server status` would use two stores); pysqlite ignores `?mode=ro` (the
+    store was written all the same) and a bad `?timeout=` was a traceback."""
+    url = url.format(tmp=tmp_path)
+    directory = server_dir(tmp_path, url)
+    line = refused("server", "status", str(directory))
+    assert message in line, line
+    assert list(directory.iterdir()) == [directory / "server.toml"]
+    line = refused("server", "init", str(tmp_path / "new"), "--store", url)
+    assert message in line, line
+    assert not (tmp_path / "new").exists() and not (tmp_path / "x.db").exists()
+
+
 def test_an_unreachable_postgresql_is_one_line_naming_the_url_without_password(
     tmp_path: Path,
 ) -> None:

@@ -176,6 +176,8 @@ def _str(data: Mapping[str, Any], key: str) -> str:
     value = _get(data, key)
     if not isinstance(value, str) or len(value) > 200:
         raise ValueError(f"field {key!r} must be a string")
+    if "\x00" in value:
+        raise ValueError(f"field {key!r} must not contain NUL")
     return value
 
 
@@ -208,6 +210,8 @@ def _opt(data: Mapping[str, Any], key: str, kind: type) -> Any:
         return None
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"field {key!r} must be {kind.__name__} or null")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"field {key!r} must not contain NUL")
     return value
 
 

@@ -1,0 +1,97 @@
+"""Hostile and broken batches in one group with good ones, on SQLite and a real PostgreSQL
+(the collector on a real Mosquitto): what PostgreSQL cannot store (a NUL character) is
+refused event by event like any bad field, the good events of the same message and of the
+other gates' messages are stored and acknowledged in the group's one transaction, and a
+gate cannot lower the priority of an alert the server holds high."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from menwei.mosquitto import MosquittoBroker
+from protocol import topics
+from protocol.broker import parse_broker
+from protocol.events import Ack, Event, encode_batch
+from server.collector import Collector
+from server.site import Site
+from tests import collected
+from tests.e2e.helpers import MqttWatcher, make_event, wait_until
+
+_sites = (f"hostile-{n}" for n in itertools.count(1))
+
+
+@pytest.fixture
+def collector(
+    tmp_path: Path, store_url: str, shared_broker: MosquittoBroker
+) -> Iterator[Collector]:
+    """A collector of a site of its own (its retained acks are its own on the shared broker)."""
+    with Site.init(tmp_path / "server", next(_sites), store=store_url) as site:
+        c = Collector(site, parse_broker(shared_broker.url))
+        c.start()
+        try:
+            wait_until(c.connected.is_set, 15, "collector did not connect")
+            yield c
+        finally:
+            c.close()
+
+
+def alert(site: str, gate: str, reason: str, detail: dict[str, Any]) -> Event:
+    return make_event(
+        site, gate, 1, kind="alert", reason=reason, decision=None, direction=None,
+        pass_id=None, household=None, detail=detail,
+    )  # fmt: skip
+
+
+def test_nul_characters_are_refused_event_by_event_and_spoil_nothing_else(
+    collector: Collector, shared_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On PostgreSQL a NUL in a stored text failed the group's transaction, every message was
+    then stored alone, and the one with the NUL was lost with a traceback, never recorded
+    nor acknowledged (its good events with it), at each resend of the gate."""
+    site = collector.site
+    slug = site.site
+    epochs = {"epoch": "\x00", "new_epoch": "ab", "confirmed_seq": 1, "moved": 0}
+    g1 = [make_event(slug, "g1", 1), make_event(slug, "g1", 2)]
+    g2 = [
+        make_event(slug, "g2", 1, uuid="u\x00"),
+        make_event(slug, "g2", 2, household="1-1\x00"),
+        make_event(slug, "g2", 3),
+    ]
+    group = [
+        (topics.events(slug, "g1"), encode_batch("g1", g1)),
+        (topics.events(slug, "g2"), encode_batch("g2", g2)),
+        (
+            topics.events(slug, "g3"),
+            encode_batch("g3", [alert(slug, "g3", "fever", {"priority": "normal"})]),
+        ),
+        (
+            topics.events(slug, "g4"),
+            encode_batch("g4", [alert(slug, "g4", "gate_history_lost", epochs)]),
+        ),
+        (topics.events(slug, "g2"), b"\x00\x00 not json"),
+    ]
+    acks = [topics.ack(slug, g) for g in ("g1", "g2", "g3", "g4")]
+    with MqttWatcher(shared_broker.url, *acks) as w, caplog.at_level(logging.WARNING):
+        collector.handle_many(group)
+        for topic, seq in zip(acks, (2, 0, 1, 1), strict=True):
+            w.wait_for(topic, lambda m, s=seq: Ack.decode(m.payload).acked_seq == s, 15, topic)
+    assert "at once failed" not in caplog.text, "one transaction for the whole group"
+    assert "Traceback" not in caplog.text
+    keys = sorted((g, s) for g, _e, s, _u in collected.event_keys(site.store))
+    assert keys == [("g1", 1), ("g1", 2), ("g2", 3), ("g3", 1), ("g4", 1)]
+    reasons = collected.rejected(site.store)
+    assert [r for _t, r, _x in reasons[:2]] == [
+        "event 0: bad event: field 'uuid' must not contain NUL",
+        "event 1: bad event: field 'household' must not contain NUL",
+    ]
+    assert "not JSON" in reasons[2][1] and "\x00" not in reasons[2][2]
+    by_kind = {a.kind: a for a in site.alerts.list()}
+    assert by_kind["fever"].priority == "high", "a gate cannot lower a fever alert"
+    assert json.loads(by_kind["gate_history_lost"].detail)["new_epoch"] == "ab"

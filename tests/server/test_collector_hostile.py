@@ -1,18 +1,21 @@
 """Hostile and broken batches in one group with good ones, on SQLite and a real PostgreSQL
 (the collector on a real Mosquitto): what PostgreSQL cannot store (a NUL character) is
 refused event by event like any bad field, the good events of the same message and of the
-other gates' messages are stored and acknowledged in the group's one transaction, and a
-gate cannot lower the priority of an alert the server holds high."""
+other gates' messages are stored and acknowledged in the group's one transaction, a gate
+cannot lower the priority of an alert the server holds high, and a flood waits at the
+broker, not in the collector's memory."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from menwei.mosquitto import MosquittoBroker
@@ -95,3 +98,36 @@ def test_nul_characters_are_refused_event_by_event_and_spoil_nothing_else(
     by_kind = {a.kind: a for a in site.alerts.list()}
     assert by_kind["fever"].priority == "high", "a gate cannot lower a fever alert"
     assert json.loads(by_kind["gate_history_lost"].detail)["new_epoch"] == "ab"
+
+
+def message(topic: str, payload: bytes) -> mqtt.MQTTMessage:
+    """A message as paho hands it to on_message."""
+    msg = mqtt.MQTTMessage(topic=topic.encode())
+    msg.payload = payload
+    return msg
+
+
+def test_a_flood_waits_at_the_broker_not_in_the_collectors_memory(site: Site) -> None:
+    """Past `inbox_bytes` waiting for the worker, paho's thread waits for room (it has not
+    acknowledged the message yet, so the broker keeps the rest); the worker taking a group
+    makes room; close() releases a thread that still waits. (A gate flooding 1 MB batches
+    grew the collector by ~50 MB/s before.)"""
+    c = Collector(site, parse_broker("mqtt://127.0.0.1:1"))  # never started: no network
+    c.inbox_bytes = 1000
+    topic = topics.events(site.site, "g1")
+    c._on_message(c.client, None, message(topic, b"x" * 1500))  # there was room: taken
+    second = threading.Thread(
+        target=c._on_message, args=(c.client, None, message(topic, b"y" * 10))
+    )
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive(), "over inbox_bytes: the next message waits"
+    assert [p for _t, p in c._next_group()] == [b"x" * 1500]
+    second.join(timeout=30)
+    assert not second.is_alive(), "the worker took a group: room again"
+    c._on_message(c.client, None, message(topic, b"z" * 2000))
+    third = threading.Thread(target=c._on_message, args=(c.client, None, message(topic, b"w")))
+    third.start()
+    c.close()
+    third.join(timeout=30)
+    assert not third.is_alive(), "close() releases a waiting network thread"

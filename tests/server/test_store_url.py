@@ -6,6 +6,7 @@ Tests that take `store_url` run on SQLite and on the session's real PostgreSQL."
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from menwei.mosquitto import free_port
+from menwei.postgres import PostgresServer
 from server.site import Site, SiteError
 from server.storage import Store, StoreError
 from server.storage.migrate import HEAD, revision
@@ -162,3 +164,16 @@ def test_init_refuses_a_store_that_already_holds_a_site(
     assert not (tmp_path / "third").exists()
     with Site(tmp_path / "first") as site:  # the first site is untouched
         assert site.site == "s1" and [k.key_id for k in site.trust_keys()] == [1]
+
+
+def test_init_writes_a_url_with_a_backslash_or_a_quote_as_it_was_given(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """server.toml is TOML: `\\b` in a password written between quotes as it came was read
+    back as a backspace (another password), and a '"' made the file unreadable."""
+    url = postgres.create_database(f"quoted_{os.getpid()}")
+    with_password = url.replace(
+        f"{PostgresServer.USER}@", f'{PostgresServer.USER}:a\\bc"d\\q@'
+    )  # the test server trusts 127.0.0.1: any password opens it
+    with Site.init(tmp_path / "srv", "s1", store=with_password) as site:
+        assert site.config.store.url == with_password

@@ -87,13 +87,23 @@ def normalise_url(url: str) -> str:
     )
 
 
+SECRET_OPTIONS = frozenset({"password", "sslpassword"})
+"""Query options of a PostgreSQL URL that hold a secret (libpq takes `?password=` too)."""
+
+
 def redacted(url: str) -> str:
-    """The URL without its password (`***` in its place), for logs and messages; in text
-    that is not a URL, whatever stands between a `:` and an `@`."""
+    """The URL without its password (`***` in its place, also for `?password=` and
+    `?sslpassword=`), for logs and messages; in text that is not a URL, whatever stands
+    between a `:` and an `@`, and after `password=`."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
-        return re.sub(r":[^:@/\s]*@", ":***@", url)
+        hidden = re.sub(r":[^:@/\s]*@", ":***@", url)
+        return re.sub(r"(?i)((?:ssl)?password=)[^&\s]*", r"\1***", hidden)
+    secrets = {k: "***" for k in parsed.query if k.lower() in SECRET_OPTIONS}
+    if secrets:
+        parsed = parsed.update_query_dict(secrets)
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 class Store:

@@ -80,6 +80,17 @@ def test_a_store_url_that_is_not_a_url_is_named_without_its_password(tmp_path: P
     assert not (tmp_path / "other").exists()
 
 
+def test_a_password_given_as_a_url_option_is_hidden_too(tmp_path: Path) -> None:
+    """libpq takes ?password= (and ?sslpassword=) as well as user:password@: every message
+    naming the store showed those as they were."""
+    url = (
+        f"postgresql://menwei@127.0.0.1:{free_port()}/menwei?password={SECRET}&sslpassword={SECRET}"
+    )
+    line = refused("server", "status", str(server_dir(tmp_path, url)))
+    assert "cannot open the store" in line and "?password=***&sslpassword=***" in line
+    assert SECRET not in line
+
+
 def test_a_port_that_is_not_a_number_is_one_line_without_the_password(tmp_path: Path) -> None:
     url = f"postgresql://menwei:{SECRET}@127.0.0.1:abc/menwei"
     line = refused("server", "init", str(tmp_path / "new"), "--store", url)

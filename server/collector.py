@@ -362,7 +362,10 @@ class Collector:
                 return
             self._stored(stored, rejects)
         for topic, gate, payload in statuses:
-            self._status(topic, gate, payload)
+            try:
+                self._status(topic, gate, payload)
+            except Exception:  # one gate's status never keeps the others from being stored
+                log.exception("collector error on %s", topic)
 
     def _store(
         self, batches: list[tuple[str, str, DecodedBatch]], rejects: list[tuple[str, str, bytes]]

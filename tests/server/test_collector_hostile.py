@@ -131,3 +131,24 @@ def test_a_flood_waits_at_the_broker_not_in_the_collectors_memory(site: Site) ->
     c.close()
     third.join(timeout=30)
     assert not third.is_alive(), "close() releases a waiting network thread"
+
+
+def test_a_storage_fault_of_any_text_is_one_alert_and_the_next_status_is_stored(
+    collector: Collector,
+) -> None:
+    """A status is the gate's free text: a NUL (PostgreSQL) in a storage fault's `since`, which
+    names the alert, failed its alert with a traceback and the statuses after it in the group
+    were never stored; a fault's texts are kept to 200 characters."""
+    site = collector.site
+    fault = {"state": "fault", "kind": "io", "error": "e" * 5000, "since": "2026\x00" + "9" * 5000}
+    statuses = [
+        ("g1", {"state": "online", "storage": fault}),
+        ("g2", {"state": "online", "backlog": 3}),
+    ]
+    collector.handle_many(
+        [(topics.status(site.site, g), json.dumps(s).encode()) for g, s in statuses]
+    )
+    stored = {g["gate"]: g["status"] for g in collected.gates(site.store)}
+    assert stored["g2"]["backlog"] == 3
+    [alert] = site.alerts.list()
+    assert alert.kind == "storage_fault" and len(json.loads(alert.detail)["since"]) == 200

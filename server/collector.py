@@ -345,6 +345,10 @@ class Collector:
                 except MessageError as exc:
                     rejects.append((topic, str(exc), payload))
                     continue
+                except Exception as exc:  # a reader's bug: this message only, not the group
+                    log.exception("cannot read a message on %s", topic)
+                    rejects.append((topic, f"unreadable: {type(exc).__name__}", payload))
+                    continue
                 rejects += [(topic, f"event {i}: {why}", payload) for i, why in batch.rejected]
                 batches.append((topic, gate, batch))
         if batches or rejects:

@@ -152,3 +152,18 @@ def test_a_storage_fault_of_any_text_is_one_alert_and_the_next_status_is_stored(
     assert stored["g2"]["backlog"] == 3
     [alert] = site.alerts.list()
     assert alert.kind == "storage_fault" and len(json.loads(alert.detail)["since"]) == 200
+
+
+def test_json_nested_too_deeply_costs_only_its_own_message(collector: Collector) -> None:
+    """[[[[… deeper than Python's parser goes raised RecursionError out of handle_many, and the
+    whole group was dropped: a real `server run` flooded with them by one gate acknowledged 10
+    of another gate's 100 events in 9 s."""
+    site = collector.site
+    deep = b'{"schema": 1, "events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    good = encode_batch("g2", [make_event(site.site, "g2", 1)])
+    collector.handle_many(
+        [(topics.events(site.site, "g1"), deep), (topics.events(site.site, "g2"), good)]
+    )
+    assert [(g, s) for g, _e, s, _u in collected.event_keys(site.store)] == [("g2", 1)]
+    [(topic, reason, _excerpt)] = collected.rejected(site.store)
+    assert topic == topics.events(site.site, "g1") and "too deeply" in reason

@@ -25,6 +25,11 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 MAX_PASS_ID = 2**32 - 1  # 4 unsigned bytes in the pass
+MAX_DETAIL_DEPTH = 16
+"""Levels of objects and lists in an event's `detail` (a gate's are two deep)."""
+TOO_DEEP = "{what} nests objects or lists too deeply to be read"
+"""A message whose JSON is deeper than Python's parser goes (a hostile one): a MessageError,
+never a RecursionError that would take other messages down with it."""
 EARLIEST_AT = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_AT = datetime(2101, 1, 1, tzinfo=UTC)
 """Times a gate reports lie in [EARLIEST_AT, LATEST_AT): years 2000 through 2100 (UTC). A gate's
@@ -106,7 +111,7 @@ class Event:
                 household=_opt(data, "household", str),
                 role=_opt(data, "role", str),
                 versions=_versions(data),
-                detail=dict(data.get("detail", {})),
+                detail=_detail(data),
                 schema=_int(data, "schema"),
                 epoch=_epoch(data),
             )
@@ -127,6 +132,21 @@ class Event:
         if event.direction is not None and event.direction not in DIRECTIONS:
             raise MessageError(f"unknown direction {event.direction!r}")
         return event
+
+
+def _detail(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Optional: an object of at most MAX_DETAIL_DEPTH levels of objects and lists (the
+    collector copies and serialises it recursively for every event it stores)."""
+    detail = dict(data.get("detail", {}))
+    walk: list[tuple[object, int]] = [(detail, 1)]
+    while walk:
+        value, depth = walk.pop()
+        if isinstance(value, Mapping | list):
+            if depth > MAX_DETAIL_DEPTH:
+                raise ValueError(f"field 'detail' nests deeper than {MAX_DETAIL_DEPTH} levels")
+            items = value.values() if isinstance(value, Mapping) else value
+            walk.extend((item, depth + 1) for item in items)
+    return detail
 
 
 def _epoch(data: Mapping[str, Any]) -> str:
@@ -250,6 +270,8 @@ def decode_batch(raw: bytes, *, site: str, gate: str) -> DecodedBatch:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"batch is not JSON: {exc}") from None
+    except RecursionError:  # [[[[…: deeper than Python's parser goes
+        raise MessageError(TOO_DEEP.format(what="batch")) from None
     if not isinstance(data, dict) or not isinstance(data.get("events"), list):
         raise MessageError("batch must be an object with an 'events' list")
     if data.get("schema") != SCHEMA:
@@ -305,6 +327,8 @@ class Ack:
             )
         except ValueError as exc:  # a strict parse: 1e999, "3" or true are not a seq
             raise MessageError(f"bad ack: {exc}") from None
+        except RecursionError:
+            raise MessageError(TOO_DEEP.format(what="ack")) from None
         if ack.acked_seq < 0:
             raise MessageError("acked_seq must be >= 0")
         return ack
@@ -324,6 +348,8 @@ def decode_status(raw: bytes) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"status is not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError(TOO_DEEP.format(what="status")) from None
     if not isinstance(data, dict) or data.get("state") not in STATUS_STATES:
         raise MessageError("status must be an object with state online|offline")
     problems = [
@@ -482,6 +508,8 @@ def _schema_object(raw: bytes, what: str) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(f"bad {what}: {exc}") from None
+    except RecursionError:
+        raise MessageError(TOO_DEEP.format(what=what)) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise MessageError(f"bad {what}: not a schema 1 {what}")
     return data

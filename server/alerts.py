@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 
-from protocol.events import Event
+from protocol.events import EPOCH_RE, Event
 from server.storage import Store, audit
 from server.storage import alerts as alerts_db
 from server.storage.alerts import Alert
@@ -83,6 +83,9 @@ class AlertStore:
         detail = json.dumps(event.detail, ensure_ascii=False) if event.detail else ""
         if kind == HISTORY_LOST:
             detail = self._history_lost_detail(event, tx)
+        # A gate may ask for high priority (door_forced); it never lowers a kind the server
+        # holds high (a fever alert sent as "normal" would miss a webhook_kinds = ["high"]).
+        high = kind in HIGH_PRIORITY or event.detail.get("priority") == "high"
         return self.raise_alert(
             f"event:{event.uuid}",
             kind,
@@ -91,7 +94,7 @@ class AlertStore:
             household=event.household,
             detail=detail,
             event_at=event.at,
-            priority=str(event.detail.get("priority")) if event.detail.get("priority") else None,
+            priority="high" if high else "normal",
             tx=tx,
         )
 
@@ -104,6 +107,8 @@ class AlertStore:
             confirmed, moved = int(d["confirmed_seq"]), int(d["moved"])
         except (KeyError, TypeError, ValueError):
             return json.dumps(d, ensure_ascii=False)
+        if not (EPOCH_RE.fullmatch(lost) and EPOCH_RE.fullmatch(new)):
+            return json.dumps(d, ensure_ascii=False)  # epochs are hex: not text to quote
         with contextlib.nullcontext(tx) if tx is not None else self.store.read() as t:
             ranges = alerts_db.missing_from_gate(t, event.gate, lost, confirmed, new)
         held = ", ".join(f"{a}..{b}" for a, b in ranges) or "none"

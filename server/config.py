@@ -162,10 +162,27 @@ def load_server_config(directory: Path) -> ServerConfig:
         raise ServerConfigError(str(exc)) from None
 
 
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string: quoted, with '"', '\\' and control characters escaped
+    (a password with a backslash or a quote in `server init --store` made server.toml
+    unreadable, or silently another password: `\\b` is a backspace in TOML)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def render_server_toml(site: str, store_url: str | None = None) -> str:
     p = Policy()
     store = (
-        f'url = "{store_url}"' if store_url else '# url = "postgresql://menwei@db.example/menwei"'
+        f"url = {toml_string(store_url)}"
+        if store_url
+        else '# url = "postgresql://menwei@db.example/menwei"'
     )
     return f"""# Menwei server configuration. Unknown keys are errors.
 [server]

@@ -113,7 +113,7 @@ def _replay_windows(
     for h, start_us, end_us in keyed:
         state = saved.get((h, start_us))
         plans.append((h, start_us, end_us, state if _usable(state, rules, end_us) else None))
-    spans = [(h, s.last[0] if s else start, end) for h, start, end, s in plans]
+    spans = [(h, s.last if s else (start, "", 0), end) for h, start, end, s in plans]
     by_household = replay.passages(tx, spans)
     found: list[Conflict] = []
     kept: list[SavedState] = []

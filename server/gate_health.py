@@ -110,12 +110,21 @@ def assess(
     return Assessment(tuple(opened), tuple(ended))
 
 
+FAULT_TEXT_MAX = 200
+"""Characters kept of each text of a reported storage fault (it names the alert's key)."""
+
+
 def storage_fault(status: Mapping[str, Any]) -> dict[str, str] | None:
-    """The storage fault a gate's status reports ({"kind", "error", "since"}), or None."""
+    """The storage fault a gate's status reports ({"kind", "error", "since"}: texts of at most
+    FAULT_TEXT_MAX characters, NUL characters as U+FFFD: a status is the gate's free text,
+    and PostgreSQL text cannot hold NUL), or None."""
     storage = status.get("storage")
     if not isinstance(storage, Mapping) or storage.get("state") != "fault":
         return None
-    return {k: str(storage.get(k) or "") for k in ("kind", "error", "since")}
+    return {
+        k: str(storage.get(k) or "")[:FAULT_TEXT_MAX].replace("\x00", "\ufffd")
+        for k in ("kind", "error", "since")
+    }
 
 
 class GateHealth:

@@ -52,10 +52,10 @@ from server.storage.engine import (
     SQLITE_FILE,
     StoreError,
     Tx,
+    default_url,
     lock,
     normalise_url,
     redacted,
-    site_url,
 )
 from server.storage.passes import StoredPass
 from server.storage.times import utcnow
@@ -107,7 +107,7 @@ class Site:
         self.dir = directory
         self.now = clock
         self.config: ServerConfig = load_server_config(directory)
-        self.store = Store(site_url(self.config.store.url, directory))
+        self.store = Store(self.config.store.url or default_url(directory))
         # The register and the alerts, on the same store.
         self.registry = RegisterStore(self.store)
         self.alerts = AlertStore(self.store)

@@ -82,32 +82,15 @@ def default_url(directory: Path) -> str:
     return f"sqlite:///{(directory / SQLITE_FILE).resolve()}"
 
 
-def site_url(configured: str | None, directory: Path) -> str:
-    """The store of the server directory `directory`: `configured` ([store] url), or its
-    SQLite file when unset. A relative SQLite path (sqlite:///store.db) is taken in the
-    server directory, as every other path of server.toml is, never in the working directory
-    of whoever runs the command (another, empty store)."""
-    if configured is None:
-        return default_url(directory)
-    try:
-        parsed = make_url(configured)
-    except ArgumentError:
-        return configured  # normalise_url says what is wrong with it
-    if parsed.drivername.startswith("sqlite") and parsed.database:
-        path = Path(parsed.database)
-        if not path.is_absolute():
-            return parsed.set(database=str((directory / path).resolve())).render_as_string(
-                hide_password=False
-            )
-    return configured
-
-
 def normalise_url(url: str) -> str:
     """`postgresql://…` (libpq's form, what operators write) → psycopg 3's SQLAlchemy URL;
-    `sqlite:///PATH` unchanged. Raises StoreError for anything else."""
+    `sqlite:///PATH` (PATH absolute) unchanged. Raises StoreError for anything else, and for a
+    SQLite path that is relative (it would name another file in each working directory:
+    the service's and an operator's commands would use two stores) or has a query string
+    (the store sets SQLite's options itself; pysqlite ignores most, e.g. `?mode=ro`)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StoreError(
             f"[store] url {redacted(url)!r} is not a database URL:"
             " use sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
@@ -117,19 +100,39 @@ def normalise_url(url: str) -> str:
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         if not parsed.database or parsed.database == ":memory:":
             raise StoreError("[store] url: a SQLite store needs a file path (sqlite:///PATH)")
+        if not Path(parsed.database).is_absolute():
+            raise StoreError(
+                f"[store] url {redacted(url)!r}: the SQLite path must be absolute"
+                " (sqlite:////srv/menwei/server.db), not relative to the working directory"
+            )
+        if parsed.query:
+            raise StoreError(
+                f"[store] url {redacted(url)!r}: a SQLite URL takes no options"
+                " (?...): the store sets them itself"
+            )
         return url
     raise StoreError(
         f"[store] url {redacted(url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DATABASE"
     )
 
 
+SECRET_OPTIONS = frozenset({"password", "sslpassword"})
+"""Query options of a PostgreSQL URL that hold a secret (libpq takes `?password=` too)."""
+
+
 def redacted(url: str) -> str:
-    """The URL without its password (`***` in its place), for logs and messages; in text
-    that is not a URL, whatever stands between a `:` and an `@`."""
+    """The URL without its password (`***` in its place, also for `?password=` and
+    `?sslpassword=`), for logs and messages; in text that is not a URL, whatever stands
+    between a `:` and an `@`, and after `password=`."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r":[^:@/\s]*@", ":***@", url)
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        hidden = re.sub(r":[^:@/\s]*@", ":***@", url)
+        return re.sub(r"(?i)((?:ssl)?password=)[^&\s]*", r"\1***", hidden)
+    secrets = {k: "***" for k in parsed.query if k.lower() in SECRET_OPTIONS}
+    if secrets:
+        parsed = parsed.update_query_dict(secrets)
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 class Store:

@@ -394,11 +394,12 @@ def conflicts(tx: Tx) -> list[dict[str, Any]]:
 
 def reject_message(tx: Tx, topic: str, reason: str, payload: bytes, *, now: str) -> None:
     """Record a message (or one event of a batch) refused as malformed: its topic, the
-    reason (at most 500 characters) and the first 200 bytes of what came."""
-    excerpt = payload[:200].decode("utf-8", "replace")
+    reason (at most 500 characters) and the first 200 bytes of what came (NUL characters,
+    which PostgreSQL text cannot hold, as U+FFFD)."""
+    excerpt = payload[:200].decode("utf-8", "replace").replace("\x00", "\ufffd")
     tx.execute(
         insert(tx, rejected_messages).values(
-            topic=topic, reason=reason[:500], excerpt=excerpt, at=now
+            topic=topic, reason=reason[:500].replace("\x00", "\ufffd"), excerpt=excerpt, at=now
         )
     )
 

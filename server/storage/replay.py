@@ -67,18 +67,25 @@ class Passage:
         return (self.at_us, self.gate, self.seq)
 
 
-def passages(tx: Tx, spans: Sequence[tuple[str, int, int]]) -> dict[str, list[Passage]]:
-    """household → its counted passages with at_us in any of its spans [from_us, to_us)
-    of `spans` (household, from_us, to_us), in replay order: one statement, served by the
-    index on (household, at_us) for each span (what counts is sorted out here: a condition
-    on kind would lead SQLite to the index on (kind, at_us), every household's decisions)."""
+def passages(
+    tx: Tx, spans: Sequence[tuple[str, tuple[int, str, int], int]]
+) -> dict[str, list[Passage]]:
+    """household → its counted passages in any of its spans of `spans` (household, after,
+    to_us): those whose key is above `after` (at_us, gate, seq) and whose at_us is below
+    to_us (`(from_us, "", 0)` takes every passage from the instant from_us), in replay
+    order (`Passage.key`, as Python orders it): one statement, served by the index on
+    (household, at_us) for each span (what counts is sorted out here: a condition on kind
+    would lead SQLite to the index on (kind, at_us), every household's decisions).
+    Gate names are compared and passages of one instant put in order by code point, not
+    by the database's collation (PostgreSQL's en_US.UTF-8 ignores '-': "north1" before
+    "north-2"), since the replay compares a saved state's last key in Python."""
     if not spans:
         return {}
     params: dict[str, Any] = {}
-    for i, (h, lo, hi) in enumerate(spans):
-        params.update({f"h{i}": h, f"lo{i}": lo, f"hi{i}": hi})
+    for i, (h, (lo, gate, seq), hi) in enumerate(spans):
+        params.update({f"h{i}": h, f"lo{i}": lo, f"g{i}": gate, f"s{i}": seq, f"hi{i}": hi})
     found: dict[str, list[Passage]] = {}
-    for row in tx.execute(_passages_query(len(spans)), params):
+    for row in tx.execute(_passages_query(len(spans), tx.dialect.name), params):
         h, at_us, gate, seq, uuid, at, pass_id, direction, kind, decision, role = row
         if (
             kind == "decision"
@@ -91,19 +98,27 @@ def passages(tx: Tx, spans: Sequence[tuple[str, int, int]]) -> dict[str, list[Pa
                     int(at_us), str(gate), int(seq), str(uuid), str(at), int(pass_id), direction
                 )
             )
+    for walk in found.values():
+        walk.sort(key=lambda p: p.key)  # in order but for ties of one instant: linear
     return found
 
 
 @lru_cache(maxsize=64)
-def _passages_query(n: int) -> Select[Any]:
-    """The query of `passages` for `n` spans (built once: SQLAlchemy then reuses its
-    compiled form)."""
+def _passages_query(n: int, dialect: str) -> Select[Any]:
+    """The query of `passages` for `n` spans on `dialect` (built once: SQLAlchemy then
+    reuses its compiled form)."""
+    gate = _code_point_order(events.c.gate, dialect)
     within = or_(
         *(
             and_(
                 events.c.household == bindparam(f"h{i}"),
                 events.c.at_us >= bindparam(f"lo{i}"),
                 events.c.at_us < bindparam(f"hi{i}"),
+                or_(
+                    events.c.at_us > bindparam(f"lo{i}"),
+                    gate > bindparam(f"g{i}"),
+                    and_(events.c.gate == bindparam(f"g{i}"), events.c.seq > bindparam(f"s{i}")),
+                ),
             )
             for i in range(n)
         )
@@ -200,28 +215,49 @@ def _save_query(dialect: str) -> Any:
 
 def forget_overtaken(tx: Tx, stored: Iterable[Event]) -> None:
     """Delete the saved states that counted passages just `stored` come before (or at the
-    instant of) the last passage of: their windows are replayed whole next time. Per
-    household, a state whose [start, last] meets the span of its new passages goes (more
-    than needed when they straddle it, never fewer)."""
-    spans: dict[str, tuple[int, int]] = {}
+    key of) the last passage of: their windows are replayed whole next time. Per household,
+    a state goes when its window starts before its newest new passage and its last key is
+    at or after the key of its first (more than needed when they straddle it, never fewer).
+    A passage of the same instant as a state's last one but later in key order (the next
+    seq of a gate whose clock stands still, a second in which a household passes several
+    times) is stepped on like any later one, not replayed with the whole window."""
+    spans: dict[str, tuple[tuple[int, str, int], int]] = {}
     for e in stored:
         if e.household is not None and counted(e):
-            t = instant_us(e.at)
-            lo, hi = spans.get(e.household, (t, t))
-            spans[e.household] = (min(lo, t), max(hi, t))
+            key = (instant_us(e.at), e.gate, e.seq)
+            first, hi = spans.get(e.household, (key, key[0]))
+            spans[e.household] = (min(first, key), max(hi, key[0]))
     if spans:
         tx.execute(
             prepared(tx, _forget_query),
-            [{"h": h, "lo": lo, "hi": hi} for h, (lo, hi) in spans.items()],
+            [{"h": h, "hi": hi, "t": t, "g": g, "s": s} for h, ((t, g, s), hi) in spans.items()],
         )
 
 
-def _forget_query(_dialect: str) -> Any:
+def _forget_query(dialect: str) -> Any:
+    d = household_days.c
+    last_gate = _code_point_order(d.last_gate, dialect)
     return delete(household_days).where(
-        household_days.c.household == bindparam("h"),
-        household_days.c.period_start_us <= bindparam("hi"),
-        household_days.c.last_at_us >= bindparam("lo"),
+        d.household == bindparam("h"),
+        d.period_start_us <= bindparam("hi"),
+        or_(
+            d.last_at_us > bindparam("t"),
+            and_(
+                d.last_at_us == bindparam("t"),
+                or_(
+                    last_gate > bindparam("g"),
+                    and_(d.last_gate == bindparam("g"), d.last_seq >= bindparam("s")),
+                ),
+            ),
+        ),
     )
+
+
+def _code_point_order(column: Any, dialect: str) -> Any:
+    """`column` (text) compared as Python compares strings, by code point: PostgreSQL's "C"
+    collation (the database's own may be en_US.UTF-8, which ignores '-'); SQLite's default
+    BINARY one already is."""
+    return column.collate("C") if dialect == "postgresql" else column
 
 
 def revocations(tx: Tx, pass_ids: Collection[int]) -> dict[int, datetime]:

@@ -23,6 +23,7 @@ from protocol.events import (
     Passage,
     decode_batch,
     decode_passages,
+    decode_status,
     encode_batch,
     encode_passages,
 )
@@ -154,6 +155,43 @@ def test_field_of_wrong_type_is_refused(key, value):
 def test_value_outside_the_contract_is_refused(key, value, message):
     with pytest.raises(MessageError, match=message):
         Event.from_json(event_json(**{key: value}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("uuid", "a\x00b"), ("reason", "ok\x00"), ("household", "1-1\x00"), ("role", "\x00")],
+)
+def test_a_text_with_a_nul_character_is_refused(key, value):
+    """PostgreSQL text cannot hold NUL; no field of an event means one."""
+    with pytest.raises(MessageError, match=f"field '{key}' must not contain NUL"):
+        Event.from_json(event_json(**{key: value}))
+
+
+def nested(depth: int) -> Any:
+    value: Any = "x"
+    for level in range(depth - 1):
+        value = {"a": value} if level % 2 else [value]
+    return {"a": value}
+
+
+def test_a_detail_nested_deeper_than_sixteen_levels_is_refused():
+    """The collector copies and serialises `detail` recursively for every event it stores:
+    a few hundred levels there raised RecursionError inside the group's transaction."""
+    assert Event.from_json(event_json(detail=nested(16))).detail == nested(16)
+    with pytest.raises(MessageError, match="nests deeper than 16 levels"):
+        Event.from_json(event_json(detail=nested(17)))
+
+
+def test_json_deeper_than_the_parser_goes_is_a_message_error_everywhere():
+    """json.loads raises RecursionError, not ValueError, for [[[[…: in the collector it escaped
+    the group of messages it came in, and every other gate's batch of that group was dropped
+    (one gate flooding such messages stopped the site's ingestion)."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(MessageError, match="too deeply"):
+        decode_batch(b'{"schema": 1, "events": ' + deep + b"}", site=SITE, gate=GATE)
+    for decode in (decode_status, decode_passages, Ack.decode):
+        with pytest.raises(MessageError, match="too deeply"):
+            decode(deep)
 
 
 @pytest.mark.parametrize("data", [None, [], "event", 42, [("site", SITE)]])

@@ -6,6 +6,7 @@ Tests that take `store_url` run on SQLite and on the session's real PostgreSQL."
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from menwei.mosquitto import free_port
+from menwei.postgres import PostgresServer
 from server.site import Site, SiteError
 from server.storage import Store, StoreError
 from server.storage.migrate import HEAD, revision
@@ -78,6 +80,50 @@ def test_a_store_url_that_is_not_a_url_is_named_without_its_password(tmp_path: P
     assert not (tmp_path / "other").exists()
 
 
+def test_a_password_given_as_a_url_option_is_hidden_too(tmp_path: Path) -> None:
+    """libpq takes ?password= (and ?sslpassword=) as well as user:password@: every message
+    naming the store showed those as they were."""
+    url = (
+        f"postgresql://menwei@127.0.0.1:{free_port()}/menwei?password={SECRET}&sslpassword={SECRET}"
+    )
+    line = refused("server", "status", str(server_dir(tmp_path, url)))
+    assert "cannot open the store" in line and "?password=***&sslpassword=***" in line
+    assert SECRET not in line
+
+
+def test_a_port_that_is_not_a_number_is_one_line_without_the_password(tmp_path: Path) -> None:
+    url = f"postgresql://menwei:{SECRET}@127.0.0.1:abc/menwei"
+    line = refused("server", "init", str(tmp_path / "new"), "--store", url)
+    assert "postgresql://menwei:***@127.0.0.1:abc/menwei" in line and SECRET not in line
+    assert "is not a database URL" in line
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///server.db", "the SQLite path must be absolute"),
+        ("sqlite:///../x/server.db", "the SQLite path must be absolute"),
+        ("sqlite:///{tmp}/x.db?mode=ro", "a SQLite URL takes no options"),
+        ("sqlite:///{tmp}/x.db?timeout=abc", "a SQLite URL takes no options"),
+    ],
+)
+def test_a_sqlite_url_relative_or_with_options_is_refused_before_anything_is_made(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    """A relative path names a file in each working directory (`server run` under systemd
+    and an operator's `server status` would use two stores); pysqlite ignores `?mode=ro` (the
+    store was written all the same) and a bad `?timeout=` was a traceback."""
+    url = url.format(tmp=tmp_path)
+    directory = server_dir(tmp_path, url)
+    line = refused("server", "status", str(directory))
+    assert message in line, line
+    assert list(directory.iterdir()) == [directory / "server.toml"]
+    line = refused("server", "init", str(tmp_path / "new"), "--store", url)
+    assert message in line, line
+    assert not (tmp_path / "new").exists() and not (tmp_path / "x.db").exists()
+
+
 def test_an_unreachable_postgresql_is_one_line_naming_the_url_without_password(
     tmp_path: Path,
 ) -> None:
@@ -131,18 +177,14 @@ def test_init_refuses_a_store_that_already_holds_a_site(
         assert site.site == "s1" and [k.key_id for k in site.trust_keys()] == [1]
 
 
-def test_a_relative_sqlite_path_is_in_the_server_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_init_writes_a_url_with_a_backslash_or_a_quote_as_it_was_given(
+    postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    """`--store sqlite:///rel.db` names a file of the server directory whatever the working
-    directory of later commands (before: another, empty store in the working directory)."""
-    monkeypatch.chdir(tmp_path)
-    with Site.init(tmp_path / "srv", "s1", store="sqlite:///rel.db") as site:
-        site.issue_pass("1-1-101", "张三")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    with Site(tmp_path / "srv") as site:
-        assert site.register().passes, "the store made by init, not a new empty one"
-    assert (tmp_path / "srv" / "rel.db").is_file()
-    assert not (elsewhere / "rel.db").exists() and not (tmp_path / "rel.db").exists()
+    """server.toml is TOML: `\\b` in a password written between quotes as it came was read
+    back as a backspace (another password), and a '"' made the file unreadable."""
+    url = postgres.create_database(f"quoted_{os.getpid()}")
+    with_password = url.replace(
+        f"{PostgresServer.USER}@", f'{PostgresServer.USER}:a\\bc"d\\q@'
+    )  # the test server trusts 127.0.0.1: any password opens it
+    with Site.init(tmp_path / "srv", "s1", store=with_password) as site:
+        assert site.config.store.url == with_password

@@ -194,8 +194,10 @@ def _get(data: Mapping[str, Any], key: str) -> Any:
 
 def _str(data: Mapping[str, Any], key: str) -> str:
     value = _get(data, key)
-    if not isinstance(value, str) or len(value) > 200 or "\x00" in value:
-        raise ValueError(f"field {key!r} must be a string (at most 200 characters, no NUL)")
+    if not isinstance(value, str) or len(value) > 200:
+        raise ValueError(f"field {key!r} must be a string")
+    if "\x00" in value:  # no text column of PostgreSQL holds NUL
+        raise ValueError(f"field {key!r} must not contain NUL")
     return value
 
 

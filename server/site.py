@@ -53,6 +53,7 @@ from server.storage.engine import (
     StoreError,
     Tx,
     default_url,
+    holds_password,
     lock,
     normalise_url,
     redacted,
@@ -139,7 +140,10 @@ class Site:
                 raise SiteError(str(exc)) from None
         created = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(render_server_toml(site, store), encoding="utf-8")
+        config = directory / CONFIG_NAME
+        config.write_text(render_server_toml(site, store), encoding="utf-8")
+        if store is not None and holds_password(store):
+            config.chmod(0o600)  # the URL holds a password: for the service's user only
 
         def undo() -> None:
             """Nothing left that would refuse the next attempt."""

@@ -135,6 +135,15 @@ def redacted(url: str) -> str:
     return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
+def holds_password(url: str) -> bool:
+    """Whether `url` carries a password (after `user:` or as a `?password=` option)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return redacted(url) != url
+    return parsed.password is not None or any(k.lower() in SECRET_OPTIONS for k in parsed.query)
+
+
 class Store:
     """The collector's database at `url` (sqlite:///PATH or postgresql://…), migrated to the
     newest schema on open (server/storage/migrate.py) unless `migrate=False`.

@@ -188,3 +188,12 @@ def test_init_writes_a_url_with_a_backslash_or_a_quote_as_it_was_given(
     )  # the test server trusts 127.0.0.1: any password opens it
     with Site.init(tmp_path / "srv", "s1", store=with_password) as site:
         assert site.config.store.url == with_password
+
+
+def test_a_server_toml_holding_a_store_password_is_for_its_owner_only(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.create_database(f"private_{os.getpid()}")
+    with_password = url.replace(f"{PostgresServer.USER}@", f"{PostgresServer.USER}:pw@")
+    Site.init(tmp_path / "a", "s1", store=with_password).close()
+    assert (tmp_path / "a" / "server.toml").stat().st_mode & 0o077 == 0

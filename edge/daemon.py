@@ -25,14 +25,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from drivers.camera import Frame
 from drivers.inputs import DoorContact, ExitButton
 from drivers.outputs import IndicatorKind
 from drivers.qr import ScanDebouncer, pick_single_pass
-from edge.clock import GateClock
+from edge.clock import DOCUMENT_FLOOR_MARGIN_S, GateClock
 from edge.config import GateConfig
 from edge.decision import (
     Decision,
@@ -77,6 +77,16 @@ STORAGE_RETRY_S = 5.0
 """While a storage fault lasts, how often the loop tries the store again (seconds)."""
 SCAN_RETRY_S = 1.0
 """A scan retries the store at once, but not more often than this (seconds)."""
+
+
+RELAYED_AHEAD_MAX_S = DOCUMENT_FLOOR_MARGIN_S
+"""How far a relayed passage may be dated ahead of this gate's clock and still count (gate
+clocks differ a little; the same margin as for signed documents, edge/clock.py)."""
+
+
+def _instant(at: str) -> datetime:
+    t = datetime.fromisoformat(at)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 class GateDaemon:
@@ -659,6 +669,19 @@ class GateDaemon:
         mine = [
             p for p in passages if p.site == self.config.gate.site and p.gate != self.config.gate.id
         ]
+        # A passage dated ahead of this gate's clock is not counted: record_passage prunes by
+        # the passage's time, so one dated 2099 (a gate's clock far off, or a compromised
+        # gate's login) would empty every household's counters here.
+        latest = self.clock.now().utc + timedelta(seconds=RELAYED_AHEAD_MAX_S)
+        ahead = [p for p in mine if _instant(p.at) > latest]
+        if ahead:
+            log.warning(
+                "ignored %d relayed passages dated ahead of this gate's clock (e.g. %s at %s)",
+                len(ahead),
+                ahead[0].gate,
+                ahead[0].at,
+            )
+            mine = [p for p in mine if p not in ahead]
         if not mine:
             return
         with self._state_lock:

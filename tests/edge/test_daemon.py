@@ -294,3 +294,41 @@ def test_relayed_passages_count_in_both_forms(
     restarted = daemon_for(gate_dir)
     assert set(restarted.state.outside) == {7, 11}, "kept across a restart"
     restarted.close()
+
+
+def test_a_relayed_passage_dated_ahead_of_the_gate_clock_is_not_counted(
+    gate_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """record_passage prunes by the passage's own time: one passage dated 2099 (a compromised
+    gate login, or a gate clock far off) would have emptied every household's counters here.
+    It is ignored with a warning; the counters stay; a passage of now still counts."""
+    from datetime import UTC, datetime, timedelta
+
+    from protocol.events import Passage, encode_passages
+
+    daemon = daemon_for(gate_dir)
+    now = datetime.now(UTC)
+
+    def out(pass_id: int, at: datetime, household: str = "2-2-202") -> Passage:
+        return Passage(
+            "test-site",
+            "west",
+            f"u-{pass_id}",
+            at.isoformat(),
+            pass_id,
+            household,
+            "resident",
+            "out",
+        )
+
+    daemon.on_passage(encode_passages([out(7, now)]))
+    assert set(daemon.state.outside) == {7}
+    exits_before = dict(daemon.state.exits)
+    with caplog.at_level(logging.WARNING, logger="menwei.gate"):
+        daemon.on_passage(encode_passages([out(8, datetime(2099, 1, 1, tzinfo=UTC), "9-9-909")]))
+    assert set(daemon.state.outside) == {7}, "the counters of today are kept"
+    assert daemon.state.exits == exits_before
+    assert any("dated ahead" in r.getMessage() for r in caplog.records)
+    daemon.on_passage(encode_passages([out(9, now + timedelta(minutes=5))]))  # clocks differ
+    assert set(daemon.state.outside) == {7, 9}
+    daemon.close()

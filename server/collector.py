@@ -333,6 +333,15 @@ class Collector:
         older than [privacy] visitor_retention_days past their pass. Runs daily."""
         days = self.site.config.privacy.visitor_retention_days
         purged = purge_visitors(self.site, days, by="collector")
+        before = (datetime.now(UTC) - timedelta(days=REJECTED_RETENTION_DAYS)).isoformat()
+        with self.store.write() as tx:
+            dropped = events_db.purge_rejected(tx, before=before)
+        if dropped:
+            log.info(
+                "retention: %d rejected messages older than %d days",
+                dropped,
+                REJECTED_RETENTION_DAYS,
+            )
         if purged:
             log.info("retention: erased the personal data of %d visitors", purged)
         return purged
@@ -369,7 +378,7 @@ class Collector:
                     log.exception("cannot read a message on %s", topic)
                     rejects.append((topic, f"unreadable: {type(exc).__name__}", payload))
                     continue
-                rejects += [(topic, f"event {i}: {why}", payload) for i, why in batch.rejected]
+                rejects += _event_rejects(topic, batch.rejected, payload)
                 batches.append((topic, gate, batch))
         if batches or rejects:
             try:
@@ -670,6 +679,25 @@ def collector_client_id(site: str, shared_group: str | None) -> str:
     if shared_group is None:
         return f"menwei-collector-{site}"
     return f"menwei-collector-{site}-{socket.gethostname()}-{os.getpid()}-{next(_instances)}"
+
+
+REJECTED_RETENTION_DAYS = 30
+"""Rejected messages (excerpts of what gates sent wrong) are kept this long (daily purge)."""
+REJECTS_PER_MESSAGE = 10
+"""At most this many rows of `rejected_messages` for one batch (the last one says how many
+more of its events were refused): a hostile batch of 500 bad events is not 500 rows."""
+
+
+def _event_rejects(
+    topic: str, refused: Sequence[tuple[int, str]], payload: bytes
+) -> list[tuple[str, str, bytes]]:
+    """The rows of `rejected_messages` for a batch's refused events (index, reason)."""
+    rows = [(topic, f"event {i}: {why}", payload) for i, why in refused[:REJECTS_PER_MESSAGE]]
+    more = len(refused) - REJECTS_PER_MESSAGE
+    if more > 0:
+        topic, reason, _payload = rows[-1]
+        rows[-1] = (topic, f"{reason} (and {more} more refused events of this batch)", payload)
+    return rows
 
 
 def _history_move(events: list[Event]) -> bool:

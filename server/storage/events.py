@@ -404,6 +404,17 @@ def reject_message(tx: Tx, topic: str, reason: str, payload: bytes, *, now: str)
     )
 
 
+def purge_rejected(tx: Tx, *, before: str) -> int:
+    """Delete the rejected messages recorded before `before` (UTC ISO text, as `now` was);
+    how many."""
+    result = tx.execute(
+        rejected_messages.delete()
+        .where(rejected_messages.c.at < before)
+        .returning(rejected_messages.c.id)
+    )
+    return len(result.all())
+
+
 def rejected(tx: Tx) -> list[tuple[str, str, str]]:
     """(topic, reason, excerpt) of every rejected message, oldest first."""
     rows = tx.execute(

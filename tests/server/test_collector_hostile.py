@@ -167,3 +167,24 @@ def test_json_nested_too_deeply_costs_only_its_own_message(collector: Collector)
     assert [(g, s) for g, _e, s, _u in collected.event_keys(site.store)] == [("g2", 1)]
     [(topic, reason, _excerpt)] = collected.rejected(site.store)
     assert topic == topics.events(site.site, "g1") and "too deeply" in reason
+
+
+def test_a_batch_of_bad_events_is_a_few_rejected_rows_not_one_per_event(
+    collector: Collector,
+) -> None:
+    """A hostile batch of 500 refused events made 500 rows of `rejected_messages` (a table
+    read by people and kept for REJECTED_RETENTION_DAYS): now REJECTS_PER_MESSAGE, the last
+    saying how many more; the good event of the batch is stored."""
+    from server.collector import REJECTS_PER_MESSAGE
+
+    slug = collector.site.site
+    bad = [make_event(slug, "g1", n, reason="r\x00") for n in range(1, 500)]
+    good = make_event(slug, "g1", 500)
+    collector.handle_many([(topics.events(slug, "g1"), encode_batch("g1", [*bad, good]))])
+    reasons = [r for _t, r, _x in collected.rejected(collector.site.store)]
+    assert len(reasons) == REJECTS_PER_MESSAGE
+    assert reasons[0] == "event 0: bad event: field 'reason' must not contain NUL"
+    assert reasons[-1].endswith(
+        f"(and {499 - REJECTS_PER_MESSAGE} more refused events of this batch)"
+    )
+    assert [s for _g, _e, s, _u in collected.event_keys(collector.site.store)] == [500]

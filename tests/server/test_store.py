@@ -199,3 +199,14 @@ def test_the_missing_range_is_what_the_gate_did_not_send_again(store: Store) -> 
     )
     assert missing(store, "g1", "aa", 3, "bb") == [(4, 9)]
     assert missing(store, "g1", "aa", 9, "bb") == []
+
+
+def test_rejected_messages_older_than_the_retention_are_purged(store: Store) -> None:
+    topic = "menwei/test-site/g1/events"
+    with store.write() as tx:
+        events_db.reject_message(tx, topic, "old", b"x", now="2026-01-01T00:00:00.000+00:00")
+        events_db.reject_message(tx, topic, "new", b"x", now="2026-03-01T00:00:00.000+00:00")
+    with store.write() as tx:
+        assert events_db.purge_rejected(tx, before="2026-02-01T00:00:00.000+00:00") == 1
+    with store.read() as tx:
+        assert [reason for _t, reason, _e in events_db.rejected(tx)] == ["new"]

@@ -25,7 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from drivers.camera import Frame
@@ -82,11 +82,6 @@ SCAN_RETRY_S = 1.0
 RELAYED_AHEAD_MAX_S = DOCUMENT_FLOOR_MARGIN_S
 """How far a relayed passage may be dated ahead of this gate's clock and still count (gate
 clocks differ a little; the same margin as for signed documents, edge/clock.py)."""
-
-
-def _instant(at: str) -> datetime:
-    t = datetime.fromisoformat(at)
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 class GateDaemon:
@@ -667,13 +662,15 @@ class GateDaemon:
         if bad:
             log.warning("ignored %d bad passages of a relayed message: %s", len(bad), bad[0])
         mine = [
-            p for p in passages if p.site == self.config.gate.site and p.gate != self.config.gate.id
+            (p, datetime.fromisoformat(p.at))  # aware: decode_passages checked the offset
+            for p in passages
+            if p.site == self.config.gate.site and p.gate != self.config.gate.id
         ]
         # A passage dated ahead of this gate's clock is not counted: record_passage prunes by
         # the passage's time, so one dated 2099 (a gate's clock far off, or a compromised
         # gate's login) would empty every household's counters here.
         latest = self.clock.now().utc + timedelta(seconds=RELAYED_AHEAD_MAX_S)
-        ahead = [p for p in mine if _instant(p.at) > latest]
+        ahead = [p for p, at in mine if at > latest]
         if ahead:
             log.warning(
                 "ignored %d relayed passages dated ahead of this gate's clock (e.g. %s at %s)",
@@ -681,11 +678,11 @@ class GateDaemon:
                 ahead[0].gate,
                 ahead[0].at,
             )
-            mine = [p for p in mine if p not in ahead]
-        if not mine:
+        counted = [(p, at) for p, at in mine if at <= latest]
+        if not counted:
             return
         with self._state_lock:
-            for passage in mine:
+            for passage, at in counted:
                 self.state = record_passage(
                     self.state,
                     self.know.policy,
@@ -693,7 +690,7 @@ class GateDaemon:
                     household=passage.household,
                     role=passage.role,
                     direction=passage.direction,
-                    at=datetime.fromisoformat(passage.at),
+                    at=at,
                     uuid=passage.uuid,
                 )
             with contextlib.suppress(StorageFault):  # saved with the next decision instead

@@ -216,11 +216,6 @@ class Store:
                 f"the store {self.label} is unavailable: {_reason(exc)}"
             ) from exc
 
-    def insert(self, table: Any) -> Any:
-        """An INSERT of this backend's dialect, which has `on_conflict_do_nothing()` and
-        `on_conflict_do_update()` (the same API on SQLite and PostgreSQL)."""
-        return (postgresql if self.backend == "postgresql" else sqlite).insert(table)
-
 
 def lock(tx: Tx, name: str) -> None:
     """Serialise, across every process on this store, the transactions that take the lock
@@ -258,8 +253,8 @@ def lock_all(tx: Tx, names: Iterable[str]) -> None:
 
 
 def insert(tx: Tx, table: Any) -> Any:
-    """`Store.insert` for a storage function that holds only a transaction: an INSERT of
-    `tx`'s dialect, with `on_conflict_do_nothing()` / `on_conflict_do_update()`."""
+    """An INSERT of `tx`'s dialect, which has `on_conflict_do_nothing()` and
+    `on_conflict_do_update()` (the same API on SQLite and PostgreSQL)."""
     return dialect_insert(tx.dialect.name, table)
 
 

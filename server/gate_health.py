@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from server.alerts import Alert, AlertStore
 from server.storage import Store, outages
+from server.storage import gates as gates_db
 from server.storage.engine import lock
 
 CHECK_INTERVAL_S = 5.0
@@ -166,7 +167,7 @@ class GateHealth:
         with self.store.write() as tx:
             lock(tx, "gate_health")
             result = assess(
-                outages.liveness(tx),
+                gates_db.listing(tx),
                 outages.open_outages(tx),
                 now,
                 self.offline_after,

@@ -1,6 +1,6 @@
 """Gate outages (`gate_outages`): one open row per gate that is down, ended when it is heard
-from again; and the gates' liveness (`gates`: last_seen, retained status) they are judged on.
-The decision is server/gate_health.py.
+from again. The gates' liveness they are judged on is `gates.listing` (last_seen, retained
+status); the decision is server/gate_health.py.
 
 A gate has at most one open outage (the partial unique index `gate_outages_open`): `open_`
 is an INSERT … ON CONFLICT DO NOTHING, so of two collectors opening the same outage at once
@@ -9,26 +9,12 @@ exactly one does, and the other is told it did not (no error).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import select, update
 
 from server.storage.engine import Tx, insert
-from server.storage.schema import gate_outages, gates
-
-
-def liveness(tx: Tx) -> list[dict[str, Any]]:
-    """Every gate the collector heard from, by name: {"gate", "last_seen" (UTC ISO text or
-    None), "status" (its retained status as a dict, or None)}."""
-    rows = tx.execute(
-        select(gates.c.gate, gates.c.last_seen, gates.c.status).order_by(gates.c.gate)
-    )
-    return [
-        {"gate": g, "last_seen": seen, "status": json.loads(status) if status else None}
-        for g, seen, status in rows
-    ]
+from server.storage.schema import gate_outages
 
 
 def open_outages(tx: Tx) -> dict[str, str]:

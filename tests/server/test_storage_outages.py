@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from server.alerts import Alert, AlertStore
 from server.gate_health import GateHealth
 from server.storage import Store, outages
+from server.storage.gates import listing
 from server.storage.schema import alerts, gate_outages
 from tests.server.storage_rows import count, in_thread, put_gate, wait_blocked
 
@@ -57,11 +58,12 @@ def test_of_two_transactions_opening_one_outage_exactly_one_does(store: Store) -
     assert count(store, gate_outages) == 1
 
 
-def test_liveness_reads_last_seen_and_the_retained_status(store: Store) -> None:
+def test_the_gate_listing_reads_last_seen_and_the_retained_status(store: Store) -> None:
     put_gate(store, "west", SINCE, {"gate": "west", "state": "offline"})
     put_gate(store, "east", LATER, None)
     with store.read() as tx:
-        assert outages.liveness(tx) == [
+        heard = [{k: g[k] for k in ("gate", "last_seen", "status")} for g in listing(tx)]
+        assert heard == [
             {"gate": "east", "last_seen": LATER, "status": None},
             {"gate": "west", "last_seen": SINCE, "status": {"gate": "west", "state": "offline"}},
         ]

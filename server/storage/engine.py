@@ -221,9 +221,8 @@ def lock(tx: Tx, name: str) -> None:
     """Serialise, across every process on this store, the transactions that take the lock
     `name` (one household's conflict replay, one job): held until `tx` ends. A PostgreSQL
     transaction-level advisory lock; on SQLite a write transaction already excludes every
-    other writer."""
-    if tx.dialect.name == "postgresql":
-        tx.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(name)})
+    other writer. A lock this transaction already holds is not asked for again (lock_all)."""
+    lock_all(tx, (name,))
 
 
 def lock_all(tx: Tx, names: Iterable[str]) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ from edge.decision import (
     Temperature,
     decide,
     state_from_json,
+)
+from edge.guards import (
+    NO_GUARDS,
+    PIN_MAX,
+    PIN_MIN,
+    GuardError,
+    add_guard,
+    check_pin,
+    guards_path,
+    read_guards,
+    remove_guard,
 )
 from edge.knowledge import Knowledge
 from edge.provision import EXIT_NOT_PROVISIONED, ProvisionError, load_knowledge, provision
@@ -113,6 +125,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _config_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check_config)
+
+    guard = g.add_parser(
+        "guard",
+        help="the guards who may open the gate from the guard page (name and PIN)",
+        description="Guards enrolled on this gate: a guard page override needs one's name and "
+        "PIN. PINs are stored as Argon2id hashes in DATA_DIR/guards.json (mode 0600); the "
+        "running gate reads the file again when it changes. See docs/security.md.",
+    )
+    gg = guard.add_subparsers(dest="guard_action", required=True, metavar="ACTION")
+    p = gg.add_parser("add", help="enrol a guard: PIN typed twice (or --pin-file)")
+    p.add_argument("gate_dir", type=Path, metavar="GATE_DIR", help="folder of gate.toml")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--pin-file",
+        type=Path,
+        metavar="F",
+        help=f"read the PIN from the first line of F ({PIN_MIN}-{PIN_MAX} digits)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_guard_add)
+    p = gg.add_parser("list", help="the enrolled guards (names, when added)")
+    p.add_argument("gate_dir", type=Path, metavar="GATE_DIR", help="folder of gate.toml")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_guard_list)
+    p = gg.add_parser("remove", help="remove a guard: their PIN opens nothing any more")
+    p.add_argument("gate_dir", type=Path, metavar="GATE_DIR", help="folder of gate.toml")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_guard_remove)
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -274,9 +315,11 @@ def cmd_clock(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge.listen import beyond_loopback
+
     config, store, know = _open(args.config)
     with store:
-        result = {
+        result: dict[str, Any] = {
             "ok": True,
             "config": str(config.path),
             "site": know.site,
@@ -284,7 +327,74 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             "versions": know.versions(),
             "trust_keys": sorted(know.trust_keys),
         }
-    print(json.dumps(result) if args.json else _lines(result))
+    http = config.guard.http
+    exposed = None if http is None else beyond_loopback(http)
+    warnings = [exposed] if exposed else []
+    guards = len(read_guards(guards_path(config.data_dir)))
+    if http is not None and not guards:
+        warnings.append(f"WARNING: {NO_GUARDS.message.en}")
+    result |= {"guard_http_exposed": exposed is not None, "guards": guards, "warnings": warnings}
+    for line in warnings:  # loudly: also when --json goes to a script
+        print(line, file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:  # the warnings went to stderr
+        print(_lines({k: v for k, v in result.items() if k != "warnings"}))
+    return 0
+
+
+def _guard_dir(gate_dir: Path) -> Path:
+    return load_config(gate_dir / "gate.toml").data_dir
+
+
+def _read_pin(pin_file: Path | None) -> str:
+    """The PIN from the first line of `pin_file`, or typed twice at the terminal."""
+    if pin_file is not None:
+        try:
+            with pin_file.open("rb") as f:
+                first = f.readline(PIN_MAX + 3)
+        except OSError as exc:
+            raise GuardError(f"{pin_file}: cannot read: {exc.strerror}") from None
+        return first.decode("utf-8", "replace").strip()
+    if not sys.stdin.isatty():
+        raise GuardError("no terminal to type the PIN at: use --pin-file F")
+    import getpass
+
+    pin = getpass.getpass(f"PIN ({PIN_MIN}-{PIN_MAX} digits): ")
+    check_pin(pin)  # say so before asking again
+    if getpass.getpass("again: ") != pin:
+        raise GuardError("the two PINs differ")
+    return pin
+
+
+def cmd_guard_add(args: argparse.Namespace) -> int:
+    data_dir = _guard_dir(args.gate_dir)
+    guard = add_guard(data_dir, args.name, _read_pin(args.pin_file))
+    result = {**guard.to_json(), "file": str(guards_path(data_dir))}
+    print(json.dumps(result, ensure_ascii=False) if args.json else f"guard {guard.name} enrolled")
+    return 0
+
+
+def cmd_guard_list(args: argparse.Namespace) -> int:
+    guards = read_guards(guards_path(_guard_dir(args.gate_dir)))
+    if args.json:
+        print(json.dumps([g.to_json() for g in guards], ensure_ascii=False))
+    elif not guards:
+        print("no guards enrolled: overrides are refused (menwei gate guard add GATE_DIR NAME)")
+    else:
+        for g in guards:
+            local = datetime.fromisoformat(g.added_at).astimezone()
+            print(f"{g.name}  added {local:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def cmd_guard_remove(args: argparse.Namespace) -> int:
+    guard = remove_guard(_guard_dir(args.gate_dir), args.name)
+    print(
+        json.dumps({"removed": guard.name}, ensure_ascii=False)
+        if args.json
+        else f"guard {guard.name} removed"
+    )
     return 0
 
 

@@ -11,7 +11,8 @@ full, read-only or failing card, a damaged database) every scan is refused with
 retained status say so, one log line says what to do, and the loop retries
 (every STORAGE_RETRY_S, and at each scan) until the store works again. The exit
 button still opens (nobody is locked in by a full card); a guard override, which
-cannot be recorded, is refused (the mechanical key remains).
+cannot be recorded, is refused (the mechanical key remains). An override needs an
+enrolled guard's PIN (edge/guards.py); the exit button needs nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ from edge.decision import (
     state_to_json,
 )
 from edge.door import DoorEvent, DoorWatch
+from edge.guards import (
+    ATTEMPTS_PER_MINUTE,
+    NO_GUARDS,
+    WRONG_PER_GUARD,
+    GuardCheck,
+    OverrideRefused,
+    guards_path,
+)
 from edge.hardware import GateHardware, build_hardware
 from edge.knowledge import Knowledge
 from edge.provision import (
@@ -131,6 +140,12 @@ class GateDaemon:
         self.systemd = SystemdNotifier()
         self._next_purge = 0.0  # purge once at start, then every purge_interval_h
         self.guard_server: Any = None
+        # Who may override from the guard page: guards.json, read again when it changes.
+        self.guards = GuardCheck(
+            guards_path(config.data_dir),
+            clock=monotonic,
+            on_lockout=lambda guard, s: self._inputs.put(("guard_locked", (guard, s))),
+        )
         g = config.gpio
         self.exit_button = (
             ExitButton(self.hw.pins, g.exit_button_pin, lambda: self._inputs.put(("exit", True)))
@@ -175,10 +190,18 @@ class GateDaemon:
             self.sync.start()
         if self.config.guard.http:
             from edge.guard_page import GuardServer, create_app
+            from edge.listen import beyond_loopback
             from edge.metrics import gate_registry
 
             host, _, port = self.config.guard.http.rpartition(":")
-            app = create_app(self.guard_state, self.request_override, gate_registry(self))
+            exposed = beyond_loopback(self.config.guard.http)
+            if exposed is not None:
+                log.warning("%s", exposed)
+            if not self.guards.enrolled():
+                log.warning("guard page: %s", NO_GUARDS.message.en)
+            app = create_app(
+                self.guard_state, self.request_override, gate_registry(self), host=host
+            )
             self.guard_server = GuardServer(app, host, int(port))
             self.guard_server.start()
         self.hw.indicator.show("idle")
@@ -561,9 +584,39 @@ class GateDaemon:
                 }
                 self._show(shown, self.clock.now(), None)
                 log.info("guard override by %s (%s): event %d", guard, reason, event.seq)
+            elif what == "guard_locked":
+                self._guard_locked(*value)
             elif what == "door":
                 self._record_door(self.doors.changed(value))
         self._record_door(self.doors.check_held())
+
+    def _guard_locked(self, guard: str | None, seconds: float) -> None:
+        """Someone is guessing PINs on the guard page: say so in the journal and raise an alert
+        (the collector's alert from the event; the status names the locked guards)."""
+        minutes = max(1, round(seconds / 60))
+        if guard is None:
+            log.warning(
+                "guard page: more than %d override attempts in a minute: refusing all for a"
+                " minute (someone may be guessing PINs)",
+                ATTEMPTS_PER_MINUTE,
+            )
+        else:
+            log.warning(
+                "guard page: %d wrong PINs for guard %s: locked for %d minutes",
+                WRONG_PER_GUARD,
+                guard,
+                minutes,
+            )
+        self.record(
+            "alert",
+            "guard_locked",
+            detail={
+                "priority": "high",
+                "guard": guard,
+                "cause": "rate" if guard is None else "wrong_pin",
+                "minutes": minutes,
+            },
+        )
 
     def _record_door(self, door: DoorEvent | None) -> None:
         if door is None:
@@ -729,13 +782,22 @@ class GateDaemon:
 
     # --- the guard's screen ----------------------------------------------------------------
 
-    def request_override(self, guard: str, reason: str, direction: str) -> dict[str, str] | None:
-        """From the guard page (its own thread): the loop opens the gate and logs it. Returns
-        the refusal ({"zh", "en"}) while the store has a fault: an override is always
-        recorded, so one that cannot be is not made (the mechanical key remains)."""
+    def request_override(
+        self, guard: str, pin: str, reason: str, direction: str
+    ) -> OverrideRefused | None:
+        """From the guard page (its own thread): when `pin` is the enrolled guard's PIN
+        (edge/guards.py: limits, lockouts), the loop opens the gate and logs the override under
+        the enrolled name. Returns why not otherwise; also while the store has a fault: an
+        override is always recorded, so one that cannot be is not made (the mechanical key
+        remains)."""
         if self.store.health.fault is not None:
-            return OVERRIDE_REFUSED.as_dict()
-        self._inputs.put(("override", (guard, reason, direction)))
+            return STORAGE_REFUSED
+        checked = self.guards.verify(guard, pin)
+        if isinstance(checked, OverrideRefused):
+            if checked.code == "wrong_pin":
+                log.warning("guard page: wrong guard name or PIN (name given: %r)", guard[:32])
+            return checked
+        self._inputs.put(("override", (checked.name, reason, direction)))
         return None
 
     def _show(self, shown: dict[str, Any], now: Now, pass_id: int | None) -> None:
@@ -772,6 +834,7 @@ class GateDaemon:
             "measuring": self.measuring,
             "last_age_s": time.monotonic() - self._last_shown,
             "recent": list(self.recent),
+            "guards_enrolled": self.guards.enrolled(),  # none: the page says how to enrol
             "health": {
                 "online": bool(self.sync and self.sync.connected),
                 "backlog": self.store_figures()["backlog"],
@@ -832,7 +895,15 @@ class GateDaemon:
             "thermometer": asdict(stats) if stats is not None else None,
             "counts": self.totals(),
             "outside": len(outside_now(self.state, self.know.policy, now)),
+            "guards": {
+                "enrolled": self.guards.enrolled(),
+                "locked": self.guards.locked_guards(),
+                "lockouts": self.guards.lockouts,
+            },
         }
+
+
+STORAGE_REFUSED = OverrideRefused("storage_fault", OVERRIDE_REFUSED, 503)
 
 
 def _iso(t: datetime | None) -> str | None:

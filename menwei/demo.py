@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge.config import load_config
+from edge.guards import add_guard
 from edge.provision import provision
 from edge.store import GateStore
 from menwei.mosquitto import MosquittoBroker, free_port
@@ -33,6 +34,7 @@ from server.web.accounts import AccountStore
 
 SITE = "demo-site"
 DEMO_OPERATOR, DEMO_PASSWORD = "demo", "menwei-demo"  # a throwaway site in a temporary folder
+DEMO_GUARD, DEMO_PIN = "演示门卫", "480917"  # the guard screens' override, likewise
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -135,8 +137,13 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
         guard_port = free_port()
         with (gate_dir / "gate.toml").open("a", encoding="utf-8") as f:
             f.write(f'\n[guard]\nhttp = "127.0.0.1:{guard_port}"\n')
-        _say(f"[demo] {name}: guard screen at http://127.0.0.1:{guard_port}/", quiet)
         cfg = load_config(gate_dir / "gate.toml")
+        add_guard(cfg.data_dir, DEMO_GUARD, DEMO_PIN)
+        _say(
+            f"[demo] {name}: guard screen at http://127.0.0.1:{guard_port}/ "
+            f"(override as {DEMO_GUARD}, PIN {DEMO_PIN})",
+            quiet,
+        )
         t = cfg.thermometer
         gates.append(
             (name, gate_dir, GateStage(gate_dir / "stage", t.offset_c, t.offset_per_ambient_c))

@@ -63,6 +63,9 @@ MESSAGES: dict[str, Message] = {
     "guard_confirm": Message("请门卫人工核验", "The guard will confirm this passage"),
     "exit_request": Message("出门按钮开门", "Opened by the exit button"),
     "guard_override": Message("门卫人工放行", "Opened by the guard"),
+    "guard_locked": Message(
+        "门卫页面 PIN 多次错误，人工放行已锁定", "Guard page: too many wrong PINs, overrides locked"
+    ),
     "camera_lost": Message("摄像头故障", "Camera lost"),
     "camera_ok": Message("摄像头已恢复", "Camera back"),
     "clock_jump": Message("系统时间跳变", "The wall clock jumped"),

@@ -51,6 +51,7 @@ KIND_TEXT: dict[str, tuple[str, str]] = {
     "camera_lost": ("摄像头故障", "Camera lost"),
     "gate_offline": ("门岗离线", "Gate offline"),
     "gate_history_lost": ("门岗丢失已提交记录", "Gate lost committed records"),
+    "guard_locked": ("门卫 PIN 多次错误，人工放行已锁定", "Guard PIN guessed: overrides locked"),
     "document_too_large": (
         "名册或配置过大，无法下发到门岗",
         "Register or config too large to send to the gates",

@@ -112,6 +112,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "alert.door_held_open": ("门长时间未关", "Door held open"),
     "alert.camera_lost": ("摄像头故障", "Camera lost"),
     "alert.storage_fault": ("闸机存储故障", "Gate storage fault"),
+    "alert.guard_locked": (
+        "门卫 PIN 多次错误，人工放行已锁定",
+        "Guard PIN guessed: overrides locked",
+    ),
     "alert.fever_soft": ("体温异常（放行）", "High temperature (let in)"),
     "time": ("时间", "Time"),
     "decision": ("结果", "Decision"),

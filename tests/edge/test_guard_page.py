@@ -6,14 +6,11 @@ import threading
 import time
 from pathlib import Path
 
-from starlette.testclient import TestClient
-
 from drivers.camera import Frame
-from drivers.gpio import FakePins
 from drivers.sim_scene import render_card_frame
 from edge.guard_page import create_app
 from server.site import IssuedPass
-from tests.edge.gates import daemon_for, fetch, served
+from tests.edge.gates import daemon_for, fetch, guard_client, served
 
 RELAY = 17
 
@@ -23,7 +20,7 @@ def test_state_shows_the_last_decision_with_masked_name_and_health(
 ) -> None:
     daemon = daemon_for(gate_dir)
     try:
-        client = TestClient(create_app(daemon.guard_state, daemon.request_override))
+        client = guard_client(create_app(daemon.guard_state, daemon.request_override))
         assert client.get("/api/state").json()["last"] is None
         image = render_card_frame(resident.qr, module_px=4.5)
         daemon.handle_frame(Frame(image, time.monotonic(), 0, {"forehead_c": 34.6}))
@@ -35,37 +32,6 @@ def test_state_shows_the_last_decision_with_masked_name_and_health(
         assert state["health"]["camera"] in ("recovering", "ok")
         assert "张三丰" not in client.get("/api/state").text
         assert "门卫" in client.get("/").text
-    finally:
-        daemon.close()
-
-
-def test_override_needs_a_guard_and_a_reason_and_is_logged(gate_dir: Path) -> None:
-    daemon = daemon_for(gate_dir)
-    pins = daemon.hw.pins
-    assert isinstance(pins, FakePins)
-    try:
-        client = TestClient(create_app(daemon.guard_state, daemon.request_override))
-        bad = client.post("/api/override", json={"guard": "王师傅", "reason": ""})
-        assert bad.status_code == 400 and "原因" in bad.json()["zh"]
-        assert client.post("/api/override", content=b"not json").status_code == 400
-        daemon._handle_inputs()
-        assert daemon.store.last_seq() == 0
-        ok = client.post(
-            "/api/override", json={"guard": "王师傅", "reason": "老人忘带证", "direction": "in"}
-        )
-        assert ok.status_code == 200
-        daemon._handle_inputs()
-        [logged] = list(daemon.store.log())
-        e = logged.event
-        assert (e.kind, e.decision, e.reason, e.direction) == (
-            "override",
-            "allow",
-            "guard_override",
-            "in",
-        )
-        assert e.detail == {"guard": "王师傅", "reason": "老人忘带证"}
-        assert [v for _t, pin, v in pins.history if pin == RELAY] == [False, True]
-        assert client.get("/api/state").json()["last"]["reason"] == "guard_override"
     finally:
         daemon.close()
 

@@ -15,7 +15,7 @@ from edge.daemon import GateDaemon
 from edge.guard_page import create_app
 from edge.metrics import gate_registry
 from server.site import IssuedPass
-from tests.edge.gates import daemon_for, fetch, served
+from tests.edge.gates import PAGE_URL, daemon_for, fetch, served
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -51,7 +51,8 @@ def test_decisions_are_counted_by_reason_and_the_outbox_grows(
     daemon = daemon_for(gate_dir)
     try:
         client = TestClient(
-            create_app(daemon.guard_state, daemon.request_override, gate_registry(daemon))
+            create_app(daemon.guard_state, daemon.request_override, gate_registry(daemon)),
+            base_url=PAGE_URL,
         )
         before = scrape(client)
         ok = {"reason": "ok", "decision": "allow", "direction": "in"}
@@ -89,7 +90,8 @@ def test_health_gauges_follow_the_gate(gate_dir: Path) -> None:
     try:
         samples = parse(
             TestClient(
-                create_app(daemon.guard_state, daemon.request_override, gate_registry(daemon))
+                create_app(daemon.guard_state, daemon.request_override, gate_registry(daemon)),
+                base_url=PAGE_URL,
             )
             .get("/metrics")
             .text
@@ -114,7 +116,9 @@ def test_registries_are_per_daemon_and_the_route_is_optional(gate_dir: Path) -> 
     try:
         first, second = gate_registry(daemon), gate_registry(daemon)  # no global collisions
         assert first is not second
-        plain = TestClient(create_app(daemon.guard_state, daemon.request_override))
+        plain = TestClient(
+            create_app(daemon.guard_state, daemon.request_override), base_url=PAGE_URL
+        )
         assert plain.get("/metrics").status_code == 404
     finally:
         daemon.close()

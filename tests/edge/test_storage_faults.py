@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 from drivers.gpio import FakePins
 from edge.config import load_config
@@ -34,7 +33,7 @@ from edge.storage_fault import MIN_FREE_BYTES, StorageFault, classify, inspect_d
 from edge.store import GateStore
 from server.site import IssuedPass, Site
 from tests.conftest import REPO, run_menwei
-from tests.edge.gates import daemon_for
+from tests.edge.gates import GUARD, PIN, daemon_for, guard_client
 from tests.edge.test_store import builder
 from tests.smallfs import SmallFs, move_gate_data, small_fs
 
@@ -259,8 +258,8 @@ def test_a_full_partition_refuses_scans_keeps_the_relay_shut_and_resumes(
             == 4
         )
         # The guard cannot override (it would not be recorded); the exit button still opens.
-        refusal = daemon.request_override("王师傅", "快递", "in")
-        assert refusal is not None and "mechanical key" in refusal["en"]
+        refusal = daemon.request_override(GUARD, PIN, "快递", "in")
+        assert refusal is not None and "mechanical key" in refusal.message.en
         assert isinstance(pins, FakePins)
         pins.drive(EXIT, False)
         daemon._handle_inputs()
@@ -323,17 +322,19 @@ def test_the_guard_page_shows_the_fault_and_refuses_an_override(
     (gate_dir / "gate.db").write_bytes(b"")  # an SD card that lost the file's contents
     daemon = daemon_for(gate_dir)
     try:
-        client = TestClient(create_app(daemon.guard_state, daemon.request_override))
+        client = guard_client(create_app(daemon.guard_state, daemon.request_override))
         storage = client.get("/api/state").json()["health"]["storage"]
         assert (storage["state"], storage["kind"]) == ("fault", "corrupt")
         assert storage["since_local"] and storage["fix"]["zh"].startswith("停止闸机")
         r = client.post(
-            "/api/override", json={"guard": "王师傅", "reason": "送医", "direction": "in"}
+            "/api/override",
+            json={"guard": GUARD, "pin": PIN, "reason": "送医", "direction": "in"},
         )
         assert r.status_code == 503 and "机械钥匙" in r.json()["zh"]
         daemon._handle_inputs()
         assert relay_levels(daemon.hw.pins) == [False]
-        assert "STORAGE FAULT" in client.get("/").text  # the page knows how to show it
+        # the page knows how to show it
+        assert "STORAGE FAULT" in client.get("/static/guard_page.js").text
     finally:
         daemon.close()
     assert (gate_dir / "gate.db").read_bytes() == b""

@@ -148,6 +148,9 @@ def create_app(
             return JSONResponse(refused.to_json(), status_code=refused.status, headers=headers)
         return JSONResponse({"ok": True})
 
+    async def favicon(_: Request) -> Response:  # the browser asks; nothing to show, no 404
+        return Response(status_code=204)
+
     def prometheus(_: Request) -> Response:  # sync: Starlette runs it in its thread pool
         assert metrics is not None
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
@@ -155,6 +158,7 @@ def create_app(
     routes = [
         Route("/", index),
         Route("/static/{name}", static_file),
+        Route("/favicon.ico", favicon),
         Route("/api/state", api_state),
         Route("/api/override", api_override, methods=["POST"]),
     ]

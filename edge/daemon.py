@@ -198,7 +198,7 @@ class GateDaemon:
             if exposed is not None:
                 log.warning("%s", exposed)
             if not self.guards.enrolled():
-                log.warning("guard page: %s", NO_GUARDS.message.en)
+                log.warning("guard page: %s", self.guards.error or NO_GUARDS.message.en)
             app = create_app(
                 self.guard_state, self.request_override, gate_registry(self), host=host
             )
@@ -796,6 +796,8 @@ class GateDaemon:
         if isinstance(checked, OverrideRefused):
             if checked.code == "wrong_pin":
                 log.warning("guard page: wrong guard name or PIN (name given: %r)", guard[:32])
+            elif checked.code == "guards_unreadable":
+                log.error("guard page: override refused: %s", self.guards.error)
             return checked
         self._inputs.put(("override", (checked.name, reason, direction)))
         return None

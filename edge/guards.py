@@ -7,8 +7,9 @@ data folder's owner when root enrols: the service's user reads it).
 
 Argon2id parameters: 19 MiB, 2 passes, 1 lane (OWASP's first choice). Measured on a
 2-core x86 build machine: 27 ms and +19 MiB of resident memory per hash; a Pi 4's
-Cortex-A72 is several times slower (roughly 0.1-0.2 s). At most MAX_CONCURRENT_HASHES
-run at once, so the guard page adds at most about 40 MiB to the gate's 512 MiB.
+Cortex-A72 is several times slower (an estimate, not measured on a Pi: roughly
+0.1-0.2 s). At most MAX_CONCURRENT_HASHES run at once, so the guard page adds at most
+about 40 MiB to the gate's 512 MiB (MemoryMax of the shipped unit).
 
 Limits, counted before any hash is computed (so concurrent guesses cannot outrun them):
 - per guard: WRONG_PER_GUARD wrong PINs lock that guard for LOCK_S; each further lock in a
@@ -134,7 +135,7 @@ def unreadable(path: Path, error: str) -> OverrideRefused:
         "guards_unreadable",
         Message(
             f"门卫名单无法读取，不能人工放行（{path}）",
-            f"The guard list cannot be read, so no override ({path}: {error})",
+            f"The guard list cannot be read, so no override ({error})",
         ),
         503,
     )
@@ -279,7 +280,8 @@ class GuardCheck:
         self._hashes = threading.BoundedSemaphore(MAX_CONCURRENT_HASHES)
         self._guards: dict[str, Guard] = {}
         self._seen: tuple[int, int, int] | None = None
-        self._error: str | None = None
+        self.error: str | None = None
+        """Why guards.json cannot be used (every override is then refused), else None."""
         self._tries: dict[str, _Tries] = {}
         self._recent: deque[float] = deque()
         self._capped_until = 0.0
@@ -295,16 +297,16 @@ class GuardCheck:
         except FileNotFoundError:
             seen = (0, 0, 0)
         except OSError as exc:
-            self._error, self._guards, self._seen = exc.strerror, {}, None
+            self.error, self._guards, self._seen = f"{self.path}: {exc.strerror}", {}, None
             return
         if seen == self._seen:
             return
         try:
             guards = read_guards(self.path)
         except GuardError as exc:
-            self._error, self._guards, self._seen = str(exc), {}, None
+            self.error, self._guards, self._seen = str(exc), {}, None
             return
-        self._error, self._seen = None, seen
+        self.error, self._seen = None, seen
         self._guards = {name_key(g.name): g for g in guards}
         self._tries = {k: v for k, v in self._tries.items() if k in self._guards}
 
@@ -329,8 +331,8 @@ class GuardCheck:
         lockout: tuple[str | None, float] | None = None
         with self._lock:
             self._reload()
-            if self._error is not None:
-                return unreadable(self.path, self._error)
+            if self.error is not None:
+                return unreadable(self.path, self.error)
             if not self._guards:
                 return NO_GUARDS
             now = self._clock()

@@ -362,6 +362,13 @@ def test_no_guard_enrolled_refuses_overrides_but_not_the_exit_button(gate_dir: P
         daemon._handle_inputs()
         assert relay_levels(daemon) == [False, True]
 
+        path = guards_path(daemon.config.data_dir)
+        path.write_text("{damaged")  # a damaged list opens nothing, and says why
+        r = client.post("/api/override", json=body)
+        assert r.status_code == 503 and r.json()["error"] == "guards_unreadable"
+        assert "guards.json: damaged" in r.json()["en"]
+        path.unlink()
+
         enrol(gate_dir)  # while the gate runs: read again at the next attempt
         assert client.post("/api/override", json=body).status_code == 200
         assert client.get("/api/state").json()["guards_enrolled"] == 1

@@ -121,6 +121,9 @@ class DashboardServer:
             access_log=False,
             timeout_graceful_shutdown=3,
             lifespan="on",
+            # The app decides whose X-Forwarded-For to believe ([web] trusted_proxies,
+            # server/web/proxies.py); uvicorn's own would believe any local process.
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.where = f"{host}:{port}"

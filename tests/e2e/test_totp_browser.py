@@ -11,9 +11,7 @@ a recovery code works once in place of a code, and the app's next code logs in.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from server.site import Site
 from server.web.accounts import AccountStore
 from tests.e2e.helpers import wait_until
-from tests.e2e.test_dashboard_browser import ARGS, CHROMIUM
+from tests.e2e.test_dashboard_browser import CHROMIUM, browser  # noqa: F401 (a fixture)
 from tests.server.test_login_limits import served
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -31,22 +29,13 @@ PASSWORD = "gatekeeper-2026"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def test_an_admin_sets_up_totp_and_logs_in_with_a_code(
-    tmp_path: Path, site: Site, browser: object
+    site: Site, request: pytest.FixtureRequest
 ) -> None:
+    chromium = request.getfixturevalue("browser")
     AccountStore(site.store).add("ada", "admin", PASSWORD, actor="test")
     with served(site) as (base, _server):
-        page = browser.new_page()  # type: ignore[attr-defined]
+        page = chromium.new_page()
         page.set_default_timeout(20_000)
         refused: list[str] = []
         page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else 0)

@@ -117,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=_count(), default=500, help="unacknowledged events in flight")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_backlog)
+    p = b.add_parser(
+        "login",
+        help="C simultaneous dashboard logins against a `menwei server run`: its memory and"
+        " attempts/s",
+    )
+    p.add_argument(
+        "--concurrency", type=_count(1000), default=40, help="logins at once (default 40)"
+    )
+    p.add_argument("--rounds", type=_count(100), default=3, help="bursts of logins (default 3)")
+    p.add_argument(
+        "--password-checks",
+        type=_count(16),
+        help="the server's [web] password_checks_at_once (default: as server init writes it)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_login)
     p = b.add_parser("decide", help="the pure decision core on scripted scans")
     p.add_argument("--scans", type=int, default=20000, help="scans decided (default 20000)")
     p.add_argument("--seed", type=int, default=0)
@@ -156,6 +172,15 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
     result = run_decode_bench(args.dataset)
     _print_bench(result, args.json)
     return 0
+
+
+def cmd_bench_login(args: argparse.Namespace) -> int:
+    from menwei.bench_login import run_login_bench
+
+    with _bench_errors():
+        result = run_login_bench(args.concurrency, args.rounds, args.password_checks)
+    _print_bench(result, args.json)
+    return 0 if result["other"] == 0 else 1
 
 
 def cmd_bench_field(args: argparse.Namespace) -> int:

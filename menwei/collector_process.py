@@ -60,7 +60,8 @@ def peak_rss_mb(pid: int) -> float:
 class CollectorFleet:
     """`count` processes of `menwei server run DIRECTORY --broker BROKER_URL` for `site`,
     sharing the events through group `shared_group` when given; their output goes to
-    `server-run-N.log` in `log_dir`. `start()` returns once each is ready (see the module
+    `server-run-N.log` in `log_dir`; `extra_args` are added to each command line (e.g.
+    `--http HOST:PORT` with one collector). `start()` returns once each is ready (see the module
     doc) and raises CollectorProcessError otherwise; `stop()` sends SIGTERM (the
     collector's clean stop) and SIGKILL after `stop_timeout_s`."""
 
@@ -74,6 +75,7 @@ class CollectorFleet:
         shared_group: str | None = None,
         log_dir: Path,
         stop_timeout_s: float = 20.0,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         if count < 1:
             raise ValueError("a fleet has at least one collector")
@@ -86,6 +88,7 @@ class CollectorFleet:
         self.shared_group = shared_group
         self.log_dir = log_dir
         self.stop_timeout_s = stop_timeout_s
+        self.extra_args = extra_args
         self.procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
         self.log_paths: list[Path] = []
@@ -99,6 +102,7 @@ class CollectorFleet:
                 args = ["server", "run", str(self.directory), "--broker", self.broker_url]
                 if self.shared_group is not None:
                     args += ["--shared-group", self.shared_group]
+                args += self.extra_args
                 path = self.log_dir / f"server-run-{n}.log"
                 log = open(path, "wb")  # noqa: SIM115 - closed by stop()
                 self._logs.append(log)

@@ -129,6 +129,27 @@ class StoreSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of reverse proxies in front of the dashboard: only a
+    request from one of them has its X-Forwarded-For / X-Forwarded-Proto believed (the
+    client is the right-most address in X-Forwarded-For that is not a trusted proxy).
+    Empty: the socket peer is the client, whatever the headers say."""
+    require_totp_for_admins: bool = False
+    """Admins must log in with a TOTP code too; one without TOTP enrols at the next login."""
+    password_checks_at_once: int = 2
+    """Passwords hashed at once (Argon2id, 64 MiB each); a login beyond them is answered
+    503 "busy" without hashing."""
+
+    def __post_init__(self) -> None:
+        from server.web.proxies import parse_networks
+
+        parse_networks(self.trusted_proxies)
+        if not 1 <= self.password_checks_at_once <= 16:
+            raise ValueError("password_checks_at_once must be 1..16")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ServerSection
     store: StoreSection = field(default_factory=StoreSection)
@@ -136,6 +157,7 @@ class ServerConfig:
     policy: Policy = field(default_factory=Policy)
     alerts: AlertsSection = field(default_factory=AlertsSection)
     privacy: PrivacySection = field(default_factory=PrivacySection)
+    web: WebSection = field(default_factory=WebSection)
 
     def __post_init__(self) -> None:
         if self.server.freshness_interval_s * 2 > self.policy.max_data_age_h * 3600:
@@ -227,4 +249,9 @@ webhook_kinds = ["fever"]        # alert kinds pushed; "high": every high-priori
 # webhook_secret = "SEC..."      # DingTalk signing (加签) secret
 webhook_timeout_s = 5.0          # per attempt; 3 attempts with backoff
 webhook_queue = 100              # waiting alerts at most; more are dropped (counted)
+
+[web]                            # the dashboard; see docs/security.md#dashboard-logins
+trusted_proxies = []             # e.g. ["127.0.0.1"]: only these may set X-Forwarded-For
+require_totp_for_admins = false  # admins log in with a TOTP code too
+password_checks_at_once = 2      # Argon2id checks at once (64 MiB each); more: 503 busy
 """

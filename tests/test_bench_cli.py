@@ -1,4 +1,4 @@
-"""`menwei bench sync|decide|collector|backlog` through the real command line, small sizes:
+"""`menwei bench sync|decide|collector|backlog|login` through the real command line, small sizes:
 the JSON contract and the invariants (nothing lost or doubled, every scan decided). Speed is
 never asserted."""
 
@@ -124,4 +124,14 @@ def test_bench_collector_refuses_bad_sizes_in_one_line() -> None:
 
 def test_bench_help_lists_every_benchmark() -> None:
     out = run_menwei("bench", "--help").stdout
-    assert all(name in out for name in ("sync", "decide", "collector", "backlog")), out
+    assert all(name in out for name in ("sync", "decide", "collector", "backlog", "login")), out
+
+
+def test_bench_login_answers_every_attempt_within_the_bound() -> None:
+    proc = run_menwei("bench", "login", "--concurrency", "6", "--rounds", "2", "--json")
+    r = last_json(proc.stdout)
+    assert (r["concurrency"], r["rounds"], r["attempts"], r["other"]) == (6, 2, 12, 0), r
+    assert r["logged_in"] >= 1 and r["logged_in"] + r["busy"] + r["limited"] == 12, r
+    assert 1 <= r["checks_peak"] <= r["password_checks_at_once"] == 2, r
+    assert 0 < r["rss_idle_mb"] <= r["rss_peak_mb"], r
+    assert "HTTP Request" not in proc.stderr

@@ -273,6 +273,13 @@ operators = Table(
     Column("created_at", Text, nullable=False),
     Column("last_login_at", Text),
     Column("disabled", Integer, nullable=False, server_default="0"),
+    # TOTP second factor (revision 0004): the base32 secret once switched on, a secret shown
+    # for enrolment but not yet confirmed, when it was switched on, and the last time step
+    # whose code was accepted (a code is never accepted twice).
+    Column("totp_secret", Text),
+    Column("totp_pending", Text),
+    Column("totp_enabled_at", Text),
+    Column("totp_last_step", BigInteger),
 )
 
 sessions = Table(
@@ -287,6 +294,8 @@ sessions = Table(
     Column("address", Text),
 )
 
+# A login attempt is recorded here before its password or code is checked (the limits count
+# these rows), and deleted when it succeeds: what stays are the failures.
 login_failures = Table(
     "login_failures",
     metadata,
@@ -295,6 +304,28 @@ login_failures = Table(
     Column("address", Text, nullable=False),
     Column("at", Text, nullable=False),
     Index("login_failures_at", "address", "account", "at"),
+)
+
+login_challenges = Table(
+    # The second step of a login whose password was right: a code (or enrolment) is due.
+    "login_challenges",
+    metadata,
+    Column("token_sha256", Text, primary_key=True),
+    Column("operator", Text, ForeignKey("operators.name"), nullable=False),
+    Column("address", Text, nullable=False),
+    Column("purpose", Text, nullable=False),  # "code" or "enrol"
+    Column("expires_at", Text, nullable=False),
+    Column("tries", Integer, nullable=False, server_default="0"),
+)
+
+recovery_codes = Table(
+    # One-time codes for an operator who lost the TOTP device: only their SHA-256 is kept.
+    "recovery_codes",
+    metadata,
+    Column("operator", Text, ForeignKey("operators.name"), nullable=False),
+    Column("code_sha256", Text, nullable=False),
+    Column("used_at", Text),
+    PrimaryKeyConstraint("operator", "code_sha256"),
 )
 
 # --- coordination of several collectors ----------------------------------------------------

@@ -33,7 +33,9 @@ from server.site import Site
 from server.web import i18n
 from server.web.auth import LANG_COOKIE, LoginRequired, current, lang_of
 from server.web.dashboard import Dashboard
+from server.web.proxies import ClientAddress
 from server.web.views import (
+    account,
     alerts,
     audit,
     charts,
@@ -60,6 +62,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
+NO_STORE = "no-store"
+"""Every response but the static files': pages, downloads and API answers hold personal
+data or a session's CSRF token, which no browser cache or proxy may keep."""
 
 
 def create_app(
@@ -88,6 +93,7 @@ def create_app(
     registry = server_registry(
         opened.store, lambda: overview.gate_rows(dashboard), dashboard.feed, collector
     )
+    registry.register(dashboard.accounts.checks)
 
     def metrics(_request: Request) -> Response:
         # No login: Prometheus scrapes it. Sync, so the store reads run in the thread pool.
@@ -95,6 +101,7 @@ def create_app(
 
     routes = [
         *login.routes(),
+        *account.routes(),
         *overview.routes(),
         *feed_view.routes(),
         *alerts.routes(),
@@ -111,7 +118,10 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(ClientAddress, trusted=opened.config.web.trusted_proxies),
+            Middleware(SecurityHeaders),
+        ],
         exception_handlers={LoginRequired: _login_required, HTTPException: _http_error},
     )
     app.state.dashboard = dashboard
@@ -120,7 +130,8 @@ def create_app(
 
 
 class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every HTTP response (pure ASGI: streams pass through)."""
+    """Adds SECURITY_HEADERS to every HTTP response, and `Cache-Control: no-store` to every
+    one outside /static/ that does not set its own (pure ASGI: streams pass through)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -130,11 +141,15 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        static = scope["path"].startswith("/static/")
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers.setdefault(name, value)
+                if not static:
+                    headers.setdefault("Cache-Control", NO_STORE)
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -174,6 +189,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def _generic(status: int) -> str:
-    return {403: "error.forbidden", 404: "error.not_found", 429: "login.limited"}.get(
-        status, "error.bad_request"
-    )
+    return {
+        403: "error.forbidden",
+        404: "error.not_found",
+        429: "login.limited",
+        503: "login.busy",
+    }.get(status, "error.bad_request")

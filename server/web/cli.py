@@ -20,6 +20,7 @@ from server.live import LiveFeed
 from server.policy_rollout import PolicyTrial
 from server.site import Site, actor
 from server.web.accounts import PASSWORD_MIN, ROLES, AccountError, AccountStore
+from server.web.totp import qr_terminal, secret_of
 
 
 def register(groups: dict[str, Any]) -> None:
@@ -46,6 +47,24 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_operator_list)
+    p = ops.add_parser("totp", help="two-factor login (TOTP) of a dashboard account")
+    totp_ops = p.add_subparsers(dest="totp_action", required=True, metavar="ACTION")
+    p = totp_ops.add_parser(
+        "enable",
+        help="switch TOTP on with a new secret: prints its otpauth:// URI, a QR code for an"
+        " authenticator app and one-time recovery codes (shown once; replaces a secret on)",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="uri and recovery_codes as JSON, no QR")
+    p.set_defaults(func=cmd_totp_enable)
+    p = totp_ops.add_parser(
+        "disable", help="switch TOTP off (an admin who lost the phone and the recovery codes)"
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_totp_disable)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -80,7 +99,43 @@ def cmd_operator_list(args: argparse.Namespace) -> int:
         print(json.dumps([o.to_json() for o in operators], ensure_ascii=False))
     else:
         for o in operators:
-            print(f"{o.name:24s} {o.role:9s} last login {o.last_login_at or 'never'}")
+            second = "totp" if o.totp else "password only"
+            print(f"{o.name:24s} {o.role:9s} {second:13s} last login {o.last_login_at or 'never'}")
+    return 0
+
+
+def cmd_totp_enable(args: argparse.Namespace) -> int:
+    try:
+        with Site(args.dir) as site:
+            uri, codes = AccountStore(site.store, site=site.site).enable_totp(
+                args.name, actor=actor()
+            )
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"name": args.name, "uri": uri, "recovery_codes": list(codes)}))
+        return 0
+    print(f"two-factor login is on for {args.name}. Scan this with an authenticator app:\n")
+    print(qr_terminal(uri))
+    print(f"or enter the secret by hand: {secret_of(uri)}\n({uri})\n")
+    print("recovery codes (each logs in once in place of a code; shown only now):")
+    for code in codes:
+        print(f"  {code}")
+    return 0
+
+
+def cmd_totp_disable(args: argparse.Namespace) -> int:
+    try:
+        with Site(args.dir) as site:
+            was_on = AccountStore(site.store).disable_totp(args.name, actor=actor())
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"name": args.name, "was_on": was_on}))
+    else:
+        print(f"two-factor login is off for {args.name}" + ("" if was_on else " (it was off)"))
     return 0
 
 
@@ -121,6 +176,9 @@ class DashboardServer:
             access_log=False,
             timeout_graceful_shutdown=3,
             lifespan="on",
+            # The app decides whose X-Forwarded-For to believe ([web] trusted_proxies,
+            # server/web/proxies.py); uvicorn's own would believe any local process.
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.where = f"{host}:{port}"

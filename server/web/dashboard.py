@@ -13,6 +13,7 @@ from server.site import Site
 from server.storage import Store
 from server.web.accounts import AccountStore
 from server.web.pages import Pages
+from server.web.password_checks import PasswordChecks
 
 
 class Dashboard:
@@ -24,7 +25,13 @@ class Dashboard:
         self, site: Site, feed: LiveFeed, *, owns_site: bool, trial: PolicyTrial | None = None
     ) -> None:
         self.site = site
-        self.accounts = AccountStore(site.store)
+        web = site.config.web
+        self.accounts = AccountStore(
+            site.store,
+            checks=PasswordChecks(web.password_checks_at_once),
+            require_totp_for_admins=web.require_totp_for_admins,
+            site=site.site,
+        )
         self.store: Store = site.store
         self.feed = feed
         self.pages = Pages(site.config.tz, site.site)

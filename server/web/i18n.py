@@ -36,6 +36,54 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Too many failed logins: try again in 15 minutes",
     ),
     "login.expired": ("会话已过期，请重新登录", "Your session expired: please log in again"),
+    "login.busy": (
+        "正在处理其他登录，请稍后再试",
+        "The server is busy checking other logins: try again in a moment",
+    ),
+    "login.code_title": ("二次验证", "Two-factor login"),
+    "login.code": ("验证码", "Code"),
+    "login.code_help": (
+        "请输入身份验证器应用显示的 6 位验证码，或一个恢复码",
+        "Enter the 6-digit code your authenticator app shows, or a recovery code",
+    ),
+    "login.code_failed": ("验证码错误", "Wrong code"),
+    "login.code_expired": (
+        "验证步骤已失效，请重新登录",
+        "This login step has expired: please log in again",
+    ),
+    "login.enrol_help": (
+        "本站要求管理员使用二次验证：请用身份验证器应用扫描二维码，再输入它显示的 6 位验证码",
+        "This site requires two-factor login for admins: scan the QR code with an"
+        " authenticator app, then enter the 6-digit code it shows",
+    ),
+    "account.title": ("我的账号", "My account"),
+    "totp.title": ("二次验证（TOTP）", "Two-factor login (TOTP)"),
+    "totp.on": ("已开启", "On"),
+    "totp.off": ("未开启", "Off"),
+    "totp.since": ("开启时间", "Since"),
+    "totp.left": ("剩余恢复码", "Recovery codes left"),
+    "totp.setup": ("开启二次验证", "Set up two-factor login"),
+    "totp.scan": (
+        "用身份验证器应用扫描二维码，然后输入它显示的 6 位验证码以确认开启",
+        "Scan the QR code with an authenticator app, then enter the 6-digit code it shows"
+        " to switch it on",
+    ),
+    "totp.secret": ("无法扫码时手动输入的密钥", "Secret to type in if you cannot scan"),
+    "totp.confirm": ("确认开启", "Confirm and switch on"),
+    "totp.disable": ("关闭二次验证", "Switch two-factor login off"),
+    "totp.disable_help": (
+        "输入当前验证码或一个恢复码",
+        "Enter a current code or a recovery code",
+    ),
+    "totp.enabled": ("二次验证已开启", "Two-factor login is on"),
+    "totp.disabled": ("二次验证已关闭", "Two-factor login is off"),
+    "totp.recovery_title": ("恢复码", "Recovery codes"),
+    "totp.recovery_help": (
+        "手机丢失时，每个恢复码可代替验证码登录一次。请现在抄下或打印并妥善保管：只显示这一次。",
+        "If you lose your phone, each recovery code logs you in once in place of a code."
+        " Write them down or print them now and keep them safe: they are shown only this once.",
+    ),
+    "totp.continue": ("继续", "Continue"),
     "role.viewer": ("只读", "viewer"),
     "role.operator": ("操作员", "operator"),
     "role.admin": ("管理员", "admin"),

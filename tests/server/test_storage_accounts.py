@@ -94,3 +94,58 @@ def test_a_session_is_found_by_its_digest_while_its_operator_is_enabled(store: S
         stored.end_session(tx, "d1")
     with store.read() as tx:
         assert tx.execute(select(func.count()).select_from(sessions)).scalar_one() == 0
+
+
+def test_an_attempt_is_reserved_only_below_both_limits_and_released_on_success(
+    store: Store,
+) -> None:
+    with store.write() as tx:
+        ids = [stored.reserve_attempt(tx, "olga", "10.0.0.1", T1, T0, 2, 3) for _ in range(3)]
+        other = stored.reserve_attempt(tx, "ada", "10.0.0.1", T1, T0, 2, 3)
+        elsewhere = stored.reserve_attempt(tx, "olga", "10.0.0.2", T1, T0, 2, 3)
+    assert ids[0] is not None and ids[1] is not None and ids[2] is None  # 2 per pair
+    assert other is not None and elsewhere is not None
+    with store.write() as tx:
+        assert stored.reserve_attempt(tx, "bob", "10.0.0.1", T1, T0, 2, 3) is None  # 3 from .1
+        stored.release_attempt(tx, ids[0])
+        assert stored.failures_since(tx, "olga", "10.0.0.1", T0) == (1, 2)
+        # attempts older than the window do not count
+        assert stored.reserve_attempt(tx, "olga", "10.0.0.1", T2, T2, 2, 3) is not None
+
+
+def test_a_totp_step_and_a_recovery_code_are_accepted_once(store: Store) -> None:
+    with store.write() as tx:
+        stored.add_operator(tx, "ada", "admin", "$argon2id$a", T0)
+        assert stored.totp(tx, "ada") == stored.TotpRow(None, None, None, None)
+        stored.set_totp_pending(tx, "ada", "PENDING")
+        stored.enable_totp(tx, "ada", "SECRET", T1, 100)
+        stored.set_recovery_codes(tx, "ada", ["d1", "d2"])
+    with store.write() as tx:
+        assert stored.totp(tx, "ada") == stored.TotpRow("SECRET", None, T1, 100)
+        assert stored.operator(tx, "ada").totp  # type: ignore[union-attr]
+        assert not stored.use_totp_step(tx, "ada", 100)  # the confirming code's step
+        assert stored.use_totp_step(tx, "ada", 101)
+        assert not stored.use_totp_step(tx, "ada", 101)
+        assert not stored.use_totp_step(tx, "ada", 99)  # an older step after a newer one
+        assert stored.use_recovery_code(tx, "ada", "d2", T2)
+        assert not stored.use_recovery_code(tx, "ada", "d2", T2)
+        assert not stored.use_recovery_code(tx, "ada", "d9", T2)
+        assert stored.recovery_codes_left(tx, "ada") == 1
+    with store.write() as tx:
+        stored.disable_totp(tx, "ada")
+        assert stored.totp(tx, "ada") == stored.TotpRow(None, None, None, None)
+        assert stored.recovery_codes_left(tx, "ada") == 0
+
+
+def test_a_challenge_is_found_by_its_digest_counts_tries_and_ends(store: Store) -> None:
+    with store.write() as tx:
+        stored.add_operator(tx, "ada", "admin", "$argon2id$a", T0)
+        stored.open_challenge(tx, "c1", "ada", "10.0.0.1", "code", T1)
+        stored.open_challenge(tx, "c2", "ada", "10.0.0.1", "enrol", T2)
+        stored.count_challenge_try(tx, "c1")
+    with store.write() as tx:
+        assert stored.challenge(tx, "c1") == stored.ChallengeRow("ada", "10.0.0.1", "code", T1, 1)
+        stored.forget_challenges_expired_before(tx, T2)
+        assert stored.challenge(tx, "c1") is None
+        stored.end_challenge(tx, "c2")
+        assert stored.challenge(tx, "c2") is None

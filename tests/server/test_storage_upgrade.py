@@ -53,7 +53,7 @@ register holds does not depend on the day the tests run."""
 EAST_OLD, EAST_NEW = "", "3e5d0c7a9b1f2e48"
 NORTH = "9f3c2a1b7d5e4f60"
 WEST_LOST, WEST_NEW = "a1b2c3d4e5f60718", "c0ffee00d15ea5e5"
-NEW_TABLES = {"alembic_version", "household_days", "job_runs"}
+NEW_TABLES = {"alembic_version", "household_days", "job_runs", "login_challenges", "recovery_codes"}
 
 Dump = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
 

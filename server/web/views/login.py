@@ -1,4 +1,5 @@
-"""Logging in and out."""
+"""Logging in and out: the password, then (for an operator with TOTP, or an admin who must
+enrol) a code, then the session cookie."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from server.web.accounts import SESSION_ABSOLUTE
+from server.web.accounts import SESSION_ABSOLUTE, LoginResult
 from server.web.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -18,12 +19,16 @@ from server.web.auth import (
     tokens_match,
 )
 from server.web.dashboard import dashboard_of
+from server.web.totp import qr_svg, secret_of
+
+RETRY_BUSY_S = 2
 
 
 def routes() -> list[Route]:
     return [
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login_submit, methods=["POST"]),
+        Route("/login/code", code_submit, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
     ]
 
@@ -57,21 +62,86 @@ async def login_page(request: Request) -> Response:
     return _login_form(request)
 
 
-async def login_submit(request: Request) -> Response:
+def client_of(request: Request) -> str:
+    """The client's address (after server/web/proxies.py judged the forwarded headers)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def _login_form_data(request: Request) -> tuple[dict[str, str], str]:
+    """The login form's fields, after its double-submit CSRF token is checked (403)."""
     form = await request.form()
     given = form.get("csrf")
-    if not tokens_match(
-        given if isinstance(given, str) else None, request.cookies.get(LOGIN_CSRF_COOKIE)
-    ):
+    token = request.cookies.get(LOGIN_CSRF_COOKIE)
+    if not tokens_match(given if isinstance(given, str) else None, token):
         raise HTTPException(403, "error.csrf")
-    name, password = str(form.get("name", "")), str(form.get("password", ""))
-    address = request.client.host if request.client else "unknown"
-    result = await run_in_threadpool(dashboard_of(request).accounts.login, name, password, address)
+    assert token is not None
+    return {k: str(v) for k, v in form.items() if isinstance(v, str)}, token
+
+
+async def login_submit(request: Request) -> Response:
+    form, csrf = await _login_form_data(request)
+    accounts = dashboard_of(request).accounts
+    result = await run_in_threadpool(
+        accounts.login, form.get("name", ""), form.get("password", ""), client_of(request)
+    )
+    return _answer(request, result, form.get("next"), csrf)
+
+
+async def code_submit(request: Request) -> Response:
+    form, csrf = await _login_form_data(request)
+    accounts = dashboard_of(request).accounts
+    result = await run_in_threadpool(
+        accounts.second_step,
+        form.get("challenge", ""),
+        form.get("code", ""),
+        client_of(request),
+    )
+    if result.expired:
+        return _login_form(request, 401, "login.code_expired")
+    return _answer(request, result, form.get("next"), csrf, error="login.code_failed")
+
+
+def _answer(
+    request: Request,
+    result: LoginResult,
+    next_page: str | None,
+    csrf: str,
+    error: str = "login.failed",
+) -> Response:
+    """The page for one step's LoginResult: refused, a code due, or logged in."""
+    if result.busy:
+        busy = _login_form(request, 503, "login.busy")
+        busy.headers["Retry-After"] = str(RETRY_BUSY_S)
+        return busy
     if result.limited:
         return _login_form(request, 429, "login.limited")
+    target = _safe_next(next_page)
+    if result.challenge is not None:
+        fresh = request.url.path == "/login"  # the first page of the code step: no error
+        return dashboard_of(request).pages.render(
+            request,
+            "login.html",
+            None,
+            status=200 if fresh else 401,
+            login_csrf=csrf,
+            challenge=result.challenge,
+            error=None if fresh else error,
+            next=target,
+            qr=qr_svg(result.uri) if result.uri else None,
+            secret=secret_of(result.uri) if result.uri else None,
+        )
     if result.token is None:
-        return _login_form(request, 401, "login.failed")
-    response = RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
+        return _login_form(request, 401, error)
+    if result.recovery_codes:
+        response: Response = dashboard_of(request).pages.render(
+            request,
+            "recovery_codes.html",
+            None,
+            recovery_codes=result.recovery_codes,
+            next=target,
+        )
+    else:
+        response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         result.token,

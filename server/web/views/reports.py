@@ -92,7 +92,11 @@ async def _download(
     return Response(
         data,
         media_type=media_type,
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        # Personal data: no browser or proxy keeps a copy (the middleware says it too).
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        },
     )
 
 

@@ -152,10 +152,15 @@ def provision(
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
     know, documents = read_bundle(bundle)  # all verified before anything is written
     site = know.site
-    gate_dir.mkdir(parents=True, exist_ok=True)
     toml = gate_dir / "gate.toml"
     created = not toml.exists()
     url = broker or (credentials.broker if credentials is not None else PLAIN_BROKER)
+    if credentials is not None and created and not url.startswith("mqtts://"):
+        raise ProvisionError(
+            f"--broker {url}: the gate has broker credentials (TLS): give an mqtts:// URL, or "
+            "leave --broker out for the broker's own name"
+        )
+    gate_dir.mkdir(parents=True, exist_ok=True)
     link: dict[str, object] = {"broker": url}
     if credentials is not None:
         files = write_credentials(gate_dir, credentials)

@@ -26,9 +26,6 @@ from cryptography.x509.oid import NameOID
 
 from protocol.errors import ProtocolError
 
-PAHO_LOG_ERR = 8
-"""paho.mqtt.client.MQTT_LOG_ERR: the level of paho's "failed to receive on socket" line."""
-
 
 class BrokerTlsError(ProtocolError):
     """The TLS files of [mqtt] cannot be used; the message names the file and the fix."""
@@ -172,9 +169,10 @@ class LinkTrouble:
     """Says why a client's link to the broker fails, once per cause until it connects again.
 
     `attach(client)` installs paho's on_connect_fail (a failed handshake on this side: the
-    broker's certificate) and on_log (an alert the broker sent after the handshake: this
-    client's certificate refused, which TLS 1.3 reports on the first read). `last` is the
-    current cause (None once connected); `failures` counts the failed attempts about TLS."""
+    broker's certificate) and a logger of its own for paho's errors (an alert the broker sent
+    after the handshake: this client's certificate refused, which TLS 1.3 reports on the first
+    read; paho's per-packet debug lines are not even formatted). `last` is the current cause
+    (None once connected); `failures` counts the failed attempts about TLS."""
 
     def __init__(self, log: logging.Logger, host: str) -> None:
         self.log = log
@@ -184,20 +182,20 @@ class LinkTrouble:
 
     def attach(self, client: Any) -> None:
         client.on_connect_fail = self._connect_failed
-        client.on_log = self._paho_log
+        # Outside the logging tree (not logging.getLogger): only this client's errors reach it.
+        errors = logging.Logger(f"paho.{self.host}", logging.ERROR)
+        errors.addHandler(_PahoErrors(self))
+        client.enable_logger(errors)
 
     def connected(self) -> None:
         self.last = None
 
     def _connect_failed(self, _client: object, _userdata: object) -> None:
         # paho calls this inside its `except OSError:` around the connection attempt.
-        self._say(sys.exc_info()[1])
+        self.note(sys.exc_info()[1])
 
-    def _paho_log(self, _client: object, _userdata: object, level: int, text: str) -> None:
-        if level == PAHO_LOG_ERR and "[SSL" in text:
-            self._say(text)
-
-    def _say(self, exc: BaseException | str | None) -> None:
+    def note(self, exc: BaseException | str | None) -> None:
+        """A failed attempt: `exc` is its exception or paho's error line."""
         if exc is None:
             return
         line = tls_failure(exc, self.host)
@@ -207,6 +205,19 @@ class LinkTrouble:
         if line != self.last:
             self.last = line
             self.log.error("broker %s: %s", self.host, line)
+
+
+class _PahoErrors(logging.Handler):
+    """paho's error lines ("failed to receive on socket: [SSL: ...]") to a LinkTrouble."""
+
+    def __init__(self, trouble: LinkTrouble) -> None:
+        super().__init__(logging.ERROR)
+        self.trouble = trouble
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "[SSL" in text:
+            self.trouble.note(text)
 
 
 @dataclass(frozen=True)

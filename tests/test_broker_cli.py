@@ -1,12 +1,16 @@
 """`menwei broker ...` and `gate init`'s credentials: the files an installer gets, their modes,
-what the certificates say, and what is refused. The command line runs for real (a
-subprocess); the certificates are read back with `cryptography`, the TLS files with Python's
-ssl (what the gates and the collector load)."""
+what the certificates say, and what is refused. The real command line runs in this process
+(`menwei.cli.main`: its exit status, standard output and error); the certificates are read
+back with `cryptography`, the TLS files with Python's ssl (what the gates and the collector
+load)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import stat
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,10 +22,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.config import load_config
 from menwei.broker_setup import MOSQUITTO_CONF
+from menwei.cli import main
 from menwei.site_ca import CA_DAYS, LEAF_DAYS
 from protocol.broker_tls import client_context
 from server.site import Site
-from tests.conftest import REPO, run_menwei
+from tests.conftest import REPO
 
 SITE = "sunny"
 
@@ -45,6 +50,24 @@ def sans(c: x509.Certificate) -> list[str]:
 
 def usage(c: x509.Certificate) -> list[x509.ObjectIdentifier]:
     return list(c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+@dataclass(frozen=True)
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_menwei(*args: str, check: bool = True) -> Done:
+    """`menwei ARGS` in this process (a subprocess per call would cost a second each)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    done = Done(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"menwei {' '.join(args)} failed ({code}):\n{done.stderr}")
+    return done
 
 
 def menwei_json(*args: str) -> dict[str, object]:
@@ -168,6 +191,15 @@ def test_gate_init_issues_the_gates_certificate(folder: Path, server: Path, tmp_
         ("collector", "collector"),
         ("east", "gate"),
     ]
+
+
+def test_a_gate_with_credentials_links_over_tls_only(folder: Path, server: Path, tmp_path: Path):
+    done = run_menwei(
+        "gate", "init", str(tmp_path / "g"), "--server", str(server), "--gate", "east",
+        "--broker", "mqtt://10.0.0.2:1883", check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "give an mqtts:// URL" in done.stderr, done.stderr
+    assert not (tmp_path / "g").exists()
 
 
 def test_a_gate_never_gets_a_collectors_name(folder: Path, server: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from menwei.site_ca import CA_DAYS, LEAF_DAYS
 from protocol.broker_tls import client_context
 from server.site import Site
 from tests.conftest import REPO
+from tests.conftest import run_menwei as subprocess_menwei
 
 SITE = "sunny"
 
@@ -273,3 +274,17 @@ def test_renew_gives_the_broker_new_names(folder: Path) -> None:
 def test_a_bad_host_name_is_refused(server: Path) -> None:
     done = run_menwei("broker", "setup", str(server / "broker"), "--host", "a b", check=False)
     assert done.returncode == 2 and "not a host name or an IP address" in done.stderr
+
+
+def test_a_missing_key_file_is_one_clear_line(folder: Path, server: Path, tmp_path: Path) -> None:
+    """`gate run` (a real process) and `check-config` name the file; nothing starts."""
+    g = tmp_path / "g"
+    menwei_json("gate", "init", str(g), "--server", str(server), "--gate", "east", "--simulated")
+    (g / "gate.key").unlink()
+    config = str(g / "gate.toml")
+    for args in (("gate", "run", "--config", config), ("gate", "check-config", "--config", config)):
+        done = subprocess_menwei(*args, check=False, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            f"menwei: error: [mqtt] key_file {g.resolve() / 'gate.key'}: No such file or directory"
+        ], done.stderr

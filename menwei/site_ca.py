@@ -19,10 +19,13 @@ Validity: the CA 20 years (`CA_DAYS`), the broker's and every client's certifica
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +52,7 @@ BROKER_KEY = "broker.key"
 CRL_FILE = "crl.pem"
 ISSUED_FILE = "issued.json"
 """Every certificate the CA issued: name, role, serial, validity, revoked (for `revoke`)."""
+LOCK_FILE = ".issued.lock"
 
 CA_DAYS = 20 * 365
 LEAF_DAYS = 10 * 365
@@ -285,16 +289,25 @@ class SiteCA:
         """Revoke every certificate of `name` not revoked yet and re-sign the CRL. Returns
         their serials (hex). Raises CaError when `name` has none."""
         at = now or datetime.now(UTC)
-        records = self.issued()
-        hit = [r for r in records if r["name"] == name and r["role"] != "broker"]
-        if not hit:
-            raise CaError(f"no client certificate was issued to {name!r} by {self.dir}")
-        fresh = [r for r in hit if r["revoked"] is None]
-        for r in fresh:
-            r["revoked"] = at.isoformat(timespec="seconds")
-        self._save(records)
-        self._write_crl(now)
+        with self._locked():
+            records = self.issued()
+            hit = [r for r in records if r["name"] == name and r["role"] != "broker"]
+            if not hit:
+                raise CaError(f"no client certificate was issued to {name!r} by {self.dir}")
+            fresh = [r for r in hit if r["revoked"] is None]
+            for r in fresh:
+                r["revoked"] = at.isoformat(timespec="seconds")
+            self._save(records)
+            self._write_crl(now)
         return [str(r["serial"]) for r in fresh]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """issued.json and the CRL are read, changed and written by one command at a time (two
+        `gate init` at once must not lose a record: `revoke` finds certificates by it)."""
+        with open(self.dir / LOCK_FILE, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
 
     def _write_crl(self, now: datetime | None) -> None:
         at = (now or datetime.now(UTC)) - BACKDATE
@@ -319,7 +332,8 @@ class SiteCA:
         os.replace(tmp, self.dir / CRL_FILE)
 
     def _record(self, record: dict[str, str | None]) -> None:
-        self._save([*self.issued(), record])
+        with self._locked():
+            self._save([*self.issued(), record])
 
     def _save(self, records: list[dict[str, str | None]]) -> None:
         tmp = self.dir / f".{ISSUED_FILE}.tmp"

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from edge.guards import (
     remove_guard,
 )
 from edge.knowledge import Knowledge
-from edge.provision import EXIT_NOT_PROVISIONED, ProvisionError, load_knowledge, provision
+from edge.provision import (
+    EXIT_NOT_PROVISIONED,
+    BrokerCredentials,
+    ProvisionError,
+    load_knowledge,
+    provision,
+    read_credentials,
+)
 from edge.recording import decision_json
 from edge.replay import NOT_MEASURED
 from edge.store import GateStore
@@ -43,7 +51,16 @@ from protocol.reasons import message
 log = logging.getLogger("menwei.gate")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+CredentialIssuer = Callable[[Path, str], BrokerCredentials | None]
+"""Given `gate init`'s server directory and the gate slug: that gate's new broker credentials
+when the server directory holds the site's broker CA, else None (menwei/broker_setup.py:
+`gate` cannot import it)."""
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    issue_credentials: CredentialIssuer | None = None,
+) -> None:
     gate = sub.add_parser("gate", help="the gate device: provision, run, try and inspect")
     g = gate.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -53,9 +70,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--gate", required=True, help="gate slug, unique in the site")
     p.add_argument("--direction", choices=["in", "out", "both"], default="in")
     p.add_argument("--simulated", action="store_true", help="simulated camera, sensor and GPIO")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--broker",
+        help="written to a new gate.toml (default: mqtts://HOST:8883 with broker credentials, "
+        "HOST a name of the broker's certificate; else mqtt://127.0.0.1:1883)",
+    )
+    p.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FOLDER",
+        help="this gate's broker credentials carried from the server (`menwei broker add-gate "
+        "DIR GATE --out FOLDER`); default: issued here when --server holds broker/ca.key",
+    )
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_init)
+    p.set_defaults(func=cmd_init, issue_credentials=issue_credentials)
 
     p = g.add_parser("scan", help="decode and decide on image files (no relay, no state change)")
     _config_arg(p)
@@ -161,6 +189,11 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    credentials = None
+    if args.credentials is not None:
+        credentials = read_credentials(args.credentials, args.gate)
+    elif args.issue_credentials is not None:
+        credentials = args.issue_credentials(args.server, args.gate)
     result = provision(
         args.gate_dir,
         args.server,
@@ -168,6 +201,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.direction,
         simulated=args.simulated,
         broker=args.broker,
+        credentials=credentials,
     )
     # The installer is at the gate now: say whether its clock will be trusted.
     clock = GateClock.configured(load_config(args.gate_dir / "gate.toml").clock).assess()
@@ -315,6 +349,7 @@ def cmd_clock(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge.doctor import broker_credentials
     from edge.listen import beyond_loopback
 
     config, store, know = _open(args.config)
@@ -326,6 +361,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             "gate": config.gate.id,
             "versions": know.versions(),
             "trust_keys": sorted(know.trust_keys),
+            **broker_credentials(config),
         }
     http = config.guard.http
     exposed = None if http is None else beyond_loopback(http)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from drivers.systemclock import NTP_PHASE_LIMIT_US
+from protocol.broker_tls import TlsFiles, check_tls_keys
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
 from protocol.schema import SchemaError, from_mapping, parse_toml
@@ -44,6 +45,13 @@ class MqttSection:
     broker: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None
+    """The site CA's certificate (`ca.pem`, relative to gate.toml): the broker's certificate must
+    be signed by it (mqtts://; unset: the system's CAs)."""
+    cert_file: str | None = None
+    """This gate's certificate (`gate.pem`): its name is the gate's identity on the broker."""
+    key_file: str | None = None
+    """Its private key (`gate.key`, mode 0600)."""
     keepalive_s: int = 30
     batch_size: int = 50
     """Events per published batch (the collector accepts at most 500)."""
@@ -54,6 +62,7 @@ class MqttSection:
     status_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
+        check_tls_keys(self.broker, self.ca_file, self.cert_file, self.key_file)
         if not 1 <= self.batch_size <= 500:
             raise ValueError("batch_size must be 1..500")
         if self.window < self.batch_size:
@@ -196,6 +205,11 @@ class GateConfig:
 
     def resolve(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        m = self.mqtt
+        return TlsFiles.of(self.path.parent, m.ca_file, m.cert_file, m.key_file)
 
 
 def load_config(path: Path) -> GateConfig:

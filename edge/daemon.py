@@ -175,6 +175,7 @@ class GateDaemon:
                     m.window,
                     m.resend_after_s,
                     m.status_interval_s,
+                    config.tls_files,
                 ),
                 self.store,
                 on_document=self.on_document,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ from edge.storage_fault import (
 )
 from edge.store import GateStore
 from protocol.broker import parse_broker
+from protocol.broker_tls import BrokerTlsError, certificate_info, client_context, tls_failure
 from protocol.errors import ProtocolError
 
 
@@ -289,19 +291,77 @@ def check_provisioning(config: GateConfig) -> Check:
     return Check("provisioning", True, held + proof)
 
 
+def broker_credentials(config: GateConfig, now: datetime | None = None) -> dict[str, object]:
+    """The gate's broker link as configured: its URL and, for mqtts://, the identity and end
+    of validity of its certificate. Raises BrokerTlsError (one line, with the fix) when a TLS
+    file is missing or unreadable, the key is not the certificate's, the certificate is
+    another gate's or has expired."""
+    b = parse_broker(config.mqtt.broker)
+    out: dict[str, object] = {"broker": str(b)}
+    if not b.tls:
+        return out
+    files = config.tls_files
+    client_context(files)
+    if files.cert_file is None:
+        return out
+    info = certificate_info(files.cert_file)
+    if info.name != config.gate.id:
+        raise BrokerTlsError(
+            f"[mqtt] cert_file {files.cert_file} is the certificate of {info.name!r}, and this "
+            f"gate is {config.gate.id!r}: the broker would refuse its events (issue its own: "
+            f"`menwei broker add-gate DIR {config.gate.id} --out PATH`)"
+        )
+    until = info.not_after.astimezone()
+    if (now or datetime.now(UTC)) >= info.not_after:
+        raise BrokerTlsError(
+            f"[mqtt] cert_file {files.cert_file} expired on {until:%Y-%m-%d %H:%M}: the broker "
+            f"refuses it (issue a new one: `menwei broker add-gate DIR {config.gate.id} --out "
+            "PATH`, or `menwei gate init` again on the server)"
+        )
+    return out | {"identity": info.name, "certificate_until": until.isoformat(timespec="minutes")}
+
+
+TLS_READ_S = 1.0
+"""After the handshake, how long `check_broker` waits for the broker's verdict on this
+gate's certificate (TLS 1.3 sends it as the first bytes after the handshake; a broker that
+accepted it waits for the MQTT CONNECT, which the doctor does not send: it would take over the
+running gate's session)."""
+
+
 def check_broker(config: GateConfig, url: str | None = None) -> Check:
+    """TCP to the broker; for mqtts://, the TLS handshake with the gate's own files too (the
+    broker's certificate and name, and the broker's verdict on the gate's certificate)."""
+    shown = url or config.mqtt.broker
+    effect = "the gate still decides and logs offline; its events wait in the outbox"
     try:
-        b = parse_broker(url or config.mqtt.broker)
-        with socket.create_connection((b.host, b.port), timeout=2.0):
-            pass
+        b = parse_broker(shown)
+        context = None
+        if b.tls:
+            broker_credentials(config)
+            context = client_context(config.tls_files)
+        with socket.create_connection((b.host, b.port), timeout=2.0) as sock:
+            if context is None:
+                return Check("broker", True, f"{b} reachable")
+            with context.wrap_socket(sock, server_hostname=b.host) as tls:
+                tls.settimeout(TLS_READ_S)
+                try:
+                    closed = tls.recv(1) == b""
+                except TimeoutError:
+                    closed = False
+                if closed:
+                    raise ssl.SSLEOFError("EOF occurred in violation of protocol")
+                return Check(
+                    "broker", True, f"{b} reachable, TLS {tls.version()}, certificate accepted"
+                )
     except (OSError, ProtocolError) as exc:
+        line = tls_failure(exc, b.host) if isinstance(exc, ssl.SSLError) else None
         return Check(
             "broker",
             False,
-            f"{url or config.mqtt.broker}: {exc}",
-            "the gate still decides and logs offline; check the network and [mqtt] broker",
+            f"{shown}: {line or exc}",
+            "see docs/security.md (the broker)" if line else "check the network and [mqtt] broker",
+            effect,
         )
-    return Check("broker", True, f"{b} reachable")
 
 
 def check_clock(config: GateConfig, clock: GateClock | None = None) -> Check:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -17,6 +19,7 @@ from typing import Literal
 from edge.config import GateConfig
 from edge.knowledge import Knowledge
 from edge.store import GateStore
+from protocol.broker_tls import BrokerTlsError, certificate_info
 from protocol.documents import (
     BUNDLE_DIR,
     CONFIG_FILE,
@@ -43,7 +46,70 @@ OPTIONAL_DOCS = ("freshness",)
 """Bundles of servers from before freshness statements have none."""
 
 
-def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, broker: str) -> str:
+CA_FILE = "ca.pem"
+CERT_FILE = "gate.pem"
+KEY_FILE = "gate.key"
+BROKER_URL_FILE = "broker.url"
+"""In a folder of credentials carried to the gate (`menwei broker add-gate --out`): the
+broker's URL, with the host name its certificate is valid for."""
+TLS_PORT = 8883
+PLAIN_BROKER = "mqtt://127.0.0.1:1883"
+
+
+@dataclass(frozen=True)
+class BrokerCredentials:
+    """What a gate needs to reach the site's TLS broker (PEM): the site CA's certificate, its
+    own certificate (common name: the gate slug) and private key, and the broker's URL."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+    broker: str
+    """`mqtts://HOST:8883`, HOST a name the broker's certificate is valid for."""
+
+
+def write_credentials(gate_dir: Path, credentials: BrokerCredentials) -> list[str]:
+    """Write ca.pem, gate.pem and gate.key (mode 0600 from the start) into `gate_dir`,
+    replacing older ones (a renewal). Returns the file names."""
+    for name, data, mode in (
+        (CA_FILE, credentials.ca_pem, 0o644),
+        (CERT_FILE, credentials.cert_pem, 0o644),
+        (KEY_FILE, credentials.key_pem, 0o600),
+    ):
+        tmp = gate_dir / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, gate_dir / name)
+    return [CA_FILE, CERT_FILE, KEY_FILE]
+
+
+def read_credentials(folder: Path, gate: str) -> BrokerCredentials:
+    """Credentials carried from the server (`menwei broker add-gate DIR GATE --out FOLDER`).
+    Raises ProvisionError when a file is missing or they are another gate's."""
+    try:
+        ca, cert, key = ((folder / n).read_bytes() for n in (CA_FILE, CERT_FILE, KEY_FILE))
+        broker = (folder / BROKER_URL_FILE).read_text("utf-8").strip()
+    except OSError as exc:
+        raise ProvisionError(
+            f"--credentials {folder}: {exc.filename}: {exc.strerror} (make the folder on the "
+            f"server: `menwei broker add-gate DIR {gate} --out FOLDER`)"
+        ) from None
+    try:
+        name = certificate_info(folder / CERT_FILE).name
+    except BrokerTlsError as exc:
+        raise ProvisionError(f"--credentials {folder}: {exc}") from None
+    if name != gate:
+        raise ProvisionError(
+            f"--credentials {folder}: the certificate is for gate {name!r}, not {gate!r}"
+        )
+    return BrokerCredentials(ca, cert, key, broker)
+
+
+def render_gate_toml(
+    site: str, gate: str, direction: str, simulated: bool, broker: str, tls: bool = False
+) -> str:
     hw = (
         '[camera]\nsource = "watch:stage"     # simulation: frames dropped into ./stage\n\n'
         '[thermometer]\nbackend = "simulated"\n\n[gpio]\nbackend = "simulated"\n\n'
@@ -54,10 +120,17 @@ def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, brok
         '[clock]\ntrust = "kernel"  # synchronised by chrony, ntpd or systemd-timesyncd\n\n'
         '[guard]\nhttp = "127.0.0.1:8000"     # the guard screen, for the kiosk browser\n'
     )
+    link = (
+        f'ca_file = "{CA_FILE}"      # the site CA: it signed the broker\'s certificate\n'
+        f'cert_file = "{CERT_FILE}"  # this gate\'s certificate: its identity on the broker\n'
+        f'key_file = "{KEY_FILE}"    # its private key (mode 0600)\n'
+        if tls
+        else ""
+    )
     return (
         "# Menwei gate configuration. Unknown keys are errors; see docs/ for every key.\n"
         f'[gate]\nsite = "{site}"\nid = "{gate}"\ndirection = "{direction}"  # in | out | both\n'
-        f'data_dir = "."\n\n[mqtt]\nbroker = "{broker}"\n\n{hw}'
+        f'data_dir = "."\n\n[mqtt]\nbroker = "{broker}"\n{link}\n{hw}'
     )
 
 
@@ -68,17 +141,34 @@ def provision(
     direction: Literal["in", "out", "both"] = "in",
     *,
     simulated: bool = False,
-    broker: str = "mqtt://127.0.0.1:1883",
+    broker: str | None = None,
+    credentials: BrokerCredentials | None = None,
 ) -> dict[str, object]:
+    """Provision (or refresh) the gate in `gate_dir` from `server_dir` (or a bundle copy).
+    With `credentials` (its broker certificate) it writes ca.pem, gate.pem and gate.key, and a
+    new gate.toml links over TLS; `broker` default: the credentials' mqtts:// URL, else
+    mqtt://127.0.0.1:1883. An existing gate.toml is kept."""
     check_slug(gate, "gate id")
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
     know, documents = read_bundle(bundle)  # all verified before anything is written
     site = know.site
-    gate_dir.mkdir(parents=True, exist_ok=True)
     toml = gate_dir / "gate.toml"
     created = not toml.exists()
+    url = broker or (credentials.broker if credentials is not None else PLAIN_BROKER)
+    if credentials is not None and created and not url.startswith("mqtts://"):
+        raise ProvisionError(
+            f"--broker {url}: the gate has broker credentials (TLS): give an mqtts:// URL, or "
+            "leave --broker out for the broker's own name"
+        )
+    gate_dir.mkdir(parents=True, exist_ok=True)
+    link: dict[str, object] = {"broker": url}
+    if credentials is not None:
+        files = write_credentials(gate_dir, credentials)
+        until = certificate_info(gate_dir / CERT_FILE).not_after.astimezone()
+        link |= {"credentials": files, "certificate_until": until.isoformat(timespec="minutes")}
     if created:
-        toml.write_text(render_gate_toml(site, gate, direction, simulated, broker), "utf-8")
+        text = render_gate_toml(site, gate, direction, simulated, url, credentials is not None)
+        toml.write_text(text, "utf-8")
         if simulated:
             (gate_dir / "stage").mkdir(exist_ok=True)
     shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
@@ -91,6 +181,7 @@ def provision(
         "site": site,
         "gate": gate,
         "config_created": created,
+        **link,
         "versions": know.versions(),
         "freshness": None if know.statement is None else know.statement.serial,
         "data_as_of": None if as_of is None else as_of.isoformat(timespec="seconds"),

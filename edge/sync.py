@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,6 +31,7 @@ from edge.storage_fault import StorageFault
 from edge.store import EpochMove, GateStore
 from protocol import topics
 from protocol.broker import BrokerAddress
+from protocol.broker_tls import LinkTrouble, TlsFiles, client_context
 from protocol.errors import MessageError
 from protocol.events import Ack, encode_batch, encode_status
 
@@ -49,6 +50,8 @@ class SyncSettings:
     window: int = 500
     resend_after_s: float = 10.0
     status_interval_s: float = 15.0
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    """[mqtt] ca_file, cert_file, key_file: used with an mqtts:// broker."""
 
 
 class GateSync:
@@ -66,7 +69,8 @@ class GateSync:
         status: Callable[[], dict[str, Any]],
     ) -> None:
         """`on_history_lost(collector_seq)` moves the store to a new epoch and logs the
-        alert (GateDaemon.on_history_lost); without it the store moves with no alert."""
+        alert (GateDaemon.on_history_lost); without it the store moves with no alert. Raises
+        BrokerTlsError when the TLS files of an mqtts:// broker cannot be used."""
         self.s = settings
         self.store = store
         self._on_document = on_document
@@ -106,8 +110,10 @@ class GateSync:
         )
         if settings.username:
             self.client.username_pw_set(settings.username, settings.password)
+        self.trouble = LinkTrouble(log, settings.broker.host)
         if settings.broker.tls:
-            self.client.tls_set()
+            self.client.tls_set_context(client_context(settings.tls))
+            self.trouble.attach(self.client)
         self.client.will_set(
             topics.status(settings.site, settings.gate),
             encode_status({"gate": settings.gate, "site": settings.site, "state": "offline"}),
@@ -176,6 +182,7 @@ class GateSync:
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("subscribe failed: %s", result)
             return
+        self.trouble.connected()
         self.connected = True
         self._reconnected = True
         self._announce = True

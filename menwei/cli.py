@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from edge import cli as gate_cli
-from menwei import policy_cli
+from menwei import broker_cli, policy_cli
+from menwei.broker_setup import gate_credentials
 from menwei.policy_trial import run_trial
 from protocol.errors import ProtocolError
 from protocol.events import MAX_BATCH_EVENTS
@@ -37,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
     p.set_defaults(func=cmd_demo)
 
-    gate_cli.register(sub)
+    # `gate init` issues the gate's broker certificate from the server's CA: `edge` cannot.
+    gate_cli.register(sub, issue_credentials=gate_credentials)
     # The dashboard's policy try-out runs the gates' decision core: `server` cannot import it.
     server_cli.register(sub, trial=run_trial)
     policy_cli.register(sub)
+    broker_cli.register(sub)
 
     bench = sub.add_parser("bench", help="measurements that print numbers")
     b = bench.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,9 +1,10 @@
 """`menwei demo`: a collector, simulated gates and simulated residents, all real code paths.
 
 The gates and the collector run as their own processes (`menwei gate run`,
-`menwei server run`) against a private Mosquitto. Residents walk up to the
-gates (camera frames rendered from their real signed passes); at the end the
-demo compares every gate's SQLite log with the collector's store.
+`menwei server run`) against a private Mosquitto, over TLS with a certificate each (as
+`menwei broker setup` and `gate init` make them) unless `--broker` names another broker.
+Residents walk up to the gates (camera frames rendered from their real signed passes); at
+the end the demo compares every gate's SQLite log with the collector's store.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from edge.config import load_config
 from edge.guards import add_guard
 from edge.provision import provision
 from edge.store import GateStore
+from menwei import broker_setup
+from menwei.broker_setup import BROKER_DIR
 from menwei.mosquitto import MosquittoBroker, free_port
 from menwei.reconcile import reconcile
 from menwei.residents import GateStage, Population, build_population
@@ -70,14 +73,19 @@ def run_demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> dict[str, Any]:
     quiet = bool(args.json)
     rng = random.Random(args.seed)
-    broker_url = args.broker
-    if broker_url is None:
-        broker = stack.enter_context(MosquittoBroker(workdir=workdir))
-        broker_url = broker.url
-    _say(f"[demo] broker {broker_url}, files in {workdir}", quiet)
-
     server_dir = workdir / "server"
     Site.init(server_dir, SITE).close()
+    broker_url = args.broker
+    tls = broker_url is None
+    if tls:
+        # As a site runs it: TLS, the broker's certificate and one per gate and collector.
+        folder = server_dir / BROKER_DIR
+        broker_setup.setup(folder, SITE, ["127.0.0.1"])
+        broker = stack.enter_context(MosquittoBroker(workdir=workdir, tls=folder))
+        broker_url = broker.url
+        broker_setup.link_server_toml(server_dir, broker_url)
+    _say(f"[demo] broker {broker_url}, files in {workdir}", quiet)
+
     # The demo must show the same story at any hour: outings allowed all day (the other
     # rules, one member out per household included, stay as shipped).
     toml = server_dir / "server.toml"
@@ -133,7 +141,16 @@ def _run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -
     for i in range(1, args.gates + 1):
         name = f"gate-{i}"
         gate_dir = workdir / name
-        provision(gate_dir, server_dir, name, "both", simulated=True, broker=broker_url)
+        credentials = broker_setup.gate_credentials(server_dir, name) if tls else None
+        provision(
+            gate_dir,
+            server_dir,
+            name,
+            "both",
+            simulated=True,
+            broker=broker_url,
+            credentials=credentials,
+        )
         guard_port = free_port()
         with (gate_dir / "gate.toml").open("a", encoding="utf-8") as f:
             f.write(f'\n[guard]\nhttp = "127.0.0.1:{guard_port}"\n')

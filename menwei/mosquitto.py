@@ -2,12 +2,16 @@
 
 It is a real broker process (Debian's `mosquitto`), configured with the
 queue limits of the shipped `systemd/mosquitto-menwei.conf`, so the demo and
-tests exercise what a site runs. `stop()` really stops it (fault tests).
+tests exercise what a site runs; with `tls` (a folder made by `menwei broker
+setup`) it speaks TLS only, with that folder's certificates, and takes each
+client's identity from its certificate, as the shipped config does. `stop()`
+really stops it (fault tests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO
+
+from menwei.site_ca import BROKER_CERT, BROKER_KEY, CA_CERT, CRL_FILE
 
 
 class BrokerError(RuntimeError):
@@ -77,22 +83,47 @@ def stop_mosquitto(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def tls_listener(folder: Path) -> str:
+    """The TLS lines of a listener for the broker folder `folder` (`menwei broker setup`): its
+    certificates, a client certificate of its CA required, the identity taken from it."""
+    # Run as root, Mosquitto drops to the `mosquitto` user before it reads the key, which
+    # cannot read a private folder of root's.
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    return (
+        f"cafile {folder / CA_CERT}\n"
+        f"certfile {folder / BROKER_CERT}\n"
+        f"keyfile {folder / BROKER_KEY}\n"
+        f"crlfile {folder / CRL_FILE}\n"
+        "tls_version tlsv1.2\n"
+        "require_certificate true\n"
+        "use_identity_as_username true\n" + stay
+    )
+
+
 class MosquittoBroker:
-    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, workdir: Path | None = None, tls: Path | None = None
+    ) -> None:
+        """`tls`: a broker folder (`menwei broker setup`); the broker then speaks TLS only."""
         self.port = port or free_port()
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="menwei-mqtt-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        """mqtt://127.0.0.1:PORT, or mqtts:// (127.0.0.1 is a name of every broker certificate
+        `menwei broker setup` makes)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + (tls_listener(self.tls.resolve()) if self.tls else "")
+            + "allow_anonymous true\n"
+            + "set_tcp_nodelay true\n"
             "persistence false\n"
             # A slow subscriber must not lose acknowledged QoS 1 messages (Mosquitto's
             # default of 1000 silently dropped them in our measurements).

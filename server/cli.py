@@ -78,6 +78,19 @@ def register(
         metavar="FILE",
         help="the broker password: the first line of FILE (default: [mqtt] password)",
     )
+    p.add_argument(
+        "--mqtt-cert-file",
+        type=Path,
+        metavar="FILE",
+        help="this collector's broker certificate, e.g. DIR/broker/collector-2.pem from "
+        "`menwei broker add-client` (default: [mqtt] cert_file); with --mqtt-key-file",
+    )
+    p.add_argument(
+        "--mqtt-key-file",
+        type=Path,
+        metavar="FILE",
+        help="its private key (default: [mqtt] key_file)",
+    )
     p.set_defaults(func=cmd_run, trial=trial)
 
     p = s.add_parser("export", help="every stored event, one JSON object per line")
@@ -231,9 +244,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def run_settings(configured: MqttSection, args: argparse.Namespace) -> MqttSection:
-    """server.toml's [mqtt] with `server run`'s --shared-group, --mqtt-username and
-    --mqtt-password-file for this process. Raises ServerConfigError for a bad group name or
-    a password file that cannot be read."""
+    """server.toml's [mqtt] with `server run`'s --shared-group, --mqtt-username,
+    --mqtt-password-file, --mqtt-cert-file and --mqtt-key-file for this process. Raises
+    ServerConfigError for a bad group name, a password file that cannot be read, or a
+    certificate without its key."""
     changes: dict[str, str] = {}
     if args.shared_group is not None:
         changes["shared_group"] = check_share_name(args.shared_group)
@@ -248,7 +262,15 @@ def run_settings(configured: MqttSection, args: argparse.Namespace) -> MqttSecti
         if not lines or not lines[0]:
             raise ServerConfigError(f"--mqtt-password-file {path}: the first line is empty")
         changes["password"] = lines[0]
-    return dataclasses.replace(configured, **changes)
+    if (args.mqtt_cert_file is None) != (args.mqtt_key_file is None):
+        raise ServerConfigError("--mqtt-cert-file and --mqtt-key-file go together")
+    if args.mqtt_cert_file is not None:
+        changes["cert_file"] = str(args.mqtt_cert_file.resolve())
+        changes["key_file"] = str(args.mqtt_key_file.resolve())
+    try:
+        return dataclasses.replace(configured, **changes)
+    except ValueError as exc:
+        raise ServerConfigError(f"[mqtt] with the options of server run: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import topics
 from protocol.broker import BrokerAddress
+from protocol.broker_tls import LinkTrouble, client_context
 from protocol.documents import CONFIG_FILE, FRESHNESS_FILE, MAX_DOCUMENT_BYTES, REGISTER_FILE
 from protocol.errors import MessageError, ProtocolError
 from protocol.events import (
@@ -115,8 +116,9 @@ class Collector:
         settings: MqttSection | None = None,
     ) -> None:
         """`settings`: the broker login and shared group of this process (default: server.toml's
-        [mqtt]; `server run` overrides it from its options). `client_id` default:
-        `collector_client_id`."""
+        [mqtt]; `server run` overrides it from its options; TLS files relative to the server
+        directory). `client_id` default: `collector_client_id`. Raises BrokerTlsError when the
+        TLS files of an mqtts:// broker cannot be used."""
         self.site = site
         self.mqtt = settings if settings is not None else site.config.mqtt
         self.store = site.store
@@ -164,8 +166,10 @@ class Collector:
         cfg = self.mqtt
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password)
+        self.trouble = LinkTrouble(log, broker.host)
         if broker.tls:
-            self.client.tls_set()
+            self.client.tls_set_context(client_context(cfg.tls_files(site.dir)))
+            self.trouble.attach(self.client)
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -219,6 +223,7 @@ class Collector:
         if rc.is_failure:
             log.warning("broker refused connection: %s", rc)
             return
+        self.trouble.connected()
         self.broker_max_packet = getattr(props, "MaximumPacketSize", None)
         self.listening_since = datetime.now(UTC)  # before subscribing: retained status follows
         group = self.mqtt.shared_group

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from protocol.broker_tls import TlsFiles, check_tls_keys
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
 from protocol.policy import Policy, check_timezone
@@ -47,12 +48,24 @@ class MqttSection:
     broker: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
+    ca_file: str | None = None
+    """The site CA's certificate (`broker/ca.pem`, relative to the server directory): the
+    broker's certificate must be signed by it (mqtts://; unset: the system's CAs)."""
+    cert_file: str | None = None
+    """The collector's certificate (`broker/collector.pem`): its name is its broker identity."""
+    key_file: str | None = None
+    """Its private key (`broker/collector.key`, mode 0600)."""
     shared_group: str | None = None
     """Set to share the event stream between several collectors (MQTT v5 $share)."""
 
     def __post_init__(self) -> None:
+        check_tls_keys(self.broker, self.ca_file, self.cert_file, self.key_file)
         if self.shared_group is not None:
             check_share_name(self.shared_group)
+
+    def tls_files(self, directory: Path) -> TlsFiles:
+        """The TLS files, relative to the server directory."""
+        return TlsFiles.of(directory, self.ca_file, self.cert_file, self.key_file)
 
 
 _SHARE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -218,6 +231,12 @@ freshness_interval_s = 300   # signed "your documents are current" to gates this
 
 [mqtt]
 broker = "mqtt://127.0.0.1:1883"
+# After `menwei broker setup DIR/broker` (TLS, a certificate per gate and collector):
+# broker = "mqtts://localhost:8883"
+# ca_file = "broker/ca.pem"
+# cert_file = "broker/collector.pem"
+# key_file = "broker/collector.key"
+# Or, with the password setup of the broker:
 # username = "collector"
 # password = "..."
 # shared_group = "collectors"   # several collectors share the event stream

@@ -35,7 +35,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from drivers.sim_scene import render_card_frame, render_empty_frame
 from edge.config import load_config
 from edge.provision import provision
+from menwei.broker_setup import gate_credentials
 from protocol.broker import parse_broker
+from protocol.broker_tls import TlsFiles, client_context
 from protocol.events import Event
 from tests.e2e.simtime import SimTime
 
@@ -68,6 +70,14 @@ def wait_until(
 # --- MQTT -----------------------------------------------------------------------------------
 
 
+def use_tls(client: mqtt.Client, url: str, tls: TlsFiles | None) -> None:
+    """An mqtts:// broker: `tls`, or a client certificate of the session's CA."""
+    if parse_broker(url).tls:
+        from tests.e2e.session_ca import client_tls
+
+        client.tls_set_context(client_context(tls or client_tls()))
+
+
 def mqtt_client(
     url: str,
     client_id: str | None = None,
@@ -83,6 +93,7 @@ def mqtt_client(
     )
     if username is not None:
         c.username_pw_set(username, password)
+    use_tls(c, url, None)
     c.connect(b.host, b.port, keepalive=30)
     c.loop_start()
     return c
@@ -112,7 +123,8 @@ class MqttRefused(AssertionError):
 class MqttWatcher:
     """Subscribes (QoS 1) to topic filters and records every message it receives.
 
-    With `username`/`password` it is an authenticated client of a broker with an ACL (see
+    With `username`/`password` (or, over TLS, `tls`: its certificate; default a watcher's of
+    the session CA) it is an authenticated client of a broker with an ACL (see
     tests/e2e/shipped_broker.py): `publish` then reports the broker's verdict,
     `will` sets a Last Will (retained, QoS 1), `kill` drops the connection as a crash would.
     With `session_expiry_s` it connects as the gates and the collector do: clean_start=False
@@ -130,6 +142,7 @@ class MqttWatcher:
         will: tuple[str, bytes] | None = None,
         client_id: str | None = None,
         session_expiry_s: int | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self.messages: list[Message] = []
@@ -149,6 +162,7 @@ class MqttWatcher:
         )
         if username is not None:
             self.client.username_pw_set(username, password)
+        use_tls(self.client, url, tls)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -336,9 +350,16 @@ def provision_gate(
     **mqtt_settings: float | str,
 ) -> Path:
     """A simulated gate; extra [mqtt] keys (keepalive_s, resend_after_s, username, ...) go in
-    gate.toml (strings as TOML strings)."""
+    gate.toml (strings as TOML strings). An mqtts:// broker: its certificate issued from the
+    server directory's broker CA, as `menwei gate init` does."""
     d = root / gate
-    provision(d, server_dir, gate, direction, simulated=True, broker=broker_url)
+    credentials = None
+    if parse_broker(broker_url).tls:
+        credentials = gate_credentials(server_dir, gate)
+        assert credentials is not None, f"{server_dir} has no broker CA (use_session_ca)"
+    provision(
+        d, server_dir, gate, direction, simulated=True, broker=broker_url, credentials=credentials
+    )
     if mqtt_settings:
         toml = d / "gate.toml"
         extra = "".join(

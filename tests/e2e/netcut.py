@@ -15,8 +15,11 @@ import threading
 
 
 class NetCut:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, tls: bool = False) -> None:
+        """`tls`: the broker speaks TLS (the relay copies its bytes all the same); `url` says
+        mqtts://127.0.0.1, a name of every broker certificate `menwei broker setup` makes."""
         self.target = (target_host, target_port)
+        self.tls = tls
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
@@ -33,7 +36,7 @@ class NetCut:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def cut(self) -> None:
         with self._lock:

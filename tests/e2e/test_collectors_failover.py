@@ -4,9 +4,10 @@ First the acknowledgement that arrives out of order: two collectors each publish
 after their own commit, so the lower one can reach the broker last and stay retained. The real
 GateSync keeps the higher, asks again once, and the ack comes back up.
 
-Then the fault test: the shipped Mosquitto (ACL, one user per process), a PostgreSQL store
-made by `menwei server init --store`, two `menwei server run --shared-group` processes (the
-second with its own broker user), three gates (the real GateSync over a real gate log,
+Then the fault test: the shipped Mosquitto over TLS (`menwei broker setup` in the server
+directory: the site's ACL, one certificate per process), a PostgreSQL store made by `menwei
+server init --store`, two `menwei server run --shared-group` processes (the second with its own
+certificate, `menwei broker add-client`), three gates (the real GateSync over a real gate log,
 fed decisions as a gate's decision core would log them: a hundred households going out and
 back, and households over quota across two gates) and a real `menwei gate run` that loses
 its connection twice (its Last Will). One collector is SIGKILLed again and again while the
@@ -34,14 +35,15 @@ from sqlalchemy import select
 
 from edge.store import GateStore
 from edge.sync import GateSync, SyncSettings
+from menwei.broker_setup import BROKER_DIR, link_server_toml
 from menwei.mosquitto import MosquittoBroker
 from menwei.postgres import PostgresServer
 from menwei.reconcile import reconcile
 from protocol import topics
 from protocol.broker import parse_broker
+from protocol.broker_tls import TlsFiles
 from protocol.errors import MessageError
 from protocol.events import Ack, Event, decode_batch
-from server.config import CONFIG_NAME
 from server.storage import Store, default_url, schema
 from tests.conftest import run_menwei
 from tests.e2e.helpers import (
@@ -52,16 +54,13 @@ from tests.e2e.helpers import (
     provision_gate,
     wait_until,
 )
+from tests.e2e.session_ca import client_tls
 from tests.e2e.shipped_broker import SITE, ShippedBroker
 
 GROUP = "collectors"
 TRAFFIC_GATES = ("east", "west", "north")
 LOST_GATE = "south"  # a real gate daemon that loses its connection: its Last Will
-PASSWORDS = {
-    "collector": "collector-Secret-1",
-    "collector-2": "collector-Secret-2",
-    **{g: f"{g}-Secret-{i}" for i, g in enumerate((*TRAFFIC_GATES, LOST_GATE), start=3)},
-}
+USERS = ("collector", "collector-2", *TRAFFIC_GATES, LOST_GATE)
 DAY = datetime(2026, 3, 2, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
 FAST: dict[str, Any] = {"resend_after_s": 1.5, "status_interval_s": 2.0}
 
@@ -79,9 +78,11 @@ class ObservedSync(GateSync):
         super()._handle_ack(payload)
 
 
-def gate_sync(store: GateStore, gate: str, url: str, **settings: Any) -> ObservedSync:
+def gate_sync(
+    store: GateStore, gate: str, url: str, tls: TlsFiles, **settings: Any
+) -> ObservedSync:
     sync = ObservedSync(
-        SyncSettings(SITE, gate, parse_broker(url), **settings),
+        SyncSettings(SITE, gate, parse_broker(url), tls=tls, **settings),
         store,
         on_document=lambda _kind, _raw: None,
         status=lambda: {"gate": gate, "site": SITE, "backlog": store.backlog()},
@@ -112,7 +113,9 @@ def test_a_lower_ack_arriving_last_is_asked_again_and_the_outbox_keeps_the_highe
         GateStore(tmp_path / "gate.db") as store,
     ):
         logged = [log_event(store, make_event(SITE, "east", 0)) for _ in range(10)]
-        sync = gate_sync(store, "east", broker.url, batch_size=5, resend_after_s=1.0)
+        sync = gate_sync(
+            store, "east", broker.url, client_tls("east"), batch_size=5, resend_after_s=1.0
+        )
         try:
 
             def received() -> list[int]:
@@ -199,36 +202,33 @@ def traffic(households: int, over_quota: int) -> Traffic:
     return Traffic([(gate, event) for _at, gate, event in timed], conflicts)
 
 
-def configure_server(server: Path, broker: ShippedBroker) -> Path:
-    """server.toml [mqtt] for the first collector; a password file for the second."""
-    toml = server / CONFIG_NAME
-    text = toml.read_text("utf-8")
-    line = 'broker = "mqtt://127.0.0.1:1883"\n'
-    assert line in text, "server.toml layout changed: cannot set [mqtt]"
-    login = f'username = "collector"\npassword = "{PASSWORDS["collector"]}"\n'
-    toml.write_text(text.replace(line, f'broker = "{broker.url}"\n{login}', 1), "utf-8")
-    secret = server.parent / "collector-2.password"
-    secret.write_text(PASSWORDS["collector-2"] + "\n", "utf-8")
-    secret.chmod(0o600)
-    return secret
+def configure_server(server: Path, broker: ShippedBroker) -> None:
+    """server.toml [mqtt] for the first collector: the lines `menwei broker setup` printed."""
+    link_server_toml(server, broker.url)
 
 
 class Collectors:
-    """`menwei server run DIR --shared-group` twice: `a` as server.toml's user, `b` as
-    collector-2; `b` is the one killed."""
+    """`menwei server run DIR --shared-group` twice: `a` with server.toml's certificate, `b`
+    with collector-2's (`menwei broker add-client`); `b` is the one killed."""
 
-    def __init__(self, work: Path, server: Path, secret: Path) -> None:
-        self.work, self.server, self.secret = work, server, secret
+    def __init__(self, work: Path, server: Path) -> None:
+        self.work, self.server = work, server
         self.runs = itertools.count()
         self.a = self._run("collector")
         self.b = self._run("collector-2")
         self.kills = 0
 
     def _run(self, user: str) -> Proc:
+        folder = self.server / BROKER_DIR
         login = (
             []
             if user == "collector"
-            else ["--mqtt-username", user, "--mqtt-password-file", str(self.secret)]
+            else [
+                "--mqtt-cert-file",
+                str(folder / f"{user}.pem"),
+                "--mqtt-key-file",
+                str(folder / f"{user}.key"),
+            ]
         )
         return Proc(
             self.work / f"{user}-{next(self.runs)}.log",
@@ -269,8 +269,6 @@ class LostGate:
             LOST_GATE,
             "in",
             broker.url,
-            username=LOST_GATE,
-            password=PASSWORDS[LOST_GATE],
             **FAST,
         )
         self.runs: list[Proc] = []
@@ -351,9 +349,10 @@ def run_failover(
         run_menwei("server", "init", str(server), "--site", SITE, "--store", url, "--json")
     plan = traffic(households, over_quota)
     view = StoreView(url)
-    with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
-        secret = configure_server(server, broker)
-        collectors = Collectors(tmp_path, server, secret)
+    folder = server / BROKER_DIR
+    with ShippedBroker(tmp_path / "broker", USERS, folder=folder) as broker:
+        configure_server(server, broker)
+        collectors = Collectors(tmp_path, server)
         stores = {g: GateStore(tmp_path / g / "gate.db") for g in TRAFFIC_GATES}
         syncs: dict[str, ObservedSync] = {}
         south = LostGate(tmp_path, server, broker)
@@ -363,8 +362,7 @@ def run_failover(
                     stores[g],
                     g,
                     broker.url,
-                    username=g,
-                    password=PASSWORDS[g],
+                    broker.tls_files(g),
                     batch_size=20,
                     **FAST,
                 )
@@ -448,9 +446,7 @@ def run_failover(
             syncs.clear()
             south.stop()
             for g, n in expected.items():  # the retained ack, as the gate finds it next time
-                with MqttWatcher(
-                    broker.url, topics.ack(SITE, g), username=g, password=PASSWORDS[g]
-                ) as watcher:
+                with MqttWatcher(broker.url, topics.ack(SITE, g), **broker.login(g)) as watcher:
                     retained = watcher.wait_for(topics.ack(SITE, g), lambda m: m.retain, 15, g)
                     assert Ack.decode(retained.payload).acked_seq == n, g
             r = reconcile([tmp_path / g / "gate.db" for g in (*TRAFFIC_GATES, LOST_GATE)], url)

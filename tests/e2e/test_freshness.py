@@ -23,6 +23,7 @@ from server.collector import Collector
 from server.site import IssuedPass, Site
 from tests.conftest import SITE
 from tests.e2e.helpers import GateThread, Stage, provision_gate, wait_until
+from tests.e2e.session_ca import use_session_ca
 from tests.e2e.simtime import SimTime
 from tests.e2e.sitelife import heard_since, scan
 
@@ -47,6 +48,7 @@ def world(
     tmp_path: Path, broker: MosquittoBroker, sim: SimTime
 ) -> Iterator[tuple[Site, GateThread, Stage, IssuedPass]]:
     Site.init(tmp_path / "server", SITE).close()
+    use_session_ca(tmp_path / "server")
     site = Site(tmp_path / "server", clock=sim.utc)
     resident = site.issue_pass(HOUSEHOLD, "周一", room=HOUSEHOLD)
     gate_dir = provision_gate(tmp_path, site.dir, "east", "in", broker.url, status_interval_s=1)

@@ -26,6 +26,7 @@ from server.site import IssuedPass, Site
 from tests import collected
 from tests.conftest import SITE, run_menwei
 from tests.e2e.helpers import Stage, menwei_process, provision_gate, wait_until
+from tests.e2e.session_ca import use_session_ca
 
 HOUSEHOLD = "5-1-501"
 FAST = {"resend_after_s": 1.5, "status_interval_s": 2}
@@ -37,6 +38,7 @@ def allday_site(tmp_path: Path) -> Iterator[Site]:
     a day, as shipped)."""
     server = tmp_path / "server"
     Site.init(server, SITE).close()
+    use_session_ca(server)
     toml = server / "server.toml"
     text = toml.read_text(encoding="utf-8")
     assert 'outing_windows = ["06:00-20:00"]' in text, "server.toml layout changed"

@@ -1,12 +1,16 @@
 """The broker setup an installer gets from docs/configuration.md, run as shipped.
 
-A real Mosquitto runs `systemd/mosquitto-menwei.conf` and `systemd/menwei-acl.example`
-(site "sunny") with a password file made by the documented `mosquitto_passwd` commands
-(tests/e2e/shipped_broker.py). MQTT v5 clients log in as the collector and as the gates
-"east" and "west" and try every flow of the protocol: what each must receive, and what the
-ACL must refuse. Every refusal has a positive control sent after it (the entitled client
+A real Mosquitto runs the shipped configuration (tests/e2e/shipped_broker.py) in both of its
+documented setups: TLS, the default (`menwei broker setup`: systemd/mosquitto-menwei.conf, the
+site's ACL, a certificate per client, the identity taken from it), and the password
+alternative (systemd/mosquitto-menwei-passwords.conf, systemd/menwei-acl.example and
+`mosquitto_passwd`), both for site "sunny". MQTT v5 clients log in as the collector and as the
+gates "east" and "west" and try every flow of the protocol: what each must receive, and what
+the ACL must refuse. Every refusal has a positive control sent after it (the entitled client
 receives a message on the same topic), so a check cannot pass because nothing was sent or
 nothing arrived yet. Then the real collector and a real gate daemon run through the broker.
+What TLS itself refuses (no certificate, another CA, a wrong host name, an expired or revoked
+certificate) is in tests/e2e/test_broker_tls.py.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import topic_matches_sub
 
+from menwei.broker_setup import (
+    ACL_FILE,
+    BROKER_DIR,
+    CONF_FILE,
+    MOSQUITTO_CONF,
+    mqtt_lines,
+    render_acl,
+)
 from protocol import topics
 from protocol.broker import parse_broker
 from protocol.documents import MAX_DOCUMENT_BYTES, MQTT_HEADROOM_BYTES
@@ -50,7 +63,9 @@ from tests.e2e.shipped_broker import (
     PERMISSIONS_COMMAND,
     REPO,
     SITE,
+    Mode,
     ShippedBroker,
+    documented_tls_commands,
 )
 
 PASSWORDS = {"collector": "collector-Secret-1", "east": "east-Secret-2", "west": "west-Secret-3"}
@@ -63,9 +78,16 @@ ALL_EVENTS = topics.gate_wildcard(SITE, "events")
 ALL_STATUS = topics.gate_wildcard(SITE, "status")
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedBroker]:
-    with ShippedBroker(tmp_path_factory.mktemp("shipped-broker"), PASSWORDS) as b:
+MODES: tuple[Mode, ...] = ("tls", "passwords")
+
+
+@pytest.fixture(scope="module", params=MODES)
+def broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ShippedBroker]:
+    """The shipped broker in each documented setup: TLS (the default) and passwords."""
+    workdir = tmp_path_factory.mktemp(f"shipped-broker-{request.param}")
+    with ShippedBroker(workdir, PASSWORDS, mode=request.param) as b:
         yield b
 
 
@@ -77,15 +99,14 @@ def client(
     client_id: str | None = None,
     session_expiry_s: int | None = None,
 ) -> MqttWatcher:
-    """An MQTT v5 client logged in as `user` (password from PASSWORDS)."""
+    """An MQTT v5 client logged in as `user`: its certificate, or its password (PASSWORDS)."""
     return MqttWatcher(
         broker.url,
         *filters,
-        username=user,
-        password=PASSWORDS[user],
         will=will,
         client_id=client_id,
         session_expiry_s=session_expiry_s,
+        **broker.login(user),
     )
 
 
@@ -118,6 +139,7 @@ def test_the_test_runs_the_documented_commands() -> None:
         for line in (REPO / "docs" / "configuration.md").read_text("utf-8").splitlines()
     }
     commands = (
+        *documented_tls_commands(),
         *INSTALL_COMMANDS,
         FIRST_USER_COMMAND,
         NEXT_USER_COMMAND,
@@ -128,27 +150,94 @@ def test_the_test_runs_the_documented_commands() -> None:
     assert [c for c in commands if c not in lines] == []
 
 
+SHIPPED_CONF = {"tls": "mosquitto-menwei.conf", "passwords": "mosquitto-menwei-passwords.conf"}
+
+
 def test_the_running_conf_is_the_shipped_one_with_paths_and_port_moved(
     broker: ShippedBroker,
 ) -> None:
-    shipped = (REPO / "systemd" / "mosquitto-menwei.conf").read_text("utf-8").splitlines()
+    shipped = (REPO / "systemd" / SHIPPED_CONF[broker.mode]).read_text("utf-8").splitlines()
     running = (broker.etc / "conf.d" / "menwei.conf").read_text("utf-8").splitlines()
+    listener = next(line for line in shipped if line.startswith("listener "))
     put_back = [
-        "listener 1883 0.0.0.0" if line.startswith("listener ") else line
+        listener if line.startswith("listener ") else line
         for line in (r.replace(str(broker.workdir), "") for r in running)
     ]
     assert put_back == shipped
     assert f"listener {broker.port} 127.0.0.1" in running
-    acl = (REPO / "systemd" / "menwei-acl.example").read_bytes()
-    assert (broker.etc / "menwei.acl").read_bytes() == acl
+    if broker.mode == "passwords":
+        acl = (REPO / "systemd" / "menwei-acl.example").read_bytes()
+        assert (broker.etc / "menwei.acl").read_bytes() == acl
+    else:  # the ACL `menwei broker setup` wrote for the site, with collector-2 if asked
+        assert (broker.etc / "menwei.acl").read_bytes() == (broker.folder / ACL_FILE).read_bytes()
+        assert (broker.folder / CONF_FILE).read_text("utf-8").splitlines() == shipped
 
 
-def test_only_the_users_of_the_password_file_get_in(broker: ShippedBroker) -> None:
-    with client(broker, "east") as east:  # control: the right password works
+def test_the_shipped_tls_conf_is_what_broker_setup_writes() -> None:
+    """systemd/mosquitto-menwei.conf is the file `menwei broker setup` writes, and the password
+    alternative differs from it only in its header and its listener's own lines."""
+    tls = (REPO / "systemd" / SHIPPED_CONF["tls"]).read_text("utf-8")
+    assert tls == MOSQUITTO_CONF
+    passwords = (REPO / "systemd" / SHIPPED_CONF["passwords"]).read_text("utf-8")
+
+    def shared(text: str) -> list[str]:
+        return text.split("use_username_as_clientid true\n", 1)[1].splitlines()
+
+    assert shared(passwords) == shared(tls)
+
+
+def test_the_tls_acl_grants_what_the_password_acl_grants() -> None:
+    """The site ACL `menwei broker setup` writes and systemd/menwei-acl.example (the password
+    setup) give every gate and the collector the same topics: each rule of the example is
+    covered by a rule of the generated ACL (a topic filter that matches it)."""
+    example = acl_rules((REPO / "systemd" / "menwei-acl.example").read_text("utf-8"))
+    generated = acl_rules(render_acl(SITE, ["collector"]))
+    assert example, "the example has no rules"
+    missing = [
+        rule
+        for rule in example
+        if not any(
+            (g[0], g[1], g[2]) == rule[:3] and topic_matches_sub(g[3], rule[3]) for g in generated
+        )
+    ]
+    assert missing == []
+
+
+def acl_rules(text: str) -> list[tuple[str, str, str, str]]:
+    """(who, kind, access, topic) of every rule: who is "pattern" or the `user` section."""
+    rules, user = [], ""
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "user":
+            user = words[1]
+        elif words[0] == "pattern":
+            rules.append(("*", "pattern", words[1], words[2]))
+        elif words[0] == "topic":
+            rules.append((user, "topic", words[1], words[2]))
+    return rules
+
+
+def test_only_the_clients_of_the_site_get_in(broker: ShippedBroker) -> None:
+    """Passwords: only the users of the password file. TLS: the identity of the certificate,
+    whatever username the client sends (tests/e2e/test_broker_tls.py refuses a missing,
+    foreign, expired and revoked certificate)."""
+    with client(broker, "east") as east:  # control: the right credential works
         assert east.connect_reason == 0
-    for user, password in (("east", "wrong"), ("south", "any"), (None, None)):
-        with pytest.raises(MqttRefused):
-            MqttWatcher(broker.url, username=user, password=password)
+    if broker.mode == "passwords":
+        for user, password in (("east", "wrong"), ("south", "any"), (None, None)):
+            with pytest.raises(MqttRefused):
+                MqttWatcher(broker.url, username=user, password=password)
+        return
+    # TLS: the identity is the certificate's. Gate east sending the collector's username and
+    # password is still east: the collector's topics stay closed to it.
+    with client(broker, "collector") as server:  # control: the collector may publish it
+        assert accepted(server.publish(topics.config(SITE), tagged("config"), retain=True))
+    with MqttWatcher(
+        broker.url, username="collector", password="any", **broker.login("east")
+    ) as east:
+        assert refused(east.publish(topics.config(SITE), tagged("forged config"), retain=True))
 
 
 # --- what every gate must receive -----------------------------------------------------------
@@ -399,26 +488,27 @@ def test_a_gates_session_is_its_usernames_and_survives_restarts(tmp_path: Path) 
             receive(west, PASSAGES, after_restart, "queued after it")
 
 
-def test_two_collectors_with_their_own_users_share_the_events(tmp_path: Path) -> None:
-    """docs/configuration.md, "Several collectors": collector-2 with its own password and ACL
-    section, both in the shared group. Both connect as two `menwei server run --shared-group`
-    do (server/collector.py: a client id of its own, no session); both stay connected (two
-    processes with one username would replace each other), and the gates' events are dealt
-    between them, each once: what Mosquitto delivers through `$share/...` is checked against
-    the gate's topic, which the copied ACL section lets collector-2 read."""
+@pytest.mark.parametrize("mode", MODES)
+def test_two_collectors_with_their_own_users_share_the_events(tmp_path: Path, mode: Mode) -> None:
+    """docs/configuration.md, "Several collectors": collector-2 with its own certificate
+    (`menwei broker add-client`) or password and ACL section, both in the shared group. Both
+    connect as two `menwei server run --shared-group` do (server/collector.py: a client id of
+    its own, no session); both stay connected (two processes with one identity would replace
+    each other), and the gates' events are dealt between them, each once: what Mosquitto
+    delivers through `$share/...` is checked against the gate's topic, which collector-2's ACL
+    section lets it read."""
     users = {**PASSWORDS, EXTRA_COLLECTOR: "collector-Secret-4"}
     shared = f"$share/collectors/{ALL_EVENTS}"
     sent = [tagged(f"event {i}") for i in range(20)]
-    with ShippedBroker(tmp_path / "broker", users) as broker:
+    with ShippedBroker(tmp_path / "broker", users, mode=mode) as broker:
         acl = (broker.etc / "menwei.acl").read_text("utf-8")
         assert f"user {EXTRA_COLLECTOR}\ntopic read menwei/{SITE}/+/events\n" in acl
         collectors = [
             MqttWatcher(
                 broker.url,
                 shared,
-                username=u,
-                password=users[u],
                 client_id=collector_client_id(SITE, "collectors"),
+                **broker.login(u),
             )
             for u in ("collector", EXTRA_COLLECTOR)
         ]
@@ -442,34 +532,50 @@ def test_two_collectors_with_their_own_users_share_the_events(tmp_path: Path) ->
 # --- the real collector and gate ------------------------------------------------------------
 
 
+def new_server(tmp_path: Path) -> Path:
+    server_dir = tmp_path / "server"
+    Site.init(server_dir, SITE).close()
+    return server_dir
+
+
 def configure_collector(server_dir: Path, broker: ShippedBroker) -> None:
-    """server.toml [mqtt] as docs/configuration.md shows it."""
+    """server.toml [mqtt] as docs/configuration.md shows it: the lines `menwei broker setup`
+    printed (TLS), or the collector's password; and the shared group."""
     toml = server_dir / CONFIG_NAME
     text = toml.read_text("utf-8")
     line = 'broker = "mqtt://127.0.0.1:1883"\n'
     assert line in text, "server.toml layout changed: cannot set [mqtt]"
-    toml.write_text(
-        text.replace(
-            line,
-            f'broker = "{broker.url}"\nusername = "collector"\n'
-            f'password = "{PASSWORDS["collector"]}"\nshared_group = "collectors"\n',
-            1,
-        ),
-        "utf-8",
-    )
+    if broker.mode == "tls":
+        login = mqtt_lines(broker.url, BROKER_DIR)
+    else:
+        secret = PASSWORDS["collector"]
+        login = f'broker = "{broker.url}"\nusername = "collector"\npassword = "{secret}"\n'
+    toml.write_text(text.replace(line, f'{login}shared_group = "collectors"\n', 1), "utf-8")
     mqtt = load_server_config(server_dir).mqtt
-    assert (mqtt.username, mqtt.shared_group) == ("collector", "collectors")
+    assert mqtt.shared_group == "collectors"
 
 
-def test_the_collector_and_a_gate_work_through_the_shipped_broker(tmp_path: Path) -> None:
-    """On a broker of its own: the other tests leave retained test payloads behind."""
-    with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
-        run_collector_and_gate(tmp_path, broker)
+def gate_login(broker: ShippedBroker, gate: str) -> dict[str, str]:
+    """gate.toml's [mqtt] login: none over TLS (`gate init` wrote its certificate's files)."""
+    if broker.mode == "tls":
+        return {}
+    return {"username": gate, "password": PASSWORDS[gate]}
 
 
-def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
-    server_dir = tmp_path / "server"
-    Site.init(server_dir, SITE).close()
+@pytest.mark.parametrize("mode", MODES)
+def test_the_collector_and_a_gate_work_through_the_shipped_broker(
+    tmp_path: Path, mode: Mode
+) -> None:
+    """On a broker of its own: the other tests leave retained test payloads behind. Over TLS
+    the broker folder is the server directory's broker/, so the gate's certificate is the one
+    `gate init` issues."""
+    server_dir = new_server(tmp_path)
+    folder = server_dir / BROKER_DIR
+    with ShippedBroker(tmp_path / "broker", PASSWORDS, mode=mode, folder=folder) as broker:
+        run_collector_and_gate(tmp_path, server_dir, broker)
+
+
+def run_collector_and_gate(tmp_path: Path, server_dir: Path, broker: ShippedBroker) -> None:
     configure_collector(server_dir, broker)
     with Site(server_dir) as site:
         resident = site.issue_pass("1-1-101", "张三丰", room="1-1-101")
@@ -479,8 +585,7 @@ def run_collector_and_gate(tmp_path: Path, broker: ShippedBroker) -> None:
             "east",
             "in",
             broker.url,
-            username="east",
-            password=PASSWORDS["east"],
+            **gate_login(broker, "east"),
             resend_after_s=1.5,
             status_interval_s=2,
         )
@@ -551,9 +656,9 @@ def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
     one alert, and the collector keeps storing and acknowledging events, also after a
     reconnect. The register is made over 8 MiB with 100 passes whose room text is 100 kB (the
     size of ~90,000 ordinary passes, made fast)."""
-    with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
-        server_dir = tmp_path / "server"
-        Site.init(server_dir, SITE).close()
+    server_dir = new_server(tmp_path)
+    folder = server_dir / BROKER_DIR
+    with ShippedBroker(tmp_path / "broker", PASSWORDS, folder=folder) as broker:
         configure_collector(server_dir, broker)
         with Site(server_dir) as site:
             for i in range(100):
@@ -606,9 +711,9 @@ def send_event_and_wait_for_its_ack(east: MqttWatcher, seq: int) -> None:
 
 def test_a_restart_keeps_the_retained_documents(tmp_path: Path) -> None:
     config = tagged("config")
-    with ShippedBroker(tmp_path / "broker", {"collector": "c", "east": "e"}) as broker:
-        with MqttWatcher(broker.url, username="collector", password="c") as server:
+    with ShippedBroker(tmp_path / "broker", ["collector", "east"]) as broker:
+        with MqttWatcher(broker.url, **broker.login("collector")) as server:
             assert accepted(server.publish(topics.config(SITE), config, retain=True))
         broker.restart()
-        with MqttWatcher(broker.url, topics.config(SITE), username="east", password="e") as east:
+        with MqttWatcher(broker.url, topics.config(SITE), **broker.login("east")) as east:
             receive(east, topics.config(SITE), config, "the retained config after a restart")

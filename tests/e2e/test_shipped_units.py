@@ -24,6 +24,7 @@ from pathlib import Path
 from menwei.mosquitto import MosquittoBroker
 from server.site import IssuedPass, Site
 from tests.conftest import REPO
+from tests.e2e.session_ca import PLACEHOLDER_BROKER
 
 PROGRAM = "/opt/menwei/.venv/bin/menwei"
 """Where docs tell the installer to put the program (the unit's ExecStart)."""
@@ -127,8 +128,8 @@ def test_the_server_unit_runs_the_collector_and_stops_on_sigterm(
     argv = exec_start(settings, {"/var/lib/menwei/server": str(site.dir)})
     toml = site.dir / "server.toml"  # the installer names the site's broker here
     text = toml.read_text(encoding="utf-8")
-    assert 'broker = "mqtt://127.0.0.1:1883"' in text, "server.toml layout changed"
-    toml.write_text(text.replace("mqtt://127.0.0.1:1883", broker.url), encoding="utf-8")
+    assert f'broker = "{PLACEHOLDER_BROKER}"' in text, "server.toml layout changed"
+    toml.write_text(text.replace(PLACEHOLDER_BROKER, broker.url), encoding="utf-8")
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -1,7 +1,9 @@
 """A week of site life, set up the way an installer sets it up, at accelerated time.
 
-Real parts: Mosquitto from the shipped `systemd/` configuration, ACL and a password file made
-the documented way (tests/e2e/shipped_broker.py); the real collector; two real gate daemons
+Real parts: Mosquitto from the shipped configuration, set up over TLS the documented way
+(`menwei broker setup` in the server directory, its ACL, a certificate for the collector and,
+from `gate init`, for each gate: tests/e2e/shipped_broker.py); the real collector; two real
+gate daemons
 (simulated camera, thermometer and relay) each behind a TCP relay that can be cut
 (tests/e2e/netcut.py); operators' changes through the real `menwei` command line.
 
@@ -36,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from menwei.broker_setup import BROKER_DIR, link_server_toml
 from menwei.reconcile import reconcile
 from protocol.broker import parse_broker
 from server.collector import Collector
@@ -48,7 +51,7 @@ from tests.e2e.simtime import SimTime
 from tests.e2e.sitelife import heard_since, scan
 
 TZ = ZoneInfo("Asia/Shanghai")
-PASSWORDS = {"collector": "collector-pw-7f3a", "east": "east-pw-91c2", "west": "west-pw-44d0"}
+USERS = ("collector", "east", "west")
 NORMAL_FOREHEAD = 34.6  # the simulated thermometer reads a body temperature of about 36.6 °C
 FEVER_FOREHEAD = 36.5
 MAX_DATA_AGE_H = 24.0
@@ -179,24 +182,6 @@ class Week:
 # --- setting the site up as the docs say ----------------------------------------------------
 
 
-def set_collector_credentials(server: Path) -> None:
-    toml = server / "server.toml"
-    text = toml.read_text(encoding="utf-8")
-    old = '# username = "collector"\n# password = "..."\n'
-    assert old in text, "server.toml layout changed"
-    new = f'username = "collector"\npassword = "{PASSWORDS["collector"]}"\n'
-    toml.write_text(text.replace(old, new), encoding="utf-8")
-
-
-def set_gate_credentials(gate_dir: Path, gate: str, url: str) -> None:
-    toml = gate_dir / "gate.toml"
-    text = toml.read_text(encoding="utf-8")
-    head = f'[mqtt]\nbroker = "{url}"\n'
-    assert head in text, "gate.toml layout changed"
-    creds = f'username = "{gate}"\npassword = "{PASSWORDS[gate]}"\n'
-    toml.write_text(text.replace(head, head + creds), encoding="utf-8")
-
-
 def set_policy(server: Path, key: str, value: str) -> None:
     toml = server / "server.toml"
     lines = toml.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -214,12 +199,12 @@ def week_factory(tmp_path: Path) -> Iterator[Callable[[float], Week]]:
     def make(step_h: float) -> Week:
         start = next_monday(datetime.now(UTC))
         sim = SimTime(start - timedelta(hours=1))
-        broker = ShippedBroker(tmp_path / "broker", PASSWORDS)
-        broker.__enter__()
-        cleanup.append(lambda: broker.__exit__(None, None, None))
         server = tmp_path / "server"
         run_menwei("server", "init", str(server), "--site", SITE)
-        set_collector_credentials(server)
+        broker = ShippedBroker(tmp_path / "broker", USERS, folder=server / BROKER_DIR)
+        broker.__enter__()
+        cleanup.append(lambda: broker.__exit__(None, None, None))
+        link_server_toml(server, broker.url)  # the [mqtt] lines `broker setup` printed
         site = Site(server, clock=sim.utc)
         cleanup.append(site.close)
         until = (start + timedelta(days=14)).date().isoformat()
@@ -231,12 +216,11 @@ def week_factory(tmp_path: Path) -> Iterator[Callable[[float], Week]]:
         stages: dict[str, Stage] = {}
         links: dict[str, NetCut] = {}
         for gate in ("east", "west"):
-            link = NetCut(broker.host, broker.port)
+            link = NetCut(broker.host, broker.port, tls=True)
             cleanup.append(link.close)
             gate_dir = provision_gate(
                 tmp_path, server, gate, "both", link.url, status_interval_s=1, resend_after_s=2
             )
-            set_gate_credentials(gate_dir, gate, link.url)
             thread = GateThread(gate_dir, link.url, sim=sim).start()
             cleanup.append(thread.stop)
             gates[gate], stages[gate], links[gate] = thread, Stage(gate_dir / "stage"), link

@@ -102,10 +102,15 @@ def test_a_share_name_mqtt_would_refuse_is_a_config_error(name: str) -> None:
         MqttSection(shared_group=name)
 
 
-def test_server_run_refuses_a_bad_group_or_password_file_clearly(site: Site) -> None:
+def test_server_run_refuses_a_bad_group_password_file_or_certificate_clearly(site: Site) -> None:
     for args, message in (
         (["--shared-group", "a/b"], "shared_group 'a/b' must be 1-64 of"),
         (["--mqtt-password-file", str(site.dir / "missing")], "--mqtt-password-file"),
+        (["--mqtt-cert-file", str(site.dir / "c.pem")], "--mqtt-key-file go together"),
+        (  # a certificate for a broker written mqtt:// in server.toml: the link would be clear
+            ["--mqtt-cert-file", "c.pem", "--mqtt-key-file", "c.key"],
+            "write the broker as mqtts://HOST",
+        ),
     ):
         done = run_menwei("server", "run", str(site.dir), *args, check=False, timeout=60)
         assert done.returncode != 0 and message in done.stderr, done.stderr

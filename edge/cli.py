@@ -24,6 +24,7 @@ from edge.provision import EXIT_NOT_PROVISIONED, ProvisionError, load_knowledge,
 from edge.recording import decision_json
 from edge.replay import NOT_MEASURED
 from edge.store import GateStore
+from protocol.broker import parse_broker
 from protocol.errors import ProtocolError
 from protocol.output import render
 from protocol.reasons import message
@@ -332,6 +333,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import GateDaemon
 
     config = load_config(args.config)
+    if args.broker not in (None, "none"):
+        parse_broker(args.broker)  # the rules [mqtt] broker follows, before anything opens
     try:
         daemon = GateDaemon(config, broker=args.broker)
     except ProvisionError as exc:  # a restart cannot fix it: systemd must not loop

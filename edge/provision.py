@@ -17,6 +17,7 @@ from typing import Literal
 from edge.config import GateConfig
 from edge.knowledge import Knowledge
 from edge.store import GateStore
+from protocol.broker import parse_broker
 from protocol.documents import (
     BUNDLE_DIR,
     CONFIG_FILE,
@@ -71,6 +72,7 @@ def provision(
     broker: str = "mqtt://127.0.0.1:1883",
 ) -> dict[str, object]:
     check_slug(gate, "gate id")
+    parse_broker(broker)  # before anything is written: it goes into gate.toml as it is
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
     know, documents = read_bundle(bundle)  # all verified before anything is written
     site = know.site

@@ -17,6 +17,7 @@ from pathlib import Path
 from drivers.screening import BodyOffset, Screener, calibrate
 from edge.config import OFFSET_C, GateConfig
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -49,7 +50,7 @@ def default_offset(config: GateConfig) -> BodyOffset:
 def load_offset(config: GateConfig) -> BodyOffset:
     """The calibrated offset if this device has one, else the configured default."""
     try:
-        data = json.loads(calibration_path(config).read_text(encoding="utf-8"))
+        data = json.loads(read_bounded(calibration_path(config), "calibration"))
         offset = BodyOffset(**data["offset"])
     except FileNotFoundError:
         return default_offset(config)

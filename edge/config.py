@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from drivers.systemclock import NTP_PHASE_LIMIT_US
 from protocol.broker import parse_broker
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 from protocol.passes import check_slug
 from protocol.schema import Range, SchemaError, from_mapping, parse_toml
 
@@ -215,10 +216,10 @@ class GateConfig:
 def load_config(path: Path) -> GateConfig:
     """Read and validate gate.toml. Raises ConfigError with a message naming table and key."""
     try:
-        data = parse_toml(path.read_bytes(), str(path))
+        data = parse_toml(read_bounded(path, "config"), str(path))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except SchemaError as exc:
+    except ProtocolError as exc:  # not TOML, not a regular file, too large
         raise ConfigError(str(exc)) from None
     if "path" in data:
         raise ConfigError(f"{path}: unknown table [path]")

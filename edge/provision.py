@@ -29,6 +29,7 @@ from protocol.documents import (
     decode_trust,
 )
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded, write_private
 from protocol.passes import TrustKey, check_slug
 
 log = logging.getLogger("menwei.gate")
@@ -76,11 +77,11 @@ def provision(
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
     know, documents = read_bundle(bundle)  # all verified before anything is written
     site = know.site
-    gate_dir.mkdir(parents=True, exist_ok=True)
+    gate_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     toml = gate_dir / "gate.toml"
     created = not toml.exists()
-    if created:
-        toml.write_text(render_gate_toml(site, gate, direction, simulated, broker), "utf-8")
+    if created:  # 0600: [mqtt] password goes in it
+        write_private(toml, render_gate_toml(site, gate, direction, simulated, broker).encode())
         if simulated:
             (gate_dir / "stage").mkdir(exist_ok=True)
     shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
@@ -104,7 +105,7 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
     verified documents it stores, in order. Raises ProvisionError (no trust file),
     MessageError (a document that does not verify) or ProtocolError (one it cannot apply)."""
     try:
-        site, keys = decode_trust((bundle / TRUST_FILE).read_bytes())
+        site, keys = decode_trust(read_bounded(bundle / TRUST_FILE, "trust"))
     except OSError as exc:
         raise ProvisionError(f"{bundle}: no provisioning bundle ({exc.strerror})") from None
     know = Knowledge(site, keys)
@@ -112,7 +113,7 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
     for kind, name in DOC_FILES.items():
         if kind in OPTIONAL_DOCS and not (bundle / name).exists():
             continue
-        raw = (bundle / name).read_bytes()
+        raw = read_bounded(bundle / name, "document")
         doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
         know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
         documents.append((doc, raw))
@@ -154,7 +155,7 @@ def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
         "rewrites trust.json from the server's bundle and keeps the gate's config and log)"
     )
     try:
-        site, keys = decode_trust(path.read_bytes())
+        site, keys = decode_trust(read_bounded(path, "trust"))
     except OSError as exc:
         raise ProvisionError(f"{path}: gate not provisioned ({exc.strerror}); {redo}") from None
     except ProtocolError as exc:

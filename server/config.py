@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from protocol.broker import parse_broker
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 from protocol.passes import check_slug
 from protocol.policy import Policy, check_timezone
 from protocol.schema import Range, SchemaError, from_mapping, parse_toml
@@ -142,9 +143,11 @@ class ServerConfig:
 def load_server_config(directory: Path) -> ServerConfig:
     path = directory / CONFIG_NAME
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, "config")
     except OSError as exc:
         raise ServerConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except ProtocolError as exc:  # not a regular file, too large
+        raise ServerConfigError(str(exc)) from None
     try:
         return from_mapping(ServerConfig, parse_toml(raw, str(path)), str(path))
     except (SchemaError, ProtocolError) as exc:

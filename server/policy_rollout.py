@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.documents import canonical_json, decode_document
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 from protocol.passes import TrustKey
 from protocol.policy import Policy
 
@@ -138,7 +139,7 @@ def _read_cached(
 ) -> PublishedPolicy:
     trust = {k: TrustKey(k, public) for k, public in keys}
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(Path(path), "document")
     except OSError as exc:
         raise RolloutError(f"{path}: cannot read: {exc.strerror}") from None
     try:

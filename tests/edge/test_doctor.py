@@ -47,6 +47,7 @@ def test_doctor_passes_every_simulated_device(gate_dir: Path) -> None:
     result = json.loads(proc.stdout)
     by_device = {c["device"]: c for c in result["checks"]}
     assert {d for d, c in by_device.items() if c["ok"]} == {
+        "files",
         "database",
         "provisioning",
         "camera",

@@ -31,7 +31,7 @@ FileKind = Literal[
 FILE_CAPS: dict[FileKind, int] = {
     "config": 1 * MiB,  # gate.toml, server.toml, a --policy file: a few KiB in practice
     "trust": 1 * MiB,  # trust.json: a site and its public keys
-    "document": MAX_DOCUMENT_BYTES,  # bundle/*.json: the register is the largest
+    "document": MAX_DOCUMENT_BYTES,  # a bundle gate init is given: the register is the largest
     "key": 64 * KiB,  # a PEM private key: about 120 bytes
     "password": 4 * KiB,  # --mqtt-password-file: one line
     "calibration": 64 * KiB,  # calibration.json

@@ -28,7 +28,7 @@ from protocol.documents import (
     sign_document,
 )
 from protocol.errors import ProtocolError
-from protocol.files import read_bounded, write_private
+from protocol.files import write_private
 from protocol.freshness import KIND as FRESHNESS
 from protocol.freshness import statement_body
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
@@ -409,7 +409,7 @@ class Site:
         calls it once a day. None when the published register already holds exactly that."""
         body = self.register().to_json()
         try:
-            held = json.loads(read_bounded(self.bundle_path(REGISTER_FILE), "document"))["body"]
+            held = json.loads(self.bundle_path(REGISTER_FILE).read_bytes())["body"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             held = None
         return None if held == body else self.publish_register()
@@ -476,7 +476,7 @@ class Site:
     def _bundle_version(self, name: str) -> int:
         """The version of a bundle document (0: none yet)."""
         try:
-            return int(json.loads(read_bounded(self.bundle_path(name), "document"))["version"])
+            return int(json.loads(self.bundle_path(name).read_bytes())["version"])
         except FileNotFoundError:
             return 0
 

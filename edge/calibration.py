@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from drivers.screening import BodyOffset, Screener, calibrate
-from edge.config import GateConfig
+from edge.config import OFFSET_C, GateConfig
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -49,12 +50,18 @@ def default_offset(config: GateConfig) -> BodyOffset:
 def load_offset(config: GateConfig) -> BodyOffset:
     """The calibrated offset if this device has one, else the configured default."""
     try:
-        data = json.loads(calibration_path(config).read_text(encoding="utf-8"))
-        return BodyOffset(**data["offset"])
+        data = json.loads(read_bounded(calibration_path(config), "calibration"))
+        offset = BodyOffset(**data["offset"])
     except FileNotFoundError:
         return default_offset(config)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CalibrationError(f"{calibration_path(config)} is unreadable: {exc}") from None
+    if offset.base_c not in OFFSET_C:  # also nan, which json reads
+        raise CalibrationError(
+            f"{calibration_path(config)}: offset {offset.base_c} °C is outside {OFFSET_C};"
+            " run `menwei gate calibrate` again"
+        )
+    return offset
 
 
 def run_calibration(config: GateConfig, screener: Screener, reference_c: float) -> Calibration:
@@ -65,6 +72,11 @@ def run_calibration(config: GateConfig, screener: Screener, reference_c: float) 
         raise CalibrationError(f"no steady reading to calibrate with: {s.error}")
     slope = config.thermometer.offset_per_ambient_c
     offset = calibrate(s.skin_c, s.ambient_c, reference_c, per_ambient_c=slope)
+    if offset.base_c not in OFFSET_C:
+        raise CalibrationError(
+            f"the sensor read {s.skin_c:.1f} °C for a {reference_c:.1f} °C body: an offset of"
+            f" {offset.base_c:.1f} °C is outside {OFFSET_C} (aim it at a forehead 2-5 cm away)"
+        )
     result = Calibration(
         offset, reference_c, s.skin_c, s.ambient_c, datetime.now(UTC).isoformat(timespec="seconds")
     )

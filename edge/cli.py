@@ -44,7 +44,9 @@ from edge.provision import (
 from edge.recording import decision_json
 from edge.replay import NOT_MEASURED
 from edge.store import GateStore
+from protocol.broker import parse_broker
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 from protocol.output import render
 from protocol.reasons import message
 
@@ -245,7 +247,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     decoder = QrDecoder()
     results: list[dict[str, Any]] = []
     for path in args.images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        try:  # a device, FIFO or huge file is refused (InputFileError), not read forever
+            raw = np.frombuffer(read_bounded(path, "image"), dtype=np.uint8)
+        except OSError:
+            raw = np.empty(0, dtype=np.uint8)  # missing or unreadable: as an undecodable image
+        image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
         if image is None or image.dtype != np.uint8:
             results.append(_refusal(path, "unreadable_image", qr_found=False))
             continue
@@ -284,7 +290,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         state = state_from_json(store.state())  # a scratch copy: nothing is written back
     know = with_policy(know, load_policy_file(args.policy) if args.policy else None)
     try:
-        lines = args.script.read_text(encoding="utf-8").splitlines()
+        lines = read_bounded(args.script, "script").decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{args.script}: not UTF-8 text: {exc.reason}") from None
     except OSError as exc:
         raise ProtocolError(f"{args.script}: cannot read: {exc.strerror}") from None
     results = replay(lines, state, know)
@@ -478,6 +486,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import GateDaemon
 
     config = load_config(args.config)
+    if args.broker not in (None, "none"):
+        parse_broker(args.broker)  # the rules [mqtt] broker follows, before anything opens
     try:
         daemon = GateDaemon(config, broker=args.broker)
     except ProvisionError as exc:  # a restart cannot fix it: systemd must not loop

@@ -22,7 +22,6 @@ Order of checks (the first that refuses decides; docs/policy.md explains them):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -33,6 +32,7 @@ from edge.knowledge import Knowledge
 from protocol.errors import PassError
 from protocol.passes import PassPayload, Role, from_unix, verify_pass
 from protocol.policy import Policy
+from protocol.temperature import plausible_body
 
 DEFAULT_POLICY = Policy()
 
@@ -111,7 +111,6 @@ FORGERY_REASONS = frozenset({"bad_signature", "unknown_key"})
 
 
 QUOTA_EXEMPT = frozenset({Role.STAFF, Role.VISITOR})
-PLAUSIBLE_BODY_C = (34.0, 43.0)  # the same range the screening pipeline accepts
 MAX_VISITOR_PASSES = 5000  # remembered visitor passes (a compound's ~100 a day: ~50 days)
 
 
@@ -154,7 +153,7 @@ def _entry(
     if temperature is None:
         return Decision("pending", "measure_temperature", "temperature", "in", p)
     t = temperature.body_c
-    if t is None or not math.isfinite(t) or not PLAUSIBLE_BODY_C[0] <= t <= PLAUSIBLE_BODY_C[1]:
+    if t is None or not plausible_body(t):
         # No reading, or one no living person has (the sensor saw a wall or a hot drink):
         # never a silent pass, the guard decides.
         return deny("no_temperature", "temperature", pass_=p, guard_required=True)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from drivers.camera import open_source
 from drivers.errors import DriverError, PecError
@@ -37,6 +38,7 @@ from edge.store import GateStore
 from protocol.broker import parse_broker
 from protocol.broker_tls import BrokerTlsError, certificate_info, client_context, tls_failure
 from protocol.errors import ProtocolError
+from protocol.files import exposed
 
 
 @dataclass(frozen=True)
@@ -372,8 +374,29 @@ def check_clock(config: GateConfig, clock: GateClock | None = None) -> Check:
     return Check("clock", False, trust.detail(), trust.fix(), UNTRUSTED_EFFECT)
 
 
+def private_files(config: GateConfig) -> dict[Path, str]:
+    """The gate's files that must be its service user's alone, and what each holds."""
+    db = config.db_path
+    held = "decisions, households, passes and the register"
+    return {
+        config.path: "the broker password ([mqtt] password)",
+        db: held,
+        db.with_name(db.name + "-wal"): held,
+        db.with_name(db.name + "-shm"): held,
+    }
+
+
+def check_files(config: GateConfig) -> Check:
+    """gate.toml and gate.db (and its -wal, -shm) must not be readable by other local users."""
+    found = exposed(private_files(config))
+    if found is None:
+        return Check("files", True, "gate.toml and gate.db are readable by their owner only")
+    return Check("files", False, *found)
+
+
 def run_doctor(config: GateConfig, broker: str | None = None) -> list[Check]:
     return [
+        check_files(config),
         check_database(config),
         check_provisioning(config),
         check_camera(config),

@@ -20,6 +20,7 @@ from drivers.sim_i2c import SimulatedMLX90614Bus
 from drivers.thermometer import Thermometer
 from edge.calibration import load_offset
 from edge.config import GateConfig
+from protocol.temperature import PLAUSIBLE_BODY_C
 
 
 @dataclass
@@ -81,5 +82,6 @@ def build_hardware(config: GateConfig) -> GateHardware:
             tolerance_c=t.tolerance_c,
             timeout_s=t.timeout_s,
             offset=load_offset(config),
+            plausible_body_c=PLAUSIBLE_BODY_C,
         )
     return GateHardware(camera, QrDecoder(), pins, relay, indicator, screener, thermometer, sim_bus)

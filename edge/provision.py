@@ -19,6 +19,7 @@ from typing import Literal
 from edge.config import GateConfig
 from edge.knowledge import Knowledge
 from edge.store import GateStore
+from protocol.broker import parse_broker
 from protocol.broker_tls import BrokerTlsError, certificate_info
 from protocol.documents import (
     BUNDLE_DIR,
@@ -31,6 +32,7 @@ from protocol.documents import (
     decode_trust,
 )
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded, write_private
 from protocol.passes import TrustKey, check_slug
 
 log = logging.getLogger("menwei.gate")
@@ -155,20 +157,21 @@ def provision(
     toml = gate_dir / "gate.toml"
     created = not toml.exists()
     url = broker or (credentials.broker if credentials is not None else PLAIN_BROKER)
+    parse_broker(url)  # before anything is written: it goes into gate.toml as it is
     if credentials is not None and created and not url.startswith("mqtts://"):
         raise ProvisionError(
             f"--broker {url}: the gate has broker credentials (TLS): give an mqtts:// URL, or "
             "leave --broker out for the broker's own name"
         )
-    gate_dir.mkdir(parents=True, exist_ok=True)
+    gate_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     link: dict[str, object] = {"broker": url}
     if credentials is not None:
         files = write_credentials(gate_dir, credentials)
         until = certificate_info(gate_dir / CERT_FILE).not_after.astimezone()
         link |= {"credentials": files, "certificate_until": until.isoformat(timespec="minutes")}
-    if created:
+    if created:  # 0600: [mqtt] password goes in it
         text = render_gate_toml(site, gate, direction, simulated, url, credentials is not None)
-        toml.write_text(text, "utf-8")
+        write_private(toml, text.encode())
         if simulated:
             (gate_dir / "stage").mkdir(exist_ok=True)
     shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
@@ -193,7 +196,7 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
     verified documents it stores, in order. Raises ProvisionError (no trust file),
     MessageError (a document that does not verify) or ProtocolError (one it cannot apply)."""
     try:
-        site, keys = decode_trust((bundle / TRUST_FILE).read_bytes())
+        site, keys = decode_trust(read_bounded(bundle / TRUST_FILE, "trust"))
     except OSError as exc:
         raise ProvisionError(f"{bundle}: no provisioning bundle ({exc.strerror})") from None
     know = Knowledge(site, keys)
@@ -201,7 +204,7 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
     for kind, name in DOC_FILES.items():
         if kind in OPTIONAL_DOCS and not (bundle / name).exists():
             continue
-        raw = (bundle / name).read_bytes()
+        raw = read_bounded(bundle / name, "document")
         doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
         know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
         documents.append((doc, raw))
@@ -243,7 +246,7 @@ def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
         "rewrites trust.json from the server's bundle and keeps the gate's config and log)"
     )
     try:
-        site, keys = decode_trust(path.read_bytes())
+        site, keys = decode_trust(read_bounded(path, "trust"))
     except OSError as exc:
         raise ProvisionError(f"{path}: gate not provisioned ({exc.strerror}); {redo}") from None
     except ProtocolError as exc:

@@ -21,6 +21,7 @@ from edge.decision import GateState, Now, Scan, Temperature, advance, decide
 from edge.knowledge import Knowledge
 from edge.recording import decision_json
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 from protocol.policy import Policy
 from protocol.reasons import message
 from protocol.schema import parse_toml
@@ -44,7 +45,7 @@ class ReplayItem:
 def load_policy_file(path: Path) -> Policy:
     """A policy to try: a TOML file with a [policy] table (as in server.toml) or bare keys."""
     try:
-        data = parse_toml(path.read_bytes(), str(path))
+        data = parse_toml(read_bounded(path, "config"), str(path))
     except OSError as exc:
         raise ProtocolError(f"{path}: cannot read: {exc.strerror}") from None
     table = data.get("policy", data) if isinstance(data.get("policy"), dict) else data

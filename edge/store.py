@@ -53,6 +53,7 @@ from edge.storage_fault import (
     orphan_logs,
 )
 from protocol.events import Event
+from protocol.files import create_private
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -568,6 +569,7 @@ def _create(path: Path) -> None:
     tmp = path.with_name(path.name + ".new")
     for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
         leftover.unlink(missing_ok=True)
+    create_private(tmp)  # 0600: SQLite gives its -wal and -shm files the database's mode
     conn = sqlite3.connect(str(tmp))
     try:
         db = Database(conn)

@@ -14,10 +14,12 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
-from protocol.errors import MessageError
+from protocol.errors import MessageError, ProtocolError
+from protocol.passes import Role, check_household, check_slug
+from protocol.temperature import PLAUSIBLE_BODY_C, plausible_body
 
 SCHEMA = 1
 EPOCH_RE = re.compile(r"[0-9a-f]{0,32}")
@@ -26,7 +28,8 @@ MAX_BATCH_EVENTS = 500
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 MAX_PASS_ID = 2**32 - 1  # 4 unsigned bytes in the pass
 MAX_DETAIL_DEPTH = 16
-"""Levels of objects and lists in an event's `detail` (a gate's are two deep)."""
+"""Levels of objects and lists in an event's `detail` or a gate status (a gate's are two or
+three deep)."""
 TOO_DEEP = "{what} nests objects or lists too deeply to be read"
 """A message whose JSON is deeper than Python's parser goes (a hostile one): a MessageError,
 never a RecursionError that would take other messages down with it."""
@@ -36,7 +39,25 @@ LATEST_AT = datetime(2101, 1, 1, tzinfo=UTC)
 clock never goes below its floor (the issue time of the documents it holds); readers convert
 times to the site's zone, where a year 9999 overflows."""
 
+MAX_AHEAD = timedelta(hours=24)
+"""An event dated further ahead of the collector's clock is refused (decode_batch's `now`):
+a gate's clock that wrong (a year 2099 from a dead RTC) would put its passages into days
+that have not come. Generous on purpose: a refused event holds up its gate's
+acknowledgements until the gate's clock is fixed, and a gate whose RTC keeps local time
+runs 8 hours ahead in China."""
+
 KINDS = frozenset({"decision", "exit_request", "passed", "alert", "override", "device"})
+ROLES = frozenset(role.label for role in Role)
+"""The roles a pass can carry (resident, visitor, staff): an event or passage says one or none."""
+REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,47}")
+"""A reason code's form. Not the list of codes this version knows (protocol/reasons.py): codes
+are added over time, and an event of a gate newer than its collector must still be stored
+(and shown as "Refused (code)") or its gate's acknowledgements would stop there."""
+UUID_RE = re.compile(r"[0-9A-Za-z-]{1,64}")
+"""An event's id: the gate writes a UUID (uuid4 text)."""
+VERSION_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_VERSIONS = 16
+"""Names of the data versions an event reports (a gate's: config and register), at most."""
 DECISIONS = frozenset({"allow", "deny"})
 DIRECTIONS = frozenset({"in", "out"})
 
@@ -96,20 +117,20 @@ class Event:
             raise MessageError("event must be a JSON object")
         try:
             event = cls(
-                site=_str(data, "site"),
-                gate=_str(data, "gate"),
+                site=_slug(data, "site"),
+                gate=_slug(data, "gate"),
                 seq=_int(data, "seq"),
-                uuid=_str(data, "uuid"),
+                uuid=_match(data, "uuid", UUID_RE, "up to 64 letters, digits and '-' (a UUID)"),
                 at=_at(data),
                 clock_trusted=_bool(data, "clock_trusted"),
                 kind=_str(data, "kind"),
                 decision=_opt(data, "decision", str),
-                reason=_str(data, "reason"),
+                reason=_match(data, "reason", REASON_RE, "a reason code (a-z, 0-9, _; 1-48)"),
                 direction=_opt(data, "direction", str),
-                temperature_c=_opt_float(data, "temperature_c"),
+                temperature_c=_temperature(data),
                 pass_id=_opt(data, "pass_id", int),
-                household=_opt(data, "household", str),
-                role=_opt(data, "role", str),
+                household=_household(data, optional=True),
+                role=_role(data, optional=True),
                 versions=_versions(data),
                 detail=_detail(data),
                 schema=_int(data, "schema"),
@@ -138,15 +159,65 @@ def _detail(data: Mapping[str, Any]) -> dict[str, Any]:
     """Optional: an object of at most MAX_DETAIL_DEPTH levels of objects and lists (the
     collector copies and serialises it recursively for every event it stores)."""
     detail = dict(data.get("detail", {}))
-    walk: list[tuple[object, int]] = [(detail, 1)]
-    while walk:
-        value, depth = walk.pop()
-        if isinstance(value, Mapping | list):
-            if depth > MAX_DETAIL_DEPTH:
-                raise ValueError(f"field 'detail' nests deeper than {MAX_DETAIL_DEPTH} levels")
-            items = value.values() if isinstance(value, Mapping) else value
-            walk.extend((item, depth + 1) for item in items)
+    if too_deep(detail):
+        raise ValueError(f"field 'detail' nests deeper than {MAX_DETAIL_DEPTH} levels")
     return detail
+
+
+def too_deep(value: object, limit: int = MAX_DETAIL_DEPTH) -> bool:
+    """Whether `value` nests objects and lists more than `limit` levels deep (read without
+    recursion: what is stored must be readable, and written again, by recursive code)."""
+    walk: list[tuple[object, int]] = [(value, 1)]
+    while walk:
+        item, depth = walk.pop()
+        if isinstance(item, Mapping | list):
+            if depth > limit:
+                return True
+            items = item.values() if isinstance(item, Mapping) else item
+            walk.extend((inner, depth + 1) for inner in items)
+    return False
+
+
+def _slug(data: Mapping[str, Any], key: str) -> str:
+    """A site or gate: a slug (protocol.passes.check_slug), as in every topic."""
+    try:
+        return check_slug(_str(data, key), f"field {key!r}")
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _match(data: Mapping[str, Any], key: str, form: re.Pattern[str], what: str) -> str:
+    value = _str(data, key)
+    if not form.fullmatch(value):
+        raise ValueError(f"field {key!r} must be {what}")
+    return value
+
+
+def _household(data: Mapping[str, Any], *, optional: bool = False) -> str | None:
+    """A household id as a pass carries it (1-24 of A-Z a-z 0-9 . _ -)."""
+    value = _opt(data, "household", str) if optional else _str(data, "household")
+    if value is None:
+        return None
+    try:
+        return check_household(value)
+    except ProtocolError as exc:
+        raise ValueError(f"field 'household': {exc}") from None
+
+
+def _role(data: Mapping[str, Any], *, optional: bool = False) -> str | None:
+    value = _opt(data, "role", str) if optional else _str(data, "role")
+    if value is not None and value not in ROLES:
+        raise ValueError(f"field 'role' must be one of {', '.join(sorted(ROLES))}")
+    return value
+
+
+def _temperature(data: Mapping[str, Any]) -> float | None:
+    """A body temperature (°C, PLAUSIBLE_BODY_C) or null: a gate records only those."""
+    value = _opt_float(data, "temperature_c")
+    if value is not None and not plausible_body(value):
+        low, high = PLAUSIBLE_BODY_C
+        raise ValueError(f"field 'temperature_c' must be {low:g}..{high:g} °C or null")
+    return value
 
 
 def _epoch(data: Mapping[str, Any]) -> str:
@@ -216,12 +287,18 @@ def _bool(data: Mapping[str, Any], key: str) -> bool:
 
 
 def _versions(data: Mapping[str, Any]) -> dict[str, int]:
+    """At most MAX_VERSIONS names (a-z, 0-9, _) of whole numbers 0..MAX_SEQ."""
     value = data.get("versions", {})
-    if not isinstance(value, Mapping) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value.values()
+    if (
+        not isinstance(value, Mapping)
+        or len(value) > MAX_VERSIONS
+        or not all(isinstance(k, str) and VERSION_NAME_RE.fullmatch(k) for k in value)
+        or not all(_is_count(v) for v in value.values())
     ):
-        raise ValueError("field 'versions' must map names to integers")
-    return {str(k): v for k, v in value.items()}
+        raise ValueError(
+            f"field 'versions' must map at most {MAX_VERSIONS} names to whole numbers 0..{MAX_SEQ}"
+        )
+    return dict(value)
 
 
 def _opt(data: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -259,12 +336,13 @@ class DecodedBatch:
     rejected: list[tuple[int, str]]  # (index in batch, reason) of events that failed validation
 
 
-def decode_batch(raw: bytes, *, site: str, gate: str) -> DecodedBatch:
+def decode_batch(raw: bytes, *, site: str, gate: str, now: datetime | None = None) -> DecodedBatch:
     """Parse a batch from topic menwei/{site}/{gate}/events.
 
     A batch that is not JSON at all raises MessageError; single bad events are
     returned in `rejected` so the good ones are still stored. An event whose
-    site/gate differs from the topic it came on is rejected (no cross-gate writes).
+    site/gate differs from the topic it came on is rejected (no cross-gate writes), and
+    so is one dated more than MAX_AHEAD after `now` (aware; the collector's clock).
     """
     if len(raw) > MAX_BATCH_BYTES:
         raise MessageError(f"batch of {len(raw)} bytes exceeds {MAX_BATCH_BYTES}")
@@ -290,6 +368,17 @@ def decode_batch(raw: bytes, *, site: str, gate: str) -> DecodedBatch:
             continue
         if event.site != site or event.gate != gate:
             rejected.append((i, f"event of {event.site}/{event.gate} sent on {site}/{gate}"))
+            continue
+        if now is not None and datetime.fromisoformat(event.at) > now + MAX_AHEAD:
+            ahead_h = (datetime.fromisoformat(event.at) - now) / timedelta(hours=1)
+            rejected.append(
+                (
+                    i,
+                    f"event dated {event.at}, {ahead_h:.0f} h ahead of the collector's clock"
+                    f" (at most {MAX_AHEAD / timedelta(hours=1):.0f} h): check the gate's"
+                    " clock (`menwei gate clock`)",
+                )
+            )
             continue
         events.append(event)
     return DecodedBatch(events, rejected)
@@ -354,6 +443,8 @@ def decode_status(raw: bytes) -> dict[str, Any]:
         raise MessageError(TOO_DEEP.format(what="status")) from None
     if not isinstance(data, dict) or data.get("state") not in STATUS_STATES:
         raise MessageError("status must be an object with state online|offline")
+    if too_deep(data):  # kept as it came, and read back by the dashboard's recursive code
+        raise MessageError(f"status nests objects or lists deeper than {MAX_DETAIL_DEPTH} levels")
     problems = [
         f"field {key!r} must be {what}"
         for key, (fits, what) in STATUS_FIELDS.items()
@@ -488,13 +579,13 @@ class Passage:
             if not isinstance(data, Mapping):
                 raise ValueError("a passage must be a JSON object")
             p = cls(
-                site=_str(data, "site"),
-                gate=_str(data, "gate"),
-                uuid=_str(data, "uuid"),
+                site=_slug(data, "site"),
+                gate=_slug(data, "gate"),
+                uuid=_match(data, "uuid", UUID_RE, "up to 64 letters, digits and '-' (a UUID)"),
                 at=_at(data),
                 pass_id=_int(data, "pass_id"),
-                household=_str(data, "household"),
-                role=_str(data, "role"),
+                household=str(_household(data)),
+                role=str(_role(data)),
                 direction=_str(data, "direction"),
             )
         except ValueError as exc:

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 from protocol.errors import ProtocolError
-from protocol.schema import from_mapping
+from protocol.schema import Range, check_ranges, from_mapping
 
 _CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _WINDOW_RE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
@@ -73,15 +73,15 @@ def parse_window(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Policy:
-    fever_threshold_c: float = 37.3
+    fever_threshold_c: Annotated[float, Range(34, 42, "°C")] = 37.3
     """At or above: re-measure once, then deny with `fever` (or allow and alert, soft)."""
     fever_mode: Literal["hard", "soft"] = "hard"
     """hard: a confirmed fever is refused entry; soft: allowed in, alerted and flagged."""
-    fever_recheck_window_s: int = 300
+    fever_recheck_window_s: Annotated[int, Range(10, 3600, "s")] = 300
     """A second high reading within this many seconds of the first confirms the fever."""
-    household_max_out: int = 1
+    household_max_out: Annotated[int, Range(0, 100)] = 1
     """Members of one household outside at once (0 = no limit). Staff and visitors exempt."""
-    household_max_exits_per_day: int = 2
+    household_max_exits_per_day: Annotated[int, Range(0, 100)] = 2
     """Exits per household per day (0 = no limit)."""
     day_starts_at: str = "04:00"
     """Local time at which daily counters start again."""
@@ -96,22 +96,16 @@ class Policy:
     auto_return_at: str = "03:00"
     """Local time at which everyone counts as inside again (missed scans heal overnight)."""
     timezone: str = "Asia/Shanghai"
-    max_data_age_h: float = 24.0
+    max_data_age_h: Annotated[float, Range(0.1, 720, "h")] = 24.0
     """Register/policy older than this (hours): the guard confirms every passage."""
-    passes_per_household_max: int = 4
+    passes_per_household_max: Annotated[int, Range(1, 50)] = 4
     """Passes a household may hold at once; enforced when a pass is issued."""
 
     def __post_init__(self) -> None:
-        if not 34.0 <= self.fever_threshold_c <= 42.0:
-            raise ProtocolError("fever_threshold_c must be between 34.0 and 42.0 °C")
-        if not 10 <= self.fever_recheck_window_s <= 3600:
-            raise ProtocolError("fever_recheck_window_s must be 10..3600 seconds")
-        if not 0 < self.max_data_age_h <= 24 * 30:
-            raise ProtocolError("max_data_age_h must be > 0 and at most 720 hours")
-        if self.household_max_out < 0 or self.household_max_exits_per_day < 0:
-            raise ProtocolError("household limits must be >= 0 (0 = no limit)")
-        if not 1 <= self.passes_per_household_max <= 50:
-            raise ProtocolError("passes_per_household_max must be 1..50")
+        try:  # also when built in code, not only from a table (from_mapping checks those)
+            check_ranges(Policy, vars(self))
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
         parse_clock(self.day_starts_at, "day_starts_at")
         parse_clock(self.auto_return_at, "auto_return_at")
         for window in self.outing_windows:

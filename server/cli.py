@@ -16,6 +16,8 @@ from typing import Any
 import segno
 
 from protocol.broker import parse_broker
+from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 from protocol.output import render
 from server import admin_cli
 from server.collector import Collector
@@ -102,6 +104,18 @@ def register(
     p.add_argument("dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = s.add_parser(
+        "doctor",
+        help="check server.toml, the store and the modes of the files holding secrets",
+        description="Loads server.toml by the rules `server run` applies (a bad value: the"
+        " same error, exit 2), then checks that the store answers and that server.toml, the"
+        " signing keys and the SQLite store (with its -wal and -shm) are readable by their"
+        " owner only. Exit 1 when a check fails. See docs/security.md.",
+    )
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
     passes = sub.add_parser("pass", help="issue and revoke passes")
     ps = passes.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -243,6 +257,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from server.doctor import run_doctor
+
+    findings = run_doctor(args.dir)
+    ok = all(f.ok for f in findings)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [f.to_json() for f in findings]}, ensure_ascii=False))
+    else:
+        print("\n".join(f.line() for f in findings))
+    return 0 if ok else 1
+
+
 def run_settings(configured: MqttSection, args: argparse.Namespace) -> MqttSection:
     """server.toml's [mqtt] with `server run`'s --shared-group, --mqtt-username,
     --mqtt-password-file, --mqtt-cert-file and --mqtt-key-file for this process. Raises
@@ -256,8 +282,8 @@ def run_settings(configured: MqttSection, args: argparse.Namespace) -> MqttSecti
     if args.mqtt_password_file is not None:
         path: Path = args.mqtt_password_file
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
+            lines = read_bounded(path, "password").decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError, ProtocolError) as exc:
             raise ServerConfigError(f"--mqtt-password-file {path}: cannot read: {exc}") from None
         if not lines or not lines[0]:
             raise ServerConfigError(f"--mqtt-password-file {path}: the first line is empty")

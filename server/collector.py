@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -363,25 +364,25 @@ class Collector:
         Gate statuses follow, one by one. When the group's transaction fails, each message
         is tried alone, so one bad message costs only itself."""
         batches: list[tuple[str, str, DecodedBatch]] = []
-        rejects: list[tuple[str, str, bytes]] = []
+        rejects: list[Reject] = []
         statuses: list[tuple[str, str, bytes]] = []
         for topic, payload in messages:
             where = topics.gate_of(topic)
             if where is None or where[0] != self.site.site:
-                rejects.append((topic, "unexpected topic", payload))
+                rejects.append(Reject(topic, "unexpected topic", payload))
                 continue
             site, gate, leaf = where
             if leaf == "status":
                 statuses.append((topic, gate, payload))
             elif leaf == "events":
                 try:
-                    batch = decode_batch(payload, site=site, gate=gate)
+                    batch = decode_batch(payload, site=site, gate=gate, now=self.site.now())
                 except MessageError as exc:
-                    rejects.append((topic, str(exc), payload))
+                    rejects.append(Reject(topic, str(exc), payload))
                     continue
                 except Exception as exc:  # a reader's bug: this message only, not the group
                     log.exception("cannot read a message on %s", topic)
-                    rejects.append((topic, f"unreadable: {type(exc).__name__}", payload))
+                    rejects.append(Reject(topic, f"unreadable: {type(exc).__name__}", payload))
                     continue
                 rejects += _event_rejects(topic, batch.rejected, payload)
                 batches.append((topic, gate, batch))
@@ -410,7 +411,7 @@ class Collector:
                 log.exception("collector error on %s", topic)
 
     def _store(
-        self, batches: list[tuple[str, str, DecodedBatch]], rejects: list[tuple[str, str, bytes]]
+        self, batches: list[tuple[str, str, DecodedBatch]], rejects: list[Reject]
     ) -> list[_Stored]:
         """Rejects, batches, their conflicts and alerts in one write transaction; the gates'
         and households' locks first, in one sorted set (server/storage/engine.py lock_all)."""
@@ -418,11 +419,13 @@ class Collector:
         now = utcnow()
         names = {f"gate:{gate}" for _t, gate, _b in batches}
         names |= {f"household:{h}" for _t, _g, b in batches for h in households_of(b.events)}
+        if rejects:
+            names.add(REJECTIONS_LOCK)
         stored: list[_Stored] = []
         with self.store.write() as tx:
             lock_all(tx, names)
-            for topic, reason, payload in rejects:
-                events_db.reject_message(tx, topic, reason, payload, now=now)
+            for r in rejects:
+                events_db.reject_message(tx, r.topic, r.reason, r.payload, now=now, count=r.refused)
             for _topic, gate, batch in batches:
                 result = events_db.insert_events(tx, gate, batch.events, now=now)
                 raised: list[Alert | None] = []
@@ -465,13 +468,13 @@ class Collector:
             log.error("no conflict check: %s", exc)
             return None
 
-    def _stored(self, stored: list[_Stored], rejects: list[tuple[str, str, bytes]]) -> None:
+    def _stored(self, stored: list[_Stored], rejects: list[Reject]) -> None:
         """After the commit: counters, acks, relays, the live feed, webhooks, and one log line
         per batch that needs one (never one per event)."""
-        for topic, n in Counter(topic for topic, _r, _p in rejects).items():
-            first = next(reason for t, reason, _p in rejects if t == topic)
+        for topic, n in Counter(r.topic for r in rejects).items():
+            first = next(r.reason for r in rejects if r.topic == topic)
             log.warning("rejected %d on %s: %s", n, topic, first)
-        self.stats["rejected"] += len(rejects)
+        self.stats["rejected"] += sum(r.refused for r in rejects)
         last: dict[str, InsertResult] = {}
         for s in stored:
             r = s.result
@@ -558,6 +561,7 @@ class Collector:
         self.stats["rejected"] += 1
         log.warning("rejected message on %s: %s", topic, reason)
         with self.store.write() as tx:
+            lock_all(tx, {REJECTIONS_LOCK})
             events_db.reject_message(tx, topic, reason, payload, now=utcnow())
 
     def _reaffirm(self) -> None:
@@ -693,15 +697,33 @@ REJECTS_PER_MESSAGE = 10
 more of its events were refused): a hostile batch of 500 bad events is not 500 rows."""
 
 
-def _event_rejects(
-    topic: str, refused: Sequence[tuple[int, str]], payload: bytes
-) -> list[tuple[str, str, bytes]]:
-    """The rows of `rejected_messages` for a batch's refused events (index, reason)."""
-    rows = [(topic, f"event {i}: {why}", payload) for i, why in refused[:REJECTS_PER_MESSAGE]]
+class Reject(NamedTuple):
+    """A refused message, or refused events of a batch: `refused` of them (server/storage/
+    events.py reject_message counts them all and keeps a sample)."""
+
+    topic: str
+    reason: str
+    payload: bytes
+    refused: int = 1
+
+
+REJECTIONS_LOCK = "rejections"
+"""Held while refusals are counted: two collectors keep the day's sample within its bound."""
+
+
+def _event_rejects(topic: str, refused: Sequence[tuple[int, str]], payload: bytes) -> list[Reject]:
+    """The rows of `rejected_messages` for a batch's refused events (index, reason): at most
+    REJECTS_PER_MESSAGE, the last counting the refused events left over."""
+    rows = [Reject(topic, f"event {i}: {why}", payload) for i, why in refused[:REJECTS_PER_MESSAGE]]
     more = len(refused) - REJECTS_PER_MESSAGE
     if more > 0:
-        topic, reason, _payload = rows[-1]
-        rows[-1] = (topic, f"{reason} (and {more} more refused events of this batch)", payload)
+        last = rows[-1]
+        rows[-1] = Reject(
+            topic,
+            f"{last.reason} (and {more} more refused events of this batch)",
+            payload,
+            1 + more,
+        )
     return rows
 
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from protocol.errors import ProtocolError
+from protocol.files import read_bounded
 
 KEYS_DIR = "keys"
 
@@ -38,7 +39,7 @@ def create_key(directory: Path, key_id: int) -> Ed25519PrivateKey:
 def load_key(directory: Path, key_id: int) -> Ed25519PrivateKey:
     path = key_path(directory, key_id)
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
+        key = load_pem_private_key(read_bounded(path, "key"), password=None)
     except OSError as exc:
         raise ProtocolError(f"{path}: cannot read signing key: {exc.strerror}") from None
     if not isinstance(key, Ed25519PrivateKey):

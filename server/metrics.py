@@ -34,7 +34,7 @@ COLLECTOR_COUNTERS = (
     ("batches", "Event batches stored."),
     ("inserted", "Events inserted (new)."),
     ("duplicates", "Events received again and ignored (already stored)."),
-    ("rejected", "Messages rejected as malformed."),
+    ("rejected", "Messages and events refused as malformed."),
     ("conflicts", "Conflicts found in arriving events."),
     ("freshness", "Freshness statements issued on schedule (documents are current)."),
 )
@@ -90,7 +90,7 @@ class ServerCollector(PromCollector):
         )
         yield _gauge(
             "menwei_server_rejected_messages",
-            "Malformed MQTT messages recorded.",
+            "Malformed MQTT messages and events refused, in the days still counted (30).",
             figures.rejected_messages,
         )
         yield _by_label(

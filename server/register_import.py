@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import ProtocolError
+from protocol.files import FILE_CAPS, read_bounded
 from protocol.passes import Role, check_household
 from server.register import CAPPED_ROLES, RegisterRow, place_label
 from server.site import Site, actor
 from server.storage import audit
 
-MAX_BYTES = 20 * 1024 * 1024
-"""Files larger than this are refused before they are read."""
+MAX_BYTES = FILE_CAPS["register"]
+"""Files larger than this are refused before they are read (20 MiB)."""
 MAX_ROWS = 100_000
 """Data rows (blank rows not counted) above this are refused: split the file."""
 MAX_NAME = 64
@@ -202,17 +203,12 @@ def normalize_phone(text: str) -> str:
 def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[Any]]]]:
     """The header and the non-blank data rows with their row numbers (header = row 1)."""
     try:
-        size = path.stat().st_size
+        raw = read_bounded(path, "register")
     except OSError as exc:
         raise RegisterImportError(f"{path}: cannot read: {exc.strerror}") from None
-    if size > MAX_BYTES:
-        raise RegisterImportError(
-            f"{path}: {size / 1024 / 1024:.1f} MB is over the {MAX_BYTES // 1024 // 1024} MB"
-            " limit; split the register into several files"
-        )
-    with path.open("rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"
-    rows = _xlsx_rows(path) if is_zip else _csv_rows(path)
+    except ProtocolError as exc:  # not a regular file, or over the cap
+        raise RegisterImportError(f"{exc}; split the register into several files") from None
+    rows = _xlsx_rows(path, raw) if raw.startswith(b"PK\x03\x04") else _csv_rows(path, raw)
     header: list[str] | None = None
     data: list[tuple[int, list[Any]]] = []
     for n, values in enumerate(rows, start=1):
@@ -231,8 +227,7 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, list[Any]]]]:
     return header, data
 
 
-def _csv_rows(path: Path) -> Iterator[list[str]]:
-    raw = path.read_bytes()
+def _csv_rows(path: Path, raw: bytes) -> Iterator[list[str]]:
     text = None
     for encoding in ("utf-8-sig", "gb18030"):
         try:
@@ -248,12 +243,12 @@ def _csv_rows(path: Path) -> Iterator[list[str]]:
         raise RegisterImportError(f"{path}: not a readable CSV file: {exc}") from None
 
 
-def _xlsx_rows(path: Path) -> Iterator[tuple[Any, ...]]:
+def _xlsx_rows(path: Path, raw: bytes) -> Iterator[tuple[Any, ...]]:
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        book = openpyxl.load_workbook(io.BytesIO(raw), read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as exc:
         raise RegisterImportError(f"{path}: not a readable XLSX workbook: {exc}") from None
     try:

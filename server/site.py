@@ -28,6 +28,7 @@ from protocol.documents import (
     sign_document,
 )
 from protocol.errors import ProtocolError
+from protocol.files import write_private
 from protocol.freshness import KIND as FRESHNESS
 from protocol.freshness import statement_body
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
@@ -53,7 +54,6 @@ from server.storage.engine import (
     StoreError,
     Tx,
     default_url,
-    holds_password,
     lock,
     normalise_url,
     redacted,
@@ -139,11 +139,10 @@ class Site:
             except StoreError as exc:
                 raise SiteError(str(exc)) from None
         created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
-        config = directory / CONFIG_NAME
-        config.write_text(render_server_toml(site, store), encoding="utf-8")
-        if store is not None and holds_password(store):
-            config.chmod(0o600)  # the URL holds a password: for the service's user only
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # For the service's user only: the store URL, the MQTT password and the webhook
+        # secret go in it (docs/security.md, files and modes).
+        write_private(directory / CONFIG_NAME, render_server_toml(site, store).encode())
 
         def undo() -> None:
             """Nothing left that would refuse the next attempt."""
@@ -546,7 +545,7 @@ class Site:
         path.parent.mkdir(exist_ok=True)
         # Write-then-rename: a gate being provisioned or the collector never reads half a file.
         tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
-        tmp.write_bytes(data)
+        write_private(tmp, data)  # the register holds rooms and (masked) names
         os.replace(tmp, path)
 
     def summary(self) -> dict[str, object]:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from protocol.errors import ProtocolError
 from protocol.passes import check_household
+from protocol.temperature import PLAUSIBLE_BODY_C, plausible_body
 from server.register import place_label
 from server.register_import import normalize_phone
 from server.site import IssuedPass, Site, SiteError
@@ -44,7 +45,6 @@ __all__ = [
 
 NAME_MAX = 64
 REASON_MAX = 200
-PLAUSIBLE_C = (34.0, 43.0)
 HOURS_DEFAULT = 4
 HOURS_MAX = 24
 PURGED_NAME = "访客"
@@ -135,8 +135,8 @@ def check_input(
             "visitor.err.host_quarantined",
             f"household {host_household} is under home quarantine: no visitors",
         )
-    low, high = PLAUSIBLE_C
-    if not low <= temperature_c <= high:
+    low, high = PLAUSIBLE_BODY_C
+    if not plausible_body(temperature_c):
         raise VisitorError(
             "visitor.err.temperature",
             f"{temperature_c} °C is not a plausible body temperature ({low}–{high}): measure again",

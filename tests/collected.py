@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from protocol.events import Event
 from protocol.policy import Policy
 from server.conflicts import Conflict, find_conflicts
-from server.storage import Store, replay
+from server.storage import Store, replay, schema
 from server.storage import events as events_db
 from server.storage import gates as gates_db
 from server.storage.events import InsertResult
@@ -60,6 +62,19 @@ def rejected(store: Store) -> list[tuple[str, str, str]]:
     """(topic, reason, excerpt) of each rejected message, oldest first."""
     with store.read() as tx:
         return events_db.rejected(tx)
+
+
+def rejected_count(store: Store) -> int:
+    """Refused messages and events counted (sampled or not)."""
+    with store.read() as tx:
+        return events_db.rejected_count(tx)
+
+
+def rejection_counts(store: Store) -> list[tuple[str, str, int, int]]:
+    """(day, topic, refused, sampled) of each row of `rejection_counts`."""
+    with store.read() as tx:
+        rows = tx.execute(select(schema.rejection_counts)).all()
+    return sorted((str(d), str(t), int(r), int(s)) for d, t, r, s in rows)
 
 
 def gates(store: Store) -> list[dict[str, Any]]:

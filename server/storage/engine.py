@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from protocol.errors import ProtocolError
+from protocol.files import create_private
 
 Tx = Connection
 """One transaction of a Store. Opaque outside server/storage/: pass it, never execute on it."""
@@ -133,15 +134,6 @@ def redacted(url: str) -> str:
     if secrets:
         parsed = parsed.update_query_dict(secrets)
     return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-
-
-def holds_password(url: str) -> bool:
-    """Whether `url` carries a password (after `user:` or as a `?password=` option)."""
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return redacted(url) != url
-    return parsed.password is not None or any(k.lower() in SECRET_OPTIONS for k in parsed.query)
 
 
 class Store:
@@ -308,6 +300,10 @@ def _engine(url: str, backend: Backend) -> Engine:
     path = make_url(url).database or ""
     if not Path(path).parent.is_dir():
         raise StoreError(f"[store] url: directory of {path} does not exist")
+    if not Path(path).exists():
+        # 0600 from the start (names, phones, password hashes): SQLite gives its -wal and
+        # -shm files the database file's mode, and an empty file is a new database to it.
+        create_private(Path(path))
     # Pooled connections stay open: closing SQLite's last connection checkpoints the WAL.
     engine = create_engine(
         url, pool_size=4, max_overflow=8, connect_args={"check_same_thread": False, "timeout": 30}

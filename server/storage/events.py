@@ -32,7 +32,7 @@ from server.storage import replay
 from server.storage.engine import Tx, dialect_insert, insert, lock_all, prepared
 from server.storage.gates import SEQ_REUSED, advance_contiguous, gate_epoch
 from server.storage.schema import conflicts as conflicts_table
-from server.storage.schema import event_aliases, events, rejected_messages
+from server.storage.schema import event_aliases, events, rejected_messages, rejection_counts
 from server.storage.times import instant_us
 
 EventKey = tuple[str, str, int, str]
@@ -392,21 +392,64 @@ def conflicts(tx: Tx) -> list[dict[str, Any]]:
     return [dict(zip(("gate", "seq", "kind", "detail", "at"), r, strict=True)) for r in rows]
 
 
-def reject_message(tx: Tx, topic: str, reason: str, payload: bytes, *, now: str) -> None:
-    """Record a message (or one event of a batch) refused as malformed: its topic, the
-    reason (at most 500 characters) and the first 200 bytes of what came (NUL characters,
-    which PostgreSQL text cannot hold, as U+FFFD)."""
-    excerpt = payload[:200].decode("utf-8", "replace").replace("\x00", "\ufffd")
+SAMPLES_PER_TOPIC_DAY = 50
+"""Refused messages of one topic kept in `rejected_messages` per UTC day; the rest counted."""
+SAMPLES_PER_DAY = 500
+"""Refused messages kept per UTC day, all topics together."""
+TOPICS_PER_DAY = 100
+"""Topics counted apart per UTC day; refusals on more topics (a broker without the ACL lets a
+client make up gate names) are counted together under OTHER_TOPICS."""
+OTHER_TOPICS = "(other topics)"
+
+
+def reject_message(
+    tx: Tx, topic: str, reason: str, payload: bytes, *, now: str, count: int = 1
+) -> bool:
+    """Count `count` refused messages or events of `topic` (a message refused whole is one; a
+    batch's refused events, one each) for the UTC day of `now` (UTC ISO text), and keep this
+    one as a sample in `rejected_messages` — its topic, the reason (at most 500 characters)
+    and the first 200 bytes of what came (NUL characters, which PostgreSQL text cannot hold,
+    as U+FFFD) — while the day has fewer than SAMPLES_PER_TOPIC_DAY samples of the topic and
+    SAMPLES_PER_DAY in all. Returns whether it was kept. Rows stay bounded however many
+    messages a gate or an intruder sends: at most SAMPLES_PER_DAY samples and TOPICS_PER_DAY
+    + 1 counts a day, for REJECTED_RETENTION_DAYS (server/collector.py)."""
+    day = now[:10]
+    held = dict(
+        tx.execute(
+            select(rejection_counts.c.topic, rejection_counts.c.sampled).where(
+                rejection_counts.c.day == day
+            )
+        ).all()
+    )
+    crowded = topic not in held and len(held) >= TOPICS_PER_DAY
+    topic_key = OTHER_TOPICS if crowded else topic
+    sample = held.get(topic_key, 0) < SAMPLES_PER_TOPIC_DAY and sum(held.values()) < SAMPLES_PER_DAY
+    statement = insert(tx, rejection_counts).values(
+        day=day, topic=topic_key, refused=count, sampled=int(sample)
+    )
     tx.execute(
-        insert(tx, rejected_messages).values(
-            topic=topic, reason=reason[:500].replace("\x00", "\ufffd"), excerpt=excerpt, at=now
+        statement.on_conflict_do_update(
+            index_elements=[rejection_counts.c.day, rejection_counts.c.topic],
+            set_={
+                "refused": rejection_counts.c.refused + statement.excluded.refused,
+                "sampled": rejection_counts.c.sampled + statement.excluded.sampled,
+            },
         )
     )
+    if sample:
+        excerpt = payload[:200].decode("utf-8", "replace").replace("\x00", "\ufffd")
+        tx.execute(
+            insert(tx, rejected_messages).values(
+                topic=topic, reason=reason[:500].replace("\x00", "\ufffd"), excerpt=excerpt, at=now
+            )
+        )
+    return sample
 
 
 def purge_rejected(tx: Tx, *, before: str) -> int:
-    """Delete the rejected messages recorded before `before` (UTC ISO text, as `now` was);
-    how many."""
+    """Delete the rejected messages recorded before `before` (UTC ISO text, as `now` was) and
+    the counts of the days before its day; how many messages."""
+    tx.execute(rejection_counts.delete().where(rejection_counts.c.day < before[:10]))
     result = tx.execute(
         rejected_messages.delete()
         .where(rejected_messages.c.at < before)
@@ -426,4 +469,5 @@ def rejected(tx: Tx) -> list[tuple[str, str, str]]:
 
 
 def rejected_count(tx: Tx) -> int:
-    return int(tx.scalar(select(func.count()).select_from(rejected_messages)) or 0)
+    """Messages and events refused in the days still counted (sampled or not)."""
+    return int(tx.scalar(select(func.sum(rejection_counts.c.refused))) or 0)

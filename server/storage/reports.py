@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 
 from server.storage import alerts as alerts_db
 from server.storage.engine import Tx
-from server.storage.schema import conflicts, events, households, passes, rejected_messages
+from server.storage.events import rejected_count
+from server.storage.schema import conflicts, events, households, passes
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def placed_events(tx: Tx, start_us: int, end_us: int) -> list[PlacedEvent]:
 
 @dataclass(frozen=True)
 class StoreFigures:
-    """What the store holds, counted: events per gate, malformed messages, conflicts by kind,
+    """What the store holds, counted: events per gate, refused messages and events (the days
+    still counted, sampled or not), conflicts by kind,
     open (unacknowledged) alerts by kind. Keys with a count of 0 are absent."""
 
     events_by_gate: dict[str, int]
@@ -71,10 +73,9 @@ def store_figures(tx: Tx) -> StoreFigures:
     """The counts of StoreFigures, read in `tx` (one state of the store)."""
     by_gate = tx.execute(select(events.c.gate, func.count()).group_by(events.c.gate))
     by_kind = tx.execute(select(conflicts.c.kind, func.count()).group_by(conflicts.c.kind))
-    rejected = tx.scalar(select(func.count()).select_from(rejected_messages))
     return StoreFigures(
         {str(g): int(n) for g, n in by_gate},
-        int(rejected or 0),
+        rejected_count(tx),
         {str(k): int(n) for k, n in by_kind},
         alerts_db.open_counts(tx),
     )

@@ -128,6 +128,18 @@ rejected_messages = Table(
     Column("at", Text, nullable=False),
 )
 
+rejection_counts = Table(
+    "rejection_counts",
+    metadata,
+    # Every refused message and event, counted per UTC day and topic; `sampled` of them have a
+    # row in rejected_messages (server/storage/events.py, reject_message).
+    Column("day", Text, nullable=False),  # YYYY-MM-DD (UTC)
+    Column("topic", Text, nullable=False),
+    Column("refused", BigInteger, nullable=False),
+    Column("sampled", Integer, nullable=False),
+    PrimaryKeyConstraint("day", "topic"),
+)
+
 gate_outages = Table(
     "gate_outages",
     metadata,

@@ -21,7 +21,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from edge.config import load_config
+from edge.doctor import check_files
 from menwei.mosquitto import MosquittoBroker
+from server.doctor import check_files as server_files
 from server.site import IssuedPass, Site
 from tests.conftest import REPO
 from tests.e2e.session_ca import PLACEHOLDER_BROKER
@@ -50,6 +53,12 @@ def exec_start(settings: dict[str, list[str]], paths: dict[str, str]) -> list[st
     assert not unknown, f"ExecStart names installer paths this test does not know: {unknown}"
     program = str(Path(sys.executable).with_name("menwei"))
     return [program, *(paths.get(a, a) for a in argv[1:])]
+
+
+def umask(settings: dict[str, list[str]]) -> int:
+    """The unit's UMask=: 0077, so that what the service creates is its user's alone."""
+    assert settings["UMask"] == ["0077"]
+    return int(settings["UMask"][0], 8)
 
 
 def seconds(value: str) -> float:
@@ -85,7 +94,7 @@ def test_the_gate_unit_starts_notifies_keeps_its_watchdog_and_stops_on_its_kill_
         }
         log = (tmp_path / "gate.log").open("wb")
         proc = subprocess.Popen([*argv, "--broker", "none"], cwd=working, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+                                stderr=subprocess.STDOUT, umask=umask(settings))  # fmt: skip
         try:
             heard: list[tuple[float, str]] = []
             start = time.monotonic()
@@ -113,6 +122,7 @@ def test_the_gate_unit_starts_notifies_keeps_its_watchdog_and_stops_on_its_kill_
                 except TimeoutError:
                     break
             assert "STOPPING=1" in leftover, leftover
+            assert check_files(load_config(gate_dir / "gate.toml")).ok  # gate.db and its WAL
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -138,6 +148,7 @@ def test_the_server_unit_runs_the_collector_and_stops_on_sigterm(
             env={"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
             stdout=log,
             stderr=subprocess.STDOUT,
+            umask=umask(settings),
         )
         try:
             end = time.monotonic() + 30
@@ -147,6 +158,7 @@ def test_the_server_unit_runs_the_collector_and_stops_on_sigterm(
             assert "collector running" in log_path.read_text(), log_path.read_text()
             proc.send_signal(signal.SIGTERM)  # systemd's default KillSignal
             assert proc.wait(timeout=30) == 0, log_path.read_text()
+            assert server_files(site).ok  # server.toml, the keys, server.db and its WAL
         finally:
             if proc.poll() is None:
                 proc.kill()

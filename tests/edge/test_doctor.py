@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from drivers.sim_i2c import SimulatedMLX90614Bus
 from drivers.systemclock import STA_UNSYNC, TIME_ERROR, KernelClock
-from edge.calibration import calibration_path, load_offset
+from edge.calibration import CalibrationError, calibration_path, load_offset
 from edge.clock import GateClock
-from edge.config import load_config
+from edge.config import ConfigError, load_config
 from edge.doctor import check_clock, check_gpio, check_provisioning, check_thermometer
 from edge.provision import provision
 from server.site import Site
@@ -44,6 +47,7 @@ def test_doctor_passes_every_simulated_device(gate_dir: Path) -> None:
     result = json.loads(proc.stdout)
     by_device = {c["device"]: c for c in result["checks"]}
     assert {d for d, c in by_device.items() if c["ok"]} == {
+        "files",
         "database",
         "provisioning",
         "camera",
@@ -92,12 +96,16 @@ def test_thermometer_check_reports_each_bus_fault(gate_dir: Path) -> None:
 
 def test_gpio_check_fails_on_a_pin_the_board_does_not_have(gate_dir: Path) -> None:
     toml = gate_dir / "gate.toml"
+    config = load_config(toml)
     toml.write_text(
         toml.read_text().replace(
             '[gpio]\nbackend = "simulated"', '[gpio]\nbackend = "simulated"\nrelay_pin = 40'
         )
     )
-    check = check_gpio(load_config(toml))
+    with pytest.raises(ConfigError, match=r"relay_pin must be 0\.\.27, got 40"):
+        load_config(toml)  # gate.toml is checked first (BCM numbers of the 40-pin header)
+    # A configuration built in code, past the loader: the board itself refuses the pin.
+    check = check_gpio(replace(config, gpio=replace(config.gpio, relay_pin=40)))
     assert not check.ok and "BCM" in check.fix
 
 
@@ -136,6 +144,23 @@ def test_calibrate_refuses_an_implausible_reference(gate_dir: Path) -> None:
     )
     assert proc.returncode == 2 and "35.0..42.0" in proc.stderr
     assert not (gate_dir / "calibration.json").exists()
+
+
+def test_calibrate_refuses_an_offset_no_forehead_needs_and_so_does_the_gate(
+    gate_dir: Path,
+) -> None:
+    """A 42 °C reference held against a sensor that reads 33 °C skin (a fever read through a
+    fringe): an offset of 9 °C would read a fever into every forehead that comes next. A
+    calibration.json edited to nan is refused too."""
+    config_path = gate_dir / "gate.toml"
+    argv = ["gate", "calibrate", "--config", str(config_path), "--reference", "42"]
+    proc = run_menwei(*argv, "--simulated-forehead", "33.0", check=False)
+    assert proc.returncode == 2 and "outside 0..6 °C" in proc.stderr
+    config = load_config(config_path)
+    assert not calibration_path(config).exists()
+    calibration_path(config).write_text('{"offset": {"base_c": NaN}}', encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"outside 0\.\.6 °C"):
+        load_offset(config)
 
 
 def test_doctor_says_what_an_untrusted_clock_does_and_what_to_do(gate_dir: Path) -> None:

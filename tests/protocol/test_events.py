@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from drivers.screening import PLAUSIBLE_BODY_C as SCREENING_DEFAULT
 from protocol.documents import decode_document, sign_document
 from protocol.errors import MessageError
 from protocol.events import (
@@ -30,6 +32,7 @@ from protocol.events import (
 from protocol.passes import TrustKey, public_bytes
 from protocol.policy import Policy
 from protocol.schema import SchemaError, from_mapping
+from protocol.temperature import PLAUSIBLE_BODY_C
 
 SITE, GATE = "test-site", "east"
 
@@ -144,6 +147,22 @@ def test_field_of_wrong_type_is_refused(key, value):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
+        ("household", "H" * 300, "household id 'HHH"),
+        ("household", "", "household id"),
+        ("household", "1-1-101 OR 1=1", "household id"),
+        ("role", "admin", "'role' must be one of resident, staff, visitor"),
+        ("temperature_c", 99.9, "'temperature_c' must be 34..43 °C or null"),
+        ("temperature_c", 20, "'temperature_c' must be 34..43 °C or null"),
+        ("reason", "Not A Code", "'reason' must be a reason code"),
+        ("reason", "x" * 49, "'reason' must be a reason code"),
+        ("uuid", "", "'uuid' must be up to 64"),
+        ("uuid", "{a}", "'uuid' must be up to 64"),
+        ("site", "Test Site", "'site' 'Test Site' must be 1-32 of a-z"),
+        ("gate", "e" * 33, "must be 1-32 of a-z"),
+        ("versions", {"config": -1}, "'versions' must map at most 16 names"),
+        ("versions", {"config": 2**63}, "'versions' must map"),
+        ("versions", {"Config File": 1}, "'versions' must map"),
+        ("versions", {f"v{i}": 1 for i in range(17)}, "'versions' must map"),
         ("kind", "teleport", "unknown event kind"),
         ("decision", "maybe", "unknown decision"),
         ("direction", "up", "unknown direction"),
@@ -312,6 +331,54 @@ def test_fuzzed_events_are_each_accepted_or_rejected(changes):
 
 
 # --- acks ---------------------------------------------------------------------------------
+
+
+def test_every_value_a_gate_records_is_within_the_contract():
+    """The bounds at the edges: what a gate can write is accepted (a refused event of a real
+    gate would hold up its acknowledgements for good)."""
+    for changes in (
+        {"household": "H" * 24, "role": "staff", "temperature_c": 43.0, "reason": "r" * 48},
+        {"household": None, "role": None, "temperature_c": None, "reason": "forged"},
+        {"temperature_c": 34, "uuid": "east-77", "versions": {f"v{i}": 0 for i in range(16)}},
+    ):
+        assert Event.from_json(event_json(**changes)).to_json() == event_json(**changes)
+
+
+def test_an_event_dated_more_than_a_day_ahead_of_the_collector_is_refused():
+    now = datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
+    ahead = [
+        event(1, at=(now + timedelta(hours=23)).isoformat()),
+        event(2, at=(now + timedelta(hours=25)).isoformat()),
+    ]
+    batch = decode_batch(encode_batch(GATE, ahead), site=SITE, gate=GATE, now=now)
+    assert [e.seq for e in batch.events] == [1]
+    [(index, reason)] = batch.rejected
+    assert index == 1 and "25 h ahead of the collector's clock (at most 24 h)" in reason
+    # Without a clock (a gate reading its own log), only the 2000..2100 window applies.
+    assert len(decode_batch(encode_batch(GATE, ahead), site=SITE, gate=GATE).events) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("household", "H" * 300), ("role", "admin"), ("gate", "Other Gate")]
+)
+def test_a_relayed_passage_follows_the_same_rules(key, value):
+    data = {**Passage(SITE, GATE, "u-1", "2026-11-29T08:00:00+08:00", 7, "1-1-101", "resident",
+                      "out").to_json(), key: value}  # fmt: skip
+    with pytest.raises(MessageError, match=key):
+        Passage.from_json(data)
+
+
+def test_the_screening_driver_and_the_protocol_agree_on_plausible_temperatures():
+    """drivers/ imports nothing of ours: its default is a copy the gate overrides anyway."""
+    assert SCREENING_DEFAULT == PLAUSIBLE_BODY_C
+
+
+def test_a_status_nested_deeper_than_sixteen_levels_is_refused():
+    value: Any = 1
+    for _ in range(17):
+        value = [value]
+    with pytest.raises(MessageError, match="deeper than 16 levels"):
+        decode_status(json.dumps({"state": "online", "extra": value}).encode())
 
 
 @pytest.mark.parametrize("seq", [0, 1, 2**40])
@@ -526,7 +593,9 @@ def test_policy_defaults_and_round_trip():
         ({"fever_threshold_c": True}, "fever_threshold_c: expected a number"),
         ({"fever_recheck_window_s": True}, "fever_recheck_window_s: expected a whole"),
         ({"fever_recheck_window_s": 300.0}, "fever_recheck_window_s: expected a whole"),
-        ({"fever_threshold_c": 45.0}, "between 34.0 and 42.0"),
+        ({"fever_threshold_c": 45.0}, "fever_threshold_c must be 34..42 °C, got 45.0"),
+        ({"fever_threshold_c": float("nan")}, "fever_threshold_c: expected a finite number"),
+        ({"household_max_out": 10**9}, "household_max_out must be 0..100"),
         ({"fever_recheck_window_s": 5}, "10..3600"),
         ({"max_data_age_h": 0}, "max_data_age_h"),
         ({"timezone": "localtime"}, "'localtime' is each machine's own system zone"),

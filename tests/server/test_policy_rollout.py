@@ -125,7 +125,7 @@ def test_an_unknown_or_bad_policy_key_publishes_nothing(site: Site) -> None:
         path.read_text(encoding="utf-8").replace("fever_treshold_c = 37.5\n", ""), "utf-8"
     )
     edit_policy(site.dir, household_max_out=-1)
-    with pytest.raises(ServerConfigError, match="household limits must be >= 0"):
+    with pytest.raises(ServerConfigError, match=r"household_max_out must be 0\.\.100, got -1"):
         site.publish_policy("ops")
     assert site.bundle_path(CONFIG_FILE).read_bytes() == before
     assert audit_rows(site, "policy_publish") == []

@@ -140,7 +140,7 @@ def test_whole_file_refusals(site: Site, tmp_path: Path, monkeypatch: pytest.Mon
     big = tmp_path / "big.csv"
     with big.open("wb") as f:
         f.truncate(ri.MAX_BYTES + 1)
-    with pytest.raises(RegisterImportError, match="MB limit"):
+    with pytest.raises(RegisterImportError, match="over the 20 MiB cap for register files"):
         import_register(site, big)
     monkeypatch.setattr(ri, "MAX_ROWS", 3)
     lines = [HEADER] + [f"H{i},1,1,1,g,n{i},1380000000{i},resident" for i in range(4)]

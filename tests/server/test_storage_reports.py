@@ -7,8 +7,9 @@ from sqlalchemy import insert
 
 from server.storage import Store
 from server.storage import alerts as alerts_db
+from server.storage import events as events_db
 from server.storage import reports as db
-from server.storage.schema import conflicts, rejected_messages
+from server.storage.schema import conflicts
 from server.storage.times import instant_us
 from tests.server.storage_rows import event, put_events, put_household, put_pass
 
@@ -56,7 +57,8 @@ def test_the_store_figures(store: Store) -> None:
         assert db.store_figures(tx) == empty
     put_events(store, event("g1", 1), event("g1", 2), event("g2", 1))
     with store.write() as tx:
-        tx.execute(insert(rejected_messages), [{"topic": "t", "reason": "r", "at": AT}] * 2)
+        events_db.reject_message(tx, "t", "r", b"", now=AT)
+        events_db.reject_message(tx, "t", "r", b"", now=AT)
         tx.execute(
             insert(conflicts),
             [{"gate": "g1", "seq": s, "kind": k, "detail": "", "at": AT} for s, k in

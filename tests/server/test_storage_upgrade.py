@@ -53,7 +53,14 @@ register holds does not depend on the day the tests run."""
 EAST_OLD, EAST_NEW = "", "3e5d0c7a9b1f2e48"
 NORTH = "9f3c2a1b7d5e4f60"
 WEST_LOST, WEST_NEW = "a1b2c3d4e5f60718", "c0ffee00d15ea5e5"
-NEW_TABLES = {"alembic_version", "household_days", "job_runs", "login_challenges", "recovery_codes"}
+NEW_TABLES = {
+    "alembic_version",
+    "household_days",
+    "job_runs",
+    "login_challenges",
+    "recovery_codes",
+    "rejection_counts",
+}
 
 Dump = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
 
@@ -168,6 +175,9 @@ def test_a_site_database_from_before_the_storage_layer_upgrades_with_nothing_los
     assert_nothing_lost(before, after)
     assert set(after) - set(before) == NEW_TABLES
     assert rows(after, "alembic_version") == [{"version_num": HEAD}]
+    # The refused messages already stored are counted, each its own sample (r0004).
+    counted = rows(after, "rejection_counts")
+    assert sum(r["refused"] for r in counted) == sum(r["sampled"] for r in counted) == 3
     # Opening it again changes nothing.
     with Store(f"sqlite:///{legacy}") as store:
         assert revision(store) == HEAD
@@ -343,9 +353,10 @@ def test_the_collector_goes_on_from_the_upgraded_history(
 ) -> None:
     """New events after the upgrade: acknowledged from the old contiguous seqs (west's
     through its renumbered events' aliases), and checked for conflicts against passages
-    stored before it (H101's member out through west at 12:30, stored as UTC text)."""
-    site = upgraded
-    site.publish_config(site.config.policy)
+    stored before it (H101's member out through west at 12:30, stored as UTC text). The
+    collector's site clock reads that day (it refuses events dated a day ahead of it)."""
+    upgraded.publish_config(upgraded.config.policy)
+    site = Site(upgraded.dir, clock=lambda: datetime(2026, 12, 1, 5, 0, tzinfo=UTC))
     north_out = make_event(
         SLUG,
         "north",
@@ -393,3 +404,4 @@ def test_the_collector_goes_on_from_the_upgraded_history(
         wait_until(lambda: "household_over_quota" in found(), 30, "no conflict found")
     assert found() == {"household_over_quota", "daily_exits_over_quota"}
     assert sum(1 for _ in collected.events(site.store)) == 89
+    site.close()

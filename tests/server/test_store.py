@@ -210,3 +210,21 @@ def test_rejected_messages_older_than_the_retention_are_purged(store: Store) -> 
         assert events_db.purge_rejected(tx, before="2026-02-01T00:00:00.000+00:00") == 1
     with store.read() as tx:
         assert [reason for _t, reason, _e in events_db.rejected(tx)] == ["new"]
+        assert events_db.rejected_count(tx) == 1, "the old day's count is purged with it"
+
+
+def test_refusals_are_all_counted_and_a_bounded_sample_kept(store: Store) -> None:
+    topic, other = "menwei/test-site/g1/events", "menwei/test-site/g2/events"
+    now = "2026-03-01T00:00:00.000+00:00"
+    with store.write() as tx:
+        kept = [
+            events_db.reject_message(tx, topic, f"r{n}", b"x", now=now)
+            for n in range(events_db.SAMPLES_PER_TOPIC_DAY + 5)
+        ]
+        assert events_db.reject_message(tx, other, "a batch's 40 events", b"y", now=now, count=40)
+        # A new day: samples again.
+        assert events_db.reject_message(tx, topic, "next", b"z", now="2026-03-02T00:00:00Z")
+    assert kept == [True] * events_db.SAMPLES_PER_TOPIC_DAY + [False] * 5
+    with store.read() as tx:
+        assert events_db.rejected_count(tx) == events_db.SAMPLES_PER_TOPIC_DAY + 5 + 40 + 1
+        assert len(events_db.rejected(tx)) == events_db.SAMPLES_PER_TOPIC_DAY + 2

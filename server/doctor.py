@@ -1,0 +1,79 @@
+"""`menwei server doctor DIR`: can this server directory be run as it is, and safely?
+
+Its configuration is loaded by the rules `server run` applies (a bad value is the same error,
+exit status 2, before any check); then each check says what it saw and, when it fails, the
+fix: the store answers, and the files that hold secrets or personal data are their owner's
+alone (docs/security.md, "Files, modes and secrets").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from protocol.files import exposed
+from server.config import CONFIG_NAME
+from server.keys import KEYS_DIR
+from server.site import Site
+from server.storage import StoreUnavailable
+from server.storage import events as events_db
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        head = f"{'PASS' if self.ok else 'FAIL'} {self.check:8s} {self.detail}"
+        return head if self.ok or not self.fix else f"{head}\n     fix: {self.fix}"
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def private_files(site: Site) -> dict[Path, str]:
+    """The server's files and folders that must be its service user's alone, and what each
+    holds (the SQLite store's only when the store is SQLite)."""
+    keys = site.dir / KEYS_DIR
+    found: dict[Path, str] = {
+        site.dir / CONFIG_NAME: "the broker password, the webhook secret and any store password",
+        keys: "the private signing keys",
+        **{pem: "a private signing key" for pem in sorted(keys.glob("*.pem"))},
+    }
+    if site.store.backend == "sqlite":
+        db = Path(make_url(site.store.url).database or "")
+        held = "names, phones, accounts and every event"
+        found |= {
+            db: held,
+            db.with_name(db.name + "-wal"): held,
+            db.with_name(db.name + "-shm"): held,
+        }
+    return found
+
+
+def check_files(site: Site) -> Finding:
+    found = exposed(private_files(site))
+    if found is None:
+        return Finding("files", True, "secrets and personal data are readable by their owner only")
+    return Finding("files", False, *found)
+
+
+def check_store(site: Site) -> Finding:
+    try:
+        with site.store.read() as tx:
+            count = events_db.count_events(tx)
+    except StoreUnavailable as exc:
+        return Finding("store", False, f"{site.store.label}: {exc}", "see docs/scaling.md")
+    return Finding("store", True, f"{site.store.label}: {count} events")
+
+
+def run_doctor(directory: Path) -> list[Finding]:
+    """The findings for server directory `directory`. Raises ServerConfigError (server.toml)
+    or StoreError (a store that cannot be opened at all), as `server run` would."""
+    with Site(directory) as site:
+        return [check_files(site), check_store(site)]

@@ -87,7 +87,7 @@ def test_gate_provisioned_before_rotation_follows_it(
     # Without the chain it carries the gate could not read it: that is why every document
     # carries it.
     register.pop("chain")
-    with pytest.raises(UntrustedDocument, match="root 2.*leads only to root 1"):
+    with pytest.raises(UntrustedDocument, match=r"root 2.*leads only to root 1"):
         receive(before, "register", json.dumps(register).encode())
 
     after = deliver(gate_dir, site, before, REGISTER_FILE, CONFIG_FILE)  # any order
@@ -221,7 +221,7 @@ def test_retire_refuses_an_archive_that_holds_the_key_already(site: Site, tmp_pa
     archive = tmp_path / "archive"
     archive.mkdir()
     (archive / key_path(site.dir, 1).name).write_text("another key")
-    with pytest.raises(SiteError, match="already holds site-key-1.pem"):
+    with pytest.raises(SiteError, match=r"already holds site-key-1\.pem"):
         site.retire_key(1, archive=archive)
     assert key_path(site.dir, 1).exists() and [k.key_id for k in site.trust_keys()] == [1, 2]
 

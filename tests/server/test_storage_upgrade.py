@@ -399,8 +399,9 @@ def test_a_site_and_its_gates_from_before_trust_roots_carry_on(
     upgraded: Site, tmp_path: Path
 ) -> None:
     """The legacy site has no trust root (key 1 retired, key 2 signs). Its bundle and its
-    gate as the old code left them: a trust file of key 1 (provisioned before the rotation), key 2 learnt from
-    a config, config and register in the old format. Upgraded in place, the gate keeps
+    gate as the old code left them: a trust file of key 1 (provisioned before the rotation),
+    key 2 learnt from a config, config and register in the old format. Upgraded in place,
+    the gate keeps
     deciding at root 0; the site's first publication makes root 1 of its active keys, signed
     by the oldest (key 2), and the gate follows it and then holds only root 1's keys."""
     from edge.config import load_config

@@ -42,6 +42,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--direction", choices=["in", "out", "both"], default="in")
     p.add_argument("--simulated", action="store_true", help="simulated camera, sensor and GPIO")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--reset-trust",
+        action="store_true",
+        help="take the bundle's trust root even when the gate holds a newer one (a gate that"
+        " followed a root the server did not make: docs/security.md); its documents are"
+        " replaced by the bundle's",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
@@ -127,6 +134,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         args.direction,
         simulated=args.simulated,
         broker=args.broker,
+        reset_trust=args.reset_trust,
     )
     # The installer is at the gate now: say whether its clock will be trusted.
     clock = GateClock.configured(load_config(args.gate_dir / "gate.toml").clock).assess()

@@ -73,7 +73,13 @@ def provision(
     *,
     simulated: bool = False,
     broker: str = "mqtt://127.0.0.1:1883",
+    reset_trust: bool = False,
 ) -> dict[str, object]:
+    """Provision (or provision again) the gate in `gate_dir` from a server directory or a
+    copy of its bundle. The gate's trust root moves to the bundle's only forward, unless
+    `reset_trust`: then the bundle's root replaces whatever the gate held, with its
+    documents (the way back for a gate that followed a root a stolen key made). Raises
+    ProvisionError, MessageError (a bundle that does not verify), OSError."""
     check_slug(gate, "gate id")
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
     _, documents = read_bundle(bundle)  # all verified before anything is written
@@ -87,6 +93,9 @@ def provision(
             (gate_dir / "stage").mkdir(exist_ok=True)
     with GateStore(gate_dir / "gate.db") as store:
         held = _provisioned_root(gate_dir / TRUST_FILE, site, store)
+        if reset_trust and held is not None:
+            store.reset_trust(json.dumps(bundle_root.to_json()))
+            held = None
         if held is None or bundle_root.version >= held.version:
             shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
             if bundle_root.version:

@@ -554,6 +554,17 @@ class GateStore:
             self._set_meta("trust_root", root)
 
     @_guarded
+    def reset_trust(self, root: str) -> None:
+        """Start again from trust root `root` (JSON): the documents held, their floors and the
+        keys learnt before trust roots go (`menwei gate init --reset-trust`)."""
+        with self._lock, self.db.atomic():
+            self.db.execute("DELETE FROM documents")
+            self.db.execute(
+                "DELETE FROM meta WHERE key IN ('document_floors', 'learnt_keys', 'trust_root')"
+            )
+            self._set_meta("trust_root", root)
+
+    @_guarded
     def trust_root(self) -> str | None:
         """The trust root the gate reached (edge.trust, JSON), None before its first."""
         return self._get_meta("trust_root")

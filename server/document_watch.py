@@ -9,9 +9,10 @@ REPUBLISH_AFTER_S per topic, so two publishers cannot start a publish war). It i
 - *stale*: signed by an active key of this site, under a root and version no newer than the
   bundle's (an older document of its own, delivered late, or replayed): replaced quietly;
 - *foreign*: anything else (malformed, signed by a retired or unknown key, a forged
-  signature, or a (root, version) above the bundle's, which only a stolen active key or
-  another server could sign): replaced, logged and raised as a high-priority
-  `foreign_document` alert, at most one per kind every ALERT_AFTER_S.
+  signature, a (root, version) above the bundle's, or a chain holding a trust root the
+  server did not make: only a stolen active key or another server signs those): replaced,
+  logged and raised as a high-priority `foreign_document` alert, at most one per kind every
+  ALERT_AFTER_S.
 """
 
 from __future__ import annotations
@@ -74,7 +75,20 @@ def judge(
         return Finding(kind, True, f"{what}: the signature does not verify (forged)", digest)
     if doc.key_id not in active:
         return Finding(kind, True, f"{what}, a retired key: not published by this server", digest)
-    ours = _mark(published, kind, site)
+    own = _parsed(published, kind, site)
+    ours = None if own is None else own.mark
+    if own is not None:
+        made = {r.version: r for r in own.chain}
+        for r in doc.chain:
+            if made.get(r.version) != r:
+                return Finding(
+                    kind,
+                    True,
+                    f"{what} carries a trust root {r.version} this server did not make (signed"
+                    f" by key {r.key_id}): key {r.key_id} is compromised; gates that took that"
+                    " root need `menwei gate init --reset-trust`",
+                    digest,
+                )
     if ours is not None and doc.mark > ours:
         return Finding(
             kind,
@@ -87,14 +101,13 @@ def judge(
     return Finding(kind, False, f"{what}, an older document of this server", digest)
 
 
-def _mark(published: bytes | None, kind: str, site: str) -> tuple[int, int] | None:
+def _parsed(published: bytes | None, kind: str, site: str) -> SignedDocument | None:
     if published is None:
         return None
     try:
-        doc: SignedDocument = parse_document(published, kind=kind, site=site)
+        return parse_document(published, kind=kind, site=site)
     except MessageError:
         return None
-    return doc.mark
 
 
 class DocumentWatch:

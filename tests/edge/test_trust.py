@@ -32,7 +32,9 @@ from protocol.documents import (
     parse_document,
     sign_document,
 )
+from protocol.passes import TrustKey, public_bytes
 from protocol.register import Register
+from protocol.roots import root_body
 from server.keys import load_key
 from server.site import IssuedPass, Site
 from tests.edge.gates import daemon_for
@@ -258,3 +260,38 @@ def test_the_daemon_refuses_logs_counts_and_alerts_once_per_document(
         assert daemon.know.versions() == site.published_versions()
     finally:
         daemon.close()
+
+
+def test_a_gate_that_followed_a_root_the_thief_made_is_brought_back_by_reset_trust(
+    site: Site, gate_dir: Path, stolen
+) -> None:
+    """Key 1 is in root 2: the thief can sign a root 3 of its own ({1, 9}) and, with it, more.
+    A gate that sees it first follows it (it cannot tell), and then refuses the server's
+    documents (and raises untrusted_document alerts). `gate init` does not move it back (a
+    newer root than the bundle's), `gate init --reset-trust` does: the server's bundle is
+    the offline channel."""
+    site.rotate_key()
+    know = deliver_bundle(gate_dir, site, gate_knowledge(gate_dir))
+    thief = Ed25519PrivateKey.generate()
+    chain = bundled(site, CONFIG_FILE).chain[:2]
+    at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    keys = root_body([site.known_keys()[1][1], TrustKey(9, public_bytes(thief))])
+    fake_3 = sign_document("root", site.site, 3, at, keys, 1, stolen, root=2)
+    fake_4 = sign_document("root", site.site, 4, at, keys, 9, thief, root=3)
+    policy = {"policy": site.published_policy().policy.to_json()}
+    taken = sign_document(
+        "config", site.site, 9, at, policy, 9, thief, root=4, chain=(*chain, fake_3, fake_4)
+    )
+    know = deliver(gate_dir, know, "config", taken.encode())
+    assert know.trust_root().version == 4 and sorted(know.trust_keys) == [1, 9]
+
+    site.retire_key(1)  # the server's root 3: {2}
+    with pytest.raises(UntrustedDocument, match=r"key 2, which trust root 4 does not hold"):
+        receive(know, "register", site.bundle_path(REGISTER_FILE).read_bytes())
+    assert provision(gate_dir, site.dir, "east", simulated=True)["root"] == 4  # not moved back
+    result = provision(gate_dir, site.dir, "east", simulated=True, reset_trust=True)
+    assert result["root"] == 3 and "not_taken" not in result
+    again = gate_knowledge(gate_dir)
+    assert sorted(again.trust_keys) == [2] and again.versions() == site.published_versions()
+    with pytest.raises(UntrustedDocument):
+        receive(again, "config", taken.encode())

@@ -17,6 +17,8 @@ from menwei.mosquitto import MosquittoBroker
 from protocol import topics
 from protocol.broker import parse_broker
 from protocol.documents import CONFIG_FILE, REGISTER_FILE, parse_document, sign_document
+from protocol.passes import TrustKey, public_bytes
+from protocol.roots import root_body
 from server.collector import Collector
 from server.document_watch import REPUBLISH_AFTER_S, DocumentWatch, judge
 from server.keys import load_key
@@ -76,6 +78,26 @@ def test_what_the_server_published_is_its_own_and_anything_else_is_judged(site: 
     assert "does not verify (forged)" in found["forged"][1]  # type: ignore[index]
     assert "key 2 is compromised" in found["inflated"][1]  # type: ignore[index]
     assert "an older document of this server" in found["stale"][1]  # type: ignore[index]
+
+
+def test_a_document_carrying_a_root_the_server_did_not_make_is_foreign(site: Site) -> None:
+    """Key 1 is still active (root 2); the thief signs a root 3 of its own and a register
+    version the server has had, under root 2, carrying it: the version says nothing, the
+    chain gives it away."""
+    key_1 = load_key(site.dir, 1)
+    site.rotate_key()
+    own = parse_document(site.bundle_path(REGISTER_FILE).read_bytes(), kind="register", site=SITE)
+    at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    keys = root_body([site.known_keys()[1][1], TrustKey(9, public_bytes(key_1))])
+    fake_3 = sign_document("root", SITE, 3, at, keys, 1, key_1, root=2)
+    chain = (*own.chain, fake_3)
+    replay = sign_document("register", SITE, 1, at, own.body, 1, key_1, root=2, chain=chain)
+    assert verdict(site, "register", replay.encode()) == (
+        True,
+        "register v1 (root 2) signed by key 1 carries a trust root 3 this server did not make"
+        " (signed by key 1): key 1 is compromised; gates that took that root need"
+        " `menwei gate init --reset-trust`",
+    )
 
 
 def test_alerts_are_rate_limited_per_kind(site: Site) -> None:

@@ -247,3 +247,18 @@ def test_cli_rotate_and_retire(site: Site, tmp_path: Path):
     archived = run_menwei("keys", "retire", d, "2", "--archive", str(tmp_path / "a")).stdout
     assert "root: 4" in rotated
     assert f"private key moved to {tmp_path / 'a' / 'site-key-2.pem'} (mode 0600)" in archived
+
+
+def test_passes_of_a_retired_key_hold_no_place_and_are_issued_again(site: Site) -> None:
+    """Retired at once (the key was copied): its passes are refused `unknown_key` at the
+    gates, so they count neither against the household's cap nor as a person's valid pass."""
+    cap = site.published_policy().policy.passes_per_household_max
+    for i in range(cap):
+        site.issue_pass("1-1-101", f"住户{i}", room="1-1-101")
+    with pytest.raises(SiteError, match=f"already holds {cap} valid passes"):
+        site.issue_pass("1-1-101", "王五")
+    site.rotate_key()
+    site.retire_key(1)
+    assert site.active_passes("1-1-101", datetime.now(UTC)) == 0
+    again = site.issue_pass("1-1-101", "住户0", room="1-1-101")
+    assert parse_pass(again.qr).key_id == 2

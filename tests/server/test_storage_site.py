@@ -180,6 +180,19 @@ def test_passes_held_against_the_cap(store: Store) -> None:
         assert passes.held_by_person(tx, 77, "G", "张三丰", 1_100) == 0
 
 
+def test_passes_of_a_retired_key_are_not_held(store: Store) -> None:
+    with store.write() as tx:
+        keys.add(tx, 1, b"\x01" * 32, AT)
+        keys.add(tx, 2, b"\x02" * 32, AT)
+        passes.add(tx, stored(1, "H"))
+        passes.add(tx, stored(2, "H", "李四", key_id=2))
+        keys.retire(tx, 1, LATER)
+    with store.read() as tx:
+        assert passes.held_by_household(tx, "H", 1_100) == 1
+        assert passes.held_by_person(tx, 77, "H", "张三丰", 1_100) == 0, "key 1 retired"
+        assert passes.held_by_person(tx, 77, "H", "李四", 1_100) == 1
+
+
 def test_a_pass_linked_to_a_person_is_theirs_whatever_its_name(store: Store) -> None:
     with store.write() as tx:
         households.ensure(tx, "H", AT)

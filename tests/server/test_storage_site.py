@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from server.storage import Store, audit, households, keys, meta, passes
+from server.storage import Store, audit, households, keys, meta, passes, roots
 from server.storage.passes import StoredPass
 
 AT = "2026-03-01T08:00:00.000+00:00"
@@ -50,6 +50,22 @@ def test_a_key_id_is_stored_once(store: Store) -> None:
         keys.add(tx, 1, bytes(32), LATER)
     with store.read() as tx:
         assert len(keys.trust_keys(tx)) == 1
+
+
+# --- trust roots --------------------------------------------------------------------------
+
+
+def test_trust_roots_are_kept_in_order_each_version_once(store: Store) -> None:
+    with store.read() as tx:
+        assert (roots.latest_version(tx), roots.chain(tx)) == (0, [])
+    with store.write() as tx:
+        roots.add(tx, 2, '{"version": 2}', LATER)
+        roots.add(tx, 1, '{"version": 1}', AT)
+    with pytest.raises(IntegrityError), store.write() as tx:
+        roots.add(tx, 2, '{"version": 2, "forked": true}', LATER)
+    with store.read() as tx:
+        assert roots.latest_version(tx) == 2
+        assert roots.chain(tx) == ['{"version": 1}', '{"version": 2}']
 
 
 # --- meta ---------------------------------------------------------------------------------

@@ -84,6 +84,13 @@ def register(
         help="this gate's broker credentials carried from the server (`menwei broker add-gate "
         "DIR GATE --out FOLDER`); default: issued here when --server holds broker/ca.key",
     )
+    p.add_argument(
+        "--reset-trust",
+        action="store_true",
+        help="take the bundle's trust root even when the gate holds a newer one (a gate that"
+        " followed a root the server did not make: docs/security.md); its documents are"
+        " replaced by the bundle's",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init, issue_credentials=issue_credentials)
 
@@ -204,6 +211,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         simulated=args.simulated,
         broker=args.broker,
         credentials=credentials,
+        reset_trust=args.reset_trust,
     )
     # The installer is at the gate now: say whether its clock will be trusted.
     clock = GateClock.configured(load_config(args.gate_dir / "gate.toml").clock).assess()

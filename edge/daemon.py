@@ -18,6 +18,8 @@ enrolled guard's PIN (edge/guards.py); the exit button needs nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import queue
 import sys
@@ -60,24 +62,19 @@ from edge.guards import (
 )
 from edge.hardware import GateHardware, build_hardware
 from edge.knowledge import Knowledge
-from edge.provision import (
-    accept_document,
-    apply_document,
-    document_keys,
-    load_knowledge,
-    trust_anchor,
-)
+from edge.provision import load_knowledge, trust_anchor
 from edge.recording import console_line, decision_event, decision_json, simple_event
 from edge.recovery import hold_data_dir
 from edge.storage_fault import OVERRIDE_REFUSED, StorageFault, free_bytes, iso_utc
 from edge.store import EpochMove, GateStore
 from edge.sync import GateSync, SyncSettings
+from edge.trust import Received, receive, save_received
 from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
-from protocol.documents import decode_document
+from protocol.documents import UntrustedDocument
 from protocol.errors import ProtocolError
 from protocol.events import Event, decode_passages
-from protocol.passes import PREFIX, TrustKey
+from protocol.passes import PREFIX
 from protocol.reasons import message
 
 log = logging.getLogger("menwei.gate")
@@ -87,6 +84,10 @@ STORAGE_RETRY_S = 5.0
 SCAN_RETRY_S = 1.0
 """A scan retries the store at once, but not more often than this (seconds)."""
 
+
+REFUSALS_REMEMBERED = 256
+"""Documents refused for trust that the gate remembers (by digest): the same retained forgery
+delivered again at every reconnect raises its alert once."""
 
 RELAYED_AHEAD_MAX_S = DOCUMENT_FLOOR_MARGIN_S
 """How far a relayed passage may be dated ahead of this gate's clock and still count (gate
@@ -113,9 +114,12 @@ class GateDaemon:
         # A storage fault at start (a full card, a damaged file) leaves the gate up, refusing.
         # Never creates the database: a missing one (perhaps beside its WAL) is a fault.
         self.store = GateStore(config.db_path, verify=True, resilient=True, create=False)
-        # Documents refused for their signing key: perhaps the next config introduces it.
-        self._held: dict[str, bytes] = {}
-        self.anchor, self.know, state, floor = self._read_store()
+        # Documents refused because the gate does not trust them (edge.trust): how many, the
+        # last one, and the digests of those already alerted.
+        self.refused_documents = 0
+        self.last_refusal: dict[str, Any] | None = None
+        self._refused_digests: deque[str] = deque(maxlen=REFUSALS_REMEMBERED)
+        self.know, state, floor = self._read_store()
         self._know_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
         self.clock = GateClock.configured(config.clock, floor, wall=wall, monotonic=monotonic)
@@ -414,19 +418,18 @@ class GateDaemon:
 
     # --- storage faults ------------------------------------------------------------------------
 
-    def _read_store(self) -> tuple[dict[int, TrustKey], Knowledge, GateState, float]:
-        """Trust keys, knowledge, state and clock floor from the store; with the store
-        unreadable (a fault at start), the provisioned trust anchor alone: every scan is then
-        refused until the store opens, and this is read again."""
+    def _read_store(self) -> tuple[Knowledge, GateState, float]:
+        """Knowledge, state and clock floor from the store; with the store unreadable (a
+        fault at start), the provisioned trust root alone: every scan is then refused until
+        the store opens, and this is read again."""
         try:
-            anchor = document_keys(self.config, self.store)
             know = load_knowledge(self.config, self.store)
             self._store_read = True
-            return anchor, know, state_from_json(self.store.state()), self.store.clock_floor()
+            return know, state_from_json(self.store.state()), self.store.clock_floor()
         except StorageFault:
             self._store_read = False
-            site, keys = trust_anchor(self.config)
-            return keys, Knowledge(site, keys), state_from_json(None), 0.0
+            site, root = trust_anchor(self.config)
+            return Knowledge(site, dict(root.keys), root=root), state_from_json(None), 0.0
 
     def _storage_down(self) -> bool:
         """Is the store at fault even after trying it again (at most every SCAN_RETRY_S)?"""
@@ -503,9 +506,9 @@ class GateDaemon:
 
     def _storage_recovered(self) -> None:
         if not self._store_read:  # the store could not be read at start: now it can
-            anchor, know, state, floor = self._read_store()
+            know, state, floor = self._read_store()
             with self._know_lock:
-                self.anchor, self.know = anchor, know
+                self.know = know
             with self._state_lock:
                 self.state = state
             self.clock.floor = max(self.clock.floor, floor)
@@ -648,42 +651,92 @@ class GateDaemon:
     # --- documents and status (called from the sync thread) ------------------------------------
 
     def on_document(self, kind: str, raw: bytes) -> None:
-        try:
-            with self._know_lock:
-                keys = {**self.anchor, **self.know.trust_keys}
-                doc = decode_document(raw, kind=kind, site=self.know.site, trust_keys=keys)
-                # Applied before it is stored: a stored document the gate cannot apply would
-                # stop it from starting again (load_knowledge) and block a corrected one.
-                arrived = self.clock.now().utc
-                know = apply_document(self.know, kind, raw, self.anchor, arrived)
-                try:
-                    stored = accept_document(self.store, doc, raw, arrived)
-                except StorageFault:
-                    # Verified, so decided with now; stored when it is delivered again.
-                    stored = doc.version > self._held_version(kind)
-                if stored:
-                    self.know = know
-                    # Statements come every few minutes: not worth a line in the journal each.
-                    level = logging.DEBUG if kind == "freshness" else logging.INFO
-                    log.log(level, "applied %s version %d", kind, doc.version)
-                    self._floor_from_documents()
-        except ProtocolError as exc:
-            log.warning("refused %s document: %s", kind, exc)
-            if kind != "config":
-                self._held[kind] = raw  # perhaps signed by a key the next config brings
-            return
-        self._held.pop(kind, None)
-        if kind == "config":
-            for held_kind in ("register", "freshness"):
-                held = self._held.pop(held_kind, None)
-                if held is not None:
-                    self.on_document(held_kind, held)
+        """A signed document from the broker (the sync thread): checked against the gate's
+        trust root, which its chain may move forward (edge.trust); applied when newer.
+        Applied before it is stored: a stored document the gate cannot apply would stop it
+        from starting again (load_knowledge) and block a corrected one. One the gate does
+        not trust is refused, logged, counted in the status and raised as an
+        `untrusted_document` alert."""
+        with self._know_lock:
+            arrived = self.clock.now().utc
+            try:
+                got = receive(self.know, kind, raw, arrived)
+            except UntrustedDocument as exc:
+                self._refuse_untrusted(kind, raw, exc)
+                return
+            except ProtocolError as exc:
+                log.warning("refused %s document: %s", kind, exc)
+                return
+            if not got.changed:
+                return
+            # Verified, so decided with now; with the store at fault, stored when it is
+            # delivered again.
+            with contextlib.suppress(StorageFault):
+                save_received(self.store, got, raw, arrived)
+            self.know = got.know
+            self._log_received(got)
+            self._floor_from_documents()
 
-    def _held_version(self, kind: str) -> int:
-        """The version (a statement: its serial) of the `kind` document the gate decides with."""
-        if kind == "freshness":
-            return 0 if self.know.statement is None else self.know.statement.serial
-        return self.know.versions().get(kind, 0)
+    def _log_received(self, got: Received) -> None:
+        root = got.know.trust_root()
+        if got.advanced_from is not None:
+            log.warning(
+                "trust root %d -> %d (keys %s), from the chain of a %s document",
+                got.advanced_from,
+                root.version,
+                sorted(root.keys),
+                got.doc.kind,
+            )
+        for kind, held in sorted(got.withdrawn.items()):
+            log.warning(
+                "%s v%d (root %d) was signed by key %d, which trust root %d drops: it no longer"
+                " applies%s",
+                kind,
+                held.version,
+                held.root,
+                held.key_id,
+                root.version,
+                "" if kind == "freshness" else "; the guard confirms passages until it is replaced",
+            )
+        if got.withdrawn:
+            withdrawn = {k: h.to_json() for k, h in sorted(got.withdrawn.items())}
+            detail = {"root": root.version, "withdrawn": withdrawn}
+            self.record("alert", "document_withdrawn", detail=detail)
+        if got.applied:
+            # Statements come every few minutes: not worth a line in the journal each.
+            level = logging.DEBUG if got.doc.kind == "freshness" else logging.INFO
+            doc = got.doc
+            log.log(level, "applied %s version %d (root %d)", doc.kind, doc.version, doc.root)
+
+    def _refuse_untrusted(self, kind: str, raw: bytes, exc: UntrustedDocument) -> None:
+        """Log, count and alert (once per distinct document) a document the gate does not
+        trust: a retired or foreign key, a forged signature, a broken or forked chain."""
+        claimed = _claimed(raw)
+        refusal = {
+            "kind": kind,
+            "key_id": claimed.get("key_id"),
+            "root": claimed.get("root", 0),
+            "version": claimed.get("version"),
+            "reason": str(exc)[:300],
+            "at": self.clock.now().utc.isoformat(timespec="seconds"),
+        }
+        self.refused_documents += 1
+        self.last_refusal = refusal
+        log.warning(
+            "refused untrusted %s document (key %s, root %s, version %s): %s",
+            kind,
+            refusal["key_id"],
+            refusal["root"],
+            refusal["version"],
+            exc,
+        )
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in self._refused_digests:
+            return
+        self._refused_digests.append(digest)
+        trust_root = self.know.trust_root().version
+        detail = {"priority": "high", **refusal, "trust_root": trust_root}
+        self.record("alert", "untrusted_document", detail=detail)
 
     def _floor_from_documents(self) -> None:
         """Signed documents prove the time is at least when they were issued (less a margin):
@@ -884,6 +937,8 @@ class GateDaemon:
             **self.store_figures(),
             "storage": self.store.health.to_json(),
             "versions": self.know.versions(),
+            "trust_root": self.know.trust_root().version,
+            "refused_documents": {"count": self.refused_documents, "last": self.last_refusal},
             "data_age_h": self.know.data_age_hours(now.utc),
             "data_as_of": _iso(self.know.fresh_as_of()),
             "max_data_age_h": self.know.policy.max_data_age_h,
@@ -907,6 +962,22 @@ class GateDaemon:
 
 
 STORAGE_REFUSED = OverrideRefused("storage_fault", OVERRIDE_REFUSED, 503)
+
+
+def _claimed(raw: bytes) -> dict[str, Any]:
+    """What a refused document says of itself (key id, root, version), for the log and the
+    alert; {} when it does not say."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: v
+        for k in ("key_id", "root", "version")
+        if isinstance(v := data.get(k), int) and not isinstance(v, bool)
+    }
 
 
 def _iso(t: datetime | None) -> str | None:

@@ -135,6 +135,10 @@ def decide(
         return deny("not_yet_valid", "validity", pass_=p)
     if now.utc >= from_unix(p.valid_until):
         return deny("expired", "validity", pass_=p)
+    if know.missing():
+        # No config or register it trusts (withdrawn when the trust root dropped the key that
+        # signed it): no policy, no revocations to decide alone with.
+        return deny("guard_confirm", "documents", pass_=p, guard_required=True)
     if data_too_old(know, now):
         return deny("guard_confirm", "data_age", pass_=p, guard_required=True)
     if scan.direction == "in":

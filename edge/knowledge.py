@@ -1,4 +1,4 @@
-"""What a gate knows to decide with: site, trust keys, policy and register, with versions.
+"""What a gate knows to decide with: site, trust root, policy and register, with versions.
 
 Built from the signed config and register documents (`protocol.documents`)
 and the newest freshness statement (`protocol.freshness`); a value, never
@@ -9,6 +9,12 @@ How old is what the gate knows? Each document is proven current at its own
 its version; the knowledge is as fresh as its least recently proven document
 (`fresh_as_of`). A connected gate receives a statement every few minutes; a
 gate cut off from its server sees that time recede (DESIGN.md principle 5).
+
+The keys passes and documents are verified with are those of the gate's trust
+root (protocol.roots). When the root moves to one that drops a key, every held
+document that key signed stops applying at once (`with_root`): the gate then
+decides as one that holds no document of that kind, and asks the guard
+(edge.decision: a gate missing its config or register never decides alone).
 """
 
 from __future__ import annotations
@@ -23,12 +29,32 @@ from protocol.freshness import NAMED_KINDS, named_versions
 from protocol.passes import TrustKey
 from protocol.policy import Policy
 from protocol.register import EMPTY_REGISTER, Register
+from protocol.roots import TrustRoot
+
+
+@dataclass(frozen=True)
+class Held:
+    """What orders and identifies a document a gate applied: the root it was signed under,
+    its version (a statement: its serial) and its signing key."""
+
+    root: int
+    version: int
+    key_id: int
+
+    @property
+    def mark(self) -> tuple[int, int]:
+        return (self.root, self.version)
+
+    def to_json(self) -> dict[str, int]:
+        return {"root": self.root, "version": self.version, "key_id": self.key_id}
 
 
 @dataclass(frozen=True)
 class Knowledge:
     site: str
     trust_keys: Mapping[int, TrustKey]
+    """The keys passes are verified with: those of the trust root (a gate at root 0, from
+    before trust roots: those its config names, as before)."""
     policy: Policy = field(default_factory=Policy)
     register: Register = EMPTY_REGISTER
     config_version: int = 0
@@ -37,6 +63,63 @@ class Knowledge:
     register_issued_at: datetime | None = None
     statement: Statement | None = None
     """The newest verified freshness statement (it may name versions not yet held)."""
+    root: TrustRoot | None = None
+    """The trust root the gate holds; None (knowledge made without one, in tools and tests):
+    root 0 of `trust_keys`."""
+    held: Mapping[str, Held] = field(default_factory=dict)
+    """kind ("config", "register", "freshness") -> the document of that kind applied."""
+    floors: Mapping[str, int] = field(default_factory=dict)
+    """kind -> the oldest root a document of that kind may be signed under: the root that
+    withdrew the one held before (an older genuine document is not taken in its place)."""
+
+    def trust_root(self) -> TrustRoot:
+        """The gate's root; at root 0 (a trust file from before trust roots) its keys and the
+        keys its config names, as a gate trusted for documents before trust roots."""
+        root = self.root or TrustRoot(0, self.trust_keys)
+        if root.version == 0:
+            return TrustRoot(0, {**self.trust_keys, **root.keys})
+        return root
+
+    def supersedes(self, doc: SignedDocument) -> bool:
+        """Is `doc` newer than the `doc.kind` document held: a higher (root, version), and
+        signed under a root no older than the one that withdrew the last one held?"""
+        held = self.held.get(doc.kind)
+        if doc.root < self.floors.get(doc.kind, 0):
+            return False
+        return held is None or doc.mark > held.mark
+
+    def missing(self) -> list[str]:
+        """The documents a gate needs to decide alone that it does not hold (never held, or
+        withdrawn): "config", "register"."""
+        held = {"config": self.config_version, "register": self.register_version}
+        return [kind for kind, version in held.items() if version == 0]
+
+    def with_root(self, root: TrustRoot) -> tuple[Knowledge, dict[str, Held]]:
+        """The knowledge under a newer trust root: its keys verify passes and documents, and
+        the held documents signed by a key it drops stop applying (returned, by kind)."""
+        dropped = self.trust_root().dropped(root)
+        withdrawn = {k: h for k, h in self.held.items() if h.key_id in dropped}
+        know = replace(
+            self, root=root, trust_keys=dict(root.keys) if root.version else self.trust_keys
+        )
+        for kind in withdrawn:
+            know = know.without(kind, root.version)
+        return know, withdrawn
+
+    def without(self, kind: str, floor: int) -> Knowledge:
+        """No `kind` document held any more; the next one must be signed under root `floor`
+        or newer."""
+        held = {k: h for k, h in self.held.items() if k != kind}
+        know = replace(self, held=held, floors={**self.floors, kind: floor})
+        if kind == "config":
+            return replace(know, policy=Policy(), config_version=0, config_issued_at=None)
+        if kind == "register":
+            return replace(
+                know, register=EMPTY_REGISTER, register_version=0, register_issued_at=None
+            )
+        if kind == "freshness":
+            return replace(know, statement=None)
+        return know
 
     def versions(self) -> dict[str, int]:
         return {"config": self.config_version, "register": self.register_version}
@@ -75,20 +158,24 @@ class Knowledge:
         return None if as_of is None else round(max(0.0, (now - as_of).total_seconds()) / 3600, 3)
 
     def with_config(self, doc: SignedDocument) -> Knowledge:
-        """Apply a verified config document: policy and trust keys."""
+        """Apply a verified config document: the policy. (One from a server before trust
+        roots, on a gate at root 0, also names the keys that verify passes.)"""
+        keys = self.trust_keys
         try:
-            keys = {k.key_id: k for k in map(TrustKey.from_json, doc.body["trust_keys"])}
+            if doc.root == 0 and self.trust_root().version == 0:
+                keys = {k.key_id: k for k in map(TrustKey.from_json, doc.body["trust_keys"])}
+                if not keys:
+                    raise ProtocolError("config document has no trust keys")
             policy = Policy.from_json(doc.body.get("policy", {}))
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"config document lacks {exc}") from None
-        if not keys:
-            raise ProtocolError("config document has no trust keys")
         return replace(
             self,
             trust_keys=keys,
             policy=policy,
             config_version=doc.version,
             config_issued_at=_issued_at(doc),
+            held={**self.held, "config": _held(doc)},
         )
 
     def with_register(self, doc: SignedDocument) -> Knowledge:
@@ -97,6 +184,7 @@ class Knowledge:
             register=Register.from_json(doc.body),
             register_version=doc.version,
             register_issued_at=_issued_at(doc),
+            held={**self.held, "register": _held(doc)},
         )
 
     def with_freshness(self, doc: SignedDocument, received_at: datetime | None = None) -> Knowledge:
@@ -106,7 +194,8 @@ class Knowledge:
         that is cut off looking fresh."""
         issued = _issued_at(doc)
         counted = issued if received_at is None else min(issued, received_at)
-        return replace(self, statement=Statement(doc.version, issued, named_versions(doc), counted))
+        statement = Statement(doc.version, issued, named_versions(doc), counted)
+        return replace(self, statement=statement, held={**self.held, "freshness": _held(doc)})
 
 
 @dataclass(frozen=True)
@@ -124,6 +213,10 @@ class Statement:
     @property
     def proves(self) -> datetime:
         return self.issued_at if self.counted_at is None else self.counted_at
+
+
+def _held(doc: SignedDocument) -> Held:
+    return Held(doc.root, doc.version, doc.key_id)
 
 
 def _issued_at(doc: SignedDocument) -> datetime:

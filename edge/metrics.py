@@ -112,6 +112,16 @@ class GateCollector(Collector):
         for document, version in sorted(d.know.versions().items()):
             versions.add_metric([document], version)
         yield versions
+        yield _gauge(
+            "menwei_gate_trust_root",
+            "Version of the trust root the gate holds (the keys it trusts).",
+            d.know.trust_root().version,
+        )
+        yield _counter(
+            "menwei_gate_untrusted_documents",
+            "Documents refused since start because the trust root does not vouch for them.",
+            d.refused_documents,
+        )
 
 
 def gate_registry(daemon: GateDaemon) -> CollectorRegistry:

@@ -1,8 +1,10 @@
 """Provisioning a gate from a server directory (or a USB-stick copy of its `bundle/`).
 
-The trust file is the gate's anchor: documents (config, register) are
-accepted only when signed by a key it trusts. Running `gate init` again
-refreshes the documents and keeps the gate's config and log.
+The trust file is the gate's anchor: the trust root it starts from (protocol.roots);
+documents (config, register) are accepted only when signed by a key of the gate's
+root, which they move forward (edge.trust). Running `gate init` again refreshes the
+documents and keeps the gate's config and log; it never moves the gate's root
+backwards (a bundle older than what the gate has seen changes nothing of its trust).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Literal
 from edge.config import GateConfig
 from edge.knowledge import Knowledge
 from edge.store import GateStore
+from edge.trust import gate_root, receive, save_received
 from protocol.broker import parse_broker
 from protocol.broker_tls import BrokerTlsError, certificate_info
 from protocol.documents import (
@@ -28,12 +31,13 @@ from protocol.documents import (
     REGISTER_FILE,
     TRUST_FILE,
     SignedDocument,
-    decode_document,
-    decode_trust,
+    UntrustedDocument,
+    decode_trust_file,
 )
 from protocol.errors import ProtocolError
 from protocol.files import read_bounded, write_private
-from protocol.passes import TrustKey, check_slug
+from protocol.passes import check_slug
+from protocol.roots import TrustRoot
 
 log = logging.getLogger("menwei.gate")
 
@@ -145,15 +149,20 @@ def provision(
     simulated: bool = False,
     broker: str | None = None,
     credentials: BrokerCredentials | None = None,
+    reset_trust: bool = False,
 ) -> dict[str, object]:
-    """Provision (or refresh) the gate in `gate_dir` from `server_dir` (or a bundle copy).
-    With `credentials` (its broker certificate) it writes ca.pem, gate.pem and gate.key, and a
-    new gate.toml links over TLS; `broker` default: the credentials' mqtts:// URL, else
-    mqtt://127.0.0.1:1883. An existing gate.toml is kept."""
+    """Provision (or provision again) the gate in `gate_dir` from a server directory or a
+    copy of its bundle. With `credentials` (its broker certificate) it writes ca.pem, gate.pem
+    and gate.key, and a new gate.toml links over TLS; `broker` default: the credentials'
+    mqtts:// URL, else mqtt://127.0.0.1:1883. An existing gate.toml is kept. The gate's trust
+    root moves to the bundle's only forward, unless `reset_trust`: then the bundle's root
+    replaces whatever the gate held, with its documents (the way back for a gate that followed
+    a root a stolen key made). Raises ProvisionError, MessageError (a bundle that does not
+    verify), OSError."""
     check_slug(gate, "gate id")
     bundle = server_dir / BUNDLE_DIR if (server_dir / BUNDLE_DIR).is_dir() else server_dir
-    know, documents = read_bundle(bundle)  # all verified before anything is written
-    site = know.site
+    _, documents = read_bundle(bundle)  # all verified before anything is written
+    site, bundle_root = read_trust_file(bundle / TRUST_FILE)
     toml = gate_dir / "gate.toml"
     created = not toml.exists()
     url = broker or (credentials.broker if credentials is not None else PLAIN_BROKER)
@@ -174,21 +183,81 @@ def provision(
         write_private(toml, text.encode())
         if simulated:
             (gate_dir / "stage").mkdir(exist_ok=True)
-    shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
     with GateStore(gate_dir / "gate.db") as store:
+        held = _provisioned_root(gate_dir / TRUST_FILE, site, store)
+        if reset_trust and held is not None:
+            store.reset_trust(json.dumps(bundle_root.to_json()))
+            held = None
+        if held is None or bundle_root.version >= held.version:
+            shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
+            if bundle_root.version:
+                store.save_trust_root(json.dumps(bundle_root.to_json()))
+            root = gate_root(bundle_root, store)
+        else:
+            root = held  # an older bundle: the gate keeps the root it has seen
+        know = _stored_knowledge(site, root, store)
+        kept: dict[str, str] = {}
         for doc, raw in documents:
-            accept_document(store, doc, raw)
+            try:
+                got = receive(know, doc.kind, raw)
+            except UntrustedDocument as exc:
+                kept[doc.kind] = f"the gate's trust root {know.trust_root().version}: {exc}"
+                continue
+            if got.changed:
+                save_received(store, got, raw, datetime.now(UTC))
+            know = got.know
     as_of = know.fresh_as_of()
-    return {
+    result: dict[str, object] = {
         "gate_dir": str(gate_dir),
         "site": site,
         "gate": gate,
         "config_created": created,
         **link,
+        "root": know.trust_root().version,
         "versions": know.versions(),
         "freshness": None if know.statement is None else know.statement.serial,
         "data_as_of": None if as_of is None else as_of.isoformat(timespec="seconds"),
     }
+    if kept:
+        result["not_taken"] = kept
+    return result
+
+
+def _provisioned_root(trust_file: Path, site: str, store: GateStore) -> TrustRoot | None:
+    """The root a gate already provisioned for `site` holds (None: a new gate, or one of
+    another site, which starts again from the bundle)."""
+    try:
+        held_site, anchor = read_trust_file(trust_file)
+    except (OSError, ProtocolError):
+        return None
+    if held_site != site:
+        return None
+    return gate_root(anchor, store)
+
+
+def _stored_knowledge(site: str, root: TrustRoot, store: GateStore) -> Knowledge:
+    """The knowledge of the documents `store` holds, under `root`."""
+    know = Knowledge(site, dict(root.keys), root=root, floors=store.document_floors())
+    for kind in DOC_FILES:
+        raw = store.document(kind)
+        if raw is None:
+            continue
+        try:
+            know = receive(know, kind, raw, store.document_received_at(kind)).know
+        except UntrustedDocument as exc:
+            # Signed by a key the gate's root dropped: it stopped applying then.
+            log.warning("stored %s document is no longer trusted, not applied: %s", kind, exc)
+        except ProtocolError as exc:
+            if kind not in OPTIONAL_DOCS:
+                raise
+            log.warning("stored %s no longer applies, ignored: %s", kind, exc)
+    return know
+
+
+def read_trust_file(path: Path) -> tuple[str, TrustRoot]:
+    """(site, trust root) of a trust file. Raises OSError, MessageError."""
+    site, version, keys = decode_trust_file(read_bounded(path, "trust"))
+    return site, TrustRoot(version, keys)
 
 
 def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, bytes]]]:
@@ -196,38 +265,19 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
     verified documents it stores, in order. Raises ProvisionError (no trust file),
     MessageError (a document that does not verify) or ProtocolError (one it cannot apply)."""
     try:
-        site, keys = decode_trust(read_bounded(bundle / TRUST_FILE, "trust"))
+        site, root = read_trust_file(bundle / TRUST_FILE)
     except OSError as exc:
         raise ProvisionError(f"{bundle}: no provisioning bundle ({exc.strerror})") from None
-    know = Knowledge(site, keys)
+    know = Knowledge(site, dict(root.keys), root=root)
     documents = []
     for kind, name in DOC_FILES.items():
         if kind in OPTIONAL_DOCS and not (bundle / name).exists():
             continue
         raw = read_bounded(bundle / name, "document")
-        doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
-        know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
-        documents.append((doc, raw))
+        got = receive(know, kind, raw)  # applicable, or refused before storing
+        know = got.know
+        documents.append((got.doc, raw))
     return know, documents
-
-
-def accept_document(
-    store: GateStore, doc: SignedDocument, raw: bytes, received_at: datetime | None = None
-) -> bool:
-    """Store a verified document if it is newer than the one held, with when it arrived by
-    the gate's clock (`received_at`, default the system's). Returns True if stored."""
-    held = store.document(doc.kind)
-    if held is not None and int(json.loads(held)["version"]) >= doc.version:
-        return False
-    learnt = doc.body.get("trust_keys") if doc.kind == "config" else None
-    store.save_document(
-        doc.kind,
-        doc.version,
-        (received_at or datetime.now(UTC)).isoformat(),
-        raw,
-        learnt_keys=list(learnt) if isinstance(learnt, list) else None,
-    )
-    return True
 
 
 EXIT_NOT_PROVISIONED = 78
@@ -236,8 +286,8 @@ EXIT_NOT_PROVISIONED = 78
 RestartPreventExitStatus= instead of restarting in a loop."""
 
 
-def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
-    """The provisioned site and trust keys from DATA_DIR/trust.json. Raises ProvisionError
+def trust_anchor(config: GateConfig) -> tuple[str, TrustRoot]:
+    """The provisioned site and trust root from DATA_DIR/trust.json. Raises ProvisionError
     (with the fix: provision again) when it is missing, unreadable, damaged or for
     another site."""
     path = config.data_dir / TRUST_FILE
@@ -246,64 +296,22 @@ def trust_anchor(config: GateConfig) -> tuple[str, dict[int, TrustKey]]:
         "rewrites trust.json from the server's bundle and keeps the gate's config and log)"
     )
     try:
-        site, keys = decode_trust(read_bounded(path, "trust"))
+        site, root = read_trust_file(path)
     except OSError as exc:
         raise ProvisionError(f"{path}: gate not provisioned ({exc.strerror}); {redo}") from None
     except ProtocolError as exc:
         raise ProvisionError(f"{path}: damaged ({exc}); {redo}") from None
     if site != config.gate.site:
         raise ProvisionError(f"{path} is for site {site!r}, gate.toml says {config.gate.site!r}")
-    return site, dict(keys)
-
-
-def document_keys(config: GateConfig, store: GateStore) -> dict[int, TrustKey]:
-    """Keys a document may be signed with: the provisioned anchor and the keys the last
-    accepted (hence verified) config introduced — so key rotation survives a restart."""
-    _, anchor = trust_anchor(config)
-    try:
-        learnt = {k.key_id: k for k in map(TrustKey.from_json, store.learnt_keys())}
-    except ProtocolError:
-        learnt = {}
-    return {**learnt, **anchor}
+    return site, root
 
 
 def load_knowledge(config: GateConfig, store: GateStore) -> Knowledge:
-    """The gate's knowledge from its trust anchor and the documents it holds."""
-    site, _ = trust_anchor(config)
-    anchor = document_keys(config, store)
-    know = Knowledge(site, anchor)
-    for kind in DOC_FILES:
-        raw = store.document(kind)
-        if raw is None:
-            continue
-        try:
-            know = apply_document(know, kind, raw, anchor, store.document_received_at(kind))
-        except ProtocolError as exc:
-            if kind not in OPTIONAL_DOCS:
-                raise
-            # A statement signed by a key retired since: it proves nothing any more, and
-            # the next one replaces it. Never a reason not to start.
-            log.warning("stored %s no longer verifies, ignored: %s", kind, exc)
-    return know
-
-
-def apply_document(
-    know: Knowledge,
-    kind: str,
-    raw: bytes,
-    anchor: dict[int, TrustKey],
-    received_at: datetime | None = None,
-) -> Knowledge:
-    """Verify `raw` (against the anchor and the keys the gate has learnt) and apply it.
-    `received_at`: when a freshness statement arrived by the gate's clock (it proves no
-    later than that, however far ahead its issue time)."""
-    keys = {**anchor, **know.trust_keys}
-    doc = decode_document(raw, kind=kind, site=know.site, trust_keys=keys)
-    if kind == "config":
-        return know.with_config(doc)
-    if kind == "register":
-        return know.with_register(doc)
-    return know.with_freshness(doc, received_at)
+    """The gate's knowledge: its trust root (gate.db's, or the trust file's when newer) and
+    the documents it holds that the root still trusts. Raises ProvisionError, StorageFault,
+    ProtocolError (a held config or register that cannot be applied)."""
+    site, anchor = trust_anchor(config)
+    return _stored_knowledge(site, gate_root(anchor, store), store)
 
 
 def gate_stage(config: GateConfig) -> Path | None:

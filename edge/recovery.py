@@ -7,8 +7,9 @@ With the gate stopped, recovery moves the database files aside, untouched, into
 `DATA_DIR/damaged-YYYYmmdd-HHMMSS/` (for a restore or forensics) and creates a new
 database: a new epoch, so its numbering restarts without clashing with the seqs the
 collector holds (the collector raises `gate_reset`). What can still be read is carried
-over when it can be trusted: the signed documents (verified again against the trust
-anchor), the clock floor (it only moves forward) and the gate's state (who is out).
+over when it can be trusted: the signed documents (verified again from the trust
+file, whose root their chains move forward: edge.trust), the clock floor (it only
+moves forward) and the gate's state (who is out).
 Events not yet sent stay in the moved file; the result says how many. The new
 database's first event, `database_recovered`, tells the collector what was lost.
 
@@ -35,17 +36,11 @@ from edge.clock import GateClock
 from edge.config import GateConfig
 from edge.decision import state_from_json
 from edge.knowledge import Knowledge
-from edge.provision import (
-    DOC_FILES,
-    accept_document,
-    apply_document,
-    load_knowledge,
-    trust_anchor,
-)
+from edge.provision import DOC_FILES, load_knowledge, trust_anchor
 from edge.recording import simple_event
 from edge.storage_fault import StorageFault, inspect_database, missing_database, orphan_logs
 from edge.store import GateStore
-from protocol.documents import decode_document
+from edge.trust import receive, save_received
 from protocol.errors import ProtocolError
 
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -202,7 +197,7 @@ def _carry_over(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Store what can be trusted from the damaged database; returns (kept, not kept: why)."""
     site, anchor = trust_anchor(config)
-    know = Knowledge(site, anchor)
+    know = Knowledge(site, dict(anchor.keys), root=anchor)
     held = dict(old.get("documents") or [])
     documents: dict[str, int] = {}
     not_kept: dict[str, str] = {}
@@ -211,14 +206,15 @@ def _carry_over(
         if raw is None:
             continue
         try:
-            keys = {**anchor, **know.trust_keys}
-            doc = decode_document(raw, kind=kind, site=site, trust_keys=keys)
-            know = apply_document(know, kind, raw, anchor)
+            got = receive(know, kind, raw)
         except ProtocolError as exc:
             not_kept[kind] = str(exc)
             continue
-        accept_document(store, doc, raw)
-        documents[kind] = doc.version
+        if got.changed:
+            save_received(store, got, raw, datetime.now(UTC))
+        know = got.know
+        if got.applied:
+            documents[kind] = got.doc.version
     floor = old.get("clock_floor")
     if isinstance(floor, float) and floor > 0:
         store.save_clock_floor(floor)

@@ -32,7 +32,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -521,19 +521,67 @@ class GateStore:
         kind: str,
         version: int,
         received_at: str,
-        raw: bytes,
+        raw: bytes | None,
         learnt_keys: list[dict[str, Any]] | None = None,
+        *,
+        root: str | None = None,
+        withdrawn: Mapping[str, int] | None = None,
     ) -> None:
-        """Store a document; a config also records the trust keys it introduces, in the same
-        transaction, so a restarted gate can verify documents signed by a rotated key."""
+        """Store a document (`raw` None: only the rest), in one transaction with what came
+        with it: the gate's new trust root (edge.trust, JSON), the kinds its root withdrew
+        (kind -> the oldest root their next document may be signed under: their rows go),
+        and for a config of a server before trust roots the keys it names."""
         with self._lock, self.db.atomic():
+            if root is not None:
+                self._set_meta("trust_root", root)
+            if withdrawn:
+                floors = {**self._floors(), **withdrawn}
+                self._set_meta("document_floors", json.dumps(floors, sort_keys=True))
+                for gone in withdrawn:
+                    self.db.execute("DELETE FROM documents WHERE kind = ?", [gone])
             if learnt_keys is not None:
                 self._set_meta("learnt_keys", json.dumps(learnt_keys))
+            if raw is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO documents (kind, version, received_at, raw)"
+                    " VALUES (?, ?, ?, ?)",
+                    [kind, version, received_at, raw],
+                )
+
+    @_guarded
+    def save_trust_root(self, root: str) -> None:
+        """The gate's trust root (JSON), set by provisioning (edge.provision)."""
+        with self._lock, self.db.atomic():
+            self._set_meta("trust_root", root)
+
+    @_guarded
+    def reset_trust(self, root: str) -> None:
+        """Start again from trust root `root` (JSON): the documents held, their floors and the
+        keys learnt before trust roots go (`menwei gate init --reset-trust`)."""
+        with self._lock, self.db.atomic():
+            self.db.execute("DELETE FROM documents")
             self.db.execute(
-                "INSERT OR REPLACE INTO documents (kind, version, received_at, raw)"
-                " VALUES (?, ?, ?, ?)",
-                [kind, version, received_at, raw],
+                "DELETE FROM meta WHERE key IN ('document_floors', 'learnt_keys', 'trust_root')"
             )
+            self._set_meta("trust_root", root)
+
+    @_guarded
+    def trust_root(self) -> str | None:
+        """The trust root the gate reached (edge.trust, JSON), None before its first."""
+        return self._get_meta("trust_root")
+
+    @_guarded
+    def document_floors(self) -> dict[str, int]:
+        """kind -> the oldest root the next document of that kind may be signed under."""
+        return self._floors()
+
+    def _floors(self) -> dict[str, int]:
+        raw = self._get_meta("document_floors")
+        try:
+            floors = json.loads(raw) if raw else {}
+            return {str(k): int(v) for k, v in floors.items()}
+        except (ValueError, TypeError, AttributeError):
+            return {}
 
     @_guarded
     def document(self, kind: str) -> bytes | None:

@@ -9,6 +9,11 @@ collector's ack (highest contiguous committed seq) clears the outbox.
 
 paho callbacks run on paho's network thread: they only queue what arrived;
 the sender thread does the work (DB writes, verification, publishing).
+
+After each (re)connection the retained documents arrive together; the sender waits
+for them (up to SETTLE_S) and hands them on signed-under-the-newest-root first, so a
+document carrying the chain to a root that retires a key is applied before one that
+key signed (it is then refused, never applied and withdrawn a moment later).
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ from edge.store import EpochMove, GateStore
 from protocol import topics
 from protocol.broker import BrokerAddress
 from protocol.broker_tls import LinkTrouble, TlsFiles, client_context
+from protocol.documents import claimed_root
 from protocol.errors import MessageError
 from protocol.events import Ack, encode_batch, encode_status
 
 log = logging.getLogger("menwei.gate.sync")
+
+SETTLE_S = 3.0
+"""After subscribing, how long the gate waits for the retained documents of every document
+topic before applying those that came (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,14 @@ class GateSync:
         self._on_history_lost = on_history_lost or (lambda n: store.start_new_epoch(n)[0])
         self._status = status
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._documents = {
+            topics.config(settings.site): "config",
+            topics.register(settings.site): "register",
+            topics.freshness(settings.site): "freshness",
+        }
+        # Documents waiting for the others of a new connection: (kind, payload), in order.
+        self._arrived: list[tuple[str, bytes]] = []
+        self._settle_until = 0.0  # monotonic; 0: not settling
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.connected = False
@@ -183,6 +201,7 @@ class GateSync:
             log.warning("subscribe failed: %s", result)
             return
         self.trouble.connected()
+        self._settle_until = time.monotonic() + SETTLE_S
         self.connected = True
         self._reconnected = True
         self._announce = True
@@ -226,32 +245,42 @@ class GateSync:
                 time.sleep(0.5)
 
     def _drain_inbox(self) -> None:
-        freshness = topics.freshness(self.s.site)
         messages = []
         while True:
             try:
                 messages.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        # A gate back from a long absence gets every statement its session queued (one per
-        # freshness_interval_s): only the newest counts, so only the last one is verified.
-        last_statement = max(
-            (i for i, (topic, _) in enumerate(messages) if topic == freshness), default=-1
-        )
-        for i, (topic, payload) in enumerate(messages):
-            if topic == topics.ack(self.s.site, self.s.gate):
+        for topic, payload in messages:
+            kind = self._documents.get(topic)
+            if kind is not None:
+                # A gate back from a long absence gets every statement its session queued (one
+                # per freshness_interval_s): only the newest counts, so only it is verified.
+                if kind == "freshness":
+                    older = [a for a in self._arrived if a[0] == kind]
+                    self.stats["statements_skipped"] += len(older)
+                    self._arrived = [a for a in self._arrived if a[0] != kind]
+                self._arrived.append((kind, payload))
+            elif topic == topics.ack(self.s.site, self.s.gate):
                 self._handle_ack(payload)
-            elif topic == topics.config(self.s.site):
-                self._on_document("config", payload)
-            elif topic == topics.register(self.s.site):
-                self._on_document("register", payload)
-            elif topic == freshness:
-                if i == last_statement:
-                    self._on_document("freshness", payload)
-                else:
-                    self.stats["statements_skipped"] += 1
             elif topic == topics.passages(self.s.site) and self._on_passage is not None:
                 self._on_passage(payload)
+        self._hand_on_documents()
+
+    def _hand_on_documents(self) -> None:
+        """The documents that arrived, newest root first, once every document topic of a new
+        connection delivered (or SETTLE_S passed); at once outside that window."""
+        if not self._arrived:
+            return
+        if self._settle_until:
+            kinds = {kind for kind, _ in self._arrived}
+            if len(kinds) < len(self._documents) and time.monotonic() < self._settle_until:
+                return
+            self._settle_until = 0.0
+        arrived, self._arrived = self._arrived, []
+        arrived.sort(key=lambda item: claimed_root(item[1]), reverse=True)  # stable
+        for kind, payload in arrived:
+            self._on_document(kind, payload)
 
     def _handle_ack(self, payload: bytes) -> None:
         try:

@@ -80,6 +80,18 @@ MESSAGES: dict[str, Message] = {
     "document_too_large": Message(
         "名册或配置过大，无法下发到门岗", "Register or config too large to send to the gates"
     ),
+    "untrusted_document": Message(
+        "闸机拒收了不可信的签名文件（密钥已停用或伪造）",
+        "A gate refused an untrusted signed document (retired key or forgery)",
+    ),
+    "document_withdrawn": Message(
+        "停用密钥签署的文件已失效，等待服务器的新文件",
+        "Documents of a retired key stopped applying: the server's replacements follow",
+    ),
+    "foreign_document": Message(
+        "消息服务器上有非本服务器发布的文件，已重新发布",
+        "A document on the broker was not published by this server: replaced",
+    ),
     "storage_fault": Message("系统存储故障，请联系门卫", "Storage fault: please ask the guard"),
     "storage_ok": Message("闸机存储已恢复", "Gate storage works again"),
     "database_recovered": Message(

@@ -41,9 +41,24 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_rotate)
-    p = ks.add_parser("retire", help="stop trusting an old key (not the signing key)")
+    p = ks.add_parser(
+        "retire",
+        help="stop trusting an old key (not the signing key) and take its private key away",
+        description="Makes the next trust root without KEY_ID (gates that see it accept"
+        " nothing the key signs: no document, no pass), signs every document anew under it,"
+        " then overwrites and removes the key's private key file from the server directory,"
+        " or with --archive moves it to PATH (outside the server directory; made 0700, the"
+        " file 0600). Public keys stay in the store. Audited.",
+    )
     p.add_argument("dir", type=Path)
     p.add_argument("key_id", type=int)
+    p.add_argument(
+        "--archive",
+        type=Path,
+        metavar="PATH",
+        help="move the private key to this directory (e.g. an offline USB stick) instead of"
+        " removing it",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_keys_retire)
     p = ks.add_parser(
@@ -204,7 +219,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     with Site(args.dir) as site:
         previous, new = site.rotate_key()
         summary = site.summary()
-    _print({"key_id": new, "previous": previous, "trust_keys": summary["keys"]}, args.json)
+    result = {"key_id": new, "previous": previous, "trust_keys": summary["keys"]}
+    _print(result | {"root": summary["root"]}, args.json)
     return 0
 
 
@@ -226,9 +242,18 @@ def cmd_keys_resign(args: argparse.Namespace) -> int:
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
     with Site(args.dir) as site:
-        site.retire_key(args.key_id)
+        retired = site.retire_key(args.key_id, archive=args.archive)
         summary = site.summary()
-    _print({"retired": args.key_id, "trust_keys": summary["keys"]}, args.json)
+    result: dict[str, Any] = {
+        "retired": args.key_id,
+        "trust_keys": summary["keys"],
+        "root": retired.root,
+    }
+    disposed = retired.private_key
+    _print(
+        result | {"private_key": disposed.to_json() if args.json else disposed.describe()},
+        args.json,
+    )
     return 0
 
 

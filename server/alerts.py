@@ -1,7 +1,9 @@
 """Operator alerts: fever, forged or unknown-key passes, revoked pass used, cross-gate
 conflicts, gates offline, gate storage faults, door held open, camera lost, a gate that
 lost its history, a document too large to publish (the collector's
-`document_too_large`). Each can be acknowledged with a note.
+`document_too_large`), a document a gate refused as untrusted (`untrusted_document`) or one
+on the broker the server did not publish (the collector's `foreign_document`). Each can be
+acknowledged with a note.
 
 Alerts are created once per cause (`key`), so a resent event or a re-run check
 never raises the same alert twice, however many collectors raise it at once.
@@ -33,6 +35,8 @@ HIGH_PRIORITY = frozenset(
         HISTORY_LOST,
         "document_too_large",
         "storage_fault",
+        "untrusted_document",
+        "foreign_document",
     }
 )
 

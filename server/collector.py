@@ -19,7 +19,10 @@ health, freshness, register refresh, retention) is then done by one of them per
 period (server/periodic.py). A document larger than a gate
 accepts or the broker announces it takes is not published: one error, one
 `document_too_large` alert, and the collector goes on (publishing it would get
-the connection closed, and paho resends it after every reconnect).
+the connection closed, and paho resends it after every reconnect). The collector
+also reads the retained document topics: a document there that it did not publish is
+replaced by its own, and a foreign one (a retired or unknown key, a forged signature,
+an inflated version) raises a `foreign_document` alert (server/document_watch.py).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from protocol.policy import Policy
 from server.alerts import HISTORY_LOST, Alert
 from server.config import MqttSection
 from server.conflicts import Conflict, find_conflicts
+from server.document_watch import DocumentWatch, Finding
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.periodic import Job, Jobs, every, next_midnight
@@ -137,6 +141,17 @@ class Collector:
         self._too_large: dict[str, tuple[float, int]] = {}
         self.broker_max_packet: int | None = None  # announced by the broker (MQTT v5 CONNACK)
         self.document_check_s = 1.0  # how often the bundle is looked at (changed documents)
+        self._document_topics = {
+            topics.config(site.site): ("config", CONFIG_FILE),
+            topics.register(site.site): ("register", REGISTER_FILE),
+            topics.freshness(site.site): ("freshness", FRESHNESS_FILE),
+        }
+        self.watch = DocumentWatch(
+            site.site,
+            {kind: site.bundle_path(name) for kind, name in self._document_topics.values()},
+            site.known_keys,
+        )
+        self._replace: set[str] = set()  # bundle files to publish again over a retained stranger
         self.jobs = Jobs(self.store)  # periodic work, once among the collectors of this store
         self._interval_warned = False
         self._store_down_since: float | None = None  # monotonic: the store became unavailable
@@ -148,6 +163,7 @@ class Collector:
             "conflicts": 0,
             "freshness": 0,
             "renumbered": 0,
+            "foreign_documents": 0,
         }
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         acfg = site.config.alerts
@@ -232,6 +248,7 @@ class Collector:
         for leaf in ("events", "status"):
             t = topics.gate_wildcard(self.site.site, leaf)
             subs.append((f"$share/{group}/{t}" if group and leaf == "events" else t, 1))
+        subs += [(t, 1) for t in self._document_topics]  # what gates find retained there
         result, _mid = client.subscribe(subs)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("subscribe failed: %s", result)
@@ -367,6 +384,9 @@ class Collector:
         rejects: list[Reject] = []
         statuses: list[tuple[str, str, bytes]] = []
         for topic, payload in messages:
+            if topic in self._document_topics:
+                self._retained_document(topic, payload)
+                continue
             where = topics.gate_of(topic)
             if where is None or where[0] != self.site.site:
                 rejects.append(Reject(topic, "unexpected topic", payload))
@@ -564,6 +584,42 @@ class Collector:
             lock_all(tx, {REJECTIONS_LOCK})
             events_db.reject_message(tx, topic, reason, payload, now=utcnow())
 
+    def _retained_document(self, topic: str, payload: bytes) -> None:
+        """A message on a document topic: nothing to do when it is the published document;
+        otherwise the published one goes out again (_publish_documents, rate-limited), and a
+        foreign one is logged and raised as a `foreign_document` alert (rate-limited)."""
+        kind, name = self._document_topics[topic]
+        finding, alert = self.watch.check(kind, payload)
+        if finding is None:
+            return
+        self._replace.add(name)
+        self._published.pop(name, None)
+        if not finding.foreign:
+            log.info(
+                "retained %s is not the published one (%s): publishing it again",
+                kind,
+                finding.detail,
+            )
+            return
+        self.stats["foreign_documents"] += 1
+        log.error(
+            "retained %s NOT published by this server: %s; publishing the site's own again"
+            " (docs/alerts.md, foreign_document)",
+            kind,
+            finding.detail,
+        )
+        if alert:
+            self._raise_foreign(finding)
+
+    def _raise_foreign(self, finding: Finding) -> None:
+        raised = self.alerts.raise_alert(
+            f"foreign_document:{finding.kind}:{finding.digest[:16]}",
+            "foreign_document",
+            detail=finding.detail,
+        )
+        if raised is not None:
+            self._raised(raised)
+
     def _reaffirm(self) -> None:
         """A freshness statement every freshness_interval_s (by the site's clock), from one of
         the collectors sharing the store: when the first starts (unless one was issued less
@@ -636,6 +692,10 @@ class Collector:
                 continue
             if self._published.get(name) == mtime:
                 continue
+            kind = self._document_topics[topic][0]
+            replacing = name in self._replace
+            if replacing and time.monotonic() < self.watch.republish_after(kind):
+                continue  # replaced a moment ago: no publish war with another publisher
             bound = self.document_bound(topic)
             if self._too_large.get(name) == (mtime, bound):
                 continue
@@ -647,6 +707,9 @@ class Collector:
             info = self.client.publish(topic, data, qos=1, retain=True)
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._published[name] = mtime
+                if replacing:
+                    self._replace.discard(name)
+                    self.watch.republished(kind)
                 log.info("published %s", name)
 
     def _refuse_large(self, name: str, data: bytes, bound: int) -> None:

@@ -4,6 +4,10 @@ Every change that gates must learn (a pass issued or revoked, a policy change,
 a key rotation) bumps a document version and rewrites the provisioning bundle
 (`bundle/`); the collector publishes new bundle documents on the retained
 config and register topics.
+
+Every change of the set of active keys makes the next trust root (protocol.roots),
+signed by a key of the one before, and every document is signed under the newest
+root and carries the chain of roots (docs/security.md, "Signing keys").
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from protocol.documents import (
     CONFIG_FILE,
     FRESHNESS_FILE,
     REGISTER_FILE,
+    ROOT_KIND,
     TRUST_FILE,
     SignedDocument,
     encode_trust,
+    parse_document,
     sign_document,
 )
 from protocol.errors import ProtocolError
@@ -34,9 +40,10 @@ from protocol.freshness import statement_body
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
 from protocol.policy import Policy
 from protocol.register import PassEntry, Register, mask_name
+from protocol.roots import root_body
 from server.alerts import AlertStore
 from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_server_toml
-from server.keys import create_key, load_key
+from server.keys import DisposedKey, create_key, dispose_key, key_path, load_key
 from server.policy_rollout import (
     CandidateChanged,
     NothingToPublish,
@@ -48,7 +55,7 @@ from server.policy_rollout import (
     read_published,
 )
 from server.register import RegisterStore, place_label
-from server.storage import Store, audit, households, keys, meta, passes
+from server.storage import Store, audit, households, keys, meta, passes, roots
 from server.storage.engine import (
     SQLITE_FILE,
     StoreError,
@@ -76,6 +83,15 @@ class SiteError(ProtocolError):
 
 
 @dataclass(frozen=True)
+class RetiredKey:
+    """What `Site.retire_key` did: the key, the trust root without it, its private key file."""
+
+    key_id: int
+    root: int
+    private_key: DisposedKey
+
+
+@dataclass(frozen=True)
 class IssuedPass:
     pass_id: int
     household: str
@@ -89,6 +105,9 @@ DOCUMENTS = "documents"
 """The lock (server/storage/engine.lock) under which documents are read, numbered, signed and
 written to the bundle: on PostgreSQL no two processes do it at once (SQLite's write lock
 already serialises them)."""
+
+DOCUMENT_KINDS = ("config", "register")
+"""The documents a site publishes besides freshness statements, in the order gates apply them."""
 
 REGISTER_KEEP_EXPIRED = timedelta(days=1)
 """How long after its end a pass (and its revocation) stays in the register document: room
@@ -165,8 +184,8 @@ class Site:
         key = create_key(directory, 1)
         with self.store.write() as tx:
             keys.add(tx, 1, public_bytes(key), utcnow())
-        self.publish_config(self.config.policy)
-        self.publish_register()
+            lock(tx, DOCUMENTS)
+            self._publish(tx, DOCUMENT_KINDS, self.config.policy)  # and root 1: {key 1}
         return self
 
     # --- keys ---------------------------------------------------------------------------
@@ -181,43 +200,72 @@ class Site:
         with self.store.read() as tx:
             return keys.trust_keys(tx)
 
+    def trust_root(self) -> int:
+        """The version of the site's newest trust root (0: none yet, a site from before trust
+        roots that has not published since its upgrade)."""
+        with self.store.read() as tx:
+            return roots.latest_version(tx)
+
     def rotate_key(self) -> tuple[int, int]:
         """Make a new signing key; returns (previous, new) key ids.
 
-        Gates accept a document only when signed by a key they already trust (their anchor
-        and the keys of the last config they accepted). So the documents that announce the
-        new key are signed with the previous one (configs: with the oldest active key, see
-        publish_config); passes and registers after it with the new key. Passes signed by
-        the old key stay valid until they expire or the old key is retired."""
+        The next trust root (the active keys and the new one) is signed with the previous
+        signing key, which every gate of the current root trusts; every document is then
+        signed anew with the new key under it, and carries the chain of roots, so a gate
+        that missed the rotation follows it from whichever document reaches it first.
+        Passes signed by the old key stay valid until they expire or the old key is
+        retired."""
         with self.store.write() as tx:
             lock(tx, DOCUMENTS)
+            self._ensure_root(tx)  # a site from before trust roots: root 1 first
             previous = _signing_key(tx)
             new = keys.newest_id(tx) + 1  # never reuse the id of a retired key
             key = create_key(self.dir, new)
             keys.add(tx, new, public_bytes(key), utcnow())
-        self.publish_config()
-        self.publish_register(key_id=previous)
-        with self.store.write() as tx:
+            self._next_root(tx, previous)
+            self._publish(tx, DOCUMENT_KINDS)
             audit.record(tx, actor(), "key_rotate", str(new), f"previous signing key {previous}")
         return previous, new
 
-    def retire_key(self, key_id: int) -> None:
-        """Stop trusting `key_id`: passes it signed are refused once gates have the config.
-        The signing (newest) key cannot be retired: rotate first."""
+    def retire_key(self, key_id: int, *, archive: Path | None = None) -> RetiredKey:
+        """Stop trusting `key_id`: the next trust root leaves it out (signed by the signing
+        key), and every document is signed anew under that root. A gate that has seen the
+        root accepts nothing the key signs: no document, no pass. The signing (newest) key
+        cannot be retired: rotate first. Then its private key file leaves the server
+        directory: overwritten and removed, or moved to `archive` (a directory outside it,
+        made 0700). Raises SiteError before changing anything when `archive` is inside the
+        server directory or the key cannot be retired."""
+        if archive is not None:
+            check_archive(self.dir, archive, key_path(self.dir, key_id).name)
         with self.store.write() as tx:
+            lock(tx, DOCUMENTS)
+            self._ensure_root(tx)
             active = [k.key_id for k in keys.trust_keys(tx)]
             if key_id not in active:
                 raise SiteError(f"key {key_id} is not an active key (active: {active})")
-            if key_id == _signing_key(tx):
+            signer = _signing_key(tx)
+            if key_id == signer:
                 raise SiteError(
                     f"key {key_id} is the signing key"
                     + (" and the only one" if len(active) == 1 else "")
                     + ": run `menwei keys rotate` first"
                 )
             keys.retire(tx, key_id, utcnow())
-            audit.record(tx, actor(), "key_retire", str(key_id))
-        self.publish_config()
-        self.publish_register()
+            root = self._next_root(tx, signer)
+            self._publish(tx, DOCUMENT_KINDS)
+            private = key_path(self.dir, key_id)
+            fate = f"archived to {archive}" if archive is not None else "removed"
+            detail = f"trust root {root.version}; private key {private} {fate}"
+            audit.record(tx, actor(), "key_retire", str(key_id), detail)
+        try:
+            disposed = dispose_key(self.dir, key_id, archive)
+        except OSError as exc:
+            raise SiteError(
+                f"key {key_id} is retired (trust root {root.version}), but its private key file"
+                f" {key_path(self.dir, key_id)} could not be {'archived' if archive else 'removed'}"
+                f" ({exc}): remove it by hand"
+            ) from None
+        return RetiredKey(key_id, root.version, disposed)
 
     # --- passes -------------------------------------------------------------------------
 
@@ -416,44 +464,99 @@ class Site:
 
     # --- documents and the provisioning bundle ------------------------------------------
 
-    def _sign(
-        self, tx: Tx, kind: str, body: dict[str, object], key_id: int | None = None
-    ) -> SignedDocument:
-        """Sign with the newest active key, or with `key_id` (rotation: see rotate_key).
-        The version is above the bundle's too: a publish killed after it wrote the file but
-        before its transaction committed leaves the file ahead of the counter, and a version
-        gates already hold must never name another document."""
+    def _sign(self, tx: Tx, kind: str, body: dict[str, object]) -> SignedDocument:
+        """Sign with the newest active key under the newest trust root, carrying the chain of
+        roots. The version is above the bundle's too: a publish killed after it wrote the
+        file but before its transaction committed leaves the file ahead of the counter, and a
+        version gates already hold must never name another document."""
         name = {"config": CONFIG_FILE, "register": REGISTER_FILE, FRESHNESS: FRESHNESS_FILE}
         version = meta.next_counter(tx, f"{kind}_version", above=self._bundle_version(name[kind]))
-        key_id = _signing_key(tx) if key_id is None else key_id
+        key_id = _signing_key(tx)
+        chain = self._chain(tx)
         issued_at = self.now().astimezone(UTC).isoformat(timespec="milliseconds")
         return sign_document(
-            kind, self.site, version, issued_at, body, key_id, load_key(self.dir, key_id)
+            kind,
+            self.site,
+            version,
+            issued_at,
+            body,
+            key_id,
+            load_key(self.dir, key_id),
+            root=chain[-1].version,
+            chain=chain,
         )
+
+    def _chain(self, tx: Tx) -> tuple[SignedDocument, ...]:
+        """The site's trust roots, oldest first, as signed (raises SiteError when none)."""
+        chain = tuple(
+            parse_document(d.encode(), kind=ROOT_KIND, site=self.site) for d in roots.chain(tx)
+        )
+        if not chain:
+            raise SiteError("the site has no trust root yet")
+        return chain
+
+    def _ensure_root(self, tx: Tx) -> bool:
+        """Make root 1 when the site has none: its active keys, signed by the oldest of them
+        (what the trust file of every gate provisioned before trust roots holds). Returns
+        whether it did (then every document must be signed anew under it)."""
+        if roots.latest_version(tx):
+            return False
+        active = keys.trust_keys(tx)
+        if not active:
+            raise SiteError("no active signing key")
+        self._next_root(tx, active[0].key_id)
+        return True
+
+    def _next_root(self, tx: Tx, signer: int) -> SignedDocument:
+        """The next trust root, of the active keys now, signed by `signer`: a key of the
+        current root (root 1: a key it lists), never one the new root leaves out."""
+        version = roots.latest_version(tx)
+        active = keys.trust_keys(tx)
+        doc = sign_document(
+            ROOT_KIND,
+            self.site,
+            version + 1,
+            self.now().astimezone(UTC).isoformat(timespec="milliseconds"),
+            root_body(active),
+            signer,
+            load_key(self.dir, signer),
+            root=version,
+        )
+        roots.add(tx, doc.version, doc.encode().decode(), utcnow())
+        # The bundle's trust file is the newest root: a gate provisioned now never trusts a
+        # key retired before.
+        self._write_bundle(TRUST_FILE, encode_trust(self.site, active, doc.version))
+        return doc
+
+    def _publish(
+        self, tx: Tx, kinds: tuple[str, ...], policy: Policy | None = None
+    ) -> dict[str, SignedDocument]:
+        """Sign the documents of `kinds` ("config": `policy`, default the published one;
+        "register": what the store holds now), write them to the bundle, then a freshness
+        statement. Every document when this makes the site's first trust root. The caller
+        holds the DOCUMENTS lock."""
+        if self._ensure_root(tx):
+            kinds = DOCUMENT_KINDS
+        signed: dict[str, SignedDocument] = {}
+        if "config" in kinds:
+            policy = self._published_policy(tx).policy if policy is None else policy
+            signed["config"] = self._sign(tx, "config", {"policy": policy.to_json()})
+            self._write_bundle(CONFIG_FILE, signed["config"].encode())
+        if "register" in kinds:
+            signed["register"] = self._sign(tx, "register", self._register(tx).to_json())
+            self._write_bundle(REGISTER_FILE, signed["register"].encode())
+        self._publish_freshness(tx)
+        return signed
 
     def publish_config(self, policy: Policy | None = None) -> SignedDocument:
         """The next config document: `policy` (default: the published one, so a key rotation
-        or retirement never rolls out unreviewed server.toml edits) and the active keys.
-
-        Signed by the oldest active key, not the newest: every gate provisioned while that
-        key was active holds it in its trust anchor, so a gate that missed a rotation's config
-        (offline, or restarted: it re-verifies its stored config against the anchor) still
-        accepts this one and learns the newer keys from it."""
+        or retirement never rolls out unreviewed server.toml edits), signed under the newest
+        trust root (gates take their keys from the roots, not from the config)."""
         with self.store.write() as tx:  # see publish_register
             lock(tx, DOCUMENTS)
-            policy = self._published_policy(tx).policy if policy is None else policy
-            trust = keys.trust_keys(tx)
-            body: dict[str, object] = {
-                "policy": policy.to_json(),
-                "trust_keys": [k.to_json() for k in trust],
-            }
-            doc = self._sign(tx, "config", body, trust[0].key_id)
-            self._write_bundle(CONFIG_FILE, doc.encode())
-            self._write_bundle(TRUST_FILE, encode_trust(self.site, trust))
-            self._publish_freshness(tx)
-        return doc
+            return self._publish(tx, ("config",), policy)["config"]
 
-    def publish_register(self, key_id: int | None = None) -> SignedDocument:
+    def publish_register(self) -> SignedDocument:
         """The next register version of what the store holds now, written to the bundle.
         Read, numbered and written in one write transaction under the DOCUMENTS lock: two
         publishers at once (a command, the dashboard, the collector's daily refresh, in any
@@ -461,10 +564,7 @@ class Site:
         revocation until the next publish)."""
         with self.store.write() as tx:
             lock(tx, DOCUMENTS)
-            doc = self._sign(tx, "register", self._register(tx).to_json(), key_id)
-            self._write_bundle(REGISTER_FILE, doc.encode())
-            self._publish_freshness(tx)
-        return doc
+            return self._publish(tx, ("register",))["register"]
 
     def published_versions(self) -> dict[str, int]:
         """Versions of the config and register documents in the bundle (0: none yet)."""
@@ -483,9 +583,12 @@ class Site:
     def publish_freshness(self) -> SignedDocument | None:
         """Sign a freshness statement naming the bundle's current versions (protocol.freshness)
         and write it to the bundle; the collector publishes it. None until both documents
-        exist (during `server init`)."""
+        exist (during `server init`). On a site from before trust roots, the first call
+        makes root 1 and signs every document anew under it."""
         with self.store.write() as tx:  # see publish_register
             lock(tx, DOCUMENTS)
+            if self._ensure_root(tx):
+                self._publish(tx, DOCUMENT_KINDS)
             return self._publish_freshness(tx)
 
     def _publish_freshness(self, tx: Tx) -> SignedDocument | None:
@@ -495,6 +598,14 @@ class Site:
         doc = self._sign(tx, FRESHNESS, statement_body(versions))
         self._write_bundle(FRESHNESS_FILE, doc.encode())
         return doc
+
+    def known_keys(self) -> tuple[dict[int, TrustKey], dict[int, TrustKey]]:
+        """(active keys, every key ever made) by id: what the server's own documents may be
+        signed with now, and what it ever signed with."""
+        with self.store.read() as tx:
+            every = {k.key_id: k for k in keys.trust_keys(tx, retired=True)}
+            active = {k.key_id: k for k in keys.trust_keys(tx)}
+        return active, every
 
     # --- policy rollout ------------------------------------------------------------------
 
@@ -553,8 +664,24 @@ class Site:
             "site": self.site,
             "dir": str(self.dir),
             "keys": [k.key_id for k in self.trust_keys()],
+            "root": self.trust_root(),
             **self.published_versions(),
         }
+
+
+def check_archive(server_dir: Path, archive: Path, name: str) -> None:
+    """Refuse an archive for retired private keys inside the server directory (the key would
+    stay as exposed as before), one that is not a directory, or one that holds `name`
+    already. Raises SiteError."""
+    if archive.resolve().is_relative_to(server_dir.resolve()):
+        raise SiteError(
+            f"--archive {archive} is inside the server directory {server_dir}: choose a place"
+            " outside it (an offline medium), or leave --archive out to remove the key"
+        )
+    if archive.exists() and not archive.is_dir():
+        raise SiteError(f"--archive {archive} is not a directory")
+    if (archive / name).exists():
+        raise SiteError(f"--archive {archive} already holds {name}: refusing to replace it")
 
 
 def _signing_key(tx: Tx) -> int:

@@ -33,7 +33,7 @@ from server.storage.legacy import SETS
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD = "0005"
+HEAD = "0006"
 """The newest revision (tests/server/test_storage_schema.py checks it against the scripts)."""
 BASELINE = "0001"
 log = logging.getLogger("menwei.storage")

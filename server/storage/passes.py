@@ -2,7 +2,7 @@
 
 Validity bounds are Unix seconds, the end exclusive (protocol.passes); `issued_at` and
 `revoked_at` ISO 8601 UTC texts (times.utcnow). Visitor passes (role "visitor") are not
-counted against a household's cap.
+counted against a household's cap, nor are passes signed by a retired key.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
 from server.storage.engine import Tx
-from server.storage.schema import passes
+from server.storage.schema import keys, passes
 
 VISITOR = "visitor"
 
@@ -96,7 +96,12 @@ def held_by_person(tx: Tx, person_id: int, household: str, name: str, at: int) -
 
 
 def _current(at: int) -> ColumnElement[bool]:
-    return and_(passes.c.revoked_at.is_(None), passes.c.valid_until > at)
+    """Unrevoked, valid until after `at`, and signed by a key not retired (a retired key's
+    passes are refused at every gate that has seen the retirement: they hold no place)."""
+    retired = select(keys.c.key_id).where(keys.c.retired_at.is_not(None))
+    return and_(
+        passes.c.revoked_at.is_(None), passes.c.valid_until > at, passes.c.key_id.not_in(retired)
+    )
 
 
 def _count(tx: Tx, *where: ColumnElement[bool]) -> int:

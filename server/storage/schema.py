@@ -189,6 +189,16 @@ keys = Table(
     Column("retired_at", Text),
 )
 
+roots = Table(
+    # The site's trust roots (protocol.roots), one row per version: the signed root document
+    # as published. Root n+1 is signed by a key of root n (revision 0004).
+    "roots",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("document", Text, nullable=False),
+    Column("created_at", Text, nullable=False),
+)
+
 households = Table(
     "households",
     metadata,

@@ -61,6 +61,8 @@ def test_decisions_are_counted_by_reason_and_the_outbox_grows(
         assert value(before, "menwei_gate_outbox_backlog") == 0
         assert value(before, "menwei_gate_info", site="test-site", gate="east", direction="in")
         assert value(before, "menwei_gate_data_version", document="register") is not None
+        assert value(before, "menwei_gate_trust_root") == 1
+        assert value(before, "menwei_gate_untrusted_documents_total") == 0
 
         scan(daemon, resident.qr, 34.6, 0)
         after = scrape(client)

@@ -3,6 +3,7 @@ freshness statements its session queued; documents and acks are all handled, in 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from edge.store import GateStore
@@ -34,3 +35,44 @@ def test_only_the_last_queued_statement_is_verified_documents_all_in_order(tmp_p
         ("config", b"config 5"),
     ]
     assert sync.stats["statements_skipped"] == 29
+
+
+def test_after_connecting_the_retained_documents_go_on_newest_root_first(tmp_path: Path):
+    """The retained documents of a new connection wait until every document topic delivered
+    (SETTLE_S at most), then go on by the root they name, newest first: the statement whose
+    chain reaches root 3 before the config and register a key retired by root 3 signed
+    under root 2 (refused, instead of applied and withdrawn a moment later)."""
+    seen: list[str] = []
+    with GateStore(tmp_path / "gate.db") as store:
+        sync = kinds_to(seen, store)
+        sync._settle_until = time.monotonic() + 60  # as _on_connect sets it
+        sync._inbox.put((topics.config("s"), b'{"kind": "config", "version": 1001, "root": 2}'))
+        sync._inbox.put((topics.register("s"), b'{"kind": "register", "root": 2, "body": {}}'))
+        sync._drain_inbox()
+        assert seen == [], "the freshness topic has not delivered yet"
+        sync._inbox.put((topics.freshness("s"), b'{"kind": "freshness", "root": 3}'))
+        sync._drain_inbox()
+        assert seen == ["freshness", "config", "register"]
+        sync._inbox.put((topics.config("s"), b'{"kind": "config", "root": 3}'))
+        sync._drain_inbox()  # outside the window: at once
+        assert seen[-1] == "config"
+
+
+def test_the_settle_window_ends_without_every_topic(tmp_path: Path):
+    seen: list[str] = []
+    with GateStore(tmp_path / "gate.db") as store:
+        sync = kinds_to(seen, store)
+        sync._settle_until = time.monotonic() - 0.001  # SETTLE_S passed: no freshness retained
+        sync._inbox.put((topics.config("s"), b'{"kind": "config", "root": 2}'))
+        sync._drain_inbox()
+    assert seen == ["config"]
+
+
+def kinds_to(seen: list[str], store: GateStore) -> GateSync:
+    """A gate's sync (never connected) that notes the kind of each document it hands on."""
+    return GateSync(
+        SyncSettings("s", "g", parse_broker("mqtt://127.0.0.1:1")),
+        store,
+        on_document=lambda kind, raw: seen.append(kind),
+        status=dict,
+    )

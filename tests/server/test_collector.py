@@ -212,7 +212,7 @@ def test_documents_are_published_retained_and_verify(
             assert m.payload == site.bundle_path(f"{kind}.json").read_bytes()
             assert doc.version >= 1
         cfg = decode_document(w.last(cfg_topic).payload, kind="config", site=SITE, trust_keys=keys)
-        assert cfg.body["trust_keys"][0]["key_id"] == 1
+        assert cfg.key_id == 1 and cfg.chain[-1].body["keys"][0]["key_id"] == 1  # root 1
 
 
 def test_a_pass_issued_after_start_is_republished(

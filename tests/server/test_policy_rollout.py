@@ -75,7 +75,7 @@ def test_key_rotation_and_retirement_re_sign_the_published_policy_not_edits(site
     edit_policy(site.dir, household_max_out=3, outing_windows=["07:00-19:00"])
     site.rotate_key()
     doc = config_doc(site)
-    assert doc["version"] == 2 and [k["key_id"] for k in doc["body"]["trust_keys"]] == [1, 2]
+    assert doc["version"] == 2 and [k["key_id"] for k in doc["chain"][-1]["body"]["keys"]] == [1, 2]
     assert doc["body"]["policy"]["household_max_out"] == 1
     assert doc["body"]["policy"]["outing_windows"] == ["06:00-20:00"]
     site.retire_key(1)
@@ -94,9 +94,9 @@ def test_publish_signs_the_candidate_as_the_next_version_and_audits_the_diff(sit
     raw = site.bundle_path(CONFIG_FILE).read_bytes()
     keys = {k.key_id: k for k in site.trust_keys()}
     doc = decode_document(raw, kind="config", site=SITE, trust_keys=keys)
-    assert doc.version == 2 and doc.key_id == 1  # the oldest active key signs every config
+    assert doc.version == 2 and doc.key_id == 1  # the signing key, under trust root 1
     assert doc.body["policy"]["fever_threshold_c"] == 37.5
-    assert [k["key_id"] for k in doc.body["trust_keys"]] == [1]
+    assert doc.root == 1 and [k["key_id"] for k in doc.chain[-1].body["keys"]] == [1]
     assert site.published_policy().policy.household_max_exits_per_day == 3
     [(who, target, detail)] = audit_rows(site, "policy_publish")
     assert (who, target) == ("张主任", "config v2")

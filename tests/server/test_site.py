@@ -64,7 +64,8 @@ def test_init_writes_config_key_and_bundle(site: Site) -> None:
     config = decode_document(
         site.bundle_path(CONFIG_FILE).read_bytes(), kind="config", site=SITE, trust_keys=keys
     )
-    assert config.body["trust_keys"] and "policy" in config.body
+    assert "policy" in config.body and config.root == 1  # its keys: trust root 1, in the chain
+    assert [c.version for c in config.chain] == [1] and config.chain[0].body["keys"]
     summary = site.summary()
     assert summary["keys"] == [1] and summary["register"] == 1 and summary["config"] == 1
 
@@ -529,7 +530,8 @@ def test_a_site_lives_on_its_store(site: Site, tmp_path: Path) -> None:
     config = decode_document(
         site.bundle_path(CONFIG_FILE).read_bytes(), kind="config", site=SITE, trust_keys=trust(site)
     )
-    assert [k["key_id"] for k in config.body["trust_keys"]] == [new]
+    assert config.key_id == new and config.root == site.trust_root() == 3  # gates: the root's keys
+    assert decode_trust(site.bundle_path(TRUST_FILE).read_bytes())[1].keys() == {new}
     assert [c.display_name for c in cards_for(site)] == ["张*明", "李*"]
     with site.store.read() as tx:
         actions = [e.action for e in reversed(audit.entries(tx))]

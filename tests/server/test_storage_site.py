@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from server.storage import Store, audit, households, keys, meta, passes
+from server.storage import Store, audit, households, keys, meta, passes, roots
 from server.storage.passes import StoredPass
 
 AT = "2026-03-01T08:00:00.000+00:00"
@@ -50,6 +50,22 @@ def test_a_key_id_is_stored_once(store: Store) -> None:
         keys.add(tx, 1, bytes(32), LATER)
     with store.read() as tx:
         assert len(keys.trust_keys(tx)) == 1
+
+
+# --- trust roots --------------------------------------------------------------------------
+
+
+def test_trust_roots_are_kept_in_order_each_version_once(store: Store) -> None:
+    with store.read() as tx:
+        assert (roots.latest_version(tx), roots.chain(tx)) == (0, [])
+    with store.write() as tx:
+        roots.add(tx, 2, '{"version": 2}', LATER)
+        roots.add(tx, 1, '{"version": 1}', AT)
+    with pytest.raises(IntegrityError), store.write() as tx:
+        roots.add(tx, 2, '{"version": 2, "forked": true}', LATER)
+    with store.read() as tx:
+        assert roots.latest_version(tx) == 2
+        assert roots.chain(tx) == ['{"version": 1}', '{"version": 2}']
 
 
 # --- meta ---------------------------------------------------------------------------------
@@ -178,6 +194,19 @@ def test_passes_held_against_the_cap(store: Store) -> None:
         assert passes.held_by_person(tx, 77, "H", "张三丰", 1_100) == 1, "by name, unlinked"
         assert passes.held_by_person(tx, 77, "H", "赵六", 1_100) == 0, "revoked"
         assert passes.held_by_person(tx, 77, "G", "张三丰", 1_100) == 0
+
+
+def test_passes_of_a_retired_key_are_not_held(store: Store) -> None:
+    with store.write() as tx:
+        keys.add(tx, 1, b"\x01" * 32, AT)
+        keys.add(tx, 2, b"\x02" * 32, AT)
+        passes.add(tx, stored(1, "H"))
+        passes.add(tx, stored(2, "H", "李四", key_id=2))
+        keys.retire(tx, 1, LATER)
+    with store.read() as tx:
+        assert passes.held_by_household(tx, "H", 1_100) == 1
+        assert passes.held_by_person(tx, 77, "H", "张三丰", 1_100) == 0, "key 1 retired"
+        assert passes.held_by_person(tx, 77, "H", "李四", 1_100) == 1
 
 
 def test_a_pass_linked_to_a_person_is_theirs_whatever_its_name(store: Store) -> None:

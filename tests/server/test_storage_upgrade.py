@@ -60,6 +60,7 @@ NEW_TABLES = {
     "login_challenges",
     "recovery_codes",
     "rejection_counts",
+    "roots",
 }
 
 Dump = dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
@@ -405,3 +406,77 @@ def test_the_collector_goes_on_from_the_upgraded_history(
     assert found() == {"household_over_quota", "daily_exits_over_quota"}
     assert sum(1 for _ in collected.events(site.store)) == 89
     site.close()
+
+
+def test_a_site_and_its_gates_from_before_trust_roots_carry_on(
+    upgraded: Site, tmp_path: Path
+) -> None:
+    """The legacy site has no trust root (key 1 retired, key 2 signs). Its bundle and its
+    gate as the old code left them: a trust file of key 1 (provisioned before the rotation),
+    key 2 learnt from a config, config and register in the old format. Upgraded in place,
+    the gate keeps
+    deciding at root 0; the site's first publication makes root 1 of its active keys, signed
+    by the oldest (key 2), and the gate follows it and then holds only root 1's keys."""
+    from edge.config import load_config
+    from edge.decision import GateState, Now, Scan, Temperature, decide
+    from edge.provision import load_knowledge, render_gate_toml
+    from edge.store import GateStore
+    from edge.trust import receive, save_received
+    from protocol.documents import TRUST_FILE, parse_document, sign_document
+    from server.keys import load_key
+
+    site = upgraded
+    assert site.trust_root() == 0
+    _active, every = site.known_keys()
+    key_2 = load_key(site.dir, 2)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "gate.toml").write_text(
+        render_gate_toml(SLUG, "east", "in", True, "mqtt://127.0.0.1:1883"), "utf-8"
+    )
+    (gate / "stage").mkdir()
+    legacy_trust = {"site": SLUG, "trust_keys": [every[1].to_json()]}
+    (gate / TRUST_FILE).write_text(json.dumps(legacy_trust), "utf-8")
+    issued = datetime.now(UTC).isoformat(timespec="milliseconds")
+    learnt = [every[2].to_json()]
+    config = {"policy": site.config.policy.to_json(), "trust_keys": learnt}
+    old_config = sign_document("config", SLUG, 3, issued, config, 2, key_2)
+    old_register = sign_document("register", SLUG, 9, issued, site.register().to_json(), 2, key_2)
+    assert b'"root"' not in old_config.encode()  # the old format
+    (site.dir / "bundle").mkdir()
+    (site.dir / "bundle" / TRUST_FILE).write_text(json.dumps(legacy_trust), "utf-8")
+    for doc in (old_config, old_register):
+        site.bundle_path(f"{doc.kind}.json").write_bytes(doc.encode())
+    with GateStore(gate / "gate.db") as store:
+        store.save_document("config", 3, issued, old_config.encode(), learnt_keys=learnt)
+        store.save_document("register", 9, issued, old_register.encode())
+
+    def knowledge():  # type: ignore[no-untyped-def]
+        config = load_config(gate / "gate.toml")
+        with GateStore(config.db_path) as store:
+            return load_knowledge(config, store)
+
+    resident = site.issue_pass("H106", "新住户", room="2-2-301", publish=False)  # key 2
+    know = knowledge()
+    assert (know.trust_root().version, know.versions()) == (0, {"config": 3, "register": 9})
+    now = Now(datetime.now(UTC), trusted=True)
+    assert decide(Scan(resident.qr, "in"), Temperature(36.5), GateState(), know, now).reason == "ok"
+
+    assert site.publish_freshness() is not None
+    assert site.trust_root() == 1
+    root_1 = parse_document(site.bundle_path("config.json").read_bytes(), kind="config", site=SLUG)
+    assert (root_1.root, root_1.chain[0].key_id, root_1.chain[0].root) == (1, 2, 0)
+    assert [k["key_id"] for k in root_1.chain[0].body["keys"]] == [2]
+    assert json.loads(site.bundle_path(TRUST_FILE).read_bytes())["root"] == 1
+    with GateStore(gate / "gate.db") as store:
+        for kind in ("config", "register", "freshness"):
+            raw = site.bundle_path(f"{kind}.json").read_bytes()
+            got = receive(know, kind, raw)
+            save_received(store, got, raw, datetime.now(UTC))
+            know = got.know
+    again = knowledge()
+    assert again.trust_root().version == 1 and sorted(again.trust_keys) == [2]
+    assert again.versions() == site.published_versions() and again.missing() == []
+    assert (
+        decide(Scan(resident.qr, "in"), Temperature(36.5), GateState(), again, now).reason == "ok"
+    )

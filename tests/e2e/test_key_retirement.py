@@ -30,12 +30,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from menwei.broker_setup import BROKER_DIR, link_server_toml
 from protocol import topics
 from protocol.broker import parse_broker
 from protocol.documents import CONFIG_FILE, parse_document, sign_document
 from protocol.register import Register
 from server.collector import Collector
-from server.config import CONFIG_NAME
 from server.keys import key_path
 from server.site import Site
 from tests import collected
@@ -50,17 +50,18 @@ from tests.e2e.helpers import (
 )
 from tests.e2e.shipped_broker import EXTRA_COLLECTOR, SITE, ShippedBroker
 
-PASSWORDS = {
-    "collector": "collector-Secret-1",
-    "east": "east-Secret-2",
-    EXTRA_COLLECTOR: "stolen-Secret-3",  # the thief's login
-}
+USERS = ("collector", "east", EXTRA_COLLECTOR)  # collector-2's certificate: the thief's login
 CONFIG, REGISTER = topics.config(SITE), topics.register(SITE)
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[ShippedBroker]:
-    with ShippedBroker(tmp_path / "broker", PASSWORDS) as b:
+    """The shipped broker over TLS, set up as documented in the server directory (`broker
+    setup` in SERVER/broker, so that `gate init` issues the gate's certificate)."""
+    server = tmp_path / "server"
+    Site.init(server, SITE).close()
+    with ShippedBroker(tmp_path / "broker", USERS, folder=server / BROKER_DIR) as b:
+        link_server_toml(server, b.url)  # the [mqtt] lines `broker setup` printed
         yield b
 
 
@@ -72,18 +73,11 @@ class World:
         self.tmp = tmp_path
         self.broker = broker
         self.server = tmp_path / "server"
-        Site.init(self.server, SITE).close()
-        toml = self.server / CONFIG_NAME
-        line = 'broker = "mqtt://127.0.0.1:1883"\n'
-        text = toml.read_text("utf-8")
-        assert line in text, "server.toml layout changed"
-        password = PASSWORDS["collector"]
-        login = f'broker = "{broker.url}"\nusername = "collector"\npassword = "{password}"\n'
-        toml.write_text(text.replace(line, login, 1), "utf-8")
         self.site = Site(self.server)
         self.collector: Collector | None = None
-        east = {"username": "east", "password": PASSWORDS["east"], "status_interval_s": 1}
-        self.gate_dir = provision_gate(tmp_path, self.server, "east", "in", broker.url, **east)
+        self.gate_dir = provision_gate(
+            tmp_path, self.server, "east", "in", broker.url, status_interval_s=1
+        )
         self.stage = Stage(self.gate_dir / "stage")
         self.gate: Proc | None = None
         self.runs = 0
@@ -220,9 +214,7 @@ def forgeries(world: World, key: Ed25519PrivateKey) -> dict[str, bytes]:
 
 
 def publish_forgeries(world: World, forged: dict[str, bytes]) -> None:
-    with MqttWatcher(
-        world.broker.url, username=EXTRA_COLLECTOR, password=PASSWORDS[EXTRA_COLLECTOR]
-    ) as thief:
+    with MqttWatcher(world.broker.url, **world.broker.login(EXTRA_COLLECTOR)) as thief:
         for topic, payload in forged.items():
             assert thief.publish(topic, payload, retain=True) == 0, "the broker took it"
 
@@ -294,8 +286,7 @@ def assert_broker_holds_the_servers_documents(world: World) -> None:
 
         def retained(topic: str = topic) -> bytes:
             with MqttWatcher(
-                world.broker.url, topic, username=EXTRA_COLLECTOR,
-                password=PASSWORDS[EXTRA_COLLECTOR],
+                world.broker.url, topic, **world.broker.login(EXTRA_COLLECTOR),
             ) as late:  # fmt: skip
                 return late.wait_for(topic, lambda m: m.retain, 15, "a retained document").payload
 
@@ -344,8 +335,9 @@ def test_a_gate_stopped_during_rotation_and_retirement_refuses_them_when_it_star
     rotate(world)
     revoked, valid = passes_of_key_2(world)
     retire_key_1(world)
-    with MqttWatcher(world.broker.url, topics.freshness(SITE), username=EXTRA_COLLECTOR,
-                     password=PASSWORDS[EXTRA_COLLECTOR]) as w:  # fmt: skip
+    with MqttWatcher(
+        world.broker.url, topics.freshness(SITE), **world.broker.login(EXTRA_COLLECTOR)
+    ) as w:
         statement = world.site.bundle_path("freshness.json").read_bytes()
         w.wait_for(topics.freshness(SITE), lambda m: m.payload == statement, 30, "root 3's")
     world.stop_collector()

@@ -105,8 +105,11 @@ class ThermometerSection:
     address: int = 0x5A
     check_pec: bool = True
     samples: int = 3
-    """Consecutive readings that must agree before a temperature counts."""
+    """Consecutive readings that must agree before a temperature counts (1..20)."""
     tolerance_c: float = 0.3
+    interval_s: float = 0.1
+    """Seconds between readings (0.02..1): with `samples`, the settle takes at least
+    (samples - 1) x interval_s; fewer, closer samples answer sooner and check less."""
     timeout_s: float = 3.0
     offset_c: float = 2.0
     """Skin (forehead) to body estimate at 25 °C ambient; `menwei gate calibrate` sets it."""
@@ -118,6 +121,8 @@ class ThermometerSection:
     def __post_init__(self) -> None:
         if self.recheck_delay_s < 0:
             raise ValueError("recheck_delay_s must be >= 0")
+        if not 0.02 <= self.interval_s <= 1.0:
+            raise ValueError(f"interval_s must be 0.02..1 s, got {self.interval_s!r}")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ class GateHardware:
 
     def close(self) -> None:
         self.safe()
-        for part in (self.camera, self.indicator, self.relay, self.thermometer, self.pins):
+        parts = (self.camera, self.indicator, self.relay, self.screener, self.thermometer)
+        for part in (*parts, self.pins):
             close = getattr(part, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
@@ -79,6 +80,7 @@ def build_hardware(config: GateConfig) -> GateHardware:
             thermometer,
             samples=t.samples,
             tolerance_c=t.tolerance_c,
+            interval_s=t.interval_s,
             timeout_s=t.timeout_s,
             offset=load_offset(config),
         )

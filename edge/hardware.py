@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from drivers.camera import SupervisedCamera, open_source
 from drivers.gpio import FakePins, Pins, RPiGPIOPins
 from drivers.mlx90614 import MLX90614
-from drivers.outputs import Indicator, Relay
+from drivers.outputs import Indicator, Relay, ThreadScheduler
 from drivers.qr import QrDecoder
 from drivers.screening import Screener
 from drivers.sim_i2c import SimulatedMLX90614Bus
@@ -32,6 +32,8 @@ class GateHardware:
     screener: Screener | None
     thermometer: Thermometer | None
     sim_bus: SimulatedMLX90614Bus | None = None
+    timers: ThreadScheduler | None = None
+    """The one thread the relay's and indicator's timers run on (closed after them)."""
     closers: list[object] = field(default_factory=list)
 
     def safe(self) -> None:
@@ -43,7 +45,14 @@ class GateHardware:
 
     def close(self) -> None:
         self.safe()
-        parts = (self.camera, self.indicator, self.relay, self.screener, self.thermometer)
+        parts = (
+            self.camera,
+            self.indicator,
+            self.relay,
+            self.timers,
+            self.screener,
+            self.thermometer,
+        )
         for part in (*parts, self.pins):
             close = getattr(part, "close", None)
             if close is not None:
@@ -62,8 +71,15 @@ def build_hardware(config: GateConfig) -> GateHardware:
     )
     g = config.gpio
     pins: Pins = FakePins() if g.backend == "simulated" else RPiGPIOPins()
-    relay = Relay(pins, g.relay_pin, active_low=g.relay_active_low, fail_secure=g.fail_secure)
-    indicator = Indicator(pins, g.green_pin, g.red_pin, g.buzzer_pin)
+    timers = ThreadScheduler()  # one thread for every relay and indicator timer
+    relay = Relay(
+        pins,
+        g.relay_pin,
+        active_low=g.relay_active_low,
+        fail_secure=g.fail_secure,
+        scheduler=timers,
+    )
+    indicator = Indicator(pins, g.green_pin, g.red_pin, g.buzzer_pin, scheduler=timers)
     t = config.thermometer
     sim_bus: SimulatedMLX90614Bus | None = None
     thermometer: Thermometer | None
@@ -84,4 +100,6 @@ def build_hardware(config: GateConfig) -> GateHardware:
             timeout_s=t.timeout_s,
             offset=load_offset(config),
         )
-    return GateHardware(camera, QrDecoder(), pins, relay, indicator, screener, thermometer, sim_bus)
+    return GateHardware(
+        camera, QrDecoder(), pins, relay, indicator, screener, thermometer, sim_bus, timers
+    )

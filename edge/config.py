@@ -92,6 +92,9 @@ class CameraSection:
     fps: int = 15
     scan_holdoff_s: float = 3.0
     """The same code seen again within this many seconds is the same scan."""
+    video_pace: Literal["realtime", "fast"] = "realtime"
+    """A `video:` source plays at its frame rate (else `fps`) as a camera delivers frames;
+    `fast` plays it as fast as frames decode (benchmarks, replays)."""
 
     def __post_init__(self) -> None:
         if self.scan_holdoff_s < 0:

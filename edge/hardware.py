@@ -67,7 +67,14 @@ def build_hardware(config: GateConfig) -> GateHardware:
         kind, _, rel = source.partition(":")
         source = f"{kind}:{config.resolve(rel)}"
     camera = SupervisedCamera(
-        lambda: open_source(source, width=cam.width, height=cam.height, fps=cam.fps, delete=True)
+        lambda: open_source(
+            source,
+            width=cam.width,
+            height=cam.height,
+            fps=cam.fps,
+            delete=True,
+            realtime=cam.video_pace == "realtime",
+        )
     )
     g = config.gpio
     pins: Pins = FakePins() if g.backend == "simulated" else RPiGPIOPins()

@@ -18,7 +18,7 @@ The order and options come from measurement (docs/decoding.md, reproduced by
    Skipped for frames whose larger side exceeds `upscale_max_side` so its
    cost stays bounded. Every rescue it made in the benches had that evidence;
    on gate-size frames (640x480 and up) it never rescued a frame without a
-   located symbol, and running it blind there cost 2.4-3.5x the bare call.
+   located symbol, and running it blind there cost 2.4-3.8x the bare call.
 3. pyzbar, only when zxing-cpp *located* a QR symbol but could not decode it
    (``return_errors``: checksum/format errors). zbar's scanline decoder
    reads some crumpled/curved codes zxing-cpp gives up on, but costs ~10x

@@ -302,7 +302,7 @@ class GateDaemon:
         now = self.clock.now()
         # An entry needs a temperature: the thermometer starts settling (~0.2 s) while the
         # pass is verified, and stops if the pass is refused.
-        early = self._start_measuring(meta.get("forehead_c")) if self._may_measure(scan) else None
+        early = self._start_settling(meta.get("forehead_c")) if self._settle_early(scan) else None
         decision = decide(scan, None, self.state, self.know, now)
         if decision.outcome != "pending":
             if early is not None:
@@ -318,10 +318,10 @@ class GateDaemon:
             "name": entry.display_name if entry else None,
             "room": entry.room if entry else None,
         }  # the guard screen says so
-        if early is None:  # the store was down a moment ago, or no thermometer
-            early = self._start_measuring(meta.get("forehead_c"))
         try:
-            temperature, detail = self._measured(early)
+            temperature, detail = (
+                self.measure(meta.get("forehead_c")) if early is None else self._measured(early)
+            )
         finally:
             self.measuring = None
         # The signature was verified once, for the pending decision: not again.
@@ -346,29 +346,36 @@ class GateDaemon:
             )
         return decision
 
-    def _may_measure(self, scan: Scan) -> bool:
-        """Worth starting the thermometer before the pass is verified: an entry with a pass's
-        prefix, a thermometer, and a store that can log the outcome."""
+    def _settle_early(self, scan: Scan) -> bool:
+        """Worth starting the thermometer on its own thread before the pass is verified: an
+        entry with a pass's prefix, a settle to overlap (one reading is quicker taken on this
+        thread than handed to another), and a store that can log the outcome."""
         return (
             scan.direction == "in"
             and scan.qr.startswith(PREFIX)
             and self.hw.screener is not None
+            and self.hw.screener.samples > 1
             and self.store.health.fault is None
         )
 
     def measure(self, simulated_forehead: object = None) -> tuple[Temperature, dict[str, Any]]:
-        """Take a temperature now (blocking): the thermometer's reading, or why there is none."""
-        return self._measured(self._start_measuring(simulated_forehead))
+        """Take a temperature now, on this thread: the reading, or why there is none."""
+        self._step_up(simulated_forehead)
+        return self._measured(None)
 
-    def _start_measuring(self, simulated_forehead: object) -> Measurement | None:
-        if self.hw.sim_bus is not None and isinstance(simulated_forehead, int | float):
-            self.hw.sim_bus.object_c = float(simulated_forehead)  # the simulated person steps up
+    def _start_settling(self, simulated_forehead: object) -> Measurement | None:
+        self._step_up(simulated_forehead)
         return None if self.hw.screener is None else self.hw.screener.start()
 
-    def _measured(self, measurement: Measurement | None) -> tuple[Temperature, dict[str, Any]]:
-        if measurement is None:
+    def _step_up(self, simulated_forehead: object) -> None:
+        if self.hw.sim_bus is not None and isinstance(simulated_forehead, int | float):
+            self.hw.sim_bus.object_c = float(simulated_forehead)  # the simulated person steps up
+
+    def _measured(self, early: Measurement | None) -> tuple[Temperature, dict[str, Any]]:
+        """The outcome of `early`, or of a measurement taken now when it is None."""
+        if self.hw.screener is None:
             return Temperature(None, "no thermometer configured"), {}
-        s = measurement.result()
+        s = early.result() if early is not None else self.hw.screener.measure()
         detail = {
             "skin_c": s.skin_c,
             "ambient_c": s.ambient_c,

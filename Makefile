@@ -36,6 +36,7 @@ pytest: install
 bench: install
 	$(BIN)/menwei bench decode --dataset ../shared/datasets/qr-photos --json
 	$(BIN)/menwei bench field --json
+	$(BIN)/menwei bench gate --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,9 @@
 Every source delivers `Frame`s through `read(timeout_s)`. Live cameras keep
 only the newest frame (the gate loop must decide on what is in front of the
 camera now, never on a backlog); finite sources (video files, image folders)
-deliver every frame in order and then report `at_eof`.
+deliver every frame in order and then report `at_eof`. A video file plays at
+its frame rate, as a camera would deliver it (`realtime=False`: as fast as
+frames decode, for benchmarks).
 
 A lost camera (unplugged USB, dead pipeline) raises `CameraError` from
 `read()`; `SupervisedCamera` turns that into a state the gate can show and
@@ -92,7 +94,10 @@ class OpenCVCamera:
     live sources; what the driver granted is in `actual_width`,
     `actual_height`, `actual_fps`. A grabber thread reads continuously: for
     live sources it keeps only the newest frame and counts the others in
-    `dropped`; for a video file it hands over every frame in order.
+    `dropped`; for a video file it hands over every frame in order, with
+    `realtime` one frame period apart at the least (the file's frame rate, or
+    `fps` when the file has none: a simulated camera that keeps time), else as
+    fast as the consumer takes them.
 
     Loss: `max_read_failures` consecutive failed reads, or no frame for
     `stall_s` seconds, put the camera in state "lost" and make `read()` raise
@@ -109,11 +114,13 @@ class OpenCVCamera:
         fps: float = 15.0,
         stall_s: float = 3.0,
         max_read_failures: int = 5,
+        realtime: bool = True,
         clock: Callable[[], float] = time.monotonic,
         capture_factory: Callable[[], CaptureLike] | None = None,
     ) -> None:
         self.source = source
         self.width, self.height, self.fps = width, height, fps
+        self.realtime = realtime
         self.stall_s = stall_s
         self.max_read_failures = max_read_failures
         self._clock = clock
@@ -207,6 +214,8 @@ class OpenCVCamera:
         cap = self._cap
         assert cap is not None
         failures = 0
+        period = self._frame_period()
+        due = self._clock()  # when the next frame of a paced file may be handed over
         while not self._stop.is_set():
             try:
                 ok, image = cap.read()
@@ -229,13 +238,17 @@ class OpenCVCamera:
                 time.sleep(0.01)
                 continue
             failures = 0
+            if period and self._stop.wait(max(0.0, due - self._clock())):
+                return
             frame = Frame(np.ascontiguousarray(image, dtype=np.uint8), self._clock(), self._index)
             self._index += 1
+            waited = False
             with self._cond:
                 if self.finite:
                     # Deliver every frame of a file: wait for the consumer
                     # instead of dropping (bounded so memory stays small).
                     while len(self._queue) >= 4 and not self._stop.is_set():
+                        waited = True
                         self._cond.wait(0.1)
                     self._queue.append(frame)
                 else:
@@ -244,6 +257,16 @@ class OpenCVCamera:
                     self._latest = frame
                 self._last_frame_t = frame.t
                 self._cond.notify_all()
+            # A paced clip keeps its timeline; after waiting for a slow consumer it resumes
+            # one period later instead of catching up in a burst.
+            due = (self._clock() if waited else due) + period
+
+    def _frame_period(self) -> float:
+        """Seconds between the frames of a paced video file; 0 when not paced."""
+        if not (self.finite and self.realtime):
+            return 0.0
+        fps = self.actual_fps if 0 < self.actual_fps <= 1000 else self.fps
+        return 1.0 / fps if fps > 0 else 0.0
 
     # -- consumer side ---------------------------------------------------
     @property
@@ -403,7 +426,10 @@ class ImageFolderSource:
 
     With `watch`, the folder is polled every `poll_s` seconds for new files
     (a simulator's "stage"); each file is consumed once: deleted with its
-    sidecar when `delete`, otherwise remembered by name. Writers should write
+    sidecar when `delete`, otherwise remembered by name. Names are remembered
+    only while their file is still in the folder (a watched stage at 15 fps
+    would otherwise add 1.3 M names a day): an image that was deleted and is
+    written again under the same name is a new frame. Writers should write
     the sidecar first, then the image under a temporary name (e.g. ``.tmp``)
     and rename it, so a half-written image is never read.
     """
@@ -432,16 +458,24 @@ class ImageFolderSource:
         self._pending: list[pathlib.Path] = [] if watch else self._scan()
 
     def _scan(self) -> list[pathlib.Path]:
+        entries = list(self.directory.iterdir())
+        # Forget files that are gone: the memory stays within what the folder holds.
+        self._consumed.intersection_update(p.name for p in entries)
         return sorted(
             (
                 p
-                for p in self.directory.iterdir()
+                for p in entries
                 if p.suffix.lower() in IMAGE_SUFFIXES
                 and p.name not in self._consumed
                 and p.is_file()
             ),
             key=lambda p: p.name,
         )
+
+    @property
+    def remembered(self) -> int:
+        """Names of consumed files kept to skip them (at most the files in the folder)."""
+        return len(self._consumed)
 
     @property
     def at_eof(self) -> bool:
@@ -504,12 +538,19 @@ class ImageFolderSource:
 
 
 def open_source(
-    spec: str, *, width: int = 640, height: int = 480, fps: float = 15.0, delete: bool = False
+    spec: str,
+    *,
+    width: int = 640,
+    height: int = 480,
+    fps: float = 15.0,
+    delete: bool = False,
+    realtime: bool = True,
 ) -> FrameSource:
     """Open a frame source from a config string.
 
     ``folder:PATH`` (images once, sorted), ``watch:PATH`` (poll for new
-    images; `delete` removes them after reading), ``video:PATH``,
+    images; `delete` removes them after reading), ``video:PATH`` (at its
+    frame rate, else `fps`; `realtime` False: as fast as it decodes),
     ``device:N`` or ``/dev/videoN``, ``gst:PIPELINE`` (ends in appsink).
     Raises ValueError for an unknown spec, `CameraError` if opening fails.
     """
@@ -525,7 +566,7 @@ def open_source(
     if kind == "video":
         if not os.path.isfile(rest):
             raise CameraError(f"video file {rest} does not exist")
-        return OpenCVCamera(rest)
+        return OpenCVCamera(rest, fps=fps, realtime=realtime)
     if kind == "device":
         if not rest.isdigit():
             raise ValueError(f"camera source {spec!r}: device:N takes a device index")

@@ -1,8 +1,8 @@
 """Gate outputs with device meaning: the lock relay and the LED/buzzer indicator.
 
 Timed behaviour (a relay pulse, a beep pattern) runs on a `Scheduler`, so a
-caller never blocks: `ThreadScheduler` uses timer threads on the gate;
-`ManualScheduler` is its deterministic peer for tests and replays, sharing a
+caller never blocks: `ThreadScheduler` runs every timer of the gate's outputs
+on one thread; `ManualScheduler` is its deterministic peer for tests and replays, sharing a
 clock with `drivers.gpio.FakePins` so recorded pin histories carry exact
 times.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ from typing import Literal, Protocol
 from drivers.errors import GpioError
 from drivers.gpio import Pins
 from drivers.lifecycle import Closeable
+
+log = logging.getLogger("menwei.outputs")
 
 
 class Cancellable(Protocol):
@@ -34,25 +37,84 @@ class Scheduler(Protocol):
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable: ...
 
 
-class ThreadScheduler:
-    """Runs each callback on its own daemon `threading.Timer`."""
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable:
-        timer = threading.Timer(delay_s, callback)
-        timer.daemon = True
-        timer.start()
-        return timer
-
-
 @dataclass
 class _Job:
     callback: Callable[[], None] | None
 
     def cancel(self) -> None:
         self.callback = None
+
+
+class ThreadScheduler(Closeable):
+    """Runs callbacks at their due time on one daemon thread, started on first use.
+
+    One scheduler serves the relay and the indicator of a gate (a decision used to
+    start a `threading.Timer` thread per step: three per deny). Callbacks run one
+    at a time in due order and must be short (a pin write); one that raises is
+    logged and the others still run. `close()` stops the thread; jobs not yet due
+    are dropped (outputs are put in their safe state by their own `safe()`).
+    """
+
+    def __init__(self, name: str = "outputs-timer") -> None:
+        self._name = name
+        self._queue: list[tuple[float, int, _Job]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable:
+        job = _Job(callback)
+        with self._cond:
+            if self._closed:
+                raise GpioError("the output scheduler is closed")
+            due = time.monotonic() + max(delay_s, 0.0)
+            heapq.heappush(self._queue, (due, next(self._order), job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return job
+
+    @property
+    def pending(self) -> int:
+        """Jobs scheduled and not cancelled."""
+        with self._cond:
+            return sum(1 for _, _, job in self._queue if job.callback is not None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    # Cancelled jobs are dropped as they come up, not waited for.
+                    while self._queue and self._queue[0][2].callback is None:
+                        heapq.heappop(self._queue)
+                    wait = self._queue[0][0] - time.monotonic() if self._queue else None
+                    if wait is not None and wait <= 0:
+                        job = heapq.heappop(self._queue)[2]
+                        break
+                    self._cond.wait(wait)
+            callback = job.callback
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("output timer callback failed")
+
+    def close(self) -> None:
+        """Stop the thread (idempotent); callbacks not yet due never run."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
 
 
 class ManualScheduler:
@@ -111,6 +173,19 @@ class _Output:
 
 class _Lifecycle(Closeable):
     _closed = False
+    _own_scheduler: ThreadScheduler | None = None
+
+    def _scheduler_or_own(self, scheduler: Scheduler | None) -> Scheduler:
+        """`scheduler` (shared: the gate passes one to all its outputs), or a scheduler of
+        this output's own, closed with it."""
+        if scheduler is not None:
+            return scheduler
+        self._own_scheduler = ThreadScheduler()
+        return self._own_scheduler
+
+    def _close_own_scheduler(self) -> None:
+        if self._own_scheduler is not None:
+            self._own_scheduler.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -138,7 +213,7 @@ class Relay(_Lifecycle):
     ) -> None:
         self._out = _Output(pins, pin, active_low)
         self.fail_secure = fail_secure
-        self._scheduler = scheduler if scheduler is not None else ThreadScheduler()
+        self._scheduler = self._scheduler_or_own(scheduler)
         self._lock = threading.Lock()
         self._timer: Cancellable | None = None
         # Pulse generations: a timer that lost a race with a newer pulse must not lock.
@@ -200,6 +275,7 @@ class Relay(_Lifecycle):
         self.safe()
         with self._lock:
             self._closed = True
+        self._close_own_scheduler()
 
     def _expire(self, generation: int) -> None:
         with self._lock:
@@ -292,7 +368,7 @@ class Indicator(_Lifecycle):
             "red": _Output(pins, red_pin, active_low),
             "buzzer": _Output(pins, buzzer_pin, active_low),
         }
-        self._scheduler = scheduler if scheduler is not None else ThreadScheduler()
+        self._scheduler = self._scheduler_or_own(scheduler)
         self._patterns = patterns
         self._lock = threading.Lock()
         self._jobs: list[Cancellable] = []
@@ -324,6 +400,7 @@ class Indicator(_Lifecycle):
         self.safe()
         with self._lock:
             self._closed = True
+        self._close_own_scheduler()
 
     def _stop(self) -> None:
         self._generation += 1

@@ -1,16 +1,24 @@
 """QR decoding for gate frames: zxing-cpp first, then measured retries.
 
 The order and options come from measurement (docs/decoding.md, reproduced by
-`menwei bench decode` / `menwei bench field`):
+`menwei bench decode`, `menwei bench field` and `menwei bench gate`):
 
-1. zxing-cpp on the grey frame, QR Model 1/2 only, raw (``Plain``) text.
+1. zxing-cpp on the grey frame, QR Model 1/2 only, raw (``Plain``) text,
+   ``return_errors`` on: the call the gate makes on every frame, and the only
+   one on an empty frame (its cost is the bare zxing-cpp call's).
    It reads 125/137 of the reference photos and 98% of the synthetic field frames,
    at a fraction of pyzbar's cost, and handles dark-mode (inverted) codes,
    which zbar never reads.
-2. If nothing was read: zxing-cpp again on a 2x upscale with the global
-   histogram binarizer. It rescues small, soft codes (module ~1-2 px) that
-   the local-average binarizer misses. Skipped for frames whose larger side
-   exceeds `upscale_max_side` so its cost stays bounded.
+2. If nothing was read, and there is evidence of a code: zxing-cpp again on a
+   2x upscale with the global histogram binarizer. Evidence is a QR symbol
+   stage 1 *located* but could not decode (an invalid result: a checksum or
+   format error), or a frame no larger than `blind_retry_max_side`, whose
+   modules may be too few pixels for zxing-cpp to locate the symbol at all
+   and whose upscale costs less than one stage-1 call on a 640x480 frame.
+   Skipped for frames whose larger side exceeds `upscale_max_side` so its
+   cost stays bounded. Every rescue it made in the benches had that evidence;
+   on gate-size frames (640x480 and up) it never rescued a frame without a
+   located symbol, and running it blind there cost 2.4-3.8x the bare call.
 3. pyzbar, only when zxing-cpp *located* a QR symbol but could not decode it
    (``return_errors``: checksum/format errors). zbar's scanline decoder
    reads some crumpled/curved codes zxing-cpp gives up on, but costs ~10x
@@ -52,6 +60,8 @@ class DecoderStats:
     by_stage: dict[str, int] = field(default_factory=dict)
     pyzbar_runs: int = 0
     upscale_runs: int = 0
+    located_misses: int = 0
+    """Frames where stage 1 located a QR symbol but read no text (the evidence for a retry)."""
     undecodable_texts: int = 0
     total_ms: float = 0.0
     max_ms: float = 0.0
@@ -76,7 +86,8 @@ class QrDecoder:
     """Decode every QR code in a frame; see the module docstring for the strategy.
 
     `upscale_max_side` (pixels) bounds the frames that get the 2x retry;
-    `pyzbar` chooses when zbar runs ("on_detect" is the measured default; the
+    `blind_retry_max_side` (pixels) the frames that get it without a located
+    symbol (0: never); `pyzbar` chooses when zbar runs ("on_detect" is the measured default; the
     others exist for the benchmark). Not thread-safe: one decoder per loop.
     """
 
@@ -86,6 +97,7 @@ class QrDecoder:
         zxing: bool = True,
         upscale_retry: bool = True,
         upscale_max_side: int = 1280,
+        blind_retry_max_side: int = 400,
         pyzbar: PyzbarMode = "on_detect",
         pyzbar_max_side: int = 1600,
     ) -> None:
@@ -96,6 +108,7 @@ class QrDecoder:
         self._zxing = zxing
         self._upscale_retry = upscale_retry
         self._upscale_max_side = upscale_max_side
+        self._blind_retry_max_side = blind_retry_max_side
         self._pyzbar_mode = pyzbar
         self._pyzbar_max_side = pyzbar_max_side
         self.stats = DecoderStats()
@@ -120,7 +133,8 @@ class QrDecoder:
             texts, detected = self._read_zxing(gray, upscaled=False)
             if texts:
                 return texts, STAGE_ZXING
-            if self._upscale_retry and max(gray.shape) <= self._upscale_max_side:
+            self.stats.located_misses += detected
+            if self._upscale_retry and self._worth_upscaling(gray, detected):
                 self.stats.upscale_runs += 1
                 big = cv2.resize(gray, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
                 texts, seen = self._read_zxing(np.asarray(big, np.uint8), upscaled=True)
@@ -132,6 +146,12 @@ class QrDecoder:
             if texts:
                 return texts, STAGE_PYZBAR
         return [], None
+
+    def _worth_upscaling(self, gray: npt.NDArray[np.uint8], located: bool) -> bool:
+        """Stage 2 only where a code may be: a located symbol, or a frame small enough that
+        zxing-cpp may not locate one (see the module docstring)."""
+        side = max(gray.shape)
+        return side <= self._upscale_max_side and (located or side <= self._blind_retry_max_side)
 
     def _read_zxing(self, gray: npt.NDArray[np.uint8], *, upscaled: bool) -> tuple[list[str], bool]:
         """Texts read, and whether a QR symbol was located at all (valid or not)."""

@@ -15,12 +15,18 @@ Assumptions (document them wherever a threshold is set):
   sensor) and the resulting body temperature is physiologically plausible;
   anything else yields `body_c=None`, which the gate must turn into
   `no_temperature` (guard decides), never into an allow.
+- `samples` and `interval_s` are the trade between latency and agreement:
+  the settle takes at least (samples - 1) x interval_s after the first
+  reading (3 x 0.1 s: ~0.2 s). One sample takes the first plausible reading
+  at once, with no check that the person stood still.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import fmean
 
@@ -29,6 +35,7 @@ from drivers.thermometer import ThermalReading, Thermometer
 NO_STEADY_READING = "no_steady_reading"
 IMPLAUSIBLE_READING = "implausible_reading"
 SENSOR_ERROR = "sensor_error"
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,10 @@ class Screening:
     """The outcome of one measurement, °C.
 
     `body_c` is None whenever the measurement cannot be trusted; `error` then
-    says why: ``no_steady_reading``, ``implausible_reading`` or
-    ``sensor_error: <detail>``. `skin_c`/`ambient_c` are the averages of the
-    last readings when there were any. `samples_taken` counts attempts,
-    including `failed_samples` that raised.
+    says why: ``no_steady_reading``, ``implausible_reading``,
+    ``sensor_error: <detail>`` or ``cancelled`` (`Measurement.cancel`).
+    `skin_c`/`ambient_c` are the averages of the last readings when there were
+    any. `samples_taken` counts attempts, including `failed_samples` that raised.
     """
 
     body_c: float | None
@@ -96,6 +103,10 @@ class Screener:
     seconds it gives up with `body_c=None`. An `OSError` from the thermometer
     (every `SensorError` is one) is a failed sample: it breaks the run of
     agreeing readings but does not end the measurement.
+
+    `measure` blocks; `start` measures on the screener's one worker thread, so
+    a caller can verify a pass while the reading settles. Measurements run one
+    after another, never two at once on the bus.
     """
 
     def __init__(
@@ -124,13 +135,20 @@ class Screener:
         self.plausible_body_c = plausible_body_c
         self._clock = clock
         self._sleep = sleep
+        self._worker: ThreadPoolExecutor | None = None
+        self._worker_lock = threading.Lock()
+        self._last_cancel = threading.Event()  # of the newest measurement started
 
-    def measure(self) -> Screening:
+    def measure(self, cancel: threading.Event | None = None) -> Screening:
+        """Sample until the readings agree or `timeout_s` passes; a set `cancel` ends it
+        before the next sample (error ``cancelled``)."""
         start = self._clock()
         run: list[ThermalReading] = []
         taken = failed = 0
         last_error: OSError | None = None
         while True:
+            if cancel is not None and cancel.is_set():
+                return Screening(None, None, None, taken, CANCELLED, failed)
             taken += 1
             try:
                 reading = self.thermometer.read()
@@ -145,6 +163,24 @@ class Screener:
             if self._clock() - start >= self.timeout_s:
                 return self._timed_out(run, taken, failed, last_error)
             self._sleep(self.interval_s)
+
+    def start(self) -> Measurement:
+        """Begin a measurement on the worker thread (made on first use); see `Measurement`."""
+        cancel = threading.Event()
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="screening")
+            future = self._worker.submit(self.measure, cancel)
+            self._last_cancel = cancel
+        return Measurement(future, cancel)
+
+    def close(self) -> None:
+        """Stop the worker thread (a running measurement ends at its next sample)."""
+        with self._worker_lock:
+            worker, self._worker = self._worker, None
+            self._last_cancel.set()  # earlier ones have ended or were cancelled
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
 
     def _agree(self, run: list[ThermalReading]) -> bool:
         objects = [r.object_c for r in run]
@@ -167,3 +203,22 @@ class Screener:
         skin = fmean(r.object_c for r in run) if run else None
         ambient = fmean(r.ambient_c for r in run) if run else None
         return Screening(None, skin, ambient, taken, error, failed)
+
+
+class Measurement:
+    """A screening under way on a `Screener`'s worker thread."""
+
+    def __init__(self, future: Future[Screening], cancel: threading.Event) -> None:
+        self._future = future
+        self._cancel = cancel
+
+    def result(self) -> Screening:
+        """Wait for the outcome (at most about the screener's `timeout_s` plus one read).
+
+        Raises what the measurement raised (an `OSError` never: it is a failed sample)."""
+        return self._future.result()
+
+    def cancel(self) -> None:
+        """Not needed any more (the pass was refused): end it before its next sample."""
+        self._cancel.set()
+        self._future.cancel()

@@ -100,6 +100,9 @@ class CameraSection:
     fps: Annotated[int, Range(1, 120)] = 15
     scan_holdoff_s: Annotated[float, Range(0, 60, "s")] = 3.0
     """The same code seen again within this many seconds is the same scan."""
+    video_pace: Literal["realtime", "fast"] = "realtime"
+    """A `video:` source plays at its frame rate (else `fps`) as a camera delivers frames;
+    `fast` plays it as fast as frames decode (benchmarks, replays)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class ThermometerSection:
     samples: Annotated[int, Range(1, 20)] = 3
     """Consecutive readings that must agree before a temperature counts."""
     tolerance_c: Annotated[float, Range(0.05, 2, "°C")] = 0.3
+    interval_s: Annotated[float, Range(0.02, 1, "s")] = 0.1
+    """Seconds between readings: with `samples`, the settle takes at least
+    (samples - 1) x interval_s; fewer, closer samples answer sooner and check less."""
     timeout_s: Annotated[float, Range(0.5, 30, "s")] = 3.0
     offset_c: Annotated[float, OFFSET_C] = 2.0
     """Skin (forehead) to body estimate at 25 °C ambient; `menwei gate calibrate` sets it."""

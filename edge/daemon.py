@@ -35,6 +35,7 @@ from drivers.camera import Frame
 from drivers.inputs import DoorContact, ExitButton
 from drivers.outputs import IndicatorKind
 from drivers.qr import ScanDebouncer, pick_single_pass
+from drivers.screening import Measurement
 from edge.clock import DOCUMENT_FLOOR_MARGIN_S, GateClock
 from edge.config import GateConfig
 from edge.decision import (
@@ -304,10 +305,17 @@ class GateDaemon:
 
     def handle_scan(self, scan: Scan, meta: dict[str, object]) -> Decision:
         now = self.clock.now()
+        # An entry needs a temperature: the thermometer starts settling (~0.2 s) while the
+        # pass is verified, and stops if the pass is refused.
+        early = self._start_settling(meta.get("forehead_c")) if self._settle_early(scan) else None
         decision = decide(scan, None, self.state, self.know, now)
         if decision.outcome != "pending":
+            if early is not None:
+                early.cancel()
             return self.commit(decision, now, {}, scan.qr)
         if self._storage_down():
+            if early is not None:
+                early.cancel()
             return self._refuse_for_storage(decision, now)  # before anyone measures in vain
         p = decision.pass_
         entry = self.know.register.passes.get(p.pass_id) if p is not None else None
@@ -316,11 +324,18 @@ class GateDaemon:
             "room": entry.room if entry else None,
         }  # the guard screen says so
         try:
-            temperature, detail = self.measure(meta.get("forehead_c"))
+            temperature, detail = (
+                self.measure(meta.get("forehead_c")) if early is None else self._measured(early)
+            )
         finally:
             self.measuring = None
+        # The signature was verified once, for the pending decision: not again.
+        verified = decision.verified
         decision = self.commit(
-            decide(scan, temperature, self.state, self.know, now), now, detail, scan.qr
+            decide(scan, temperature, self.state, self.know, now, verified=verified),
+            now,
+            detail,
+            scan.qr,
         )
         if decision.reason == "fever_recheck":
             time.sleep(self.config.thermometer.recheck_delay_s)
@@ -329,16 +344,43 @@ class GateDaemon:
             )
             now = self.clock.now()
             decision = self.commit(
-                decide(scan, temperature, self.state, self.know, now), now, detail, scan.qr
+                decide(scan, temperature, self.state, self.know, now, verified=verified),
+                now,
+                detail,
+                scan.qr,
             )
         return decision
 
+    def _settle_early(self, scan: Scan) -> bool:
+        """Worth starting the thermometer on its own thread before the pass is verified: an
+        entry with a pass's prefix, a settle to overlap (one reading is quicker taken on this
+        thread than handed to another), and a store that can log the outcome."""
+        return (
+            scan.direction == "in"
+            and scan.qr.startswith(PREFIX)
+            and self.hw.screener is not None
+            and self.hw.screener.samples > 1
+            and self.store.health.fault is None
+        )
+
     def measure(self, simulated_forehead: object = None) -> tuple[Temperature, dict[str, Any]]:
+        """Take a temperature now, on this thread: the reading, or why there is none."""
+        self._step_up(simulated_forehead)
+        return self._measured(None)
+
+    def _start_settling(self, simulated_forehead: object) -> Measurement | None:
+        self._step_up(simulated_forehead)
+        return None if self.hw.screener is None else self.hw.screener.start()
+
+    def _step_up(self, simulated_forehead: object) -> None:
         if self.hw.sim_bus is not None and isinstance(simulated_forehead, int | float):
             self.hw.sim_bus.object_c = float(simulated_forehead)  # the simulated person steps up
+
+    def _measured(self, early: Measurement | None) -> tuple[Temperature, dict[str, Any]]:
+        """The outcome of `early`, or of a measurement taken now when it is None."""
         if self.hw.screener is None:
             return Temperature(None, "no thermometer configured"), {}
-        s = self.hw.screener.measure()
+        s = early.result() if early is not None else self.hw.screener.measure()
         detail = {
             "skin_c": s.skin_c,
             "ambient_c": s.ambient_c,

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from edge.knowledge import Knowledge
 from protocol.errors import PassError
-from protocol.passes import PassPayload, Role, from_unix, verify_pass
+from protocol.passes import PassPayload, Role, TrustKey, from_unix, verify_pass
 from protocol.policy import Policy
 from protocol.temperature import plausible_body
 
@@ -91,6 +91,28 @@ class GateState:
 
 
 @dataclass(frozen=True)
+class Verified:
+    """A QR text that `verify_pass` accepted: its pass and the trust key that signed it.
+
+    A decision carries it (`Decision.verified`) so that deciding the same scan again (with
+    the temperature measured meanwhile, a re-measure) does not verify the Ed25519 signature
+    again: `decide(..., verified=...)` uses it while the key is still trusted for the site.
+    """
+
+    qr: str
+    pass_: PassPayload
+    key: TrustKey
+
+    def holds(self, qr: str, know: Knowledge) -> bool:
+        """Still proof for `qr` under `know`: same text, same site, its key still trusted."""
+        return (
+            qr == self.qr
+            and self.pass_.site == know.site
+            and know.trust_keys.get(self.key.key_id) == self.key
+        )
+
+
+@dataclass(frozen=True)
 class Decision:
     outcome: Outcome
     reason: str
@@ -101,6 +123,9 @@ class Decision:
     alert: str | None = None  # "fever", "forged", "revoked": raise an operator alert
     guard_required: bool = False  # the guard must look at this person
     flags: tuple[str, ...] = ()  # soft rules that would have refused ("anti_passback")
+    verified: Verified | None = field(default=None, compare=False, repr=False)
+    """The verified pass, for deciding this scan again without verifying it again (not part
+    of what was decided: decisions compare equal without it)."""
 
     @property
     def decision(self) -> Literal["allow", "deny"]:
@@ -115,18 +140,46 @@ MAX_VISITOR_PASSES = 5000  # remembered visitor passes (a compound's ~100 a day:
 
 
 def decide(
-    scan: Scan, temperature: Temperature | None, state: GateState, know: Knowledge, now: Now
+    scan: Scan,
+    temperature: Temperature | None,
+    state: GateState,
+    know: Knowledge,
+    now: Now,
+    *,
+    verified: Verified | None = None,
 ) -> Decision:
-    """Decide on one scan. `temperature` None means not measured yet."""
+    """Decide on one scan. `temperature` None means not measured yet.
 
+    `verified`: `Decision.verified` of an earlier decision on the same scan (pending, or a
+    fever re-measure); while it `holds`, the signature is not verified again (the rest is
+    decided anew: revocation, time, data age, temperature and state may have changed)."""
+    try:
+        if verified is None or not verified.holds(scan.qr, know):
+            verified = verify_scan(scan.qr, know)
+    except PassError as exc:
+        alert = "forged" if exc.reason in FORGERY_REASONS else None
+        return Decision("deny", exc.reason, "pass", scan.direction, alert=alert)
+    decision = _decide_verified(scan, verified.pass_, temperature, state, know, now)
+    return replace(decision, verified=verified)
+
+
+def verify_scan(qr: str, know: Knowledge) -> Verified:
+    """Verify a QR text as a pass of `know`'s site (`verify_pass`); raises PassError."""
+    p = verify_pass(qr, know.site, dict(know.trust_keys))
+    return Verified(qr, p, know.trust_keys[p.key_id])
+
+
+def _decide_verified(
+    scan: Scan,
+    p: PassPayload,
+    temperature: Temperature | None,
+    state: GateState,
+    know: Knowledge,
+    now: Now,
+) -> Decision:
     def deny(reason: str, rule: str, **kw: Any) -> Decision:
         return Decision("deny", reason, rule, scan.direction, **kw)
 
-    try:
-        p = verify_pass(scan.qr, know.site, dict(know.trust_keys))
-    except PassError as exc:
-        alert = "forged" if exc.reason in FORGERY_REASONS else None
-        return deny(exc.reason, "pass", alert=alert)
     if p.pass_id in know.register.revoked:
         return deny("revoked", "revocation", pass_=p, alert="revoked")
     if not now.trusted:

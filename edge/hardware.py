@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from drivers.camera import SupervisedCamera, open_source
 from drivers.gpio import FakePins, Pins, RPiGPIOPins
 from drivers.mlx90614 import MLX90614
-from drivers.outputs import Indicator, Relay
+from drivers.outputs import Indicator, Relay, ThreadScheduler
 from drivers.qr import QrDecoder
 from drivers.screening import Screener
 from drivers.sim_i2c import SimulatedMLX90614Bus
@@ -33,6 +33,8 @@ class GateHardware:
     screener: Screener | None
     thermometer: Thermometer | None
     sim_bus: SimulatedMLX90614Bus | None = None
+    timers: ThreadScheduler | None = None
+    """The one thread the relay's and indicator's timers run on (closed after them)."""
     closers: list[object] = field(default_factory=list)
 
     def safe(self) -> None:
@@ -44,7 +46,15 @@ class GateHardware:
 
     def close(self) -> None:
         self.safe()
-        for part in (self.camera, self.indicator, self.relay, self.thermometer, self.pins):
+        parts = (
+            self.camera,
+            self.indicator,
+            self.relay,
+            self.timers,
+            self.screener,
+            self.thermometer,
+        )
+        for part in (*parts, self.pins):
             close = getattr(part, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
@@ -58,12 +68,26 @@ def build_hardware(config: GateConfig) -> GateHardware:
         kind, _, rel = source.partition(":")
         source = f"{kind}:{config.resolve(rel)}"
     camera = SupervisedCamera(
-        lambda: open_source(source, width=cam.width, height=cam.height, fps=cam.fps, delete=True)
+        lambda: open_source(
+            source,
+            width=cam.width,
+            height=cam.height,
+            fps=cam.fps,
+            delete=True,
+            realtime=cam.video_pace == "realtime",
+        )
     )
     g = config.gpio
     pins: Pins = FakePins() if g.backend == "simulated" else RPiGPIOPins()
-    relay = Relay(pins, g.relay_pin, active_low=g.relay_active_low, fail_secure=g.fail_secure)
-    indicator = Indicator(pins, g.green_pin, g.red_pin, g.buzzer_pin)
+    timers = ThreadScheduler()  # one thread for every relay and indicator timer
+    relay = Relay(
+        pins,
+        g.relay_pin,
+        active_low=g.relay_active_low,
+        fail_secure=g.fail_secure,
+        scheduler=timers,
+    )
+    indicator = Indicator(pins, g.green_pin, g.red_pin, g.buzzer_pin, scheduler=timers)
     t = config.thermometer
     sim_bus: SimulatedMLX90614Bus | None = None
     thermometer: Thermometer | None
@@ -80,8 +104,11 @@ def build_hardware(config: GateConfig) -> GateHardware:
             thermometer,
             samples=t.samples,
             tolerance_c=t.tolerance_c,
+            interval_s=t.interval_s,
             timeout_s=t.timeout_s,
             offset=load_offset(config),
             plausible_body_c=PLAUSIBLE_BODY_C,
         )
-    return GateHardware(camera, QrDecoder(), pins, relay, indicator, screener, thermometer, sim_bus)
+    return GateHardware(
+        camera, QrDecoder(), pins, relay, indicator, screener, thermometer, sim_bus, timers
+    )

@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_field)
+    p = b.add_parser(
+        "gate",
+        help="the gate's hot path: empty frames, frame to relay command, CPU at 15 fps",
+        description="Empty-frame cost of the gate's decoder against the bare zxing-cpp call, "
+        "frame-to-relay latency with and without the thermometer settle against a bare decode "
+        "plus one synchronous=FULL commit, and CPU/RSS of `menwei gate run` on a 15 fps clip; "
+        "all from one run (docs/decoding.md).",
+    )
+    p.add_argument("--passages", type=_count(10_000), default=100, help="timed entries per setting")
+    p.add_argument(
+        "--seconds", type=_count(3600), default=20, help="length of the 15 fps clip (at least 5)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_gate)
     p = b.add_parser("sync", help="one gate's events through a private broker to a collector")
     p.add_argument("--events", type=int, default=10000, help="events appended (default 10000)")
     p.add_argument("--batch-size", type=int, default=50, help="events per MQTT message")
@@ -190,6 +204,17 @@ def cmd_bench_field(args: argparse.Namespace) -> int:
     from menwei.bench_decode import run_field_bench
 
     _print_bench(run_field_bench(args.per_condition, args.seed), args.json)
+    return 0
+
+
+def cmd_bench_gate(args: argparse.Namespace) -> int:
+    from menwei.bench_gate import GateBenchError, run_gate_bench
+
+    try:
+        result = run_gate_bench(args.passages, args.seconds)
+    except GateBenchError as exc:
+        raise BenchFailed(str(exc)) from exc
+    _print_bench(result, args.json)
     return 0
 
 

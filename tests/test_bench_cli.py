@@ -1,5 +1,5 @@
-"""`menwei bench sync|decide|collector|backlog|login` through the real command line, small sizes:
-the JSON contract and the invariants (nothing lost or doubled, every scan decided). Speed is
+"""`menwei bench sync|decide|gate|collector|backlog|login` through the real command line, small
+sizes: the JSON contract and the invariants (nothing lost or doubled, every scan decided). Speed is
 never asserted."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_bench_collector_refuses_bad_sizes_in_one_line() -> None:
 
 def test_bench_help_lists_every_benchmark() -> None:
     out = run_menwei("bench", "--help").stdout
-    assert all(name in out for name in ("sync", "decide", "collector", "backlog", "login")), out
+    assert all(name in out for name in ("sync", "decide", "gate", "collector", "backlog", "login")), out
 
 
 def test_bench_login_answers_every_attempt_within_the_bound() -> None:
@@ -135,3 +135,31 @@ def test_bench_login_answers_every_attempt_within_the_bound() -> None:
     assert 1 <= r["checks_peak"] <= r["password_checks_at_once"] == 2, r
     assert 0 < r["rss_idle_mb"] <= r["rss_peak_mb"], r
     assert "HTTP Request" not in proc.stderr
+
+
+def test_bench_gate_reports_every_figure_of_the_hot_path() -> None:
+    proc = run_menwei("bench", "gate", "--passages", "4", "--seconds", "6", "--json")
+    r = last_json(proc.stdout)
+    assert {"cpus", "load_average", "empty_frame", "frame_to_relay", "gate_run"} <= r.keys(), r
+    empty = r["empty_frame"]
+    assert isinstance(empty, dict) and set(empty) == {"640x480", "1280x720"}, r
+    for size in empty.values():
+        assert size["gate_ms"] > 0 and size["bare_zxing_ms"] > 0 and size["ratio"] > 0, size
+        assert size["gate_upscale_runs"] == 0, size  # issue 12: no retry without a code
+    relay = r["frame_to_relay"]
+    assert isinstance(relay, dict) and relay["passages"] == 4, r
+    for part in ("with_settle", "without_settle", "baseline"):
+        assert 0 < relay[part]["p50_ms"] <= relay[part]["p95_ms"] <= relay[part]["p99_ms"], r
+    # The settle waits (samples - 1) x interval_s at least: 2 x 0.1 s by default.
+    assert relay["with_settle"]["p50_ms"] >= relay["with_settle"]["settle_floor_ms"] == 200, r
+    run = r["gate_run"]
+    assert isinstance(run, dict) and run["fps"] == 15, r
+    assert run["cpu_percent_of_a_core"] > 0 and run["rss_mb"] > 0, r
+    # One passage in the 6 s clip (at 2.5 s), decided once: the clip kept its time.
+    assert (run["passages_in_clip"], run["allowed_entries"]) == (1, 1), r
+
+
+def test_bench_gate_refuses_a_clip_too_short_to_measure() -> None:
+    proc = run_menwei("bench", "gate", "--passages", "1", "--seconds", "3", "--json", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--seconds must be at least 5" in proc.stderr, proc.stderr

@@ -67,6 +67,29 @@ def test_watch_mode_consumes_each_new_file_once(tmp_path):
     src.close()
 
 
+def test_watch_remembers_only_the_names_of_files_still_in_the_folder(tmp_path):
+    # Issue 12: every consumed name stayed in memory (~1.3 M a day at 15 fps).
+    src = ImageFolderSource(tmp_path, watch=True, delete=True, poll_s=0.01)
+    for i in range(30):
+        cv2.imwrite(str(tmp_path / f"f{i:03}.png"), _img(i))
+        frame = src.read(1.0)
+        assert frame is not None and frame.index == i
+    assert src.read(0.05) is None  # a poll: names of deleted files are forgotten
+    assert src.remembered == 0
+    cv2.imwrite(str(tmp_path / "f000.png"), _img(200))  # the same name, written again
+    again = src.read(1.0)
+    assert again is not None and again.index == 30
+    src.close()
+
+    keep = ImageFolderSource(tmp_path, watch=True, poll_s=0.01)  # not deleting: remembered
+    cv2.imwrite(str(tmp_path / "k.png"), _img(7))
+    assert keep.read(1.0) is not None
+    assert keep.read(0.05) is None and keep.remembered == 1  # still there: not read again
+    (tmp_path / "k.png").unlink()
+    assert keep.read(0.05) is None and keep.remembered == 0
+    keep.close()
+
+
 def test_watch_delete_removes_image_and_sidecar(tmp_path):
     src = ImageFolderSource(tmp_path, watch=True, delete=True)
     cv2.imwrite(str(tmp_path / "x.png"), _img(10))
@@ -75,16 +98,21 @@ def test_watch_delete_removes_image_and_sidecar(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_video_file_delivers_every_frame_in_order_then_eof(tmp_path):
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+def _clip(path, n: int, fps: float) -> None:
+    """An MJPG clip of `n` 64x48 frames whose grey level rises by 10 a frame."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
     assert writer.isOpened()
-    n = 25
     for i in range(n):
         writer.write(_img(i * 10, (64, 48)))
     writer.release()
 
-    cam = open_source(f"video:{path}")
+
+def test_video_file_delivers_every_frame_in_order_then_eof(tmp_path):
+    path = tmp_path / "clip.avi"
+    n = 25
+    _clip(path, n, 10.0)
+
+    cam = open_source(f"video:{path}", realtime=False)  # as fast as it decodes
     assert isinstance(cam, OpenCVCamera)
     time.sleep(0.2)  # let the grabber run ahead: a file must still not drop frames
     frames = _drain(cam)
@@ -95,6 +123,36 @@ def test_video_file_delivers_every_frame_in_order_then_eof(tmp_path):
     levels = [int(f.image.mean()) for f in frames]
     assert all(abs(level - i * 10) <= 3 for i, level in enumerate(levels))
     assert (cam.actual_width, cam.actual_height) == (64, 48)
+
+
+def test_video_file_plays_at_its_frame_rate(tmp_path):
+    # Issue 12: a 15 fps clip ran at ~280 fps, merging distinct passages in the hold-off.
+    path = tmp_path / "clip.avi"
+    n, fps = 10, 20.0
+    _clip(path, n, fps)
+    opened = time.monotonic()
+    cam = open_source(f"video:{path}")
+    frames = _drain(cam)
+    cam.close()
+    assert [f.index for f in frames] == list(range(n))
+    assert cam.actual_fps == pytest.approx(fps)
+    # Frame k is handed over no sooner than k periods after the clip started.
+    assert all(f.t - opened >= f.index / fps for f in frames)
+
+
+def test_paced_video_does_not_burst_to_catch_up_after_a_slow_consumer(tmp_path):
+    path = tmp_path / "clip.avi"
+    n, fps = 12, 20.0
+    _clip(path, n, fps)
+    cam = open_source(f"video:{path}")
+    assert cam.read(5.0) is not None
+    time.sleep(1.0)  # the gate measures a temperature: the grabber fills its queue and waits
+    frames = _drain(cam)
+    cam.close()
+    assert [f.index for f in frames] == list(range(1, n))
+    # Frames 1-4 were queued on time; from frame 5 on the clip resumed at its rate.
+    after = [f for f in frames if f.index >= 5]
+    assert after[-1].t - after[0].t >= (len(after) - 1) / fps
 
 
 class FastCapture:

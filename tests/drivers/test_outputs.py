@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -10,7 +11,16 @@ import pytest
 
 from drivers.errors import GpioError
 from drivers.gpio import FakePins
-from drivers.outputs import Cancellable, Indicator, ManualScheduler, Relay, ThreadScheduler
+from drivers.outputs import (
+    PATTERNS,
+    Cancellable,
+    Indicator,
+    ManualScheduler,
+    Pattern,
+    Relay,
+    Step,
+    ThreadScheduler,
+)
 
 RELAY, GREEN, RED, BUZZER = 17, 22, 27, 23
 
@@ -178,6 +188,105 @@ def test_relay_pulse_on_real_timer_threads_ends_by_itself():
         (RELAY, True),
         (RELAY, False),
     ]
+
+
+def test_thread_scheduler_runs_jobs_in_due_order_on_one_thread_and_survives_a_failure():
+    timers = ThreadScheduler(name="test-timers")
+    ran: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def job(name: str):
+        def run() -> None:
+            ran.append((name, threading.current_thread().name))
+            if name == "last":
+                done.set()
+
+        return run
+
+    def broken() -> None:
+        raise OSError("pin write failed")
+
+    try:
+        timers.call_later(0.06, job("last"))
+        timers.call_later(0.02, job("second"))
+        timers.call_later(0.01, broken)  # logged; the others still run
+        timers.call_later(0.0, job("first"))
+        timers.call_later(0.03, job("cancelled")).cancel()
+        assert done.wait(timeout=10.0)
+        assert ran == [("first", "test-timers"), ("second", "test-timers"), ("last", "test-timers")]
+        assert timers.pending == 0
+    finally:
+        timers.close()
+    assert not [t for t in threading.enumerate() if t.name == "test-timers"]
+
+
+def test_one_scheduler_thread_serves_the_relay_and_the_indicator():
+    # Issue 12: three threading.Timer threads per decision; now one thread for all timers.
+    seen: set[str] = set()
+    finished = threading.Event()
+
+    class Probe(FakePins):
+        def write(self, pin: int, value: bool) -> None:
+            super().write(pin, value)
+            seen.add(threading.current_thread().name)
+            if pin == RED and not value:
+                finished.set()
+
+    pins = Probe()
+    timers = ThreadScheduler(name="gate-timers")
+    short_deny = {
+        **PATTERNS,
+        "deny": Pattern(
+            (
+                Step(0.0, "red", True),
+                Step(0.0, "buzzer", True),
+                Step(0.02, "buzzer", False),
+                Step(0.04, "buzzer", True),
+                Step(0.06, "buzzer", False),
+                Step(0.08, "red", False),
+            )
+        ),
+    }
+    relay = Relay(pins, RELAY, scheduler=timers)
+    indicator = Indicator(pins, GREEN, RED, BUZZER, scheduler=timers, patterns=short_deny)
+    before = {t.ident for t in threading.enumerate()}
+    try:
+        relay.pulse(0.05)
+        indicator.show("deny")
+        started = [t for t in threading.enumerate() if t.ident not in before]
+        assert [t.name for t in started] == ["gate-timers"]
+        assert finished.wait(timeout=10.0)
+        wait_for(lambda: not relay.is_open)
+        assert seen - {threading.current_thread().name} == {"gate-timers"}
+        assert [v for _, pin, v in pins.history if pin == BUZZER] == [
+            False,
+            True,
+            False,
+            True,
+            False,
+        ]
+    finally:
+        relay.close()
+        indicator.close()
+        timers.close()
+
+
+def test_a_closed_scheduler_runs_nothing_more_and_refuses_new_jobs():
+    timers = ThreadScheduler()
+    ran: list[int] = []
+    timers.call_later(30.0, lambda: ran.append(1))
+    timers.close()
+    timers.close()  # idempotent
+    assert ran == [] and timers.pending == 0
+    with pytest.raises(GpioError):
+        timers.call_later(0.0, lambda: ran.append(2))
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.01)
 
 
 # -- indicator --------------------------------------------------------------------

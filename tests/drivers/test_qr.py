@@ -31,7 +31,7 @@ def test_reference_photos_exact_no_wrong_no_false_positive(decoder):
     samples = load_samples(DATASET)
     result = score(samples, decoder.decode)
     assert result["total"] == 137
-    assert result["decoded"] >= 129, result["not_decoded"]
+    assert result["decoded"] >= 130, result["not_decoded"]
     assert result["wrong"] == 0
     assert result["false_positives"] == 0
 
@@ -74,6 +74,50 @@ def test_field_frames_separate_plain_pyzbar_from_our_decoder(decoder, condition)
 def test_empty_gate_scene_reads_nothing(decoder):
     for seed in range(5):
         assert decoder.decode(render_empty_frame(seed=seed)) == []
+
+
+def test_empty_gate_frames_cost_one_zxing_call_only():
+    # Issue 12: the 2x upscale ran on every empty frame (65-70 % of the decode cost).
+    dec = QrDecoder()
+    for size in ((640, 480), (1280, 720)):
+        for seed in range(3):
+            for background in ("desk", "phone", "wall"):
+                frame = render_empty_frame(size=size, background=background, seed=seed)
+                assert dec.decode(frame) == []
+    assert (dec.stats.frames, dec.stats.upscale_runs, dec.stats.pyzbar_runs) == (18, 0, 0)
+
+
+def _field_frame(condition: str, i: int) -> tuple[str, np.ndarray]:
+    """Frame `i` of `condition` exactly as `menwei bench field` (seed 0) renders it."""
+    frame_seed = list(FIELD_CONDITIONS).index(condition) * 10_007 + i
+    text = sample_pass_text(frame_seed)
+    return text, render_scene(text, condition_params(condition, frame_seed))
+
+
+@pytest.mark.parametrize("i", [18, 31, 49])
+def test_glare_frames_rescued_by_the_retry_on_a_located_symbol(i):
+    # The three field frames only the upscale retry reads: zxing-cpp located the
+    # symbol at 1x (a checksum error), which is the evidence that runs the retry.
+    text, frame = _field_frame("glare", i)
+    assert text not in QrDecoder(upscale_retry=False, pyzbar="never").decode(frame)
+    dec = QrDecoder(blind_retry_max_side=0)  # evidence alone, never blind
+    assert dec.decode(frame) == [text]
+    assert dec.stats.by_stage == {"zxing_upscaled": 1}
+    assert (dec.stats.located_misses, dec.stats.upscale_runs) == (1, 1)
+
+
+@pytest.mark.skipif(not DATASET.is_dir(), reason=f"qr-photos dataset not found at {DATASET}")
+@pytest.mark.parametrize("name", ["qrcode-2/12", "qrcode-2/28"])
+def test_small_photos_zxing_cannot_locate_read_by_the_blind_retry(name):
+    # 256x256 and 233x339 textured codes: stage 1 locates nothing, yet the 2x
+    # upscale reads them; frames that small get the retry without evidence.
+    sample = next(s for s in load_samples(DATASET) if str(s.path).endswith(name + ".webp"))
+    assert sample.image is not None and sample.expected is not None
+    assert max(sample.image.shape[:2]) <= 400
+    dec = QrDecoder()
+    assert dec.decode(sample.image) == [sample.expected]
+    assert dec.stats.located_misses == 0 and dec.stats.by_stage == {"zxing_upscaled": 1}
+    assert QrDecoder(blind_retry_max_side=0).decode(sample.image) == []
 
 
 def test_two_cards_in_one_frame_both_returned_gray_input_too(decoder):

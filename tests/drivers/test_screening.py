@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable
 from dataclasses import astuple
 
@@ -203,3 +204,26 @@ def test_calibrated_screener_reports_the_reference(bus, fake_time):
 def test_invalid_settings_are_rejected(bus, fake_time, kwargs):
     with pytest.raises(ValueError):
         screener(bus, fake_time, **kwargs)
+
+
+def test_a_cancelled_measurement_stops_before_its_next_sample(bus, fake_time):
+    cancel = threading.Event()
+    fake_time.scene = {1: cancel.set}  # the pass was refused during the first interval
+
+    result = screener(bus, fake_time).measure(cancel)
+
+    assert (result.body_c, result.error, result.samples_taken) == (None, "cancelled", 1)
+    assert fake_time.sleeps == [0.25]
+
+
+def test_started_measurements_run_on_one_worker_one_after_another(bus, fake_time):
+    s = screener(bus, fake_time)
+    try:
+        refused = s.start()
+        refused.cancel()
+        taken = s.start().result()  # waits for the first to end: never two on the bus
+        assert (taken.body_c, taken.error) == (pytest.approx(36.6, abs=0.02), None)
+        assert taken.samples_taken == 3
+        assert s.start().result() == s.measure()  # the same outcome off the caller's thread
+    finally:
+        s.close()

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.camera import Frame
 from drivers.gpio import FakePins
 from drivers.sim_scene import render_card_frame
+from edge.config import load_config
+from edge.daemon import GateDaemon
+from protocol.passes import PassPayload, Role, sign_pass
 from server.site import IssuedPass, Site
 from tests.edge.gates import daemon_for
 
@@ -332,3 +338,29 @@ def test_a_relayed_passage_dated_ahead_of_the_gate_clock_is_not_counted(
     daemon.on_passage(encode_passages([out(9, now + timedelta(minutes=5))]))  # clocks differ
     assert set(daemon.state.outside) == {7, 9}
     daemon.close()
+
+
+def test_a_refused_entry_stops_the_thermometer_it_started(site: Site, gate_dir: Path) -> None:
+    # The thermometer starts settling while the pass is verified (issue 12); a pass that is
+    # refused ends that measurement at its next sample instead of letting it run out.
+    now = int(time.time())
+    payload = PassPayload(
+        site.active_key_id(), 999, site.site, "1-1-101", Role.RESIDENT, now - 60, now + 3600
+    )
+    forged = sign_pass(payload, Ed25519PrivateKey.generate())
+    config = load_config(gate_dir / "gate.toml")
+    config = replace(config, thermometer=replace(config.thermometer, samples=10))
+    daemon = GateDaemon(config, broker="none", out=io.StringIO())
+    thermometer = daemon.hw.thermometer
+    assert thermometer is not None
+    try:
+        daemon.handle_frame(frame(forged, {"forehead_c": 34.6}))
+        assert [e.event.reason for e in daemon.store.log()] == ["bad_signature", "forged"]
+        daemon.measure()  # ~1 s: the cancelled one has long ended (at its next sample)
+        after_both = thermometer.stats.reads
+        temperature, detail = daemon.measure()
+        full = thermometer.stats.reads - after_both
+        assert temperature.body_c is not None and detail["samples"] == 10
+        assert after_both - full < full  # the refused entry's measurement stopped early
+    finally:
+        daemon.close()

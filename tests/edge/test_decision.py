@@ -19,6 +19,7 @@ from edge.decision import (
     Now,
     Scan,
     Temperature,
+    Verified,
     advance,
     decide,
     state_from_json,
@@ -181,6 +182,46 @@ def test_entry_without_a_measurement_yet_is_pending():
         "deny",
         1,
     )
+
+
+def test_the_pending_decision_carries_the_verified_pass_for_the_second_decide():
+    pending = decide_in(VALID, None)
+    assert pending.verified == Verified(VALID, pass_of(pending), TRUST[1])
+    again = decide(Scan(VALID, "in"), NORMAL, GateState(), KNOW, TRUSTED, verified=pending.verified)
+    assert again == decide_in(VALID) and again.reason == "ok"
+    assert again.verified == pending.verified  # a fever re-measure reuses it too
+
+
+def test_a_verified_pass_is_not_verified_again_while_it_holds():
+    # Proof that the signature is not checked again: a Verified made up for a forged text
+    # is taken as it is (the shell only passes what decide itself returned).
+    forged = qr(1, key=FORGER)
+    assert decide_in(forged).reason == "bad_signature"
+    made_up = Verified(forged, pass_of(decide_in(VALID)), TRUST[1])
+    assert (
+        decide(Scan(forged, "in"), NORMAL, GateState(), KNOW, TRUSTED, verified=made_up).reason
+        == "ok"
+    )
+
+
+def test_a_verified_pass_is_checked_again_when_it_no_longer_holds():
+    pending = decide_in(VALID, None)
+    assert pending.verified is not None
+
+    def again(text: str, know: Knowledge) -> str:
+        scan = Scan(text, "in")
+        return decide(scan, NORMAL, GateState(), know, TRUSTED, verified=pending.verified).reason
+
+    other_key = TrustKey(1, public_bytes(STRANGER))  # key 1 replaced meanwhile
+    replaced = Knowledge(SITE, {1: other_key}, POLICY, KNOW.register, 3, 9, T0, T0)
+    assert again(VALID, replaced) == "bad_signature"
+    retired = Knowledge(SITE, {}, POLICY, KNOW.register, 3, 9, T0, T0)
+    assert again(VALID, retired) == "unknown_key"
+    assert again(qr(2, key=FORGER), KNOW) == "bad_signature"  # another text: its own check
+    # The rest is decided anew: a revocation that arrived during the measurement counts.
+    register = Register(KNOW.register.passes, {1: "lost"})
+    revoked = Knowledge(SITE, TRUST, POLICY, register, 3, 9, T0, T0)
+    assert again(VALID, revoked) == "revoked"
 
 
 @pytest.mark.parametrize(

@@ -135,17 +135,19 @@ log_type notice
 
 def render_acl(site: str, collectors: list[str]) -> str:
     """The site's ACL for identities from certificates: every gate's rules as `pattern` lines
-    (%u is the certificate's name), then one `user` section per collector."""
+    (%u is the certificate's name), then one `user` section per collector. Collectors read the
+    document topics too: they replace a retained document they did not publish
+    (server/document_watch.py)."""
     root = f"{topics.ROOT}/{site}"
     sections = "".join(
         f"user {name}\n"
         f"topic read {root}/+/events\n"
         f"topic read {root}/+/status\n"
         f"topic write {root}/+/ack\n"
-        f"topic write {root}/config\n"
-        f"topic write {root}/register\n"
-        f"topic write {root}/register/#\n"
-        f"topic write {root}/freshness\n"
+        f"topic readwrite {root}/config\n"
+        f"topic readwrite {root}/register\n"
+        f"topic readwrite {root}/register/#\n"
+        f"topic readwrite {root}/freshness\n"
         f"topic write {root}/passages\n\n"
         for name in collectors
     )

@@ -124,7 +124,9 @@ def test_bench_collector_refuses_bad_sizes_in_one_line() -> None:
 
 def test_bench_help_lists_every_benchmark() -> None:
     out = run_menwei("bench", "--help").stdout
-    assert all(name in out for name in ("sync", "decide", "gate", "collector", "backlog", "login")), out
+    assert all(
+        name in out for name in ("sync", "decide", "gate", "collector", "backlog", "login")
+    ), out
 
 
 def test_bench_login_answers_every_attempt_within_the_bound() -> None:

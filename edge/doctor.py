@@ -23,6 +23,7 @@ from drivers.mlx90614 import MLX90614, SMBusLike, open_smbus
 from drivers.sim_i2c import SimulatedMLX90614Bus
 from edge.clock import UNTRUSTED_EFFECT, GateClock
 from edge.config import GateConfig
+from edge.guards import guards_path
 from edge.provision import load_knowledge
 from edge.storage_fault import (
     ADVICE,
@@ -378,19 +379,25 @@ def private_files(config: GateConfig) -> dict[Path, str]:
     """The gate's files that must be its service user's alone, and what each holds."""
     db = config.db_path
     held = "decisions, households, passes and the register"
-    return {
+    found = {
         config.path: "the broker password ([mqtt] password)",
         db: held,
         db.with_name(db.name + "-wal"): held,
         db.with_name(db.name + "-shm"): held,
+        guards_path(config.data_dir): "the guards' PIN hashes",
     }
+    key_file = config.tls_files.key_file
+    if key_file is not None:
+        found.setdefault(key_file, "the gate's TLS key ([mqtt] key_file): its broker identity")
+    return found
 
 
 def check_files(config: GateConfig) -> Check:
-    """gate.toml and gate.db (and its -wal, -shm) must not be readable by other local users."""
+    """gate.toml, gate.db (and its -wal, -shm), guards.json and the TLS key must not be
+    readable by other local users."""
     found = exposed(private_files(config))
     if found is None:
-        return Check("files", True, "gate.toml and gate.db are readable by their owner only")
+        return Check("files", True, "secrets and personal data are readable by their owner only")
     return Check("files", False, *found)
 
 

@@ -41,10 +41,8 @@ from menwei.site_ca import (
     write_private,
 )
 from protocol import topics
-from server.config import CONFIG_NAME, load_server_config
+from server.config import BROKER_DIR, CONFIG_NAME, load_server_config
 
-BROKER_DIR = "broker"
-"""The broker folder inside a server directory: where `gate init --server` finds the CA."""
 CONF_FILE = "mosquitto-menwei.conf"
 ACL_FILE = "menwei.acl"
 ETC = "/etc/mosquitto"

@@ -27,10 +27,10 @@ from edge.guards import add_guard
 from edge.provision import provision
 from edge.store import GateStore
 from menwei import broker_setup
-from menwei.broker_setup import BROKER_DIR
 from menwei.mosquitto import MosquittoBroker, free_port
 from menwei.reconcile import reconcile
 from menwei.residents import GateStage, Population, build_population
+from server.config import BROKER_DIR
 from server.site import Site
 from server.storage.engine import SQLITE_FILE
 from server.web.accounts import AccountStore

@@ -42,6 +42,11 @@ class ServerSection:
         check_timezone(self.timezone)
 
 
+BROKER_DIR = "broker"
+"""The broker folder inside a server directory (`menwei broker setup DIR/broker`): the site CA,
+the broker's and the collectors' keys; `gate init --server` finds the CA there."""
+
+
 @dataclass(frozen=True)
 class MqttSection:
     broker: str = "mqtt://127.0.0.1:1883"

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from protocol.files import exposed
-from server.config import CONFIG_NAME
+from server.config import BROKER_DIR, CONFIG_NAME
 from server.keys import KEYS_DIR
 from server.site import Site
 from server.storage import StoreUnavailable
@@ -40,11 +40,17 @@ def private_files(site: Site) -> dict[Path, str]:
     """The server's files and folders that must be its service user's alone, and what each
     holds (the SQLite store's only when the store is SQLite)."""
     keys = site.dir / KEYS_DIR
+    broker = site.dir / BROKER_DIR
     found: dict[Path, str] = {
         site.dir / CONFIG_NAME: "the broker password, the webhook secret and any store password",
         keys: "the private signing keys",
         **{pem: "a private signing key" for pem in sorted(keys.glob("*.pem"))},
+        broker: "the site CA's key and the broker's and collectors' keys",
+        **{key: "a TLS private key (`menwei broker`)" for key in sorted(broker.glob("*.key"))},
     }
+    key_file = site.config.mqtt.tls_files(site.dir).key_file
+    if key_file is not None:
+        found.setdefault(key_file, "the collector's TLS key ([mqtt] key_file)")
     if site.store.backend == "sqlite":
         db = Path(make_url(site.store.url).database or "")
         held = "names, phones, accounts and every event"

@@ -89,3 +89,43 @@ def test_gate_init_makes_its_secrets_private_and_the_doctor_watches_them(tmp_pat
     (gate / "gate.toml").chmod(0o600)
     _, check = files_check("gate", "doctor", "--config", config)
     assert check["ok"] is True
+
+
+def test_the_doctors_watch_every_key_file(tmp_path: Path):
+    """Issue 11 (a new user): with the CA key, the collector's and the gate's TLS keys, a
+    signing key and guards.json made 0644, both doctors still said `PASS files`."""
+    server = tmp_path / "srv"
+    menwei("server", "init", str(server), "--site", SITE)
+    menwei("broker", "setup", str(server / "broker"), "--host", "localhost")
+    gate = tmp_path / "gate"
+    menwei("gate", "init", str(gate), "--server", str(server), "--gate", "east", "--simulated")
+    pin = tmp_path / "pin"
+    pin.write_text("471108\n", "utf-8")
+    menwei("gate", "guard", "add", str(gate), "wang", "--pin-file", str(pin))
+    guards = next(gate.rglob("guards.json"))
+    config = str(gate / "gate.toml")
+    for path in (gate / "gate.key", guards):
+        assert mode(path) == 0o600, path
+    assert files_check("gate", "doctor", "--config", config)[1]["ok"] is True
+    assert files_check("server", "doctor", str(server))[0] == 0
+
+    gate_secrets = {gate / "gate.key": "TLS key", guards: "PIN hashes"}
+    server_secrets = {
+        server / "broker" / "ca.key": "TLS private key",
+        server / "broker" / "collector.key": "TLS private key",
+        server / "broker" / "broker.key": "TLS private key",
+        server / "keys" / "site-key-1.pem": "signing key",
+    }
+    for path in [*gate_secrets, *server_secrets]:
+        path.chmod(0o644)
+    (server / "broker").chmod(0o755)
+    _, check = files_check("gate", "doctor", "--config", config)
+    assert check["ok"] is False
+    for path, held in gate_secrets.items():
+        assert f"{path} is 0644" in str(check["detail"]) and held in str(check["detail"])
+    code, check = files_check("server", "doctor", str(server))
+    assert code == 1 and check["ok"] is False
+    for path, held in server_secrets.items():
+        assert f"{path} is 0644" in str(check["detail"]) and held in str(check["detail"])
+    assert f"{server / 'broker'} is 0755" in str(check["detail"])
+    assert str(server / "broker" / "ca.key") in str(check["fix"])

@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -110,6 +111,13 @@ class _Stored:
     alerts: list[Alert]
 
 
+def tls_context(cfg: MqttSection, directory: Path) -> ssl.SSLContext:
+    """The client TLS context the collector links with: [mqtt] ca_file, cert_file and key_file
+    of server directory `directory`, loaded. Raises BrokerTlsError, one line naming the file
+    (`server run` and `server doctor` print the same line)."""
+    return client_context(cfg.tls_files(directory))
+
+
 class Collector:
     def __init__(
         self,
@@ -185,7 +193,7 @@ class Collector:
             self.client.username_pw_set(cfg.username, cfg.password)
         self.trouble = LinkTrouble(log, broker.host)
         if broker.tls:
-            self.client.tls_set_context(client_context(cfg.tls_files(site.dir)))
+            self.client.tls_set_context(tls_context(cfg, site.dir))
             self.trouble.attach(self.client)
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
         self.client.on_connect = self._on_connect

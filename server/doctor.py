@@ -13,7 +13,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from protocol.broker import parse_broker
+from protocol.broker_tls import BrokerTlsError
 from protocol.files import exposed
+from server.collector import tls_context
 from server.config import BROKER_DIR, CONFIG_NAME
 from server.keys import KEYS_DIR
 from server.site import Site
@@ -78,8 +81,29 @@ def check_store(site: Site) -> Finding:
     return Finding("store", True, f"{site.store.label}: {count} events")
 
 
+def check_broker(site: Site) -> Finding:
+    """For an mqtts:// broker, the TLS files of [mqtt] loaded by the function `server run`
+    links with (`tls_context`): a file it cannot use fails here with the line it would print.
+    The broker itself is not contacted (the running collector holds the session)."""
+    mqtt = site.config.mqtt
+    broker = parse_broker(mqtt.broker)
+    if not broker.tls:
+        return Finding("broker", True, f"{broker}: no TLS (docs/security.md, the broker)")
+    try:
+        tls_context(mqtt, site.dir)
+    except BrokerTlsError as exc:
+        return Finding(
+            "broker",
+            False,
+            str(exc),
+            "`server run` stops with this line: fix [mqtt] in server.toml (docs/security.md,"
+            " the broker)",
+        )
+    return Finding("broker", True, f"{broker}: ca_file, cert_file and key_file load")
+
+
 def run_doctor(directory: Path) -> list[Finding]:
     """The findings for server directory `directory`. Raises ServerConfigError (server.toml)
     or StoreError (a store that cannot be opened at all), as `server run` would."""
     with Site(directory) as site:
-        return [check_files(site), check_store(site)]
+        return [check_files(site), check_broker(site), check_store(site)]

@@ -4,6 +4,7 @@ one loader), exit 2, no traceback. The directory is valid but for the value unde
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -73,3 +74,26 @@ def test_doctor_run_and_status_refuse_it_alike(
     ((code, err),) = outcomes  # one outcome: the same message from each
     assert code == 2 and says in err and str(directory / CONFIG_NAME) in err
     assert err.startswith("menwei: error: ") and "Traceback" not in err
+
+
+def test_doctor_loads_the_tls_files_as_run_does(
+    template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 11 (a new user): with `ca_file = "broker/nope.pem"` the doctor passed (exit 0)
+    and `server run` stopped. Now the doctor fails with the line `server run` prints."""
+    tls = {"mqtt.broker": "mqtts://localhost:8883", "mqtt.ca_file": "broker/ca.pem"}
+    directory = variant(template, tmp_path, tls)
+    assert main(["broker", "setup", str(directory / "broker"), "--host", "localhost"]) == 0
+    capsys.readouterr()
+    assert main(["server", "doctor", str(directory), "--json"]) == 0
+    checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["broker"]["ok"] is True and "ca_file" in checks["broker"]["detail"]
+
+    rewrite(directory / CONFIG_NAME, directory / CONFIG_NAME, {"mqtt.ca_file": "broker/nope.pem"})
+    assert main(["server", "run", str(directory)]) == 2
+    err = capsys.readouterr().err
+    line = err.removeprefix("menwei: error: ").strip()
+    assert f"[mqtt] ca_file {directory.resolve() / 'broker' / 'nope.pem'}" in line, err
+    assert main(["server", "doctor", str(directory), "--json"]) == 1
+    checks = {c["check"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["broker"]["ok"] is False and checks["broker"]["detail"] == line

@@ -312,14 +312,14 @@ def broker_credentials(config: GateConfig, now: datetime | None = None) -> dict[
         raise BrokerTlsError(
             f"[mqtt] cert_file {files.cert_file} is the certificate of {info.name!r}, and this "
             f"gate is {config.gate.id!r}: the broker would refuse its events (issue its own: "
-            f"`menwei broker add-gate DIR {config.gate.id} --out PATH`)"
+            f"`menwei broker add-gate SERVER_DIR/broker {config.gate.id} --out PATH`)"
         )
     until = info.not_after.astimezone()
     if (now or datetime.now(UTC)) >= info.not_after:
         raise BrokerTlsError(
             f"[mqtt] cert_file {files.cert_file} expired on {until:%Y-%m-%d %H:%M}: the broker "
-            f"refuses it (issue a new one: `menwei broker add-gate DIR {config.gate.id} --out "
-            "PATH`, or `menwei gate init` again on the server)"
+            "refuses it (issue a new one: `menwei broker add-gate SERVER_DIR/broker "
+            f"{config.gate.id} --out PATH`, or `menwei gate init` again on the server)"
         )
     return out | {"identity": info.name, "certificate_until": until.isoformat(timespec="minutes")}
 

@@ -114,7 +114,7 @@ def _setup_lines(r: Result) -> list[str]:
         "the collector's server.toml [mqtt]:",
         *[f"  {line}" for line in str(r["server_toml"]).splitlines()],
         "each gate: `menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG` issues its"
-        " certificate (or `menwei broker add-gate DIR SLUG --out FOLDER` to carry)",
+        f" certificate (or `menwei broker add-gate {r['dir']} SLUG --out FOLDER` to carry)",
     ]
 
 

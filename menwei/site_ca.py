@@ -44,6 +44,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.errors import ProtocolError
 from protocol.passes import check_slug
+from server.config import BROKER_DIR, CONFIG_NAME
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -79,6 +80,27 @@ class Credentials:
 
     cert_pem: bytes
     key_pem: bytes
+
+
+def no_ca(directory: Path, why: str) -> str:
+    """Why `directory` is not a broker folder, and the fix: a server directory (or any folder
+    with a `broker/` that holds a CA) is refused with the folder meant, never the advice to
+    make a second CA (its certificates would not be trusted by the broker)."""
+    inner = directory / BROKER_DIR
+    if (inner / CA_CERT).exists():
+        return (
+            f"{directory}: no site CA here ({why}), but {inner} holds one: did you mean {inner}?"
+            " (the commands take the broker folder, not the server directory)"
+        )
+    if (directory / CONFIG_NAME).exists():
+        return (
+            f"{directory}: a server directory, not a broker folder; its broker folder is {inner}"
+            f" and has no CA yet: make it with `menwei broker setup {inner}`"
+        )
+    return (
+        f"{directory}: no site CA ({why}); give the broker folder (`SERVER_DIR/{BROKER_DIR}`),"
+        f" or make a CA with `menwei broker setup {directory}`"
+    )
 
 
 def check_client_name(name: str, role: Role) -> str:
@@ -211,10 +233,7 @@ class SiteCA:
             cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
             key = load_pem_private_key((directory / CA_KEY).read_bytes(), password=None)
         except OSError as exc:
-            raise CaError(
-                f"{directory}: no site CA ({exc.filename}: {exc.strerror}); make one with "
-                "`menwei broker setup DIR`"
-            ) from None
+            raise CaError(no_ca(directory, f"{exc.filename}: {exc.strerror}")) from None
         except ValueError as exc:
             raise CaError(f"{directory}: the site CA cannot be read: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):

@@ -109,7 +109,7 @@ _ALERTS = {
     "[mqtt] cert_file and key_file (`menwei gate init` or `menwei broker add-gate`)",
     "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the broker refused this client's certificate: it "
     "has expired (or the broker's clock is wrong); issue a new one with `menwei broker "
-    "add-gate` (a collector: `add-client`)",
+    "add-gate SERVER_DIR/broker GATE` (a collector: `add-client`)",
     "SSLV3_ALERT_CERTIFICATE_REVOKED": "the broker refused this client's certificate: it was "
     "revoked (`menwei broker revoke`)",
     "TLSV1_ALERT_UNKNOWN_CA": "the broker refused this client's certificate: it is not from "
@@ -127,19 +127,19 @@ def tls_failure(exc: BaseException | str, host: str) -> str | None:
     exception or paho's error log line) is not about TLS."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = exc.verify_code
-        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            what = f"the address {host}" if code == 64 else repr(host)
             return (
-                f"the broker's certificate is not valid for {host!r}: write the broker in "
-                "[mqtt] broker with a name it was issued for (`menwei broker setup/renew "
-                "--host`)"
-            )
-        if code == 64:  # X509_V_ERR_IP_ADDRESS_MISMATCH
-            return (
-                f"the broker's certificate is not valid for the address {host}: write the "
-                "broker with a name or address it was issued for (`menwei broker renew --host`)"
+                f"the broker's certificate is not valid for {what}: write [mqtt] broker"
+                " with a name or address it was issued for, or add this one on the server:"
+                f" `menwei broker renew SERVER_DIR/broker --host {host}` (and every other name"
+                " the broker must keep: renew replaces the list)"
             )
         if code == 10:
-            return "the broker's certificate has expired: `menwei broker renew` on the server"
+            return (
+                "the broker's certificate has expired: `menwei broker renew SERVER_DIR/broker`"
+                " on the server"
+            )
         if code == 9:
             return "the broker's certificate is not valid yet: is this machine's clock right?"
         if code in _UNKNOWN_ISSUER:

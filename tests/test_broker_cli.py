@@ -288,3 +288,30 @@ def test_a_missing_key_file_is_one_clear_line(folder: Path, server: Path, tmp_pa
         assert done.stderr.strip().splitlines() == [
             f"menwei: error: [mqtt] key_file {g.resolve() / 'gate.key'}: No such file or directory"
         ], done.stderr
+
+
+def test_the_server_directory_given_for_the_broker_folder(server: Path, tmp_path: Path) -> None:
+    """Issue 11 (a new user): `broker add-gate srv north` advised `menwei broker setup DIR`,
+    which would make a second CA. Now each command names the folder meant, and makes nothing."""
+    usb = tmp_path / "usb"
+    done = run_menwei("broker", "add-gate", str(server), "north", "--out", str(usb), check=False)
+    assert done.returncode == 2
+    assert "a server directory, not a broker folder" in done.stderr, done.stderr
+    assert f"`menwei broker setup {server / 'broker'}`" in done.stderr
+    setup = run_menwei("broker", "setup", str(server / "broker"), "--host", "localhost")
+    assert f"`menwei broker add-gate {(server / 'broker').resolve()} SLUG" in setup.stdout
+    for attempt in (
+        ("add-gate", str(server), "north", "--out", str(usb)),
+        ("add-client", str(server), "collector-2"),
+        ("revoke", str(server), "north"),
+        ("renew", str(server), "--host", "localhost"),
+    ):
+        done = run_menwei("broker", *attempt, check=False)
+        assert done.returncode == 2, attempt
+        assert f"did you mean {server / 'broker'}?" in done.stderr, done.stderr
+        assert "broker setup" not in done.stderr
+    assert not usb.exists() and not (server / "ca.pem").exists()
+    lone = tmp_path / "empty"
+    lone.mkdir()
+    done = run_menwei("broker", "add-gate", str(lone), "north", "--out", str(usb), check=False)
+    assert done.returncode == 2 and "give the broker folder (`SERVER_DIR/broker`)" in done.stderr

@@ -202,6 +202,7 @@ def test_a_broker_name_its_certificate_does_not_carry_is_refused_by_the_gate(
         with connected_collector(site, broker.url):
             line = scene.refusal(attacker)
         assert "the broker's certificate is not valid for 'localhost'" in line, line
+        assert "`menwei broker renew SERVER_DIR/broker --host localhost`" in line, line
         assert "not valid for 'localhost'" in doctor(attacker)
 
 

@@ -128,10 +128,10 @@ class GateSync:
         )
         if settings.username:
             self.client.username_pw_set(settings.username, settings.password)
-        self.trouble = LinkTrouble(log, settings.broker.host)
+        self.trouble = LinkTrouble(log, settings.broker.host, settings.broker.port)
+        self.trouble.attach(self.client)
         if settings.broker.tls:
             self.client.tls_set_context(client_context(settings.tls))
-            self.trouble.attach(self.client)
         self.client.will_set(
             topics.status(settings.site, settings.gate),
             encode_status({"gate": settings.gate, "site": settings.site, "state": "offline"}),

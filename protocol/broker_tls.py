@@ -166,17 +166,22 @@ def tls_failure(exc: BaseException | str, host: str) -> str | None:
 
 
 class LinkTrouble:
-    """Says why a client's link to the broker fails, once per cause until it connects again.
+    """Says why a client's link to the broker fails, once per cause until it connects again,
+    and when it connects.
 
-    `attach(client)` installs paho's on_connect_fail (a failed handshake on this side: the
+    `attach(client)` installs paho's on_connect_fail (an attempt that failed on this side: the
+    broker's port refused or unreachable, its name unknown, a failed handshake such as the
     broker's certificate) and a logger of its own for paho's errors (an alert the broker sent
     after the handshake: this client's certificate refused, which TLS 1.3 reports on the first
-    read; paho's per-packet debug lines are not even formatted). `last` is the current cause
-    (None once connected); `failures` counts the failed attempts about TLS."""
+    read; paho's per-packet debug lines are not even formatted). The lines: "cannot reach the
+    broker HOST:PORT: Connection refused", "broker HOST: WHY AND FIX" (TLS), "connected to the
+    broker HOST:PORT". `last` is the current cause (None once connected); `failures` counts
+    the failed attempts about TLS."""
 
-    def __init__(self, log: logging.Logger, host: str) -> None:
+    def __init__(self, log: logging.Logger, host: str, port: int) -> None:
         self.log = log
         self.host = host
+        self.port = port
         self.last: str | None = None
         self.failures = 0
 
@@ -189,6 +194,7 @@ class LinkTrouble:
 
     def connected(self) -> None:
         self.last = None
+        self.log.info("connected to the broker %s:%d", self.host, self.port)
 
     def _connect_failed(self, _client: object, _userdata: object) -> None:
         # paho calls this inside its `except OSError:` around the connection attempt.
@@ -198,13 +204,17 @@ class LinkTrouble:
         """A failed attempt: `exc` is its exception or paho's error line."""
         if exc is None:
             return
-        line = tls_failure(exc, self.host)
-        if line is None:
+        tls = tls_failure(exc, self.host)
+        if tls is not None:
+            self.failures += 1
+            line = f"broker {self.host}: {tls}"
+        elif isinstance(exc, OSError):
+            line = f"cannot reach the broker {self.host}:{self.port}: {_reason(exc)}"
+        else:
             return
-        self.failures += 1
         if line != self.last:
             self.last = line
-            self.log.error("broker %s: %s", self.host, line)
+            self.log.error("%s", line)
 
 
 class _PahoErrors(logging.Handler):

@@ -191,10 +191,10 @@ class Collector:
         cfg = self.mqtt
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password)
-        self.trouble = LinkTrouble(log, broker.host)
+        self.trouble = LinkTrouble(log, broker.host, broker.port)
+        self.trouble.attach(self.client)
         if broker.tls:
             self.client.tls_set_context(tls_context(cfg, site.dir))
-            self.trouble.attach(self.client)
         self.client.reconnect_delay_set(min_delay=1, max_delay=15)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

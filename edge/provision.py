@@ -119,7 +119,10 @@ def render_gate_toml(
     hw = (
         '[camera]\nsource = "watch:stage"     # simulation: frames dropped into ./stage\n\n'
         '[thermometer]\nbackend = "simulated"\n\n[gpio]\nbackend = "simulated"\n\n'
-        '[clock]\ntrust = "assume"             # simulation: no time daemon vouches here\n'
+        '[clock]\ntrust = "assume"             # simulation: no time daemon vouches here\n\n'
+        "# The guard screen: off in a simulation (gates sharing a machine need a port each).\n"
+        "# Uncomment to switch it on, with a port free here, and enrol a guard (docs/hardware.md)\n"
+        '# [guard]\n# http = "127.0.0.1:8000"\n'
         if simulated
         else '[camera]\nsource = "device:0"\n\n[thermometer]\nbackend = "mlx90614"\n'
         'i2c_bus = 1\naddress = 0x5A\n\n[gpio]\nbackend = "rpi"\nrelay_pin = 17\n\n'

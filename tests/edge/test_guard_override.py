@@ -478,3 +478,24 @@ def test_gate_run_logs_the_warning_at_start(
     messages = [r.getMessage() for r in caplog.records]
     assert any("listens beyond this gate" in m for m in messages)
     assert any("No guard is enrolled" in m for m in messages)
+
+
+def test_a_simulated_gate_has_the_guard_screen_commented_in(tmp_path: Path) -> None:
+    """Issue 11 (a new user): `gate init --simulated` wrote no [guard], and the docs read as if
+    the guard screen were on. It writes the two lines commented out; uncommented, the gate has
+    its guard page, and check-config warns that no guard is enrolled (only then)."""
+    Site.init(tmp_path / "srv", "sunny-garden").close()
+    gate = tmp_path / "gate"
+    run_menwei("gate", "init", str(gate), "--server", str(tmp_path / "srv"), "--gate", "east",
+               "--simulated")  # fmt: skip
+    toml = gate / "gate.toml"
+    assert load_config(toml).guard.http is None
+    off = run_menwei("gate", "check-config", "--config", str(toml), "--json")
+    assert json.loads(off.stdout)["warnings"] == []
+    text = toml.read_text("utf-8")
+    assert '# [guard]\n# http = "127.0.0.1:8000"\n' in text
+    toml.write_text(text.replace("# [guard]\n# http", "[guard]\nhttp"), "utf-8")
+    assert load_config(toml).guard.http == "127.0.0.1:8000"
+    on = run_menwei("gate", "check-config", "--config", str(toml), "--json")
+    (warning,) = json.loads(on.stdout)["warnings"]
+    assert warning.startswith("WARNING: No guard is enrolled") and warning in on.stderr

@@ -296,6 +296,41 @@ def test_wrong_pins_lock_the_guard_raise_an_alert_and_the_lock_ends_in_its_time(
         daemon.close()
 
 
+def test_a_name_nobody_enrolled_locks_the_same_way_so_names_cannot_be_discovered(
+    gate_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: five wrong PINs for a name, and a 429 "locked" meant the name is enrolled
+    (an unknown name kept answering "wrong_pin"). Now both answer alike, word for word."""
+    enrol(gate_dir)
+    daemon = daemon_for(gate_dir)
+    caplog.set_level(logging.INFO, logger="menwei.gate")
+    try:
+        client = guard_client(create_app(daemon.guard_state, daemon.request_override))
+
+        def answers(guard: str) -> list[tuple[int, dict[str, object]]]:
+            got = []
+            for _ in range(WRONG_PER_GUARD + 1):
+                r = client.post(
+                    "/api/override",
+                    json={"guard": guard, "pin": WRONG, "reason": "送医", "direction": "in"},
+                )
+                daemon._handle_inputs()
+                got.append((r.status_code, r.json()))
+            return got
+
+        enrolled, unknown = answers(GUARD), answers("张师傅")
+        assert unknown == enrolled
+        assert [status for status, _ in unknown] == [403] * (WRONG_PER_GUARD - 1) + [429, 429]
+        assert daemon.status()["guards"]["locked"] == [GUARD]  # the status names the enrolled
+        assert any(
+            "wrong PINs for guard 张师傅 (not enrolled): locked" in r.getMessage()
+            for r in caplog.records
+        )
+        assert relay_levels(daemon) == [False]
+    finally:
+        daemon.close()
+
+
 def test_concurrent_guesses_are_counted_before_any_hash(gate_dir: Path) -> None:
     enrol(gate_dir)
     daemon = daemon_for(gate_dir)

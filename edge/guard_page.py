@@ -133,7 +133,7 @@ def create_app(
             pin = str(data.get("pin", ""))[:MAX_FIELD]
             reason = str(data.get("reason", "")).strip()[:MAX_FIELD]
             direction = str(data.get("direction", "in"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # [[[[…: deeper than json goes
             return _refuse("bad_request", "请求无法解析", "expected a JSON object", 400)
         if not guard or not pin or len(reason) < 2 or direction not in ("in", "out"):
             return _refuse(

@@ -56,6 +56,10 @@ LOCK_MAX_S = 3600.0
 ATTEMPTS_PER_MINUTE = 20
 MAX_CONCURRENT_HASHES = 2
 HASH_WAIT_S = 5.0
+MAX_STRANGERS = 256
+"""Names nobody enrolled whose wrong PINs are counted (to lock them like a guard's)."""
+MAX_SHOWN_NAME = 32
+"""Characters of a name nobody enrolled shown in the lock's log line and alert."""
 
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
@@ -283,6 +287,8 @@ class GuardCheck:
         self.error: str | None = None
         """Why guards.json cannot be used (every override is then refused), else None."""
         self._tries: dict[str, _Tries] = {}
+        self._strangers: dict[str, _Tries] = {}
+        """Counts of names not enrolled (kept apart: an enrolment does not inherit them)."""
         self._recent: deque[float] = deque()
         self._capped_until = 0.0
         self.lockouts = 0
@@ -309,6 +315,7 @@ class GuardCheck:
         self.error, self._seen = None, seen
         self._guards = {name_key(g.name): g for g in guards}
         self._tries = {k: v for k, v in self._tries.items() if k in self._guards}
+        self._strangers = {k: v for k, v in self._strangers.items() if k not in self._guards}
 
     def enrolled(self) -> int:
         with self._lock:
@@ -337,8 +344,8 @@ class GuardCheck:
                 return NO_GUARDS
             now = self._clock()
             guard = self._guards.get(key)
-            tries = self._tries.setdefault(key, _Tries()) if guard else None
-            if tries is not None and tries.locked_until > now:
+            tries = self._tries_of(key, guard is not None)
+            if tries.locked_until > now:
                 return locked(tries.locked_until - now)
             while self._recent and self._recent[0] <= now - 60:
                 self._recent.popleft()
@@ -351,10 +358,9 @@ class GuardCheck:
             else:
                 refused = None
                 self._recent.append(now)
-                if tries is not None:  # counted as wrong until the hash says otherwise
-                    tries.wrong += 1
-                    if tries.wrong >= WRONG_PER_GUARD:
-                        tries.locked_until = now + self._lock_s(tries)
+                tries.wrong += 1  # counted as wrong until the hash says otherwise
+                if tries.wrong >= WRONG_PER_GUARD:
+                    tries.locked_until = now + self._lock_s(tries)
         if refused is not None:
             self._report(lockout)
             return refused
@@ -362,24 +368,40 @@ class GuardCheck:
         with self._lock:
             now = self._clock()
             if right is None:  # no hash was computed: not the guard's fault
-                if tries is not None:
-                    tries.wrong = max(0, tries.wrong - 1)
-                    if tries.wrong < WRONG_PER_GUARD:
-                        tries.locked_until = 0.0
+                tries.wrong = max(0, tries.wrong - 1)
+                if tries.wrong < WRONG_PER_GUARD:
+                    tries.locked_until = 0.0
                 return BUSY
-            if right and guard is not None and tries is not None:
+            if right and guard is not None:
                 tries.wrong, tries.locked_until, tries.locks_in_a_row = 0, 0.0, 0
                 return guard
-            if tries is not None and tries.wrong >= WRONG_PER_GUARD:
+            if tries.wrong >= WRONG_PER_GUARD:
                 seconds = tries.locked_until - now
                 tries.wrong = 0
                 tries.locks_in_a_row += 1
                 self.lockouts += 1
-                lockout = (guard.name if guard else None, seconds)
+                shown = guard.name if guard else f"{name[:MAX_SHOWN_NAME]} (not enrolled)"
+                lockout = (shown, seconds)
         if lockout is not None:
             self._report(lockout)
             return locked(lockout[1])
         return WRONG_PIN
+
+    def _tries_of(self, key: str, enrolled: bool) -> _Tries:
+        """The counts of the name `key`. A name nobody enrolled is counted and locked the same
+        way, so the 429 "locked" answer does not tell which names are enrolled; at most
+        MAX_STRANGERS such names are kept (the oldest is forgotten first)."""
+        tries = self._tries.get(key) if enrolled else self._strangers.get(key)
+        if tries is not None:
+            return tries
+        tries = _Tries()
+        if enrolled:
+            self._tries[key] = tries
+        else:
+            if len(self._strangers) >= MAX_STRANGERS:
+                del self._strangers[next(iter(self._strangers))]
+            self._strangers[key] = tries
+        return tries
 
     def _lock_s(self, tries: _Tries) -> float:
         return float(min(LOCK_MAX_S, LOCK_S * 2**tries.locks_in_a_row))

@@ -33,11 +33,12 @@ from protocol.documents import (
     SignedDocument,
     UntrustedDocument,
     decode_trust_file,
+    parse_document,
 )
 from protocol.errors import ProtocolError
 from protocol.files import read_bounded, write_private
 from protocol.passes import check_slug
-from protocol.roots import TrustRoot
+from protocol.roots import TrustRoot, leads_to
 
 log = logging.getLogger("menwei.gate")
 
@@ -175,6 +176,9 @@ def provision(
             f"--broker {url}: the gate has broker credentials (TLS): give an mqtts:// URL, or "
             "leave --broker out for the broker's own name"
         )
+    if reset_trust and (gate_dir / "gate.db").exists():
+        with GateStore(gate_dir / "gate.db") as store:  # refused before anything is written
+            _check_reset(gate_dir / TRUST_FILE, site, bundle_root, store)
     gate_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     link: dict[str, object] = {"broker": url}
     if credentials is not None:
@@ -188,8 +192,24 @@ def provision(
             (gate_dir / "stage").mkdir(exist_ok=True)
     with GateStore(gate_dir / "gate.db") as store:
         held = _provisioned_root(gate_dir / TRUST_FILE, site, store)
+        reset: dict[str, object] | None = None
         if reset_trust and held is not None:
             store.reset_trust(json.dumps(bundle_root.to_json()))
+            reset = {
+                "from_root": held.version,
+                "to_root": bundle_root.version,
+                "keys_trusted": sorted(bundle_root.keys),
+                "keys_no_longer_trusted": sorted(held.dropped(bundle_root)),
+                "keys_newly_trusted": sorted(bundle_root.dropped(held)),
+            }
+            log.warning(
+                "trust reset from root %d to the bundle's root %d: keys %s trusted, keys %s"
+                " no longer trusted",
+                held.version,
+                bundle_root.version,
+                reset["keys_trusted"],
+                reset["keys_no_longer_trusted"],
+            )
             held = None
         if held is None or bundle_root.version >= held.version:
             shutil.copyfile(bundle / TRUST_FILE, gate_dir / TRUST_FILE)
@@ -221,9 +241,56 @@ def provision(
         "freshness": None if know.statement is None else know.statement.serial,
         "data_as_of": None if as_of is None else as_of.isoformat(timespec="seconds"),
     }
+    if reset is not None:
+        result["trust_reset"] = reset
     if kept:
         result["not_taken"] = kept
     return result
+
+
+class StaleBundle(ProvisionError):
+    """`--reset-trust` from a bundle whose root is older than the gate's, which follows it."""
+
+
+def _check_reset(trust_file: Path, site: str, bundle_root: TrustRoot, store: GateStore) -> None:
+    """Refuse `--reset-trust` to a root older than the gate's unless the gate's root is not
+    one the bundle's root leads to (the gate followed a fork). The gate keeps its root, not the
+    chain to it; the documents it holds carry that chain (protocol.roots.leads_to): a chain
+    from the bundle's root to the gate's proves the bundle is only stale (resetting would trust
+    again keys the server retired since); a fork in it allows the reset; with neither, the
+    gate cannot tell, and refuses. Raises StaleBundle."""
+    held = _provisioned_root(trust_file, site, store)
+    if held is None or bundle_root.version >= held.version:
+        return
+    chains = []
+    for kind in DOC_FILES:
+        raw = store.document(kind)
+        if raw is None:
+            continue
+        try:
+            chains.append(parse_document(raw, kind=kind, site=site).chain)
+        except ProtocolError:
+            continue
+    follows = leads_to(bundle_root, held, chains)
+    if follows is False:
+        return
+    regained = sorted(bundle_root.dropped(held))
+    why = (
+        f"the gate's root {held.version} follows from it (the documents it holds carry the"
+        f" chain, each root signed by a key of the one before)"
+        if follows
+        else f"the gate holds no chain from root {bundle_root.version} to its root"
+        f" {held.version}, so it cannot tell a stale bundle from a fork"
+    )
+    raise StaleBundle(
+        f"--reset-trust refused: the bundle's trust root {bundle_root.version} (keys"
+        f" {sorted(bundle_root.keys)}) is older than the gate's root {held.version} (keys"
+        f" {sorted(held.keys)}), and {why}; resetting would trust again keys {regained} that"
+        f" root {held.version} no longer trusts. Provision from the server's current bundle"
+        f" (`menwei gate init GATE_DIR --server SERVER_DIR --gate SLUG`); a gate that truly"
+        f" followed a forged root starts afresh: move its gate.db and trust.json aside first"
+        f" (docs/security.md)"
+    )
 
 
 def _provisioned_root(trust_file: Path, site: str, store: GateStore) -> TrustRoot | None:

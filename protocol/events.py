@@ -25,7 +25,11 @@ SCHEMA = 1
 EPOCH_RE = re.compile(r"[0-9a-f]{0,32}")
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 500
-MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
+MAX_SEQ = 2**53
+"""The largest seq (and acked_seq, status counters, reported versions), like document
+versions (protocol.documents.MAX_VERSION): a gate numbering 1,000 events a second reaches it
+in 285,000 years, and seq + 1 stays far inside a 64-bit integer (2^63 - 1 stored, then
+seq + 1, was an overflow error on PostgreSQL) and exact in a JSON double."""
 MAX_PASS_ID = 2**32 - 1  # 4 unsigned bytes in the pass
 MAX_DETAIL_DEPTH = 16
 """Levels of objects and lists in an event's `detail` or a gate status (a gate's are two or
@@ -420,8 +424,8 @@ class Ack:
             raise MessageError(f"bad ack: {exc}") from None
         except RecursionError:
             raise MessageError(TOO_DEEP.format(what="ack")) from None
-        if ack.acked_seq < 0:
-            raise MessageError("acked_seq must be >= 0")
+        if not 0 <= ack.acked_seq <= MAX_SEQ:
+            raise MessageError(f"acked_seq must be 0..{MAX_SEQ}")
         return ack
 
 

@@ -21,7 +21,7 @@ gate accepts once the gate has seen that root.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol.documents import (
@@ -168,3 +168,26 @@ def verify(doc: SignedDocument, held: TrustRoot) -> TrustRoot:
         )
     verify_signature(doc, root.keys)
     return root
+
+
+def leads_to(
+    start: TrustRoot, target: TrustRoot, chains: Iterable[Sequence[SignedDocument]]
+) -> bool | None:
+    """Whether the root `target` follows from the older root `start`, judged from `chains`
+    (the root documents that documents a reader holds carry). True: one chain leads from
+    `start` to `target` (same version and keys), each step signed by a key of the root
+    before it, a proof only the holders of `start`'s keys and their successors can make.
+    False: none does, and one shows a fork from `start` (a root at or after its version that
+    does not follow it, or that leads to another root of `target`'s version). None: the
+    chains show neither (no root as new as `target`)."""
+    fork = False
+    for chain in chains:
+        try:
+            reached = advance(start, chain)
+        except RootError:
+            fork = True
+            continue
+        if reached.version == target.version and reached.same_keys(target.keys):
+            return True
+        fork = fork or reached.version >= target.version  # another root `target.version`
+    return False if fork else None

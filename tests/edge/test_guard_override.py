@@ -90,9 +90,10 @@ def wait_for(what: str, check: object, timeout_s: float = 20.0) -> None:
 
 
 def test_the_issues_attack_and_its_kin_are_refused_and_the_relay_never_moves(
-    gate_dir: Path,
+    gate_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     enrol(gate_dir)
+    caplog.set_level(logging.INFO)
     with served(gate_dir) as (daemon, port):
         origin = f"http://127.0.0.1:{port}"
         token = page_token(fetch(port, "/").decode())
@@ -154,10 +155,15 @@ def test_the_issues_attack_and_its_kin_are_refused_and_the_relay_never_moves(
             ("a wrong PIN", page, body(pin=WRONG), 403, "wrong_pin"),
             ("a guard who is not enrolled", page, body(guard="张师傅"), 403, "wrong_pin"),
             ("a body too large", page, body(reason="x" * 5000), 413, "too_large"),
+            # Deeper than Python's json goes: a RecursionError answered 500 with a traceback.
+            ("JSON nested 2000 deep", page, b"[" * 2000 + b"]" * 2000, 400, "bad_request"),
+            ("a JSON list", page, b"[1, 2]", 400, "bad_request"),
+            ("not UTF-8", page, b'{"guard": "\xff\xfe"}', 400, "bad_request"),
         ]
         for what, headers, data, status, code in attacks:
             got, text = post(port, data, headers)
             assert (got, json.loads(text)["error"]) == (status, code), what
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == [], "a traceback"
         # DNS rebinding: the attacker's name points at the gate; Host and Origin agree.
         rebound = {**page, "Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
         assert post(port, body(), rebound)[0] == 400
@@ -286,6 +292,41 @@ def test_wrong_pins_lock_the_guard_raise_an_alert_and_the_lock_ends_in_its_time(
         for _ in range(WRONG_PER_GUARD):
             override(WRONG)
         assert "10 分钟" in str(override(PIN)[1]["zh"])
+    finally:
+        daemon.close()
+
+
+def test_a_name_nobody_enrolled_locks_the_same_way_so_names_cannot_be_discovered(
+    gate_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: five wrong PINs for a name, and a 429 "locked" meant the name is enrolled
+    (an unknown name kept answering "wrong_pin"). Now both answer alike, word for word."""
+    enrol(gate_dir)
+    daemon = daemon_for(gate_dir)
+    caplog.set_level(logging.INFO, logger="menwei.gate")
+    try:
+        client = guard_client(create_app(daemon.guard_state, daemon.request_override))
+
+        def answers(guard: str) -> list[tuple[int, dict[str, object]]]:
+            got = []
+            for _ in range(WRONG_PER_GUARD + 1):
+                r = client.post(
+                    "/api/override",
+                    json={"guard": guard, "pin": WRONG, "reason": "送医", "direction": "in"},
+                )
+                daemon._handle_inputs()
+                got.append((r.status_code, r.json()))
+            return got
+
+        enrolled, unknown = answers(GUARD), answers("张师傅")
+        assert unknown == enrolled
+        assert [status for status, _ in unknown] == [403] * (WRONG_PER_GUARD - 1) + [429, 429]
+        assert daemon.status()["guards"]["locked"] == [GUARD]  # the status names the enrolled
+        assert any(
+            "wrong PINs for guard 张师傅 (not enrolled): locked" in r.getMessage()
+            for r in caplog.records
+        )
+        assert relay_levels(daemon) == [False]
     finally:
         daemon.close()
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.config import load_config
 from edge.decision import GateState, Now, Scan, Temperature, decide
 from edge.knowledge import Knowledge
-from edge.provision import load_knowledge, provision
+from edge.provision import StaleBundle, load_knowledge, provision
 from edge.store import GateStore
 from edge.trust import receive, save_received
 from protocol.documents import (
@@ -35,9 +35,12 @@ from protocol.documents import (
 from protocol.passes import TrustKey, public_bytes
 from protocol.register import Register
 from protocol.roots import root_body
+from server.cli import write_qr_png
 from server.keys import load_key
 from server.site import IssuedPass, Site
+from tests.conftest import run_menwei
 from tests.edge.gates import daemon_for
+from tests.server.test_keys import scan
 
 
 def bundled(site: Site, name: str) -> SignedDocument:
@@ -295,3 +298,68 @@ def test_a_gate_that_followed_a_root_the_thief_made_is_brought_back_by_reset_tru
     assert sorted(again.trust_keys) == [2] and again.versions() == site.published_versions()
     with pytest.raises(UntrustedDocument):
         receive(again, "config", taken.encode())
+
+
+def test_reset_trust_from_a_stale_bundle_does_not_bring_back_a_retired_key(
+    site: Site, resident: IssuedPass, gate_dir: Path, tmp_path: Path
+) -> None:
+    """The attack: a USB-stick bundle taken at root 1 (key 1), before `keys rotate` and
+    `keys retire 1`; the gate has followed to root 3. `gate init --reset-trust` from it
+    would make key 1 trusted again (a pass it signs allowed). The gate's documents carry
+    the chain 1 -> 2 -> 3, each root signed by a key of the one before: root 3 follows from
+    the bundle's root 1, so the bundle is only stale, and the reset is refused."""
+    old_bundle = tmp_path / "usb-stick"
+    shutil.copytree(site.dir / "bundle", old_bundle)  # root 1: key 1
+    site.rotate_key()
+    site.retire_key(1)
+    deliver_bundle(gate_dir, site, gate_knowledge(gate_dir))
+    image = tmp_path / "key1.png"
+    write_qr_png(resident.qr, image)  # a pass key 1 signed
+    assert scan(gate_dir, image) == ["unknown_key"]
+    trust_before = (gate_dir / "trust.json").read_bytes()
+    toml = str(gate_dir)
+
+    proc = run_menwei(
+        "gate", "init", toml, "--server", str(old_bundle), "--gate", "east", "--reset-trust",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--reset-trust refused: the bundle's trust root 1 (keys [1])" in proc.stderr
+    assert "older than the gate's root 3 (keys [2])" in proc.stderr
+    assert "would trust again keys [1]" in proc.stderr
+    assert (gate_dir / "trust.json").read_bytes() == trust_before
+    know = gate_knowledge(gate_dir)
+    assert know.trust_root().version == 3 and know.versions() == site.published_versions()
+    assert scan(gate_dir, image) == ["unknown_key"]
+
+    # The server's current bundle resets (a no-op here), saying what it trusts.
+    out = run_menwei(
+        "gate", "init", toml, "--server", str(site.dir), "--gate", "east", "--reset-trust",
+        "--json",
+    )  # fmt: skip
+    result = json.loads(out.stdout)
+    assert result["root"] == 3
+    assert result["trust_reset"] == {
+        "from_root": 3,
+        "to_root": 3,
+        "keys_trusted": [2],
+        "keys_no_longer_trusted": [],
+        "keys_newly_trusted": [],
+    }
+
+
+def test_reset_trust_without_a_chain_to_judge_by_is_refused(
+    site: Site, gate_dir: Path, tmp_path: Path
+) -> None:
+    """A gate at root 3 that holds no document carrying the chain (none received yet since
+    provisioning): it cannot tell a stale bundle from a fork, and keeps its root."""
+    old_bundle = tmp_path / "usb-stick"
+    shutil.copytree(site.dir / "bundle", old_bundle)
+    site.rotate_key()
+    site.retire_key(1)
+    provision(gate_dir, site.dir, "east", simulated=True)
+    with GateStore(gate_dir / "gate.db") as store:
+        store.reset_trust(json.dumps(gate_knowledge(gate_dir).trust_root().to_json()))
+    with pytest.raises(StaleBundle, match="holds no chain from root 1 to its root 3"):
+        provision(gate_dir, old_bundle, "east", simulated=True, reset_trust=True)
+    assert gate_knowledge(gate_dir).trust_root().version == 3

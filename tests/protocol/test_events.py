@@ -161,6 +161,7 @@ def test_field_of_wrong_type_is_refused(key, value):
         ("gate", "e" * 33, "must be 1-32 of a-z"),
         ("versions", {"config": -1}, "'versions' must map at most 16 names"),
         ("versions", {"config": 2**63}, "'versions' must map"),
+        ("versions", {"config": 2**53 + 1}, "'versions' must map"),
         ("versions", {"Config File": 1}, "'versions' must map"),
         ("versions", {f"v{i}": 1 for i in range(17)}, "'versions' must map"),
         ("kind", "teleport", "unknown event kind"),
@@ -406,6 +407,8 @@ def test_ack_round_trip(seq):
         b'{"gate": "east", "acked_seq": true}',
         b'{"gate": "east", "acked_seq": "3"}',
         b'{"gate": ["east"], "acked_seq": 3}',
+        b'{"gate": "east", "acked_seq": 9223372036854775807}',  # 2^63 - 1: + 1 overflows
+        b'{"gate": "east", "acked_seq": 9007199254740993}',  # 2^53 + 1
     ],
 )
 def test_garbage_ack_is_a_message_error(raw):
@@ -645,6 +648,8 @@ def test_epoch_is_optional_hex_and_travels_in_events_and_acks():
         ("pass_id", 2**64),  # SQLite cannot store it: the whole batch would fail, unrecorded
         ("pass_id", -1),
         ("seq", 2**63),
+        ("seq", 2**63 - 1),  # stored, then seq + 1 overflowed a BIGINT on PostgreSQL
+        ("seq", 2**53 + 1),
         ("temperature_c", float("nan")),
         ("temperature_c", float("inf")),
     ],
@@ -787,6 +792,9 @@ def test_a_gates_status_and_its_last_will_are_accepted_unknown_fields_kept():
 
 BAD_STATUS_FIELDS = [
     ("versions", "x"),
+    ("versions", {"config": 2**63 - 1}),
+    ("last_seq", 2**63 - 1),
+    ("acked_seq", 2**53 + 1),
     ("versions", {"config": "3"}),
     ("versions", {"config": -1}),
     ("versions", {"config": True}),
@@ -847,3 +855,13 @@ def test_an_ack_names_the_event_it_acknowledges_and_older_acks_still_decode():
     assert Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5, "epoch": "beef"}').uuid is None
     with pytest.raises(MessageError):
         Ack.decode(b'{"schema": 1, "gate": "g", "acked_seq": 5, "uuid": 7}')
+
+
+def test_the_largest_seq_and_the_next_one_fit_a_signed_64_bit_integer():
+    """A gate may number up to MAX_SEQ; readers compute seq + 1 (the next one expected) in
+    SQL: that stays inside PostgreSQL's BIGINT and exact as a JSON double."""
+    from protocol.events import MAX_SEQ
+
+    assert Event.from_json(event_json(seq=MAX_SEQ)).seq == MAX_SEQ
+    assert MAX_SEQ + 1 <= 2**63 - 1 and float(MAX_SEQ) == MAX_SEQ
+    assert Ack.decode(Ack("east", MAX_SEQ).encode()).acked_seq == MAX_SEQ

@@ -133,7 +133,7 @@ def test_the_row_of_an_event_fills_the_columns_the_insert_names() -> None:
 
 
 def test_the_largest_seq_and_pass_id_the_protocol_allows_are_stored(store: Store) -> None:
-    """protocol.events: seq up to 2^63 - 1, pass ids up to 2^32 - 1 — past PostgreSQL's
+    """protocol.events: seq up to 2^53 (MAX_SEQ), pass ids up to 2^32 - 1 — past PostgreSQL's
     INTEGER (revision 0003 widens them): such an event is stored and acknowledged, as on
     SQLite, instead of failing its insert and being resent forever."""
     from protocol.events import MAX_PASS_ID, MAX_SEQ

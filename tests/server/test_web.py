@@ -152,6 +152,46 @@ def test_login_form_without_its_csrf_token_is_refused(client: TestClient) -> Non
     assert r.status_code == 403
 
 
+REDIRECT_VARIANTS = [
+    "//evil.example",
+    "/\\evil.example",
+    "/\t/evil.example",
+    "/\n/evil.example",
+    "\\evil.example",
+    "\\\\evil.example",
+    "https://evil.example",
+    "///evil.example",
+    " //evil.example",
+    "/\x7f/evil.example",
+]
+
+
+@pytest.mark.parametrize("target", REDIRECT_VARIANTS)
+def test_next_never_leads_to_another_host(client: TestClient, target: str) -> None:
+    """The open redirect: `/\\evil.example` passed as a path of this app, and browsers
+    follow it to evil.example (the Location after a login, the recovery codes link): a
+    browser reads "\\" as "/", drops tabs and newlines and strips leading spaces, and takes
+    any run of slashes after http: as the start of a host. Each variant is refused."""
+    page = client.get("/login")
+    r = client.post(
+        "/login",
+        data={"name": "olga", "password": PASSWORD, "csrf": csrf_of(page.text), "next": target},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    again = client.get("/login", params={"next": target}, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == "/"
+
+
+@pytest.mark.parametrize("target", ["/alerts", "/feed?gate=east&day=2026-11-29", "/%5Cx"])
+def test_next_keeps_paths_of_this_app(client: TestClient, target: str) -> None:
+    """`/%5Cx` is a path of this host (a browser does not decode %5C into the host)."""
+    r = login(client, "olga")
+    assert r.status_code == 303
+    again = client.get("/login", params={"next": target}, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == target
+
+
 def test_session_expires_absolutely_and_when_idle(client: TestClient, site: Site) -> None:
     logged_in(client, "olga")
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()

@@ -34,8 +34,18 @@ def routes() -> list[Route]:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only paths of this app: never an open redirect to another host.
-    if not target or not target.startswith("/") or target.startswith("//"):
+    """`target` when it is a path of this app, else "/": it must start with one "/" followed
+    by neither "/" nor "\\", and hold no backslash and no control character anywhere.
+    Browsers read "\\" as "/" and drop tabs and newlines, so "/\\evil.example" and
+    "/<tab>/evil.example" are "//evil.example", another host: never an open redirect (the
+    Location after a login, the link on the recovery codes page)."""
+    if (
+        not target
+        or not target.startswith("/")
+        or target[1:2] == "/"
+        or "\\" in target
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+    ):
         return "/"
     return target
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from protocol.broker import parse_broker
 from protocol.broker_tls import BrokerTlsError
 from protocol.files import exposed
@@ -54,8 +52,8 @@ def private_files(site: Site) -> dict[Path, str]:
     key_file = site.config.mqtt.tls_files(site.dir).key_file
     if key_file is not None:
         found.setdefault(key_file, "the collector's TLS key ([mqtt] key_file)")
-    if site.store.backend == "sqlite":
-        db = Path(make_url(site.store.url).database or "")
+    db = site.store.sqlite_file
+    if db is not None:
         held = "names, phones, accounts and every event"
         found |= {
             db: held,

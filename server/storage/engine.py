@@ -169,6 +169,14 @@ class Store:
                     ) from None
                 raise
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The database file of a SQLite store (its -wal and -shm sit beside it); None for
+        PostgreSQL."""
+        if self.backend != "sqlite":
+            return None
+        return Path(make_url(self.url).database or "")
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

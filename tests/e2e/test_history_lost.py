@@ -183,6 +183,13 @@ def test_an_ack_beyond_the_last_seq_at_start_names_the_lost_range(
     qrs = passes(site, 2, 7)
     gate_dir, stage, epoch = lose_history(tmp_path, site, broker.url, "east", qrs, 2, 4)
     with run_gate(tmp_path, "gate-3", gate_dir):
+        # Online first: the retained ack, compared at connect, makes the alert (a scan decided
+        # before the gate connects would come first, a race this test is not about).
+        wait_until(
+            lambda: any(e.kind == "alert" for e in gate_log(gate_dir)),
+            60,
+            "the gate did not find the lost range when it connected",
+        )
         scan(stage, qrs[6:7])
         decided(gate_dir, stage, 2, synced=True)  # the alert, then one decision
 

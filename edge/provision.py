@@ -189,7 +189,7 @@ def provision(
         text = render_gate_toml(site, gate, direction, simulated, url, credentials is not None)
         write_private(toml, text.encode())
         if simulated:
-            (gate_dir / "stage").mkdir(exist_ok=True)
+            (gate_dir / "stage").mkdir(mode=0o700, exist_ok=True)
     with GateStore(gate_dir / "gate.db") as store:
         held = _provisioned_root(gate_dir / TRUST_FILE, site, store)
         reset: dict[str, object] | None = None

@@ -653,7 +653,7 @@ class Site:
 
     def _write_bundle(self, name: str, data: bytes) -> None:
         path = self.bundle_path(name)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)  # the register names households and rooms
         # Write-then-rename: a gate being provisioned or the collector never reads half a file.
         tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
         write_private(tmp, data)  # the register holds rooms and (masked) names

@@ -54,6 +54,7 @@ def test_server_init_makes_its_secrets_private_and_the_doctor_watches_them(tmp_p
         site.issue_pass("1-1-101", "张三丰")
         for name in ("server.db-wal", "server.db-shm"):
             assert mode(directory / name) == 0o600, name
+    assert mode(directory / "bundle") == 0o700  # its register names households and rooms
     assert all(mode(p) == 0o600 for p in (directory / "bundle").iterdir())
     code, check = files_check("server", "doctor", str(directory))
     assert code == 0 and check["ok"] is True
@@ -75,7 +76,7 @@ def test_gate_init_makes_its_secrets_private_and_the_doctor_watches_them(tmp_pat
     menwei("server", "init", str(server), "--site", SITE)
     gate = tmp_path / "gate"
     menwei("gate", "init", str(gate), "--server", str(server), "--gate", "east", "--simulated")
-    assert mode(gate) == 0o700
+    assert mode(gate) == 0o700 and mode(gate / "stage") == 0o700
     for name in ("gate.toml", "gate.db"):
         assert mode(gate / name) == 0o600, name
     config = str(gate / "gate.toml")

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from protocol.errors import ProtocolError
+from protocol.files import FileKind, InputFileError, read_bounded
 
 
 class BrokerTlsError(ProtocolError):
@@ -66,18 +67,14 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     (the system's CAs when unset) and its host name, this client's certificate presented when
     set. Raises BrokerTlsError naming the file that is missing, unreadable or wrong."""
     try:
-        ctx = ssl.create_default_context(
-            cafile=None if files.ca_file is None else str(files.ca_file)
-        )
-    except (OSError, ssl.SSLError) as exc:
+        ca = None if files.ca_file is None else _bounded("ca_file", files.ca_file, "certificate")
+        ctx = ssl.create_default_context(cadata=None if ca is None else ca.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError) as exc:
         raise BrokerTlsError(_file_problem("ca_file", files.ca_file, exc)) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if files.cert_file is not None and files.key_file is not None:
-        for name, path in (("cert_file", files.cert_file), ("key_file", files.key_file)):
-            try:
-                path.read_bytes()
-            except OSError as exc:
-                raise BrokerTlsError(_file_problem(name, path, exc)) from None
+        _bounded("cert_file", files.cert_file, "certificate")  # a regular file within its cap
+        _bounded("key_file", files.key_file, "key")
         try:
             ctx.load_cert_chain(str(files.cert_file), str(files.key_file))
         except (OSError, ssl.SSLError) as exc:
@@ -87,6 +84,17 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
                 "`menwei broker add-gate`/`add-client`"
             ) from None
     return ctx
+
+
+def _bounded(key: str, path: Path, kind: FileKind) -> bytes:
+    """The file named by [mqtt] `key`, read within its size cap (protocol.files). Raises
+    BrokerTlsError naming the key and the file."""
+    try:
+        return read_bounded(path, kind)
+    except OSError as exc:
+        raise BrokerTlsError(_file_problem(key, path, exc)) from None
+    except InputFileError as exc:
+        raise BrokerTlsError(f"[mqtt] {key} {exc}") from None
 
 
 def _file_problem(key: str, path: Path | None, exc: Exception) -> str:

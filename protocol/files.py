@@ -26,13 +26,23 @@ KiB = 1024
 MiB = 1024 * KiB
 
 FileKind = Literal[
-    "config", "trust", "document", "key", "password", "calibration", "register", "script", "image"
+    "config",
+    "trust",
+    "document",
+    "key",
+    "certificate",
+    "password",
+    "calibration",
+    "register",
+    "script",
+    "image",
 ]
 FILE_CAPS: dict[FileKind, int] = {
     "config": 1 * MiB,  # gate.toml, server.toml, a --policy file: a few KiB in practice
     "trust": 1 * MiB,  # trust.json: a site and its public keys
     "document": MAX_DOCUMENT_BYTES,  # a bundle gate init is given: the register is the largest
     "key": 64 * KiB,  # a PEM private key: about 120 bytes
+    "certificate": 1 * MiB,  # [mqtt] ca_file/cert_file: a PEM certificate or a CA bundle
     "password": 4 * KiB,  # --mqtt-password-file: one line
     "calibration": 64 * KiB,  # calibration.json
     "register": 20 * MiB,  # menwei register import: a CSV or XLSX of residents

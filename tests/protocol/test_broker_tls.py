@@ -3,6 +3,7 @@ that cannot be used (missing, unreadable, not PEM, a key that is not the certifi
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -85,3 +86,16 @@ def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     files = load_config(gate).tls_files
     base = gate.parent.resolve()
     assert files == TlsFiles(base / "ca.pem", base / "g.pem", base / "k" / "g.key")
+
+
+def test_a_tls_file_that_never_ends_is_refused_at_once(files: TlsFiles, tmp_path: Path) -> None:
+    """Issue 11: every file a command reads has a cap; OpenSSL would read /dev/zero forever."""
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    for bad, key in (
+        (TlsFiles(Path("/dev/zero"), None, None), "ca_file"),
+        (TlsFiles(files.ca_file, Path("/dev/zero"), files.key_file), "cert_file"),
+        (TlsFiles(files.ca_file, files.cert_file, fifo), "key_file"),
+    ):
+        with pytest.raises(BrokerTlsError, match=f"\\[mqtt\\] {key} .*not a regular file"):
+            client_context(bad)

@@ -66,7 +66,7 @@ from edge.sync import GateSync, SyncSettings
 from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
 from protocol.documents import decode_document
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Superseded
 from protocol.events import Event, decode_passages
 from protocol.passes import PREFIX, TrustKey
 from protocol.reasons import message
@@ -104,7 +104,8 @@ class GateDaemon:
         # A storage fault at start (a full card, a damaged file) leaves the gate up, refusing.
         # Never creates the database: a missing one (perhaps beside its WAL) is a fault.
         self.store = GateStore(config.db_path, verify=True, resilient=True, create=False)
-        # Documents refused for their signing key: perhaps the next config introduces it.
+        # Documents refused for their signing key (perhaps the next config introduces it) or
+        # a register delta whose snapshot has not come yet.
         self._held: dict[str, bytes] = {}
         self.anchor, self.know, state, floor = self._read_store()
         self._know_lock = threading.Lock()
@@ -613,14 +614,19 @@ class GateDaemon:
                     level = logging.DEBUG if kind == "freshness" else logging.INFO
                     log.log(level, "applied %s version %d", kind, doc.version)
                     self._floor_from_documents()
+        except Superseded as exc:
+            log.info("ignored %s document: %s", kind, exc)
+            return
         except ProtocolError as exc:
             log.warning("refused %s document: %s", kind, exc)
             if kind != "config":
-                self._held[kind] = raw  # perhaps signed by a key the next config brings
+                # Perhaps signed by a key the next config brings, or a delta waiting for its
+                # snapshot.
+                self._held[kind] = raw
             return
         self._held.pop(kind, None)
-        if kind == "config":
-            for held_kind in ("register", "freshness"):
+        if kind != "freshness":  # what was held may have waited for this one
+            for held_kind in [k for k in self._held if k != kind]:
                 held = self._held.pop(held_kind, None)
                 if held is not None:
                     self.on_document(held_kind, held)

@@ -1,8 +1,9 @@
 """What a gate knows to decide with: site, trust keys, policy and register, with versions.
 
-Built from the signed config and register documents (`protocol.documents`)
-and the newest freshness statement (`protocol.freshness`); a value, never
-mutated: new documents make a new Knowledge.
+Built from the signed config and register documents (`protocol.documents`;
+the register as a snapshot and a delta, `protocol.register_documents`) and the
+newest freshness statement (`protocol.freshness`); a value, never mutated: new
+documents make a new Knowledge.
 
 How old is what the gate knows? Each document is proven current at its own
 `issued_at`, and again at the `issued_at` of a freshness statement that names
@@ -23,6 +24,7 @@ from protocol.freshness import NAMED_KINDS, named_versions
 from protocol.passes import TrustKey
 from protocol.policy import Policy
 from protocol.register import EMPTY_REGISTER, Register
+from protocol.register_documents import apply_delta, read_snapshot
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class Knowledge:
     register_issued_at: datetime | None = None
     statement: Statement | None = None
     """The newest verified freshness statement (it may name versions not yet held)."""
+    snapshot: Register = EMPTY_REGISTER
+    """The register snapshot held (`register` is it with the delta applied, if one is)."""
+    snapshot_version: int = 0
 
     def versions(self) -> dict[str, int]:
         return {"config": self.config_version, "register": self.register_version}
@@ -92,9 +97,25 @@ class Knowledge:
         )
 
     def with_register(self, doc: SignedDocument) -> Knowledge:
+        """Apply a verified register snapshot: the register of its version, no delta."""
+        register = read_snapshot(doc)
         return replace(
             self,
-            register=Register.from_json(doc.body),
+            register=register,
+            register_version=doc.version,
+            register_issued_at=_issued_at(doc),
+            snapshot=register,
+            snapshot_version=doc.version,
+        )
+
+    def with_register_delta(self, doc: SignedDocument) -> Knowledge:
+        """Apply a verified register delta to the snapshot held: the register of its version.
+        Raises Superseded (older than what is held) or MessageError (its snapshot is not held
+        yet; see protocol.register_documents.apply_delta)."""
+        held = (self.snapshot_version, self.register_version)
+        return replace(
+            self,
+            register=apply_delta(doc, self.snapshot, held),
             register_version=doc.version,
             register_issued_at=_issued_at(doc),
         )

@@ -27,8 +27,9 @@ from protocol.documents import (
     decode_document,
     decode_trust,
 )
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Superseded
 from protocol.passes import TrustKey, check_slug
+from protocol.register_documents import DELTA, DELTA_FILE
 
 log = logging.getLogger("menwei.gate")
 
@@ -37,10 +38,17 @@ class ProvisionError(ProtocolError):
     """The gate cannot be provisioned or its provisioned data is unusable."""
 
 
-DOC_FILES = {"config": CONFIG_FILE, "register": REGISTER_FILE, "freshness": FRESHNESS_FILE}
-"""In the order a gate applies them: a statement names the documents before it."""
-OPTIONAL_DOCS = ("freshness",)
-"""Bundles of servers from before freshness statements have none."""
+DOC_FILES = {
+    "config": CONFIG_FILE,
+    "register": REGISTER_FILE,
+    DELTA: DELTA_FILE,
+    "freshness": FRESHNESS_FILE,
+}
+"""In the order a gate applies them: a delta applies to the snapshot before it, and a
+statement names the documents before it."""
+OPTIONAL_DOCS = (DELTA, "freshness")
+"""A register may be its snapshot alone; bundles of servers from before freshness statements
+have none."""
 
 
 def render_gate_toml(site: str, gate: str, direction: str, simulated: bool, broker: str) -> str:
@@ -112,7 +120,10 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
             continue
         raw = (bundle / name).read_bytes()
         doc = decode_document(raw, kind=kind, site=site, trust_keys={**keys, **know.trust_keys})
-        know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
+        try:
+            know = apply_document(know, kind, raw, keys)  # applicable, or refused before storing
+        except Superseded:  # a delta of the snapshot before, left by a publish under way
+            continue
         documents.append((doc, raw))
     return know, documents
 
@@ -184,6 +195,8 @@ def load_knowledge(config: GateConfig, store: GateStore) -> Knowledge:
             continue
         try:
             know = apply_document(know, kind, raw, anchor, store.document_received_at(kind))
+        except Superseded:  # a delta of a snapshot the gate has moved past
+            continue
         except ProtocolError as exc:
             if kind not in OPTIONAL_DOCS:
                 raise
@@ -209,6 +222,8 @@ def apply_document(
         return know.with_config(doc)
     if kind == "register":
         return know.with_register(doc)
+    if kind == DELTA:
+        return know.with_register_delta(doc)
     return know.with_freshness(doc, received_at)
 
 

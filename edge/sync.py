@@ -33,6 +33,7 @@ from protocol import topics
 from protocol.broker import BrokerAddress
 from protocol.errors import MessageError
 from protocol.events import Ack, encode_batch, encode_status
+from protocol.register_documents import DELTA
 
 log = logging.getLogger("menwei.gate.sync")
 
@@ -96,6 +97,7 @@ class GateSync:
             "requeued": 0,
             "probes": 0,
             "statements_skipped": 0,
+            "documents_skipped": 0,
             "history_lost": 0,
         }
         self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
@@ -169,6 +171,7 @@ class GateSync:
             (topics.ack(self.s.site, self.s.gate), 1),
             (topics.config(self.s.site), 1),
             (topics.register(self.s.site), 1),
+            (topics.register_delta(self.s.site), 1),
             (topics.freshness(self.s.site), 1),
             (topics.passages(self.s.site), 1),
         ]
@@ -219,31 +222,35 @@ class GateSync:
                 time.sleep(0.5)
 
     def _drain_inbox(self) -> None:
-        freshness = topics.freshness(self.s.site)
+        site = self.s.site
+        documents = {
+            topics.config(site): "config",
+            topics.register(site): "register",
+            topics.register_delta(site): DELTA,
+            topics.freshness(site): "freshness",
+        }
         messages = []
         while True:
             try:
                 messages.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        # A gate back from a long absence gets every statement its session queued (one per
-        # freshness_interval_s): only the newest counts, so only the last one is verified.
-        last_statement = max(
-            (i for i, (topic, _) in enumerate(messages) if topic == freshness), default=-1
-        )
+        # A gate back from a long absence gets every statement (one per freshness_interval_s),
+        # register snapshot and delta its session queued: only the newest of each counts (a
+        # statement or a cumulative delta replaces the one before it, a snapshot everything
+        # before it), so only the last one is verified.
+        replaced = {topics.register(site), topics.register_delta(site), topics.freshness(site)}
+        latest = {topic: i for i, (topic, _) in enumerate(messages) if topic in replaced}
         for i, (topic, payload) in enumerate(messages):
-            if topic == topics.ack(self.s.site, self.s.gate):
+            if topic == topics.ack(site, self.s.gate):
                 self._handle_ack(payload)
-            elif topic == topics.config(self.s.site):
-                self._on_document("config", payload)
-            elif topic == topics.register(self.s.site):
-                self._on_document("register", payload)
-            elif topic == freshness:
-                if i == last_statement:
-                    self._on_document("freshness", payload)
-                else:
-                    self.stats["statements_skipped"] += 1
-            elif topic == topics.passages(self.s.site) and self._on_passage is not None:
+            elif latest.get(topic, i) != i:
+                skipped = "statements" if documents[topic] == "freshness" else "documents"
+                self.stats[f"{skipped}_skipped"] += 1
+            elif topic in documents:
+                if payload:  # empty: a retained document cleared (a delta a snapshot replaced)
+                    self._on_document(documents[topic], payload)
+            elif topic == topics.passages(site) and self._on_passage is not None:
                 self._on_passage(payload)
 
     def _handle_ack(self, payload: bytes) -> None:

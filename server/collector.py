@@ -10,7 +10,7 @@ contiguous committed seq of that gate. Accepted passages are relayed to the
 gates in batches. A broken message is recorded in `rejected_messages` and
 never stops the collector; nothing here logs once per event. New bundle
 documents (a pass issued from the command line) are noticed and published on
-the retained config/register topics, and a signed freshness statement naming
+the retained config, register and register delta topics, and a signed freshness statement naming
 their versions is re-issued every `[server] freshness_interval_s`
 (protocol.freshness). Once a day (site local date) the register is re-signed
 when passes dropped out of it (Site.register). Several collectors may share one
@@ -59,6 +59,7 @@ from protocol.events import (
     encode_passages,
 )
 from protocol.policy import Policy
+from protocol.register_documents import DELTA_FILE
 from server.alerts import HISTORY_LOST, Alert
 from server.config import MqttSection
 from server.conflicts import Conflict, find_conflicts
@@ -85,6 +86,8 @@ GROUP_MESSAGES = 100
 """At most this many queued messages are stored in one transaction…"""
 GROUP_BYTES = 4 * 1024 * 1024
 """… and at most about this many bytes of them."""
+ABSENT = -1.0
+"""The mtime noted for a bundle file that is gone (its retained topic was cleared)."""
 INBOX_BYTES = 64 * 1024 * 1024
 """At most about this many bytes of received messages wait for the worker; beyond it paho's
 network thread waits for room before it takes the next (and acknowledges it to the broker),
@@ -129,7 +132,8 @@ class Collector:
         self._waiting_bytes = 0  # payload bytes in _inbox
         self._room = threading.Condition()  # notified when the worker takes from _inbox
         self._stop = threading.Event()
-        self._published: dict[str, float] = {}  # bundle file → mtime last published
+        # bundle file → mtime last published (ABSENT: its topic was cleared)
+        self._published: dict[str, float] = {}
         # bundle file → (mtime, bound) of a document found too large: not tried again
         self._too_large: dict[str, tuple[float, int]] = {}
         self.broker_max_packet: int | None = None  # announced by the broker (MQTT v5 CONNACK)
@@ -618,12 +622,19 @@ class Collector:
         for name, topic in (
             (CONFIG_FILE, topics.config(self.site.site)),
             (REGISTER_FILE, topics.register(self.site.site)),
+            (DELTA_FILE, topics.register_delta(self.site.site)),
             (FRESHNESS_FILE, topics.freshness(self.site.site)),
         ):
             path: Path = self.site.bundle_path(name)
             try:
                 mtime = path.stat().st_mtime
             except FileNotFoundError:
+                # Gone from the bundle (a delta when a new snapshot is cut): an empty retained
+                # message clears the topic, so no gate receives a stale one.
+                if self._published.get(name) != ABSENT:
+                    info = self.client.publish(topic, b"", qos=1, retain=True)
+                    if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        self._published[name] = ABSENT
                 continue
             if self._published.get(name) == mtime:
                 continue

@@ -15,6 +15,8 @@ import pytest
 
 from drivers.camera import Frame
 from drivers.sim_scene import render_card_frame
+from edge.provision import provision
+from edge.store import GateStore
 from protocol.documents import REGISTER_FILE
 from protocol.register_documents import DELTA, DELTA_FILE
 from server.register import RegisterRow
@@ -74,3 +76,26 @@ def test_a_delta_before_its_snapshot_waits_then_both_apply_and_survive_a_restart
         assert decide(again, resident.qr) == "revoked"
     finally:
         again.close()
+
+
+def test_gate_init_takes_the_delta_of_the_bundle_and_passes_over_a_stale_one(
+    tmp_path: Path, site: Site, resident: IssuedPass
+) -> None:
+    """The bundle holds the snapshot and its delta; a delta of the snapshot before (left by a
+    publish killed between writing the new snapshot and removing the delta) is passed over."""
+    site.registry.apply_import(population(300))
+    site.issue_all()
+    site.revoke_pass(resident.pass_id, "挂失")
+    result = provision(tmp_path / "g1", site.dir, "east", "in", simulated=True)
+    assert result["versions"] == {"config": 1, "register": site.published_versions()["register"]}
+    with GateStore(tmp_path / "g1" / "gate.db") as store:
+        assert store.document(DELTA) == site.bundle_path(DELTA_FILE).read_bytes()
+
+    stale = site.bundle_path(DELTA_FILE).read_bytes()
+    cut = site.publish_register(snapshot=True)
+    site.bundle_path(DELTA_FILE).write_bytes(stale)
+    assert site.published_versions()["register"] == cut.version
+    result = provision(tmp_path / "g2", site.dir, "west", "in", simulated=True)
+    assert result["versions"] == {"config": 1, "register": cut.version}
+    with GateStore(tmp_path / "g2" / "gate.db") as store:
+        assert store.document(DELTA) is None

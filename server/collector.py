@@ -66,7 +66,7 @@ from server.conflicts import Conflict, find_conflicts
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.periodic import Job, Jobs, every, next_midnight
-from server.site import Site
+from server.site import DocumentTooLarge, Site
 from server.storage import StoreUnavailable
 from server.storage import events as events_db
 from server.storage import gates as gates_db
@@ -600,7 +600,14 @@ class Collector:
         stays the size of what can still be presented (Site.register)."""
 
         def refresh() -> None:
-            doc = self.site.refresh_register()
+            try:
+                doc = self.site.refresh_register()
+            except DocumentTooLarge as exc:  # a register grown past it under an older Menwei
+                day = self.site.now().astimezone(self.site.config.tz).date().isoformat()
+                self._too_large_alert(
+                    f"document_too_large:register:refresh:{day}", f"register not refreshed: {exc}"
+                )
+                return
             if doc is not None:
                 log.info("register v%d: passes that ended dropped out", doc.version)
 
@@ -663,10 +670,11 @@ class Collector:
             f"{kind} {version} is {len(data)} bytes, over the {bound} bytes that gates accept"
             f" and the broker takes: not published; gates keep the {kind} they hold"
         )
+        self._too_large_alert(f"document_too_large:{kind}:{version}:{len(data)}", detail)
+
+    def _too_large_alert(self, key: str, detail: str) -> None:
         log.error("%s (docs/alerts.md, document_too_large)", detail)
-        alert = self.alerts.raise_alert(
-            f"document_too_large:{kind}:{version}:{len(data)}", "document_too_large", detail=detail
-        )
+        alert = self.alerts.raise_alert(key, "document_too_large", detail=detail)
         if alert is not None:
             self._raised(alert)
 

@@ -11,7 +11,9 @@ nothing arrived yet. Then the real collector and a real gate daemon run through 
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +26,6 @@ from protocol import topics
 from protocol.broker import parse_broker
 from protocol.documents import MAX_DOCUMENT_BYTES, MQTT_HEADROOM_BYTES, sign_document
 from protocol.events import Ack, encode_batch
-from protocol.register import PassEntry, Register
 from server.collector import Collector, collector_client_id, max_payload
 from server.config import CONFIG_NAME, load_server_config
 from server.keys import load_key
@@ -558,20 +559,21 @@ def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
     collector disconnected at every publish, and paho resent it after every reconnect: no
     acks, nothing stored, forever. Now a document over the bound is not published: one error,
     one alert, and the collector keeps storing and acknowledging events, also after a
-    reconnect. The server no longer signs a register that large (server/site.py refuses it):
-    this one, of 100 passes whose room text is 100 kB, is left in the bundle as an older
-    Menwei signed it, its body plain JSON over 8 MiB."""
+    reconnect. The server signs no register that large any more (server/site.py refuses the
+    change): this store holds one grown under an older Menwei (100 passes whose 100 kB room
+    texts do not compress), which left it in the bundle as plain JSON over 8 MiB. The
+    collector's daily refresh cannot re-sign it either: one more error and alert for that."""
     with ShippedBroker(tmp_path / "broker", PASSWORDS) as broker:
         server_dir = tmp_path / "server"
         Site.init(server_dir, SITE).close()
         configure_collector(server_dir, broker)
         with Site(server_dir) as site:
-            held = {
-                i: PassEntry(i, f"9-9-{i:03d}", "孙*", "x" * 100_000, "staff") for i in range(100)
-            }
+            for i in range(100):
+                room = base64.b64encode(os.urandom(75_000)).decode()
+                site.issue_pass(f"9-9-{i:03d}", "孙八", room=room, publish=False)
             version = site.published_versions()["register"] + 1
             issued_at = datetime.now(UTC).isoformat()
-            body = Register(held, {}).to_json()
+            body = site.register().to_json()
             doc = sign_document(
                 "register", SITE, version, issued_at, body, 1, load_key(server_dir, 1)
             )
@@ -588,9 +590,9 @@ def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
                         east.wait_for(FRESHNESS, lambda m: True, 15, "the freshness statement")
                         send_event_and_wait_for_its_ack(east, 1)
                     wait_until(
-                        lambda: site.alerts.open_counts().get("document_too_large") == 1,
+                        lambda: site.alerts.open_counts().get("document_too_large") == 2,
                         15,
-                        "the document_too_large alert",
+                        "the document_too_large alerts",
                     )
                     broker.restart()  # the collector reconnects: nothing is resent
                     with client(broker, "east", *documents, topics.ack(SITE, "east")) as east:
@@ -603,10 +605,14 @@ def test_a_register_too_large_to_publish_does_not_take_the_collector_down(
                 finally:
                     collector.close()
             assert server_count(site.dir / SQLITE_FILE, "east") == 2
-            (alert,) = [a for a in site.alerts.list() if a.kind == "document_too_large"]
-            assert alert.priority == "high" and f"{len(register)} bytes" in alert.detail
+            alerts = [a for a in site.alerts.list() if a.kind == "document_too_large"]
+            assert {a.priority for a in alerts} == {"high"}
+            (unpublished,) = [a for a in alerts if f"{len(register)} bytes" in a.detail]
+            assert "not published" in unpublished.detail
+            (refresh,) = [a for a in alerts if a is not unpublished]
+            assert refresh.detail.startswith("register not refreshed: the register of 100 passes")
         errors = [r for r in caplog.records if "document_too_large" in r.getMessage()]
-        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert len(errors) == 2, [r.getMessage() for r in errors]
         assert "oversize" not in broker.log()
 
 

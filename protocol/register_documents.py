@@ -91,12 +91,13 @@ def delta_base(doc: SignedDocument) -> int:
 
 def apply_delta(doc: SignedDocument, snapshot: Register, held: tuple[int, int]) -> Register:
     """The register a verified delta makes of `snapshot`, where `held` is (the snapshot's
-    version, the version of the register held now). Raises Superseded for a delta the gate
-    has moved past (of an older snapshot, or not newer than what it holds), MessageError for
-    one whose snapshot it does not hold yet (it waits for it) or that cannot be read."""
+    version, the version of the register held now); the one held for the delta held (a
+    retained delta delivered again). Raises Superseded for a delta the gate has moved past
+    (of an older snapshot, or older than what it holds), MessageError for one whose snapshot
+    it does not hold yet (it waits for it) or that cannot be read."""
     base, version = delta_base(doc), doc.version
     snapshot_version, held_version = held
-    if base < snapshot_version or version <= held_version:
+    if base < snapshot_version or version < held_version:
         raise Superseded(
             f"register delta v{version} (of snapshot v{base}) is older than the register held"
             f" (v{held_version}, snapshot v{snapshot_version})"

@@ -104,6 +104,8 @@ def test_a_gate_holds_the_snapshot_and_the_register_the_delta_makes_of_it() -> N
     # Cumulative: a gate that missed v6 needs only v7; v6 after v7 is superseded.
     with pytest.raises(Superseded, match="older than the register held"):
         know.with_register_delta(decode(DELTA, delta(6, s5, 5, r6)))
+    # v7 delivered again (retained, at every reconnect): the register it holds, no error.
+    assert know.with_register_delta(decode(DELTA, delta(7, s5, 5, r7))) == know
 
 
 def test_a_quarantine_released_since_the_snapshot_is_released_whatever_came_between() -> None:

@@ -73,10 +73,11 @@ from edge.trust import Received, receive, save_received
 from edge.watchdog import SystemdNotifier
 from protocol.broker import parse_broker
 from protocol.documents import UntrustedDocument
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Superseded
 from protocol.events import Event, decode_passages
 from protocol.passes import PREFIX
 from protocol.reasons import message
+from protocol.register_documents import DELTA, AwaitingSnapshot
 
 log = logging.getLogger("menwei.gate")
 
@@ -120,6 +121,8 @@ class GateDaemon:
         self.refused_documents = 0
         self.last_refusal: dict[str, Any] | None = None
         self._refused_digests: deque[str] = deque(maxlen=REFUSALS_REMEMBERED)
+        # A register delta whose snapshot has not come yet: applied when it comes.
+        self._waiting_delta: bytes | None = None
         self.know, state, floor = self._read_store()
         self._know_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the loop and relayed passages both advance it
@@ -698,7 +701,8 @@ class GateDaemon:
         Applied before it is stored: a stored document the gate cannot apply would stop it
         from starting again (load_knowledge) and block a corrected one. One the gate does
         not trust is refused, logged, counted in the status and raised as an
-        `untrusted_document` alert."""
+        `untrusted_document` alert. A register delta that came before its snapshot waits for
+        it (one: the newest)."""
         with self._know_lock:
             arrived = self.clock.now().utc
             try:
@@ -706,10 +710,25 @@ class GateDaemon:
             except UntrustedDocument as exc:
                 self._refuse_untrusted(kind, raw, exc)
                 return
+            except Superseded as exc:
+                log.info("ignored %s document: %s", kind, exc)
+                return
+            except AwaitingSnapshot as exc:
+                log.info("holding %s document: %s", kind, exc)
+                self._waiting_delta = raw
+                return
             except ProtocolError as exc:
                 log.warning("refused %s document: %s", kind, exc)
                 return
             if not got.changed:
+                if got.know.behind(got.doc):
+                    doc = got.doc
+                    log.info(
+                        "ignored %s document v%d (root %d): older than the one held",
+                        kind,
+                        doc.version,
+                        doc.root,
+                    )
                 return
             # Verified, so decided with now; with the store at fault, stored when it is
             # delivered again.
@@ -718,6 +737,9 @@ class GateDaemon:
             self.know = got.know
             self._log_received(got)
             self._floor_from_documents()
+        if kind == "register" and self._waiting_delta is not None:
+            waiting, self._waiting_delta = self._waiting_delta, None
+            self.on_document(DELTA, waiting)
 
     def _log_received(self, got: Received) -> None:
         root = got.know.trust_root()

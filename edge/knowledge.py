@@ -1,8 +1,9 @@
 """What a gate knows to decide with: site, trust root, policy and register, with versions.
 
-Built from the signed config and register documents (`protocol.documents`)
-and the newest freshness statement (`protocol.freshness`); a value, never
-mutated: new documents make a new Knowledge.
+Built from the signed config and register documents (`protocol.documents`;
+the register as a snapshot and a delta, `protocol.register_documents`) and the
+newest freshness statement (`protocol.freshness`); a value, never mutated: new
+documents make a new Knowledge.
 
 How old is what the gate knows? Each document is proven current at its own
 `issued_at`, and again at the `issued_at` of a freshness statement that names
@@ -29,6 +30,7 @@ from protocol.freshness import NAMED_KINDS, named_versions
 from protocol.passes import TrustKey
 from protocol.policy import Policy
 from protocol.register import EMPTY_REGISTER, Register
+from protocol.register_documents import DELTA, apply_delta, read_snapshot
 from protocol.roots import TrustRoot
 
 
@@ -49,6 +51,14 @@ class Held:
         return {"root": self.root, "version": self.version, "key_id": self.key_id}
 
 
+SERIES = {DELTA: "register"}
+"""Kinds numbered in another kind's version series: a register delta's version is that of the
+register it makes (protocol.register_documents), so it is ordered among the snapshots."""
+TOGETHER = ("register", DELTA)
+"""The documents that make one register: a delta means nothing without its snapshot, so a
+root that withdraws either withdraws both."""
+
+
 @dataclass(frozen=True)
 class Knowledge:
     site: str
@@ -63,11 +73,15 @@ class Knowledge:
     register_issued_at: datetime | None = None
     statement: Statement | None = None
     """The newest verified freshness statement (it may name versions not yet held)."""
+    snapshot: Register = EMPTY_REGISTER
+    """The register snapshot held (`register` is it with the delta applied, if one is)."""
+    snapshot_version: int = 0
     root: TrustRoot | None = None
     """The trust root the gate holds; None (knowledge made without one, in tools and tests):
     root 0 of `trust_keys`."""
     held: Mapping[str, Held] = field(default_factory=dict)
-    """kind ("config", "register", "freshness") -> the document of that kind applied."""
+    """kind ("config", "register", "register_delta", "freshness") -> the document of that
+    kind applied (a delta: the one applied to the snapshot held, if any)."""
     floors: Mapping[str, int] = field(default_factory=dict)
     """kind -> the oldest root a document of that kind may be signed under: the root that
     withdrew the one held before (an older genuine document is not taken in its place)."""
@@ -82,11 +96,19 @@ class Knowledge:
 
     def supersedes(self, doc: SignedDocument) -> bool:
         """Is `doc` newer than the `doc.kind` document held: a higher (root, version), and
-        signed under a root no older than the one that withdrew the last one held?"""
-        held = self.held.get(doc.kind)
-        if doc.root < self.floors.get(doc.kind, 0):
+        signed under a root no older than the one that withdrew the last one held? A register
+        snapshot and delta are one series: each is compared with the newer of the two held."""
+        series = SERIES.get(doc.kind, doc.kind)
+        kinds = [k for k in self.held if SERIES.get(k, k) == series]
+        if doc.root < max(self.floors.get(k, 0) for k in {doc.kind, series}):
             return False
-        return held is None or doc.mark > held.mark
+        return all(doc.mark > self.held[k].mark for k in kinds)
+
+    def behind(self, doc: SignedDocument) -> bool:
+        """Is `doc` older than what the gate holds of its series (not a delivery again of the
+        one held)?"""
+        series = SERIES.get(doc.kind, doc.kind)
+        return any(doc.mark < h.mark for k, h in self.held.items() if SERIES.get(k, k) == series)
 
     def missing(self) -> list[str]:
         """The documents a gate needs to decide alone that it does not hold (never held, or
@@ -99,6 +121,8 @@ class Knowledge:
         the held documents signed by a key it drops stop applying (returned, by kind)."""
         dropped = self.trust_root().dropped(root)
         withdrawn = {k: h for k, h in self.held.items() if h.key_id in dropped}
+        if any(k in withdrawn for k in TOGETHER):
+            withdrawn |= {k: self.held[k] for k in TOGETHER if k in self.held}
         know = replace(
             self, root=root, trust_keys=dict(root.keys) if root.version else self.trust_keys
         )
@@ -113,9 +137,14 @@ class Knowledge:
         know = replace(self, held=held, floors={**self.floors, kind: floor})
         if kind == "config":
             return replace(know, policy=Policy(), config_version=0, config_issued_at=None)
-        if kind == "register":
+        if kind in TOGETHER:
             return replace(
-                know, register=EMPTY_REGISTER, register_version=0, register_issued_at=None
+                know,
+                register=EMPTY_REGISTER,
+                register_version=0,
+                register_issued_at=None,
+                snapshot=EMPTY_REGISTER,
+                snapshot_version=0,
             )
         if kind == "freshness":
             return replace(know, statement=None)
@@ -179,12 +208,30 @@ class Knowledge:
         )
 
     def with_register(self, doc: SignedDocument) -> Knowledge:
+        """Apply a verified register snapshot: the register of its version, no delta."""
+        register = read_snapshot(doc)
+        held = {k: h for k, h in self.held.items() if k != DELTA}
         return replace(
             self,
-            register=Register.from_json(doc.body),
+            register=register,
             register_version=doc.version,
             register_issued_at=_issued_at(doc),
-            held={**self.held, "register": _held(doc)},
+            snapshot=register,
+            snapshot_version=doc.version,
+            held={**held, "register": _held(doc)},
+        )
+
+    def with_register_delta(self, doc: SignedDocument) -> Knowledge:
+        """Apply a verified register delta to the snapshot held: the register of its version.
+        Raises Superseded (older than what is held) or MessageError (its snapshot is not held
+        yet; see protocol.register_documents.apply_delta)."""
+        held = (self.snapshot_version, self.register_version)
+        return replace(
+            self,
+            register=apply_delta(doc, self.snapshot, held),
+            register_version=doc.version,
+            register_issued_at=_issued_at(doc),
+            held={**self.held, DELTA: _held(doc)},
         )
 
     def with_freshness(self, doc: SignedDocument, received_at: datetime | None = None) -> Knowledge:

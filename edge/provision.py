@@ -35,9 +35,10 @@ from protocol.documents import (
     decode_trust_file,
     parse_document,
 )
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Superseded
 from protocol.files import read_bounded, write_private
 from protocol.passes import check_slug
+from protocol.register_documents import DELTA, DELTA_FILE
 from protocol.roots import TrustRoot, leads_to
 
 log = logging.getLogger("menwei.gate")
@@ -47,10 +48,17 @@ class ProvisionError(ProtocolError):
     """The gate cannot be provisioned or its provisioned data is unusable."""
 
 
-DOC_FILES = {"config": CONFIG_FILE, "register": REGISTER_FILE, "freshness": FRESHNESS_FILE}
-"""In the order a gate applies them: a statement names the documents before it."""
-OPTIONAL_DOCS = ("freshness",)
-"""Bundles of servers from before freshness statements have none."""
+DOC_FILES = {
+    "config": CONFIG_FILE,
+    "register": REGISTER_FILE,
+    DELTA: DELTA_FILE,
+    "freshness": FRESHNESS_FILE,
+}
+"""In the order a gate applies them: a delta applies to the snapshot before it, and a
+statement names the documents before it."""
+OPTIONAL_DOCS = (DELTA, "freshness")
+"""A register may be its snapshot alone; bundles of servers from before freshness statements
+have none."""
 
 
 CA_FILE = "ca.pem"
@@ -314,6 +322,8 @@ def _stored_knowledge(site: str, root: TrustRoot, store: GateStore) -> Knowledge
             continue
         try:
             know = receive(know, kind, raw, store.document_received_at(kind)).know
+        except Superseded:  # a delta of a snapshot the gate has moved past
+            continue
         except UntrustedDocument as exc:
             # Signed by a key the gate's root dropped: it stopped applying then.
             log.warning("stored %s document is no longer trusted, not applied: %s", kind, exc)
@@ -344,7 +354,12 @@ def read_bundle(bundle: Path) -> tuple[Knowledge, list[tuple[SignedDocument, byt
         if kind in OPTIONAL_DOCS and not (bundle / name).exists():
             continue
         raw = read_bounded(bundle / name, "document")
-        got = receive(know, kind, raw)  # applicable, or refused before storing
+        try:
+            got = receive(know, kind, raw)  # applicable, or refused before storing
+        except Superseded:  # a delta of the snapshot before, left by a publish under way
+            continue
+        if not got.applied:  # likewise, one older than the snapshot
+            continue
         know = got.know
         documents.append((got.doc, raw))
     return know, documents

@@ -40,12 +40,19 @@ from protocol.broker_tls import LinkTrouble, TlsFiles, client_context
 from protocol.documents import claimed_root
 from protocol.errors import MessageError
 from protocol.events import Ack, encode_batch, encode_status
+from protocol.register_documents import DELTA
 
 log = logging.getLogger("menwei.gate.sync")
 
 SETTLE_S = 3.0
 """After subscribing, how long the gate waits for the retained documents of every document
 topic before applying those that came (seconds)."""
+ALWAYS_RETAINED = frozenset({"config", "register", "freshness"})
+"""The document kinds a site always has retained: the settle window ends when all came (a
+register delta is retained only between a change and the next snapshot)."""
+REPLACED = frozenset({"register", DELTA, "freshness"})
+"""Kinds of which only the newest queued counts: a statement or a cumulative delta replaces
+the one before it, a snapshot the one before it."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class GateSync:
         self._documents = {
             topics.config(settings.site): "config",
             topics.register(settings.site): "register",
+            topics.register_delta(settings.site): DELTA,
             topics.freshness(settings.site): "freshness",
         }
         # Documents waiting for the others of a new connection: (kind, payload), in order.
@@ -118,6 +126,7 @@ class GateSync:
             "requeued": 0,
             "probes": 0,
             "statements_skipped": 0,
+            "documents_skipped": 0,
             "history_lost": 0,
         }
         self._thread = threading.Thread(target=self._run, name="gate-sync", daemon=True)
@@ -193,6 +202,7 @@ class GateSync:
             (topics.ack(self.s.site, self.s.gate), 1),
             (topics.config(self.s.site), 1),
             (topics.register(self.s.site), 1),
+            (topics.register_delta(self.s.site), 1),
             (topics.freshness(self.s.site), 1),
             (topics.passages(self.s.site), 1),
         ]
@@ -254,11 +264,14 @@ class GateSync:
         for topic, payload in messages:
             kind = self._documents.get(topic)
             if kind is not None:
-                # A gate back from a long absence gets every statement its session queued (one
-                # per freshness_interval_s): only the newest counts, so only it is verified.
-                if kind == "freshness":
+                # A gate back from a long absence gets every statement (one per
+                # freshness_interval_s), register snapshot and delta its session queued: only
+                # the newest of each counts (a statement or a cumulative delta replaces the one
+                # before it, a snapshot everything before it), so only it is verified.
+                if kind in REPLACED:
                     older = [a for a in self._arrived if a[0] == kind]
-                    self.stats["statements_skipped"] += len(older)
+                    skipped = "statements" if kind == "freshness" else "documents"
+                    self.stats[f"{skipped}_skipped"] += len(older)
                     self._arrived = [a for a in self._arrived if a[0] != kind]
                 self._arrived.append((kind, payload))
             elif topic == topics.ack(self.s.site, self.s.gate):
@@ -268,19 +281,20 @@ class GateSync:
         self._hand_on_documents()
 
     def _hand_on_documents(self) -> None:
-        """The documents that arrived, newest root first, once every document topic of a new
-        connection delivered (or SETTLE_S passed); at once outside that window."""
+        """The documents that arrived, newest root first, once each topic of ALWAYS_RETAINED
+        delivered after a new connection (or SETTLE_S passed); at once outside that window."""
         if not self._arrived:
             return
         if self._settle_until:
             kinds = {kind for kind, _ in self._arrived}
-            if len(kinds) < len(self._documents) and time.monotonic() < self._settle_until:
+            if not kinds >= ALWAYS_RETAINED and time.monotonic() < self._settle_until:
                 return
             self._settle_until = 0.0
         arrived, self._arrived = self._arrived, []
         arrived.sort(key=lambda item: claimed_root(item[1]), reverse=True)  # stable
         for kind, payload in arrived:
-            self._on_document(kind, payload)
+            if payload:  # empty: a retained document cleared (a delta a snapshot replaced)
+                self._on_document(kind, payload)
 
     def _handle_ack(self, payload: bytes) -> None:
         try:

@@ -25,6 +25,7 @@ from edge.store import GateStore
 from protocol.documents import SignedDocument, parse_document
 from protocol.errors import ProtocolError
 from protocol.passes import TrustKey
+from protocol.register_documents import DELTA
 from protocol.roots import TrustRoot, verify
 
 
@@ -53,7 +54,8 @@ def receive(
     `received_at`: when it arrived by the gate's clock (a freshness statement proves no
     later than that). Raises UntrustedDocument (RootError for a broken chain): a document
     the gate does not trust; MessageError: malformed; ProtocolError: signed and trusted but
-    not applicable (its body, an issue time without offset)."""
+    not applicable (its body, an issue time without offset; Superseded: a register delta of
+    an older snapshot; AwaitingSnapshot: one whose snapshot the gate does not hold yet)."""
     doc = parse_document(raw, kind=kind, site=know.site)
     held = know.trust_root()
     root = verify(doc, held)
@@ -78,6 +80,8 @@ def _apply(know: Knowledge, doc: SignedDocument, received_at: datetime | None) -
         return know.with_config(doc)
     if doc.kind == "register":
         return know.with_register(doc)
+    if doc.kind == DELTA:
+        return know.with_register_delta(doc)
     if doc.kind == "freshness":
         return know.with_freshness(doc, received_at)
     raise ProtocolError(f"a gate does not apply {doc.kind} documents")

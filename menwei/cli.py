@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_decide)
+    p = b.add_parser("register", help="a large register: issued, published, and applied by a gate")
+    p.add_argument(
+        "--passes", type=_count(), default=30000, help="passes in the register (default 30000)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_register)
     return parser
 
 
@@ -280,6 +287,13 @@ def cmd_bench_decide(args: argparse.Namespace) -> int:
     from menwei.bench_decide import run_decide_bench
 
     _print_bench(run_decide_bench(args.scans, args.seed), args.json)
+    return 0
+
+
+def cmd_bench_register(args: argparse.Namespace) -> int:
+    from menwei.bench_register import run_register_bench
+
+    _print_bench(run_register_bench(args.passes, args.seed), args.json)
     return 0
 
 

@@ -45,8 +45,8 @@ MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 MAX_VERSION = 2**53
 """Versions (and statement serials) are stored as SQLite integers and read by JavaScript."""
 """The largest signed document (config, register, freshness statement) a gate accepts, in bytes
-of its JSON: room for ~75,000 current passes at ~112 bytes each (the register holds only passes
-that can still be presented). The collector publishes nothing larger (it raises a
+of its JSON: a register snapshot is compressed (protocol.register_documents; 100,000 passes are
+~1.4 MB), and the server signs nothing larger. The collector publishes nothing larger (it raises a
 `document_too_large` alert instead), and the shipped broker's `max_packet_size`
 (systemd/mosquitto-menwei.conf) is MAX_DOCUMENT_BYTES + MQTT_HEADROOM_BYTES, so every document
 a gate would accept also passes the broker."""

@@ -18,3 +18,8 @@ class PassError(ProtocolError):
 
 class MessageError(ProtocolError):
     """An MQTT message or stored document does not follow its schema."""
+
+
+class Superseded(MessageError):
+    """A genuine document that what a gate holds has already replaced (e.g. a register delta
+    of an older snapshot): ignored, and not kept to try again later."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol.errors import ProtocolError
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def mask_name(name: str) -> str:
@@ -84,3 +87,94 @@ class Register:
 
 
 EMPTY_REGISTER = Register({}, {})
+
+
+@dataclass(frozen=True)
+class RegisterDelta:
+    """What changed from one register to another: for each of its tables (passes, revoked,
+    quarantine) the entries put (new or changed, in `put`) and the keys dropped. Computed by
+    `between`; `apply` to the first register gives the second."""
+
+    put: Register = EMPTY_REGISTER
+    dropped_passes: frozenset[int] = frozenset()
+    dropped_revoked: frozenset[int] = frozenset()
+    released: frozenset[str] = frozenset()
+    """Households whose quarantine entry went."""
+
+    @classmethod
+    def between(cls, old: Register, new: Register) -> RegisterDelta:
+        return cls(
+            Register(
+                _put(old.passes, new.passes),
+                _put(old.revoked, new.revoked),
+                _put(old.quarantine, new.quarantine),
+            ),
+            frozenset(old.passes.keys() - new.passes.keys()),
+            frozenset(old.revoked.keys() - new.revoked.keys()),
+            frozenset(old.quarantine.keys() - new.quarantine.keys()),
+        )
+
+    def apply(self, base: Register) -> Register:
+        """`base` with what was dropped taken out and what was put in (replacing)."""
+        return Register(
+            _changed(base.passes, self.put.passes, self.dropped_passes),
+            _changed(base.revoked, self.put.revoked, self.dropped_revoked),
+            _changed(base.quarantine, self.put.quarantine, self.released),
+        )
+
+    def changes(self) -> int:
+        """How many entries it puts or drops."""
+        put = self.put
+        return (
+            len(put.passes)
+            + len(put.revoked)
+            + len(put.quarantine)
+            + sum(map(len, (self.dropped_passes, self.dropped_revoked, self.released)))
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "put": self.put.to_json(),
+            "dropped": {
+                "passes": sorted(self.dropped_passes),
+                "revoked": sorted(self.dropped_revoked),
+                "quarantine": sorted(self.released),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RegisterDelta:
+        """Raises ProtocolError when `data` is not what to_json makes."""
+        try:
+            put = Register.from_json(data["put"])
+            dropped = data["dropped"]
+            passes = frozenset(_whole(i) for i in dropped["passes"])
+            revoked = frozenset(_whole(i) for i in dropped["revoked"])
+            released = frozenset(_text(h) for h in dropped["quarantine"])
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"bad register delta: {exc}") from None
+        return cls(put, passes, revoked, released)
+
+
+def _put(old: Mapping[K, V], new: Mapping[K, V]) -> dict[K, V]:
+    """The entries of `new` that `old` lacks or holds with another value."""
+    missing = object()
+    return {k: v for k, v in new.items() if old.get(k, missing) != v}
+
+
+def _changed(table: Mapping[K, V], put: Mapping[K, V], gone: frozenset[K]) -> dict[K, V]:
+    kept = {k: v for k, v in table.items() if k not in gone}
+    kept.update(put)
+    return kept
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not a pass id")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a household id")
+    return value

@@ -30,6 +30,13 @@ def register(site: str) -> str:
     return f"{ROOT}/{site}/register"
 
 
+def register_delta(site: str) -> str:
+    """server → gates, retained: what changed since the register snapshot (signed document,
+    protocol.register_documents); emptied when a new snapshot makes it moot. Its leaf is no
+    gate's: a gate named "register" writes only .../register/events and .../register/status."""
+    return f"{ROOT}/{site}/register/delta"
+
+
 def freshness(site: str) -> str:
     """server → gates, retained: signed statement naming the current config and register
     versions, re-issued on a schedule (protocol.freshness)."""

@@ -228,7 +228,7 @@ def cmd_keys_resign(args: argparse.Namespace) -> int:
     """Nothing changes but the documents' versions and issue times; audited."""
     with Site(args.dir) as site:
         config = site.publish_config()
-        register = site.publish_register()
+        register = site.publish_register(snapshot=True)
         with site.store.write() as tx:
             audit.record(tx, actor(), "documents_resign", site.site, f"config v{config.version}")
         result = {

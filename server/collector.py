@@ -10,7 +10,7 @@ contiguous committed seq of that gate. Accepted passages are relayed to the
 gates in batches. A broken message is recorded in `rejected_messages` and
 never stops the collector; nothing here logs once per event. New bundle
 documents (a pass issued from the command line) are noticed and published on
-the retained config/register topics, and a signed freshness statement naming
+the retained config, register and register delta topics, and a signed freshness statement naming
 their versions is re-issued every `[server] freshness_interval_s`
 (protocol.freshness). Once a day (site local date) the register is re-signed
 when passes dropped out of it (Site.register). Several collectors may share one
@@ -65,6 +65,7 @@ from protocol.events import (
     encode_passages,
 )
 from protocol.policy import Policy
+from protocol.register_documents import DELTA, DELTA_FILE
 from server.alerts import HISTORY_LOST, Alert
 from server.config import MqttSection
 from server.conflicts import Conflict, find_conflicts
@@ -72,7 +73,7 @@ from server.document_watch import DocumentWatch, Finding
 from server.gate_health import CHECK_INTERVAL_S, GateHealth
 from server.live import LiveFeed
 from server.periodic import Job, Jobs, every, next_midnight
-from server.site import Site
+from server.site import DocumentTooLarge, Site
 from server.storage import StoreUnavailable
 from server.storage import events as events_db
 from server.storage import gates as gates_db
@@ -92,6 +93,8 @@ GROUP_MESSAGES = 100
 """At most this many queued messages are stored in one transaction…"""
 GROUP_BYTES = 4 * 1024 * 1024
 """… and at most about this many bytes of them."""
+ABSENT = -1.0
+"""The mtime noted for a bundle file that is gone (its retained topic was cleared)."""
 INBOX_BYTES = 64 * 1024 * 1024
 """At most about this many bytes of received messages wait for the worker; beyond it paho's
 network thread waits for room before it takes the next (and acknowledges it to the broker),
@@ -144,7 +147,8 @@ class Collector:
         self._waiting_bytes = 0  # payload bytes in _inbox
         self._room = threading.Condition()  # notified when the worker takes from _inbox
         self._stop = threading.Event()
-        self._published: dict[str, float] = {}  # bundle file → mtime last published
+        # bundle file → mtime last published (ABSENT: its topic was cleared)
+        self._published: dict[str, float] = {}
         # bundle file → (mtime, bound) of a document found too large: not tried again
         self._too_large: dict[str, tuple[float, int]] = {}
         self.broker_max_packet: int | None = None  # announced by the broker (MQTT v5 CONNACK)
@@ -152,6 +156,7 @@ class Collector:
         self._document_topics = {
             topics.config(site.site): ("config", CONFIG_FILE),
             topics.register(site.site): ("register", REGISTER_FILE),
+            topics.register_delta(site.site): (DELTA, DELTA_FILE),
             topics.freshness(site.site): ("freshness", FRESHNESS_FILE),
         }
         self.watch = DocumentWatch(
@@ -669,7 +674,14 @@ class Collector:
         stays the size of what can still be presented (Site.register)."""
 
         def refresh() -> None:
-            doc = self.site.refresh_register()
+            try:
+                doc = self.site.refresh_register()
+            except DocumentTooLarge as exc:  # a register grown past it under an older Menwei
+                day = self.site.now().astimezone(self.site.config.tz).date().isoformat()
+                self._too_large_alert(
+                    f"document_too_large:register:refresh:{day}", f"register not refreshed: {exc}"
+                )
+                return
             if doc is not None:
                 log.info("register v%d: passes that ended dropped out", doc.version)
 
@@ -691,19 +703,24 @@ class Collector:
         for name, topic in (
             (CONFIG_FILE, topics.config(self.site.site)),
             (REGISTER_FILE, topics.register(self.site.site)),
+            (DELTA_FILE, topics.register_delta(self.site.site)),
             (FRESHNESS_FILE, topics.freshness(self.site.site)),
         ):
             path: Path = self.site.bundle_path(name)
-            try:
-                mtime = path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if self._published.get(name) == mtime:
-                continue
             kind = self._document_topics[topic][0]
             replacing = name in self._replace
             if replacing and time.monotonic() < self.watch.republish_after(kind):
                 continue  # replaced a moment ago: no publish war with another publisher
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                # Gone from the bundle (a delta when a new snapshot is cut): an empty retained
+                # message clears the topic, so no gate receives a stale one.
+                if self._published.get(name) != ABSENT:
+                    self._send(name, topic, b"", ABSENT)
+                continue
+            if self._published.get(name) == mtime:
+                continue
             bound = self.document_bound(topic)
             if self._too_large.get(name) == (mtime, bound):
                 continue
@@ -712,13 +729,19 @@ class Collector:
                 self._too_large[name] = (mtime, bound)
                 self._refuse_large(name, data, bound)
                 continue
-            info = self.client.publish(topic, data, qos=1, retain=True)
-            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._published[name] = mtime
-                if replacing:
-                    self._replace.discard(name)
-                    self.watch.republished(kind)
-                log.info("published %s", name)
+            self._send(name, topic, data, mtime)
+
+    def _send(self, name: str, topic: str, data: bytes, mtime: float) -> None:
+        """Publish bundle file `name` (`data`; empty: clear the topic) retained on `topic`,
+        noting the `mtime` published (ABSENT: cleared)."""
+        info = self.client.publish(topic, data, qos=1, retain=True)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        self._published[name] = mtime
+        if name in self._replace:
+            self._replace.discard(name)
+            self.watch.republished(self._document_topics[topic][0])
+        log.info("%s %s", "published" if data else "cleared the topic of", name)
 
     def _refuse_large(self, name: str, data: bytes, bound: int) -> None:
         """One error and one high-priority alert per document version; the gates keep the
@@ -732,10 +755,11 @@ class Collector:
             f"{kind} {version} is {len(data)} bytes, over the {bound} bytes that gates accept"
             f" and the broker takes: not published; gates keep the {kind} they hold"
         )
+        self._too_large_alert(f"document_too_large:{kind}:{version}:{len(data)}", detail)
+
+    def _too_large_alert(self, key: str, detail: str) -> None:
         log.error("%s (docs/alerts.md, document_too_large)", detail)
-        alert = self.alerts.raise_alert(
-            f"document_too_large:{kind}:{version}:{len(data)}", "document_too_large", detail=detail
-        )
+        alert = self.alerts.raise_alert(key, "document_too_large", detail=detail)
         if alert is not None:
             self._raised(alert)
 

@@ -1,6 +1,7 @@
 """Retained documents the server did not publish: found, judged, and replaced.
 
-A retained message on a document topic (config, register, freshness) stays on the broker
+A retained message on a document topic (config, register snapshot and delta, freshness) stays
+on the broker
 for every gate that connects later. The collector subscribes to those topics and compares
 each message with the document it publishes now (the bundle's file, byte for byte). One that
 differs is replaced: the collector publishes its own again (at most once every
@@ -13,10 +14,17 @@ REPUBLISH_AFTER_S per topic, so two publishers cannot start a publish war). It i
   server did not make: only a stolen active key or another server signs those): replaced,
   logged and raised as a high-priority `foreign_document` alert, at most one per kind every
   ALERT_AFTER_S.
+
+The register delta's topic is empty while the bundle holds no delta (a new snapshot cleared
+it: protocol.register_documents), so there an empty message is the published one and a
+retained delta is replaced by clearing the topic. A delta is numbered in the register's
+series: when the bundle holds none, it is measured against the snapshot (its (root,
+version) and its chain).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -27,6 +35,12 @@ from pathlib import Path
 from protocol.documents import SignedDocument, UntrustedDocument, parse_document, verify_signature
 from protocol.errors import MessageError
 from protocol.passes import TrustKey
+from protocol.register_documents import DELTA, SNAPSHOT
+
+CLEARED = frozenset({DELTA})
+"""Kinds whose topic the server empties when the bundle holds none (`published` b"")."""
+SERIES = {DELTA: SNAPSHOT}
+"""Kinds numbered in another kind's series, measured against it when the bundle holds none."""
 
 log = logging.getLogger("menwei.collector")
 
@@ -53,14 +67,21 @@ def judge(
     published: bytes | None,
     site: str,
     keys: Callable[[], tuple[dict[int, TrustKey], dict[int, TrustKey]]],
+    *,
+    series: SignedDocument | None = None,
 ) -> Finding | None:
     """Is `payload` (a retained `kind` document) the `published` one (None: it is), a stale
-    one of this server, or a foreign one? `keys()` gives (active, every key ever made)."""
+    one of this server, or a foreign one? `keys()` gives (active, every key ever made).
+    `series`: the newest document the server published of `kind`'s version series when
+    `published` is not one (a register delta's snapshot; `published` is then b"" when the
+    topic is to be empty)."""
     if published is not None and payload == published:
         return None
     digest = hashlib.sha256(payload).hexdigest()
     if not payload:
-        return Finding(kind, True, f"the retained {kind} was cleared (an empty message)", digest)
+        detail = f"the retained {kind} was cleared (an empty message)"
+        # The server clears the delta topic itself when it cuts a snapshot: its own, late.
+        return Finding(kind, kind not in CLEARED, detail, digest)
     try:
         doc = parse_document(payload, kind=kind, site=site)
     except MessageError as exc:
@@ -75,7 +96,7 @@ def judge(
         return Finding(kind, True, f"{what}: the signature does not verify (forged)", digest)
     if doc.key_id not in active:
         return Finding(kind, True, f"{what}, a retired key: not published by this server", digest)
-    own = _parsed(published, kind, site)
+    own = _parsed(published, kind, site) or series
     ours = None if own is None else own.mark
     if own is not None:
         made = {r.version: r for r in own.chain}
@@ -102,7 +123,7 @@ def judge(
 
 
 def _parsed(published: bytes | None, kind: str, site: str) -> SignedDocument | None:
-    if published is None:
+    if not published:
         return None
     try:
         return parse_document(published, kind=kind, site=site)
@@ -136,8 +157,13 @@ class DocumentWatch:
         try:
             published: bytes | None = self.files[kind].read_bytes()
         except FileNotFoundError:
-            published = None
-        finding = judge(kind, payload, published, self.site, self.keys)
+            published = b"" if kind in CLEARED else None
+        series = None
+        if not published and kind in SERIES and SERIES[kind] in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                raw = self.files[SERIES[kind]].read_bytes()
+                series = _parsed(raw, SERIES[kind], self.site)
+        finding = judge(kind, payload, published, self.site, self.keys, series=series)
         if finding is None:
             return None, False
         self.found["foreign" if finding.foreign else "stale"] += 1

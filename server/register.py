@@ -112,8 +112,3 @@ class RegisterStore:
     def person(self, household: str, name: str) -> Person | None:
         with self.store.read() as tx:
             return households.person(tx, household, name)
-
-    def capped_persons(self) -> list[Person]:
-        """Every registered person whose role holds a counted pass, by household and id."""
-        with self.store.read() as tx:
-            return households.persons_in_roles(tx, CAPPED_ROLES)

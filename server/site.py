@@ -16,6 +16,7 @@ import getpass
 import json
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,21 +26,33 @@ from protocol.documents import (
     BUNDLE_DIR,
     CONFIG_FILE,
     FRESHNESS_FILE,
+    MAX_DOCUMENT_BYTES,
     REGISTER_FILE,
     ROOT_KIND,
     TRUST_FILE,
     SignedDocument,
+    decode_document,
     encode_trust,
     parse_document,
     sign_document,
 )
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, Superseded
 from protocol.files import write_private
 from protocol.freshness import KIND as FRESHNESS
 from protocol.freshness import statement_body
 from protocol.passes import PassPayload, Role, TrustKey, check_household, public_bytes, sign_pass
 from protocol.policy import Policy
-from protocol.register import PassEntry, Register, mask_name
+from protocol.register import PassEntry, Register, RegisterDelta, mask_name
+from protocol.register_documents import (
+    DELTA,
+    DELTA_FILE,
+    SNAPSHOT,
+    RegisterTooLarge,
+    apply_delta,
+    body_bytes,
+    delta_body,
+    snapshot_body,
+)
 from protocol.roots import root_body
 from server.alerts import AlertStore
 from server.config import CONFIG_NAME, ServerConfig, load_server_config, render_server_toml
@@ -54,7 +67,14 @@ from server.policy_rollout import (
     policy_digest,
     read_published,
 )
-from server.register import RegisterStore, place_label
+from server.register import CAPPED_ROLES, RegisterStore, place_label
+from server.register_publication import (
+    HeldSnapshot,
+    held_delta,
+    read_held_snapshot,
+    snapshot_due,
+    surely_fits,
+)
 from server.storage import Store, audit, households, keys, meta, passes, roots
 from server.storage.engine import (
     SQLITE_FILE,
@@ -65,7 +85,7 @@ from server.storage.engine import (
     normalise_url,
     redacted,
 )
-from server.storage.passes import StoredPass
+from server.storage.passes import VISITOR, StoredPass
 from server.storage.times import utcnow
 from server.validity import local_text, read_time, typed_text
 
@@ -80,6 +100,11 @@ def actor() -> str:
 
 class SiteError(ProtocolError):
     """A server directory operation cannot be done; the message says why."""
+
+
+class DocumentTooLarge(SiteError):
+    """The change would make a document larger than gates accept and the shipped broker
+    carries: refused, and the change with it (nothing stored, nothing published)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,19 @@ class IssuedPass:
     valid_from: datetime
     valid_until: datetime
     qr: str
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A pass to sign: for whom, where, and its validity (aware instants, the end exclusive)."""
+
+    household: str
+    name: str
+    role: Role
+    valid_from: datetime
+    valid_until: datetime
+    room: str
+    person_id: int | None
 
 
 DOCUMENTS = "documents"
@@ -291,13 +329,42 @@ class Site:
     ) -> IssuedPass:
         """Sign a pass. The household's row is made to exist; a registered person (same
         household and name) is linked and, without `room`, the register's place is shown.
-        `publish=False` leaves the register document to the caller (issue_all publishes once).
+        The pass and the register listing it are committed together: DocumentTooLarge (the
+        register would be too large to publish) issues nothing. `publish=False` leaves the
+        register document to the caller.
         `valid_from`/`valid_until` are exact aware instants, the end exclusive (default: now and
         now + pass_days); parse_time(text, end=True) turns a typed last day into its end."""
         check_household(household)
         if not name.strip():
             raise SiteError("name must not be empty")
         r = Role.parse(role)
+        start, end = self._validity(valid_from, valid_until)
+        with self.store.write() as tx:
+            # Issuers and publishers take turns, in every process: the cap holds (issue_all
+            # counts every household under this lock).
+            lock(tx, DOCUMENTS)
+            held = passes.held_by_household(tx, household, int(start.timestamp()))
+            cap = self._published_policy(tx).policy.passes_per_household_max
+            if held >= cap:
+                raise SiteError(
+                    f"household {household} already holds {held} valid passes (cap {cap}, "
+                    "passes_per_household_max): revoke one first"
+                )
+            households.ensure(tx, household, utcnow())
+            person = households.person(tx, household, name.strip())
+            if person is not None and not room:
+                room = place_label(person.building, person.unit, person.room)
+            person_id = None if person is None else person.person_id
+            wanted = _Wanted(household, name.strip(), r, start, end, room, person_id)
+            (issued,) = self._sign_passes(tx, [wanted])
+            if publish:
+                self._publish_register(tx)
+        return issued
+
+    def _validity(
+        self, valid_from: datetime | None, valid_until: datetime | None
+    ) -> tuple[datetime, datetime]:
+        """The validity window of a new pass (issue_pass). Raises SiteError."""
         tz = self.config.tz
         start = valid_from or datetime.now(tz).replace(microsecond=0)
         end = valid_until or start + timedelta(days=self.config.server.pass_days)
@@ -316,73 +383,75 @@ class Site:
                     f" hold: {local_text(first, tz)} to {local_text(last, tz)}"
                     f" ({self.config.server.timezone})"
                 )
-        with self.store.write() as tx:
-            lock(tx, f"passes:{household}")  # the cap holds with issuers in other processes
-            held = passes.held_by_household(tx, household, int(start.timestamp()))
-            cap = self._published_policy(tx).policy.passes_per_household_max
-            if held >= cap:
-                raise SiteError(
-                    f"household {household} already holds {held} valid passes (cap {cap}, "
-                    "passes_per_household_max): revoke one first"
-                )
-            households.ensure(tx, household, utcnow())
-            person = households.person(tx, household, name.strip())
-            if person is not None and not room:
-                room = place_label(person.building, person.unit, person.room)
-            key_id = _signing_key(tx)
-            pass_id = meta.next_counter(tx, "pass_id")
-            payload = PassPayload(
-                key_id,
-                pass_id,
-                self.site,
-                household,
-                r,
-                int(start.timestamp()),
-                int(end.timestamp()),
-            )
-            qr = sign_pass(payload, load_key(self.dir, key_id))
-            passes.add(
-                tx,
+        return start, end
+
+    def _sign_passes(self, tx: Tx, wanted: list[_Wanted]) -> list[IssuedPass]:
+        """Number, sign and store `wanted` (at least one) in `tx`, with the signing key."""
+        key_id = _signing_key(tx)
+        key = load_key(self.dir, key_id)
+        first = meta.next_counter(tx, "pass_id", count=len(wanted))
+        issued_at = utcnow()
+        stored, issued = [], []
+        for pass_id, w in enumerate(wanted, first):
+            start, end = int(w.valid_from.timestamp()), int(w.valid_until.timestamp())
+            payload = PassPayload(key_id, pass_id, self.site, w.household, w.role, start, end)
+            qr = sign_pass(payload, key)
+            stored.append(
                 StoredPass(
                     pass_id=pass_id,
-                    household=household,
-                    name=name.strip(),
-                    room=room,
-                    role=r.label,
-                    valid_from=payload.valid_from,
-                    valid_until=payload.valid_until,
+                    household=w.household,
+                    name=w.name,
+                    room=w.room,
+                    role=w.role.label,
+                    valid_from=start,
+                    valid_until=end,
                     key_id=key_id,
                     qr=qr,
-                    issued_at=utcnow(),
-                    person_id=None if person is None else person.person_id,
-                ),
+                    issued_at=issued_at,
+                    person_id=w.person_id,
+                )
             )
-        if publish:
-            self.publish_register()
-        return IssuedPass(pass_id, household, r.label, start, end, qr)
+            issued.append(
+                IssuedPass(pass_id, w.household, w.role.label, w.valid_from, w.valid_until, qr)
+            )
+        passes.add_all(tx, stored)
+        return issued
 
     def issue_all(self) -> dict[str, int]:
         """A pass for every registered resident/staff member without a valid, unrevoked one,
-        within each household's cap. Returns counts: issued, already_valid, over_cap."""
-        now = datetime.now(self.config.tz).replace(microsecond=0)
+        within each household's cap: all signed and stored in one transaction with the one
+        register document that lists them (DocumentTooLarge: none issued). Returns counts:
+        issued, already_valid, over_cap."""
+        start, end = self._validity(None, None)
+        at = int(start.timestamp())
         counts = {"issued": 0, "already_valid": 0, "over_cap": 0}
-        at = int(now.timestamp())
-        for person in self.registry.capped_persons():
-            with self.store.read() as tx:
-                # Passes issued by name before the register was imported count as the person's.
-                if passes.held_by_person(tx, person.person_id, person.household, person.name, at):
+        with self.store.write() as tx:
+            lock(tx, DOCUMENTS)  # see issue_pass
+            cap = self._published_policy(tx).policy.passes_per_household_max
+            current = passes.current(tx, at)
+            held = Counter(p.household for p in current if p.role != VISITOR)
+            holders = {p.person_id for p in current if p.person_id is not None}
+            # Passes issued by name before the register was imported count as the person's.
+            by_name = {(p.household, p.name) for p in current if p.person_id is None}
+            wanted = []
+            for person in households.persons_in_roles(tx, CAPPED_ROLES):
+                if person.person_id in holders or (person.household, person.name) in by_name:
                     counts["already_valid"] += 1
-                    continue
-                cap = self._published_policy(tx).policy.passes_per_household_max
-                if passes.held_by_household(tx, person.household, at) >= cap:
+                elif held[person.household] >= cap:
                     counts["over_cap"] += 1
-                    continue
-            self.issue_pass(person.household, person.name, person.role, now, publish=False)
-            counts["issued"] += 1
-        if counts["issued"]:
-            with self.store.write() as tx:
+                else:
+                    held[person.household] += 1
+                    place = place_label(person.building, person.unit, person.room)
+                    role = Role.parse(person.role)
+                    wanted.append(
+                        _Wanted(
+                            person.household, person.name, role, start, end, place, person.person_id
+                        )
+                    )
+            if wanted:
+                counts["issued"] = len(self._sign_passes(tx, wanted))
                 audit.record(tx, actor(), "pass_issue_all", self.site, json.dumps(counts))
-            self.publish_register()
+                self._publish_register(tx)
         return counts
 
     def active_passes(self, household: str, at: datetime) -> int:
@@ -392,11 +461,13 @@ class Site:
             return passes.held_by_household(tx, household, int(at.timestamp()))
 
     def revoke_pass(self, pass_id: int, reason: str) -> None:
+        """Revoke a pass, with the register that lists its revocation (one transaction)."""
         with self.store.write() as tx:
+            lock(tx, DOCUMENTS)
             if not passes.revoke(tx, pass_id, reason, utcnow()):
                 raise SiteError(f"pass {pass_id} does not exist or is already revoked")
             audit.record(tx, actor(), "pass_revoke", str(pass_id), reason)
-        self.publish_register()
+            self._publish_register(tx)
 
     # --- households ---------------------------------------------------------------------
 
@@ -415,10 +486,11 @@ class Site:
         action = "household_quarantine" if on else "household_release"
         detail = "; ".join(x for x in (note, f"until {until.isoformat()}" if until else "") if x)
         with self.store.write() as tx:
+            lock(tx, DOCUMENTS)
             until_text = until.isoformat() if until and on else None
             households.set_quarantine(tx, household, on, until_text, utcnow())
             audit.record(tx, by or actor(), action, household, detail)
-        self.publish_register()
+            self._publish_register(tx)
 
     def register(self) -> Register:
         """What gates need of the register now (by the site clock): the passes that can still
@@ -437,7 +509,7 @@ class Site:
 
     def _register(self, tx: Tx) -> Register:
         ended = self.now() - REGISTER_KEEP_EXPIRED
-        held = passes.find(tx, ending_after=int(ended.timestamp()))
+        held = passes.listed(tx, ending_after=int(ended.timestamp()))
         entries = {
             p.pass_id: PassEntry(p.pass_id, p.household, mask_name(p.name), p.room, p.role)
             for p in held
@@ -455,12 +527,24 @@ class Site:
         """Sign a new register version when what register() holds now differs from the bundle's
         (passes that ended and quarantines that ran out since, without any edit); the collector
         calls it once a day. None when the published register already holds exactly that."""
-        body = self.register().to_json()
+        return None if self.register() == self.published_register() else self.publish_register()
+
+    def published_register(self) -> Register | None:
+        """The register the bundle gives gates: its snapshot with its delta applied (None when
+        none can be read)."""
+        with self.store.read() as tx:
+            known = {k.key_id: k for k in keys.trust_keys(tx, retired=True)}
+        held = read_held_snapshot(self.bundle_path(REGISTER_FILE), self.site, known)
+        if held is None:
+            return None
         try:
-            held = json.loads(self.bundle_path(REGISTER_FILE).read_bytes())["body"]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            held = None
-        return None if held == body else self.publish_register()
+            raw = self.bundle_path(DELTA_FILE).read_bytes()
+            doc = decode_document(raw, kind=DELTA, site=self.site, trust_keys=known)
+            return apply_delta(doc, held.register, (held.version, held.version))
+        except (FileNotFoundError, Superseded):  # none, or one of an older snapshot
+            return held.register
+        except ProtocolError:
+            return None
 
     # --- documents and the provisioning bundle ------------------------------------------
 
@@ -468,9 +552,16 @@ class Site:
         """Sign with the newest active key under the newest trust root, carrying the chain of
         roots. The version is above the bundle's too: a publish killed after it wrote the
         file but before its transaction committed leaves the file ahead of the counter, and a
-        version gates already hold must never name another document."""
-        name = {"config": CONFIG_FILE, "register": REGISTER_FILE, FRESHNESS: FRESHNESS_FILE}
-        version = meta.next_counter(tx, f"{kind}_version", above=self._bundle_version(name[kind]))
+        version gates already hold must never name another document. A register delta is
+        numbered in the register's series (the version of the register it makes)."""
+        files = {
+            "config": (CONFIG_FILE,),
+            "register": (REGISTER_FILE, DELTA_FILE),
+            FRESHNESS: (FRESHNESS_FILE,),
+        }
+        series = "register" if kind == DELTA else kind
+        above = max(map(self._bundle_version, files[series]))
+        version = meta.next_counter(tx, f"{series}_version", above=above)
         key_id = _signing_key(tx)
         chain = self._chain(tx)
         issued_at = self.now().astimezone(UTC).isoformat(timespec="milliseconds")
@@ -529,12 +620,18 @@ class Site:
         return doc
 
     def _publish(
-        self, tx: Tx, kinds: tuple[str, ...], policy: Policy | None = None
+        self,
+        tx: Tx,
+        kinds: tuple[str, ...],
+        policy: Policy | None = None,
+        *,
+        snapshot: bool = False,
     ) -> dict[str, SignedDocument]:
         """Sign the documents of `kinds` ("config": `policy`, default the published one;
-        "register": what the store holds now), write them to the bundle, then a freshness
-        statement. Every document when this makes the site's first trust root. The caller
-        holds the DOCUMENTS lock."""
+        "register": what the store holds now, as a delta or a snapshot, `_sign_register`),
+        write them to the bundle, then a freshness statement. Every document when this makes
+        the site's first trust root (a register under a new root is always a new snapshot).
+        The caller holds the DOCUMENTS lock. Raises DocumentTooLarge."""
         if self._ensure_root(tx):
             kinds = DOCUMENT_KINDS
         signed: dict[str, SignedDocument] = {}
@@ -543,8 +640,7 @@ class Site:
             signed["config"] = self._sign(tx, "config", {"policy": policy.to_json()})
             self._write_bundle(CONFIG_FILE, signed["config"].encode())
         if "register" in kinds:
-            signed["register"] = self._sign(tx, "register", self._register(tx).to_json())
-            self._write_bundle(REGISTER_FILE, signed["register"].encode())
+            signed["register"] = self._sign_register(tx, snapshot=snapshot)
         self._publish_freshness(tx)
         return signed
 
@@ -556,22 +652,76 @@ class Site:
             lock(tx, DOCUMENTS)
             return self._publish(tx, ("config",), policy)["config"]
 
-    def publish_register(self) -> SignedDocument:
-        """The next register version of what the store holds now, written to the bundle.
-        Read, numbered and written in one write transaction under the DOCUMENTS lock: two
-        publishers at once (a command, the dashboard, the collector's daily refresh, in any
-        process) never give an older register the higher version (which would undo a
-        revocation until the next publish)."""
+    def publish_register(self, *, snapshot: bool = False) -> SignedDocument:
+        """The next register version of what the store holds now, written to the bundle: a
+        delta of the bundle's snapshot or a new snapshot (server/register_publication.py;
+        `snapshot`: a snapshot whatever the delta would be). Read, numbered and written in one
+        write transaction under the DOCUMENTS lock: two publishers at once (a command, the
+        dashboard, the collector's daily refresh, in any process) never give an older register
+        the higher version (which would undo a revocation until the next publish). Raises
+        DocumentTooLarge."""
         with self.store.write() as tx:
-            lock(tx, DOCUMENTS)
-            return self._publish(tx, ("register",))["register"]
+            return self._publish_register(tx, snapshot=snapshot)
+
+    def _publish_register(self, tx: Tx, *, snapshot: bool = False) -> SignedDocument:
+        """publish_register in `tx`, which may hold the change the register shows: raising
+        DocumentTooLarge rolls the change back with it."""
+        lock(tx, DOCUMENTS)
+        return self._publish(tx, ("register",), snapshot=snapshot)["register"]
+
+    def _sign_register(self, tx: Tx, *, snapshot: bool) -> SignedDocument:
+        """Sign the register the store holds now and write it to the bundle: a delta of the
+        bundle's snapshot when that snapshot was signed by the signing key under the newest
+        root and no new one is due, else a new snapshot (which removes the delta). A delta is
+        refused too when the register it makes would not fit as a snapshot: no change grows
+        the register past what the next snapshot can carry. Raises DocumentTooLarge."""
+        register = self._register(tx)
+        key_id = _signing_key(tx)
+        root = roots.latest_version(tx)
+        held = None if snapshot else self._held_snapshot(tx)
+        try:
+            base, body = None, None
+            if held is not None and (held.key_id, held.root) == (key_id, root):
+                delta = delta_body(held.version, RegisterDelta.between(held.register, register))
+                deltas = self.published_versions()["register"] + 1 - held.version
+                envelope = held.envelope_bytes  # what every document carries besides its body
+                delta_size, snapshot_size = body_bytes(delta) + envelope, held.body_bytes + envelope
+                if not snapshot_due(delta_size, snapshot_size, deltas):
+                    base, body = held, delta
+            kind, body = (SNAPSHOT, snapshot_body(register)) if body is None else (DELTA, body)
+            doc = self._sign(tx, kind, body)
+            data = doc.encode()
+            size = len(data)  # as a snapshot; for a delta, computed only near the limits
+            if base is not None and surely_fits(base, body, len(data)):
+                size = 0
+            elif base is not None:
+                size += body_bytes(snapshot_body(register)) - body_bytes(body)
+        except RegisterTooLarge as exc:
+            raise DocumentTooLarge(f"{exc}: not published, nothing changed") from None
+        if size > MAX_DOCUMENT_BYTES:
+            raise DocumentTooLarge(
+                f"the register of {len(register.passes)} passes would be a {size}-byte"
+                f" document, over the {MAX_DOCUMENT_BYTES} bytes gates accept and the shipped"
+                " broker carries (MAX_DOCUMENT_BYTES; docs/scaling.md): not published,"
+                " nothing changed"
+            )
+        if kind == SNAPSHOT:
+            self._write_bundle(REGISTER_FILE, data)
+            self._remove_bundle(DELTA_FILE)  # after: a reader never finds no delta and no news
+        else:
+            self._write_bundle(DELTA_FILE, data)
+        return doc
+
+    def _held_snapshot(self, tx: Tx) -> HeldSnapshot | None:
+        known = {k.key_id: k for k in keys.trust_keys(tx, retired=True)}
+        return read_held_snapshot(self.bundle_path(REGISTER_FILE), self.site, known)
 
     def published_versions(self) -> dict[str, int]:
-        """Versions of the config and register documents in the bundle (0: none yet)."""
-        return {
-            "config": self._bundle_version(CONFIG_FILE),
-            "register": self._bundle_version(REGISTER_FILE),
-        }
+        """Versions of the config and register documents in the bundle (0: none yet). The
+        register's is its delta's, when the bundle holds one of its snapshot."""
+        snapshot = self._bundle_version(REGISTER_FILE)
+        delta = held_delta(self.bundle_path(DELTA_FILE), snapshot)
+        return {"config": self._bundle_version(CONFIG_FILE), "register": delta or snapshot}
 
     def _bundle_version(self, name: str) -> int:
         """The version of a bundle document (0: none yet)."""
@@ -650,6 +800,9 @@ class Site:
 
     def bundle_path(self, name: str) -> Path:
         return self.dir / BUNDLE_DIR / name
+
+    def _remove_bundle(self, name: str) -> None:
+        self.bundle_path(name).unlink(missing_ok=True)
 
     def _write_bundle(self, name: str, data: bytes) -> None:
         path = self.bundle_path(name)

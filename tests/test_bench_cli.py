@@ -124,9 +124,8 @@ def test_bench_collector_refuses_bad_sizes_in_one_line() -> None:
 
 def test_bench_help_lists_every_benchmark() -> None:
     out = run_menwei("bench", "--help").stdout
-    assert all(
-        name in out for name in ("sync", "decide", "gate", "collector", "backlog", "login")
-    ), out
+    names = ("sync", "decide", "gate", "collector", "backlog", "login", "register")
+    assert all(name in out for name in names), out
 
 
 def test_bench_login_answers_every_attempt_within_the_bound() -> None:
@@ -165,3 +164,20 @@ def test_bench_gate_refuses_a_clip_too_short_to_measure() -> None:
     proc = run_menwei("bench", "gate", "--passages", "1", "--seconds", "3", "--json", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "--seconds must be at least 5" in proc.stderr, proc.stderr
+
+
+def test_bench_register_measures_a_snapshot_and_the_delta_of_one_pass() -> None:
+    proc = run_menwei("bench", "register", "--passes", "800", "--json")
+    r = last_json(proc.stdout)
+    keys = {"passes", "issue_all", "register_json_bytes", "published", "one_pass_issued", "gate"}
+    assert keys <= r.keys(), r
+    assert r["passes"] + r["revoked"] == 800 and r["quarantined"] > 0, r  # type: ignore[operator]
+    issue_all = r["issue_all"]
+    assert isinstance(issue_all, dict) and issue_all["issued"] == issue_all["people"] > 700, r
+    snapshot = r["published"]["bytes"]  # type: ignore[index]
+    assert list(snapshot) == ["register.json"], r
+    assert snapshot["register.json"] < r["register_json_bytes"] / 4, "compressed"  # type: ignore[operator]
+    one = r["one_pass_issued"]
+    assert one["bytes"].keys() == {"register-delta.json"}, r  # type: ignore[index]
+    assert one["version"] == r["published"]["version"] + 1, r  # type: ignore[index]
+    assert r["fits"] is True and r["gate"]["peak_mib"] > 0, r  # type: ignore[index]

@@ -12,15 +12,20 @@ from protocol import topics
 from protocol.broker import parse_broker
 
 
+def receiving(store: GateStore, seen: list[tuple[str, bytes]]) -> GateSync:
+    """The sync of gate "g" of site "s" (never connected), noting each document it hands on."""
+    return GateSync(
+        SyncSettings("s", "g", parse_broker("mqtt://127.0.0.1:1")),
+        store,
+        on_document=lambda kind, raw: seen.append((kind, raw)),
+        status=dict,
+    )
+
+
 def test_only_the_last_queued_statement_is_verified_documents_all_in_order(tmp_path: Path):
     seen: list[tuple[str, bytes]] = []
     with GateStore(tmp_path / "gate.db") as store:
-        sync = GateSync(
-            SyncSettings("s", "g", parse_broker("mqtt://127.0.0.1:1")),
-            store,
-            on_document=lambda kind, raw: seen.append((kind, raw)),
-            status=dict,
-        )
+        sync = receiving(store, seen)
         queued = [(topics.freshness("s"), f"statement {n}".encode()) for n in range(30)]
         queued.insert(10, (topics.config("s"), b"config 4"))
         queued.insert(20, (topics.register("s"), b"register 9"))
@@ -76,3 +81,33 @@ def kinds_to(seen: list[str], store: GateStore) -> GateSync:
         on_document=lambda kind, raw: seen.append(kind),
         status=dict,
     )
+
+
+def test_of_queued_snapshots_and_deltas_the_newest_counts_and_a_cleared_delta_is_nothing(
+    tmp_path: Path,
+):
+    """A gate back from a long absence: its session queued every register snapshot and delta
+    published meanwhile. A cumulative delta replaces the one before it and a snapshot all
+    before it, so only the newest of each is verified (in the order they came); the empty
+    retained message that clears the delta topic is no document."""
+    seen: list[tuple[str, bytes]] = []
+    with GateStore(tmp_path / "gate.db") as store:
+        sync = receiving(store, seen)
+        delta = topics.register_delta("s")
+        queued = [
+            (topics.register("s"), b"snapshot 5"),
+            (delta, b"delta 6"),
+            (delta, b"delta 7"),
+            (topics.register("s"), b"snapshot 8"),
+            (delta, b""),
+            (delta, b"delta 9"),
+            (delta, b"delta 10"),
+        ]
+        for item in queued:
+            sync._inbox.put(item)
+        sync._drain_inbox()
+        assert seen == [("register", b"snapshot 8"), ("register_delta", b"delta 10")]
+        assert sync.stats["documents_skipped"] == 5
+        sync._inbox.put((delta, b""))
+        sync._drain_inbox()
+    assert len(seen) == 2

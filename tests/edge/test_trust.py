@@ -33,10 +33,12 @@ from protocol.documents import (
     sign_document,
 )
 from protocol.passes import TrustKey, public_bytes
-from protocol.register import Register
+from protocol.register import Register, RegisterDelta
+from protocol.register_documents import DELTA, DELTA_FILE, delta_body, read_snapshot
 from protocol.roots import root_body
 from server.cli import write_qr_png
 from server.keys import load_key
+from server.register import RegisterRow
 from server.site import IssuedPass, Site
 from tests.conftest import run_menwei
 from tests.edge.gates import daemon_for
@@ -363,3 +365,52 @@ def test_reset_trust_without_a_chain_to_judge_by_is_refused(
     with pytest.raises(StaleBundle, match="holds no chain from root 1 to its root 3"):
         provision(gate_dir, old_bundle, "east", simulated=True, reset_trust=True)
     assert gate_knowledge(gate_dir).trust_root().version == 3
+
+
+def test_a_register_delta_signed_by_the_retired_key_is_withdrawn_then_refused(
+    site: Site, gate_dir: Path, stolen
+) -> None:
+    """A register delta is a signed document like the others: the thief's delta (key 1, under
+    root 2, dropping the revocations) applies while key 1 is trusted; root 3 withdraws it with
+    the snapshot it applied to (a register is never half withdrawn); after that the same delta,
+    or one claiming root 3, is refused, and the server's new snapshot restores the register."""
+    site.registry.apply_import(
+        [RegisterRow(i + 2, f"5-1-{i}", "5", "1", str(i), "g", f"住户{i}", "1", "resident")
+         for i in range(300)]
+    )  # fmt: skip
+    site.issue_all()  # a register large enough that one change is a delta
+    site.rotate_key()
+    revoked = revoke_one(site)  # a delta of the snapshot the rotation cut (key 2, root 2)
+    assert site.bundle_path(DELTA_FILE).exists()
+    know = deliver_bundle(gate_dir, site, gate_knowledge(gate_dir), CONFIG_FILE, REGISTER_FILE)
+    know = deliver(gate_dir, know, DELTA, site.bundle_path(DELTA_FILE).read_bytes())
+    assert reason(know, revoked.qr) == "revoked" and DELTA in know.held
+    snapshot = bundled(site, REGISTER_FILE)
+    cleared = Register(site.register().passes, {}, {})
+    change = RegisterDelta.between(read_snapshot(snapshot), cleared)
+    forged = forge(site, DELTA, delta_body(snapshot.version, change), stolen)
+    know = deliver(gate_dir, know, DELTA, forged)
+    assert (know.register_version, know.held[DELTA].key_id) == (1001, 1)
+    assert reason(know, revoked.qr) == "ok"
+
+    site.retire_key(1)
+    got = receive(know, "freshness", site.bundle_path(FRESHNESS_FILE).read_bytes())
+    assert {"register", DELTA} <= set(got.withdrawn), "the snapshot (key 2) with its delta"
+    know = deliver_bundle(gate_dir, site, know, FRESHNESS_FILE)
+    assert know.missing() == ["register"] and know.snapshot_version == 0
+    assert reason(know, revoked.qr) == "guard_confirm"
+    with pytest.raises(UntrustedDocument, match="signed by key 1, which trust root 3"):
+        receive(know, DELTA, forged)
+    chain = bundled(site, CONFIG_FILE).chain
+    claiming = sign_document(
+        DELTA, site.site, 1002, "2026-11-29T00:00:00+00:00",
+        delta_body(snapshot.version, change), 1, stolen, root=3, chain=chain,
+    )  # fmt: skip
+    with pytest.raises(UntrustedDocument, match="trust root 3 does not hold"):
+        receive(know, DELTA, claiming.encode())
+    assert not site.bundle_path(DELTA_FILE).exists(), "root 3: a new snapshot, no delta"
+    know = deliver_bundle(gate_dir, site, know, CONFIG_FILE, REGISTER_FILE)
+    assert know.held["register"].mark == (3, site.published_versions()["register"])
+    assert reason(know, revoked.qr) == "revoked"
+    again = gate_knowledge(gate_dir)  # after a restart: the forged delta is gone from gate.db
+    assert again.register == know.register and DELTA not in again.held

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import zxingcpp
 
-from protocol.documents import REGISTER_FILE
 from server.cards import cards_for, write_pdf, write_png
 from server.register_import import import_register
 from server.site import Site
@@ -39,9 +38,10 @@ def test_issue_pass_links_the_registered_person_and_upserts_the_household(
     issued = site.issue_pass("H1", "张三明")
     (row,) = site.registry.passes("H1")
     assert row["person_id"] == site.registry.members("H1")[0]["person_id"]
-    doc = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())
-    (entry,) = [p for p in doc["body"]["passes"] if p["pass_id"] == issued.pass_id]
-    assert (entry["display_name"], entry["room"]) == ("张*明", "3-2-501")
+    register = site.published_register()
+    assert register is not None
+    entry = register.passes[issued.pass_id]
+    assert (entry.display_name, entry.room) == ("张*明", "3-2-501")
     # A pass for someone not in the register still makes the household's row exist.
     site.issue_pass("H7", "访客乙", room="7-1-101")
     assert site.registry.household("H7") is not None

@@ -18,6 +18,8 @@ from protocol import topics
 from protocol.broker import parse_broker
 from protocol.documents import CONFIG_FILE, REGISTER_FILE, parse_document, sign_document
 from protocol.passes import TrustKey, public_bytes
+from protocol.register import RegisterDelta
+from protocol.register_documents import DELTA, DELTA_FILE, delta_body
 from protocol.roots import root_body
 from server.collector import Collector
 from server.document_watch import REPUBLISH_AFTER_S, DocumentWatch, judge
@@ -132,6 +134,14 @@ def fast_collector(site: Site, broker: MosquittoBroker) -> Iterator[Collector]:
         c.close()
 
 
+def key_1_retired(site: Site) -> Ed25519PrivateKey:
+    """Key 1, as a thief copied it; then rotated to key 2 and retired (trust root 3)."""
+    key_1 = load_key(site.dir, 1)
+    site.rotate_key()
+    site.retire_key(1)
+    return key_1
+
+
 def start(collector: Collector) -> None:
     collector.start()
     wait_until(collector.connected.is_set, 15, "collector did not connect")
@@ -141,9 +151,7 @@ def test_the_collector_replaces_a_foreign_retained_document_and_raises_one_alert
     site: Site, broker: MosquittoBroker, fast_collector: Collector
 ) -> None:
     collector = fast_collector
-    key_1 = load_key(site.dir, 1)
-    site.rotate_key()
-    site.retire_key(1)
+    key_1 = key_1_retired(site)
     own = site.bundle_path(CONFIG_FILE).read_bytes()
     topic = topics.config(SITE)
     start(collector)
@@ -191,3 +199,65 @@ def test_the_collectors_own_echo_and_a_stale_document_raise_nothing(
     assert [a.kind for a in site.alerts.list()] == []
     assert collector.watch.found["stale"] >= 1 and collector.stats["foreign_documents"] == 0
     assert json.loads(own)["version"] > json.loads(old)["version"]
+
+
+def a_delta(site: Site, key: Ed25519PrivateKey, key_id: int, version: int) -> bytes:
+    """A register delta of the bundle's snapshot (nothing changed), signed by `key`."""
+    snapshot = parse_document(
+        site.bundle_path(REGISTER_FILE).read_bytes(), kind="register", site=SITE
+    )
+    body = delta_body(snapshot.version, RegisterDelta())
+    issued = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return sign_document(
+        DELTA, SITE, version, issued, body, key_id, key, root=snapshot.root, chain=snapshot.chain
+    ).encode()
+
+
+def test_the_delta_topic_is_judged_against_the_snapshot_while_the_bundle_holds_no_delta(
+    site: Site,
+) -> None:
+    """No delta in the bundle (a new snapshot cut it): an empty delta topic is the published
+    state; a delta of this server's active key numbered at most the snapshot's is stale, one
+    above it or signed by a retired key is foreign."""
+    key_1 = key_1_retired(site)
+    assert not site.bundle_path(DELTA_FILE).exists()
+    watch = DocumentWatch(
+        SITE,
+        {"register": site.bundle_path(REGISTER_FILE), DELTA: site.bundle_path(DELTA_FILE)},
+        site.known_keys,
+    )
+    version = site.published_versions()["register"]
+    key_2 = load_key(site.dir, 2)
+    assert watch.check(DELTA, b"") == (None, False)
+    stale, _ = watch.check(DELTA, a_delta(site, key_2, 2, version))
+    assert stale is not None and not stale.foreign
+    above, alert = watch.check(DELTA, a_delta(site, key_2, 2, version + 500))
+    assert above is not None and above.foreign and alert
+    assert f"above the published v{version}" in above.detail
+    retired, _ = watch.check(DELTA, a_delta(site, key_1, 1, version + 1))
+    assert retired is not None and retired.foreign and "a retired key" in retired.detail
+
+
+def test_a_foreign_retained_delta_is_cleared_and_raises_an_alert(
+    site: Site, broker: MosquittoBroker, fast_collector: Collector
+) -> None:
+    collector = fast_collector
+    key_1 = key_1_retired(site)
+    topic, register = topics.register_delta(SITE), topics.register(SITE)
+    start(collector)
+    with MqttWatcher(broker.url, topic) as attacker:
+        forgery = a_delta(site, key_1, 1, 1001)
+        attacker.publish(topic, forgery, retain=True)
+        attacker.wait_for(topic, lambda m: m.payload == forgery, 15, "the forgery")
+        wait_until(
+            lambda: attacker.last(topic).payload == b"",  # type: ignore[union-attr]
+            30,
+            "the collector did not clear the forged delta",
+        )
+    wait_until(lambda: collector.stats["foreign_documents"] >= 1, 15, "the finding")
+    (alert,) = [a for a in site.alerts.list() if a.kind == "foreign_document"]
+    assert "register_delta v1001" in alert.detail and "a retired key" in alert.detail
+    # The delta topic first: a retained delta would be delivered before the snapshot.
+    with MqttWatcher(broker.url, topic, register) as late:
+        late.wait_for(register, lambda m: m.retain, 15, "the retained snapshot")
+        assert late.on(topic) == []

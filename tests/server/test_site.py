@@ -7,6 +7,7 @@ import re
 import stat
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,6 +23,8 @@ from protocol.documents import (
     decode_trust,
 )
 from protocol.passes import verify_pass
+from protocol.register import Register
+from protocol.register_documents import DELTA, DELTA_FILE
 from server.cards import cards_for
 from server.config import CONFIG_NAME, ServerConfigError, load_server_config
 from server.keys import key_path
@@ -49,9 +52,28 @@ def trust(site: Site) -> dict:
     return {k.key_id: k for k in site.trust_keys()}
 
 
-def register_doc(site: Site):
-    raw = site.bundle_path(REGISTER_FILE).read_bytes()
-    return decode_document(raw, kind="register", site=SITE, trust_keys=trust(site))
+@dataclass(frozen=True)
+class Published:
+    """The register the bundle gives gates (its snapshot with its delta applied), the version
+    gates report holding it, and the key of the newest register document."""
+
+    version: int
+    key_id: int
+    register: Register
+
+
+def register_doc(site: Site) -> Published:
+    keys = trust(site)
+    docs = [
+        decode_document(site.bundle_path(name).read_bytes(), kind=kind, site=SITE, trust_keys=keys)
+        for kind, name in (("register", REGISTER_FILE), (DELTA, DELTA_FILE))
+        if site.bundle_path(name).exists()
+    ]
+    register = site.published_register()
+    assert register is not None
+    version = site.published_versions()["register"]
+    (newest,) = [d for d in docs if d.version == version]
+    return Published(version, newest.key_id, register)
 
 
 def test_init_writes_config_key_and_bundle(site: Site) -> None:
@@ -113,8 +135,8 @@ def test_issue_pass_bumps_register_version_and_lists_the_pass(site: Site) -> Non
     issued = site.issue_pass("1-2-301", "李四", room="1-2-301")
     doc = register_doc(site)
     assert doc.version == v0 + 1
-    (entry,) = doc.body["passes"]
-    assert entry["pass_id"] == issued.pass_id and entry["household"] == "1-2-301"
+    (entry,) = doc.register.passes.values()
+    assert entry.pass_id == issued.pass_id and entry.household == "1-2-301"
     second = site.issue_pass("1-2-301", "王五")
     assert register_doc(site).version == v0 + 2
     assert second.pass_id == issued.pass_id + 1
@@ -161,8 +183,8 @@ def test_revoke_moves_the_pass_to_revoked_and_twice_is_an_error(
     site.revoke_pass(resident.pass_id, "moved out")
     doc = register_doc(site)
     assert doc.version == v + 1
-    assert doc.body["revoked"] == [{"pass_id": resident.pass_id, "reason": "moved out"}]
-    assert all(p["pass_id"] != resident.pass_id for p in doc.body["passes"])
+    assert doc.register.revoked == {resident.pass_id: "moved out"}
+    assert resident.pass_id not in doc.register.passes
     with pytest.raises(SiteError, match="already revoked"):
         site.revoke_pass(resident.pass_id, "again")
     with pytest.raises(SiteError):
@@ -174,11 +196,11 @@ def test_register_masks_names(site: Site) -> None:
     site.issue_pass("3-1-101", "张三丰", room="3-1-101")
     site.issue_pass("3-1-102", "欧阳娜娜")
     site.issue_pass("3-1-103", "Alice")
-    raw = site.bundle_path(REGISTER_FILE).read_bytes()
-    text = raw.decode()
+    register = register_doc(site).register
+    text = json.dumps(register.to_json(), ensure_ascii=False)
     for full in ("张三丰", "欧阳娜娜", "Alice"):
         assert full not in text, f"full name {full} leaked into the register bundle"
-    names = sorted(p["display_name"] for p in register_doc(site).body["passes"])
+    names = sorted(p.display_name for p in register.passes.values())
     assert names == sorted(["张*丰", "欧**娜", "A***e"])
     # the server itself keeps the full name
     with site.store.read() as tx:
@@ -381,13 +403,13 @@ def test_the_register_holds_only_passes_that_can_still_be_presented(
             valid_until=now - timedelta(hours=20),  # within the day of margin
             publish=False,
         )
-        site.publish_register()
+        site.publish_register(snapshot=True)
         doc = register_doc(site)
         raw = site.bundle_path(REGISTER_FILE).read_bytes()
 
-    held = [p["pass_id"] for p in doc.body["passes"]]
+    held = sorted(doc.register.passes)
     assert held == [current.pass_id, later.pass_id, just_ended.pass_id]
-    assert doc.body["revoked"] == [{"pass_id": lost.pass_id, "reason": "lost"}]
+    assert doc.register.revoked == {lost.pass_id: "lost"}
     # ~112 bytes a pass: 123 issued would be over 13 kB.
     assert len(raw) < 1500, len(raw)
 
@@ -419,9 +441,9 @@ def test_the_register_is_refreshed_when_passes_end_and_only_then(
         assert fresh is not None and fresh.version == v + 1
         doc = register_doc(site)
         assert doc.version == v + 1
-        assert [p["pass_id"] for p in doc.body["passes"]] == [stays.pass_id]
-        assert ends.pass_id not in [p["pass_id"] for p in doc.body["passes"]]
-        assert doc.body["quarantine"] == [{"household": "1-1-104", "until": None}]
+        assert list(doc.register.passes) == [stays.pass_id]
+        assert ends.pass_id not in doc.register.passes
+        assert doc.register.quarantine == {"1-1-104": None}
         assert site.refresh_register() is None
         assert register_doc(site).version == v + 1
 
@@ -449,12 +471,12 @@ def test_two_publishers_at_once_never_leave_an_older_register_with_the_higher_ve
         t.join()
     assert not errors, errors
     with Site(tmp_path / "s") as site:
-        bundle = json.loads(site.bundle_path(REGISTER_FILE).read_bytes())
+        published = register_doc(site)
         with site.store.read() as tx:
             counter = meta.get(tx, "register_version")
-        assert bundle["version"] == int(counter or 0)
-        assert bundle["body"] == site.register().to_json()
-        assert len(bundle["body"]["passes"]) == 30
+        assert published.version == int(counter or 0)
+        assert published.register == site.register()
+        assert len(published.register.passes) == 30
 
 
 def test_a_publisher_waits_while_another_transaction_holds_the_documents(site: Site) -> None:
@@ -524,9 +546,10 @@ def test_a_site_lives_on_its_store(site: Site, tmp_path: Path) -> None:
 
     doc = register_doc(site)
     assert doc.key_id == new
-    assert [(p["household"], p["room"]) for p in doc.body["passes"]] == [("H1", "3-2-501")] * 2
-    assert doc.body["revoked"] == [{"pass_id": by_name.pass_id, "reason": "lost"}]
-    assert doc.body["quarantine"] == [{"household": "H2", "until": None}]
+    held = doc.register
+    assert [(p.household, p.room) for p in held.passes.values()] == [("H1", "3-2-501")] * 2
+    assert held.revoked == {by_name.pass_id: "lost"}
+    assert held.quarantine == {"H2": None}
     config = decode_document(
         site.bundle_path(CONFIG_FILE).read_bytes(), kind="config", site=SITE, trust_keys=trust(site)
     )

@@ -84,6 +84,19 @@ def test_meta_values_and_counters(store: Store) -> None:
         assert meta.get(tx, "k") == "w" and meta.get(tx, "c") == "12"
 
 
+def test_a_counter_gives_a_run_of_values_at_once(store: Store) -> None:
+    """`pass issue-all` numbers tens of thousands of passes with one statement, not one each."""
+    with store.write() as tx:
+        assert meta.next_counter(tx, "c") == 1
+        assert meta.next_counter(tx, "c", count=1000) == 2  # 2..1001 taken
+        assert meta.next_counter(tx, "c") == 1002
+        assert meta.next_counter(tx, "c", above=2000, count=3) == 2001
+        with pytest.raises(ValueError, match="count 0"):
+            meta.next_counter(tx, "c", count=0)
+    with store.read() as tx:
+        assert meta.get(tx, "c") == "2003"
+
+
 def test_a_rolled_back_transaction_takes_its_increment_back(store: Store) -> None:
     with store.write() as tx:
         meta.next_counter(tx, "c")
@@ -180,6 +193,19 @@ def test_passes_found_by_household_validity_revocation_and_role(store: Store) ->
     assert big.valid_until == 2**32 - 1, "unsigned 32-bit seconds fit"
 
 
+def test_passes_stored_many_at_once_read_back_alike(store: Store) -> None:
+    many = [stored(i, f"H{i % 7}", f"住户{i}", person_id=None) for i in range(1, 501)]
+    with store.write() as tx:
+        passes.add_all(tx, many)
+        passes.add_all(tx, [])
+    with store.read() as tx:
+        assert sorted(passes.find(tx), key=lambda p: p.pass_id) == many
+    with pytest.raises(IntegrityError), store.write() as tx:
+        passes.add_all(tx, [stored(501, "H"), stored(7, "H")])  # id 7 is taken: neither stored
+    with store.read() as tx:
+        assert len(passes.find(tx)) == 500
+
+
 def test_passes_held_against_the_cap(store: Store) -> None:
     with store.write() as tx:
         passes.add(tx, stored(1, "H", person_id=None))  # issued by name, before the register
@@ -191,9 +217,6 @@ def test_passes_held_against_the_cap(store: Store) -> None:
         assert passes.held_by_household(tx, "H", 1_100) == 2, "visitor and revoked not held"
         assert passes.held_by_household(tx, "H", 1_200) == 1, "the end is exclusive"
         assert passes.held_by_household(tx, "other", 1_100) == 0
-        assert passes.held_by_person(tx, 77, "H", "张三丰", 1_100) == 1, "by name, unlinked"
-        assert passes.held_by_person(tx, 77, "H", "赵六", 1_100) == 0, "revoked"
-        assert passes.held_by_person(tx, 77, "G", "张三丰", 1_100) == 0
 
 
 def test_passes_of_a_retired_key_are_not_held(store: Store) -> None:
@@ -205,11 +228,10 @@ def test_passes_of_a_retired_key_are_not_held(store: Store) -> None:
         keys.retire(tx, 1, LATER)
     with store.read() as tx:
         assert passes.held_by_household(tx, "H", 1_100) == 1
-        assert passes.held_by_person(tx, 77, "H", "张三丰", 1_100) == 0, "key 1 retired"
-        assert passes.held_by_person(tx, 77, "H", "李四", 1_100) == 1
+        assert [p.name for p in passes.current(tx, 1_100)] == ["李四"], "key 1 retired"
 
 
-def test_a_pass_linked_to_a_person_is_theirs_whatever_its_name(store: Store) -> None:
+def test_a_pass_keeps_the_person_it_was_issued_to(store: Store) -> None:
     with store.write() as tx:
         households.ensure(tx, "H", AT)
         households.put_person(tx, "H", "张三丰", "13812345678", "resident", AT)
@@ -217,7 +239,6 @@ def test_a_pass_linked_to_a_person_is_theirs_whatever_its_name(store: Store) -> 
         assert person is not None
         passes.add(tx, stored(1, "H", "张三", person_id=person.person_id))
     with store.read() as tx:
-        assert passes.held_by_person(tx, person.person_id, "H", "张三丰", 1_100) == 1
         assert passes.find(tx)[0].person_id == person.person_id
 
 

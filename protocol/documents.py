@@ -42,14 +42,14 @@ ROOT_KIND = "root"
 """The kind of a trust root document (protocol.roots)."""
 
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
-MAX_VERSION = 2**53
-"""Versions (and statement serials) are stored as SQLite integers and read by JavaScript."""
 """The largest signed document (config, register, freshness statement) a gate accepts, in bytes
 of its JSON: a register snapshot is compressed (protocol.register_documents; 100,000 passes are
 ~1.4 MB), and the server signs nothing larger. The collector publishes nothing larger (it raises a
 `document_too_large` alert instead), and the shipped broker's `max_packet_size`
 (systemd/mosquitto-menwei.conf) is MAX_DOCUMENT_BYTES + MQTT_HEADROOM_BYTES, so every document
 a gate would accept also passes the broker."""
+MAX_VERSION = 2**53
+"""Versions (and statement serials) are stored as SQLite integers and read by JavaScript."""
 MQTT_HEADROOM_BYTES = 64 * 1024
 """What an MQTT PUBLISH carries besides the payload (fixed header, topic, packet id,
 properties: well under 1 KiB for Menwei's topics), with a margin."""

@@ -1,9 +1,9 @@
 """Sequence numbers and pass ids as 64-bit integers on PostgreSQL.
 
-The protocol allows seq up to 2^63 - 1 (protocol.events.MAX_SEQ) and pass ids up to
-2^32 - 1 (MAX_PASS_ID); PostgreSQL's INTEGER holds 2^31 - 1, so such an event failed its
-insert and its gate was never acknowledged. SQLite's INTEGER is already 64-bit: nothing to
-do there.
+The protocol allowed seq up to 2^63 - 1 when this was written (protocol.events.MAX_SEQ is 2^53
+since) and pass ids up to 2^32 - 1 (MAX_PASS_ID); PostgreSQL's INTEGER holds 2^31 - 1, so such
+an event failed its insert and its gate was never acknowledged. SQLite's INTEGER is already
+64-bit: nothing to do there.
 
 Revision ID: 0003
 Revises: 0002
